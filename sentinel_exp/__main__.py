@@ -1,0 +1,3 @@
+from sentinel_exp.app import main
+
+main()

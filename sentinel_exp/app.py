@@ -1,0 +1,47 @@
+"""The `python -m sentinel_exp` entry point: Hydra composes, experiment.run measures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from sentinel_exp.config import register_configs
+from sentinel_exp.errors import Interrupted, UserError
+
+
+def config_dir() -> Path:
+    """conf/ ships inside the wheel as sentinel_exp/conf; in a checkout it is ../conf."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from sentinel_exp import console as ui
+    from sentinel_exp.experiment import RunContext, run
+
+    hc = HydraConfig.get()
+    ctx = RunContext(output_dir=Path(hc.runtime.output_dir),
+                     choices={k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
+                     overrides=list(hc.overrides.task))
+    try:
+        outcome = run(cfg, ctx)
+    except UserError as exc:
+        ui.stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        ui.stderr.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    # The objective a Hydra sweeper (e.g. Optuna) minimises.
+    return outcome.metrics.get("ttft_ms_p50")
+
+
+def main() -> None:
+    register_configs()
+    _hydra_main()

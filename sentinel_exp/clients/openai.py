@@ -1,0 +1,58 @@
+"""OpenAI-compatible /v1/chat/completions over SSE (httpx-sse)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from sentinel_exp.clients.common import RequestSpec, StreamFault, TokenTimes
+
+_OPTION_TO_OPENAI = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
+                     "stop": "stop", "presence_penalty": "presence_penalty",
+                     "frequency_penalty": "frequency_penalty"}
+
+
+def build_spec(model: str, prompt: str, prompt_index: int, system: str | None, options: dict[str, Any],
+               path: str = "/v1/chat/completions") -> RequestSpec:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
+                            "stream_options": {"include_usage": True}}
+    for name, value in options.items():
+        if name in _OPTION_TO_OPENAI:
+            body[_OPTION_TO_OPENAI[name]] = value
+    return RequestSpec(path, body, prompt_index)
+
+
+async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
+    record = times.record
+    try:
+        async for event in EventSource(response).aiter_sse():
+            arrived = time.perf_counter_ns()
+            if event.data == "[DONE]":
+                times.finished(arrived)
+                return
+            try:
+                chunk = json.loads(event.data)
+            except json.JSONDecodeError:
+                raise StreamFault("MalformedChunk", f"not JSON: {event.data[:120]!r}") from None
+            if "error" in chunk:
+                err = chunk["error"]
+                raise StreamFault("ServerError", str(err.get("message", err) if isinstance(err, dict) else err))
+            usage = chunk.get("usage")
+            if usage:
+                record.prompt_eval_count = usage.get("prompt_tokens")
+                record.eval_count = usage.get("completion_tokens")
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                # The first delta carries only the role: not a token (DESIGN.md section 4).
+                times.token(delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or "",
+                            arrived)
+                if choice.get("finish_reason"):
+                    record.done_reason = choice["finish_reason"]
+    except SSEError as exc:
+        raise StreamFault("MalformedChunk", str(exc)) from None

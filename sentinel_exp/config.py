@@ -1,0 +1,204 @@
+"""Typed schema of the experiment config.
+
+Hydra merges the YAML groups under conf/ onto these dataclasses, so a typo in a key or a
+value of the wrong type is rejected while composing, before any request is sent.
+Field names of `options` are Ollama option names, unchanged (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+SERVER_KINDS = ("auto", "ollama", "embedded", "simulated", "openai")
+WORKLOAD_APIS = ("chat", "generate", "openai")
+SIM_FAULTS = ("http_500", "http_503", "error_midstream", "cut_stream", "malformed", "stall")
+
+
+@dataclass
+class SimConfig:
+    """Latency model of the simulated server (milliseconds)."""
+
+    load_ms: float = 300.0
+    ttft_ms: float = 40.0
+    itl_ms: float = 5.0
+    prefill_ms_per_token: float = 0.0
+    jitter_ms: float = 0.0
+    seed: int = 0
+    # Words per response when the request sets no num_predict.
+    tokens: int = 32
+    # Concurrent generations; 0 = unlimited (Ollama itself defaults to one slot).
+    parallel: int = 0
+    # Scripted faults: generation request number (1-based, warmup included) -> fault kind.
+    faults: Dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class ServerConfig:
+    kind: str = "auto"
+    # Base URL of an external server; null = resolve (OLLAMA_HOST for ollama, a free port for
+    # the servers that sentinel-exp starts itself).
+    url: Optional[str] = None
+    startup_timeout_s: float = 60.0
+    # Extra GGUF files the embedded server can serve: {ollama_tag: path}.
+    models: Dict[str, str] = field(default_factory=dict)
+    # Process to watch for server CPU/RSS when the server is not ours (e.g. Ollama).
+    pid: Optional[int] = None
+    api_key: Optional[str] = None
+    sim: SimConfig = field(default_factory=SimConfig)
+
+
+@dataclass
+class ModelConfig:
+    # Ollama tag, e.g. "qwen2.5:0.5b".
+    name: str = MISSING
+    description: Optional[str] = None
+
+
+@dataclass
+class OptionsConfig:
+    """Ollama `options`; null means "not sent", so the server's default applies."""
+
+    num_ctx: Optional[int] = None
+    num_batch: Optional[int] = None
+    num_predict: Optional[int] = None
+    num_thread: Optional[int] = None
+    num_gpu: Optional[int] = None
+    main_gpu: Optional[int] = None
+    use_mmap: Optional[bool] = None
+    temperature: Optional[float] = None
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    min_p: Optional[float] = None
+    repeat_penalty: Optional[float] = None
+    seed: Optional[int] = None
+    stop: Optional[List[str]] = None
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "auto"
+    # null = no expectation; false = expect no GPU (cpu_only).
+    expect_gpu: Optional[bool] = None
+    gpu_name_pattern: Optional[str] = None
+    min_vram_mb: Optional[int] = None
+    # Options applied where the options group leaves them null.
+    recommended_options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WorkloadConfig:
+    api: str = "chat"
+    requests: int = 20
+    warmup: int = 2
+    concurrency: int = 1
+    # Requests per second (Poisson arrivals); null = closed loop.
+    rate: Optional[float] = None
+    prompts: List[str] = field(default_factory=lambda: ["Why is the sky blue? Answer briefly."])
+    system: Optional[str] = None
+    # Ollama keep_alive: seconds (number) or Go duration ("5m", "0", "-1"); null = not sent.
+    keep_alive: Optional[Any] = None
+    timeout_s: float = 120.0
+    # A request whose server load_duration exceeds this counts as a cold start.
+    cold_load_ms: float = 50.0
+    seed: int = 0
+
+
+@dataclass
+class TelemetryConfig:
+    enabled: bool = True
+    interval_s: float = 0.1
+    gpu: bool = True
+    # Write the raw samples as MLflow step metrics (batched).
+    log_series: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "sentinel-exp"
+    # null = built from the config group choices.
+    run_name: Optional[str] = None
+
+
+@dataclass
+class SweepConfig:
+    name: str = "none"
+    description: Optional[str] = None
+
+
+@dataclass
+class ExperimentConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    options: OptionsConfig = field(default_factory=OptionsConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    # Print progress bars; null = only when attached to a terminal and not in CI.
+    progress: Optional[bool] = None
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="experiment_schema", node=ExperimentConfig)
+
+
+def effective_options(options: Any, hardware: Any) -> dict[str, Any]:
+    """Options sent to the server: the hardware profile's recommendations, overridden by every
+    option the options group sets (null = not sent)."""
+    merged = dict(hardware.recommended_options or {})
+    merged.update({k: v for k, v in dict(options).items() if v is not None})
+    return {k: (list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v)
+            for k, v in merged.items()}
+
+
+def config_problems(cfg: Any) -> list[str]:
+    """Semantic checks the type schema cannot express; empty when the config is usable."""
+    from sentinel_exp.serve.engines.simulated import FAULTS
+    from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds
+    from sentinel_exp.serve.wire import OPTION_TYPES
+
+    problems: list[str] = []
+    w = cfg.workload
+    if cfg.server.kind not in SERVER_KINDS:
+        problems.append(f"server.kind={cfg.server.kind!r} is not one of {', '.join(SERVER_KINDS)}")
+    if w.api not in WORKLOAD_APIS:
+        problems.append(f"workload.api={w.api!r} is not one of {', '.join(WORKLOAD_APIS)}")
+    if cfg.server.kind == "openai" and w.api == "generate":
+        problems.append("workload.api=generate needs an Ollama server; server=openai speaks /v1/chat/completions")
+    if w.requests < 1:
+        problems.append(f"workload.requests must be at least 1 (got {w.requests})")
+    if w.warmup < 0:
+        problems.append(f"workload.warmup must be 0 or more (got {w.warmup})")
+    if w.concurrency < 1:
+        problems.append(f"workload.concurrency must be at least 1 (got {w.concurrency})")
+    if w.rate is not None and w.rate <= 0:
+        problems.append(f"workload.rate must be positive requests/s, or null for a closed loop (got {w.rate})")
+    if w.timeout_s <= 0:
+        problems.append(f"workload.timeout_s must be positive (got {w.timeout_s})")
+    if not w.prompts or any(not isinstance(p, str) or not p.strip() for p in w.prompts):
+        problems.append("workload.prompts must be a non-empty list of non-empty strings")
+    try:
+        keep_alive_seconds(w.keep_alive)
+    except KeepAliveError as exc:
+        problems.append(f"workload.keep_alive: {exc}")
+    if not cfg.model.name or not str(cfg.model.name).strip():
+        problems.append("model.name is empty")
+    if cfg.telemetry.interval_s <= 0:
+        problems.append(f"telemetry.interval_s must be positive (got {cfg.telemetry.interval_s})")
+    for number, kind in cfg.server.sim.faults.items():
+        if kind not in FAULTS:
+            problems.append(f"server.sim.faults[{number}]={kind!r} is not one of {', '.join(FAULTS)}")
+    for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms"):
+        if getattr(cfg.server.sim, name) < 0:
+            problems.append(f"server.sim.{name} must be 0 or more")
+    for name in cfg.hardware.recommended_options:
+        if name not in OPTION_TYPES:
+            problems.append(f"hardware.recommended_options.{name} is not an Ollama option")
+    return problems

@@ -1,0 +1,102 @@
+"""What a person sees: a progress bar on a terminal (quiet in CI), and the closing summary."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Mapping
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sentinel_exp.records import RequestRecord
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def want_progress(setting: bool | None) -> bool:
+    if setting is not None:
+        return setting
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+class RunProgress:
+    """One bar per phase; shows the latest TTFT and the failure count as requests finish."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=stderr, transient=False,
+        ) if enabled else None
+        self._task: Any = None
+        self._failed = 0
+
+    def __enter__(self) -> "RunProgress":
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def phase(self, name: str, total: int) -> None:
+        self._failed = 0
+        if self._progress is not None and total > 0:
+            self._task = self._progress.add_task(name, total=total, status="")
+
+    def advance(self, record: RequestRecord) -> None:
+        if self._progress is None or self._task is None:
+            return
+        if not record.ok and not record.cancelled:
+            self._failed += 1
+        ttft = f"ttft {record.ttft_ms:7.1f} ms" if record.ttft_ms is not None else "ttft      -   "
+        failed = f"  [red]{self._failed} failed[/]" if self._failed else ""
+        self._progress.update(self._task, advance=1, status=ttft + failed)
+
+
+def _fmt(value: float | None, unit: str = "ms") -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f} {unit}" if unit else f"{value:,.1f}"
+
+
+def summary_table(metrics: Mapping[str, float], title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("p50", justify="right")
+    table.add_column("p95", justify="right")
+    table.add_column("max", justify="right")
+    for name, label in (("ttfb", "TTFB"), ("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E"),
+                        ("server_load", "server load"), ("client_overhead", "E2E − server total")):
+        if f"{name}_ms_p50" in metrics:
+            table.add_row(label, _fmt(metrics.get(f"{name}_ms_p50")), _fmt(metrics.get(f"{name}_ms_p95")),
+                          _fmt(metrics.get(f"{name}_ms_max")))
+    return table
+
+
+def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | None, tracking_uri: str | None,
+                  output_dir: str, errors: Mapping[str, int], status: str) -> None:
+    stdout.print(summary_table(metrics, f"{run_name}  [{status}]"))
+    ok = int(metrics.get("requests_ok", 0))
+    failed = int(metrics.get("requests_failed", 0))
+    parts = [f"requests ok {ok}", f"failed {failed}"]
+    if errors:
+        parts[-1] += " (" + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + ")"
+    if metrics.get("requests_cancelled"):
+        parts.append(f"cancelled {int(metrics['requests_cancelled'])}")
+    parts.append(f"cold starts {int(metrics.get('cold_starts', 0))}")
+    stdout.print("  ".join(parts))
+    rates = []
+    if "output_tokens_per_s" in metrics:
+        rates.append(f"decode {metrics['output_tokens_per_s']:.1f} tok/s per request (median)")
+    if "throughput_tokens_per_s" in metrics:
+        rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
+    if rates:
+        stdout.print("  ".join(rates))
+    stdout.print(f"records: {output_dir}/requests.jsonl")
+    if run_id:
+        stdout.print(f"MLflow run {run_id} in {tracking_uri}  (mlflow ui --backend-store-uri {tracking_uri})")

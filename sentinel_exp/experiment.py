@@ -1,0 +1,257 @@
+"""One experiment, as a straight line (DESIGN.md section 3):
+
+compose config -> resolve/start server -> preflight -> open MLflow run -> telemetry -> warmup
+-> measured phase (each record appended as it finishes) -> stop telemetry -> summarise -> log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from omegaconf import DictConfig, OmegaConf
+
+from sentinel_exp import __version__
+from sentinel_exp import console as ui
+from sentinel_exp.clients import ollama as ollama_client
+from sentinel_exp.clients import openai as openai_client
+from sentinel_exp.clients.common import RequestSpec, send_request
+from sentinel_exp.config import config_problems, effective_options
+from sentinel_exp.errors import ConfigError, Interrupted
+from sentinel_exp.load import OnRecord, PhasePlan, run_phase
+from sentinel_exp.monitor import RunMonitor
+from sentinel_exp.preflight import ModelFacts, placement, preflight
+from sentinel_exp.records import MEASURED, WARMUP, RecordWriter, RequestRecord
+from sentinel_exp.servers import ServerHandle, resolve_server
+from sentinel_exp.stats import error_breakdown, is_cold, summarize
+from sentinel_exp.tracking import Tracker, config_hash, flatten
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """Where a run writes, and the names it is known by."""
+
+    output_dir: Path
+    choices: dict[str, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+    def run_name(self, cfg: DictConfig, server_kind: str) -> str:
+        if cfg.tracking.run_name:
+            return str(cfg.tracking.run_name)
+        base = "-".join(str(self.choices.get(g, "?")) for g in ("model", "options", "workload"))
+        name = f"{base}@{server_kind}"
+        groups = set(self.choices)
+        extra = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in groups]
+        if extra:
+            name += " " + " ".join(extra)
+        return name[:250]
+
+
+@dataclass
+class Outcome:
+    run_id: str | None
+    status: str
+    metrics: dict[str, float]
+    records: list[RequestRecord]
+
+
+class RequestFactory:
+    """Builds request `index` of a phase: prompts cycle, options and keep_alive as configured."""
+
+    def __init__(self, cfg: DictConfig, handle: ServerHandle) -> None:
+        self.api = "openai" if handle.kind == "openai" else cfg.workload.api
+        self.model = cfg.model.name
+        self.prompts = list(cfg.workload.prompts)
+        self.system = cfg.workload.system
+        self.options = effective_options(cfg.options, cfg.hardware)
+        keep_alive = cfg.workload.keep_alive
+        self.keep_alive = OmegaConf.to_object(keep_alive) if OmegaConf.is_config(keep_alive) else keep_alive
+        self.consume = openai_client.consume_sse if self.api == "openai" else ollama_client.consume_ndjson
+
+    def spec(self, index: int) -> RequestSpec:
+        prompt_index = index % len(self.prompts)
+        prompt = self.prompts[prompt_index]
+        if self.api == "openai":
+            return openai_client.build_spec(self.model, prompt, prompt_index, self.system, self.options)
+        return ollama_client.build_spec(self.api, self.model, prompt, prompt_index, self.system, self.options,
+                                        self.keep_alive)
+
+
+def check_config(cfg: DictConfig) -> None:
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
+
+
+def _http_client(handle: ServerHandle, cfg: DictConfig) -> httpx.AsyncClient:
+    connections = max(1, cfg.workload.concurrency)
+    headers = {"Authorization": f"Bearer {cfg.server.api_key}"} if cfg.server.api_key else None
+    loopback = handle.url.startswith(("http://127.", "http://localhost", "http://[::1]"))
+    return httpx.AsyncClient(
+        base_url=handle.url,
+        timeout=httpx.Timeout(connect=10.0, read=cfg.workload.timeout_s, write=30.0, pool=None),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        headers=headers,
+        # Proxies from the environment would sit inside every measured interval on loopback.
+        trust_env=not loopback,
+    )
+
+
+class StopSignals:
+    """SIGINT/SIGTERM during the phases: stop sending, keep what finished, end as KILLED."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+        self.loop = loop
+        self.stop = stop
+        self.received: signal.Signals | None = None
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.received is None:
+            self.received = sig
+            ui.stderr.print(f"\n[yellow]{sig.name}: stopping; logging what finished "
+                            "(send it again to abort at once)[/]")
+            self.stop.set()
+        else:
+            self.uninstall()
+            signal.raise_signal(sig)
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def uninstall(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.loop.remove_signal_handler(sig)
+
+
+async def _measure(cfg: DictConfig, factory: RequestFactory, client: httpx.AsyncClient, writer: RecordWriter,
+                   monitor: RunMonitor, progress: ui.RunProgress, stop: asyncio.Event) -> tuple[list[RequestRecord], float]:
+    w = cfg.workload
+    records: list[RequestRecord] = []
+
+    def sender(phase: str) -> Any:
+        async def send_one(index: int, keep: OnRecord) -> None:
+            spec = factory.spec(index)
+            record = RequestRecord(index=index, phase=phase, prompt_index=spec.prompt_index, api=factory.api)
+            try:
+                await send_request(client, spec, record, factory.consume)
+            finally:
+                record.cold = is_cold(record, w.cold_load_ms)
+                keep(record)
+        return send_one
+
+    def on_record(record: RequestRecord) -> None:
+        writer.write(record)
+        records.append(record)
+        progress.advance(record)
+
+    measured_s = 0.0
+    for phase, count in ((WARMUP, w.warmup), (MEASURED, w.requests)):
+        if count <= 0 or stop.is_set():
+            continue
+        monitor.mark_phase(phase)
+        progress.phase(phase, count)
+        plan = PhasePlan(requests=count, concurrency=w.concurrency, rate=w.rate if phase == MEASURED else None,
+                         seed=w.seed)
+        result = await run_phase(plan, sender(phase), on_record, stop)
+        if phase == MEASURED:
+            measured_s = result.duration_s
+    monitor.mark_phase("done")
+    return records, measured_s
+
+
+async def run_async(cfg: DictConfig, ctx: RunContext) -> Outcome:
+    check_config(cfg)
+    ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    (ctx.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+
+    with resolve_server(cfg.server, cfg.model.name, ctx.output_dir) as handle:
+        async with _http_client(handle, cfg) as client:
+            facts = await preflight(client, handle, cfg.model.name)
+            monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
+            monitor.check_hardware()
+            return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor)
+
+
+async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any], handle: ServerHandle,
+                       client: httpx.AsyncClient, facts: ModelFacts, monitor: RunMonitor) -> Outcome:
+    factory = RequestFactory(cfg, handle)
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
+    run_name = ctx.run_name(cfg, handle.kind)
+    tags = {
+        "sentinel.version": __version__,
+        "sentinel.server_kind": handle.kind,
+        "sentinel.server_url": handle.url,
+        "sentinel.config_hash": config_hash(resolved),
+        "sentinel.output_dir": str(ctx.output_dir),
+        "sentinel.api": factory.api,
+        **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
+        **facts.tags(),
+        **monitor.tags(),
+    }
+    run_id = tracker.start(run_name, tags) if tracker else None
+    if tracker:
+        tracker.log_params(flatten(resolved))
+        tracker.log_params({"sent_options": factory.options})
+    log.info("run %s: %s against %s %s", run_id or "(tracking off)", cfg.model.name, handle.kind, handle.url)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = StopSignals(loop, stop)
+    status = "FAILED"
+    records: list[RequestRecord] = []
+    metrics: dict[str, float] = {}
+    measured_s = 0.0
+    writer = RecordWriter(ctx.output_dir / "requests.jsonl")
+    try:
+        signals.install()
+        monitor.start()
+        with ui.RunProgress(ui.want_progress(cfg.progress)) as progress:
+            records, measured_s = await _measure(cfg, factory, client, writer, monitor, progress, stop)
+        status = "KILLED" if signals.received else "FINISHED"
+    finally:
+        signals.uninstall()
+        writer.close()
+        monitor.stop()
+        # Whatever happened, what was measured is summarised and logged.
+        metrics = summarize(records, measured_s)
+        if handle.kind != "openai":
+            metrics.update(await placement(client, cfg.model.name))
+        metrics.update(monitor.metrics(int(metrics.get("output_tokens_total", 0))))
+        summary = {"run_id": run_id, "run_name": run_name, "status": status, "metrics": metrics,
+                   "errors": error_breakdown(records), "server": {"kind": handle.kind, "url": handle.url},
+                   "model": facts.__dict__, "telemetry_notes": monitor.notes()}
+        (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        if tracker:
+            _log_results(tracker, ctx, metrics, monitor, handle)
+            tracker.end(status)
+    ui.print_summary(metrics, run_name, run_id, cfg.tracking.uri if tracker else None, str(ctx.output_dir),
+                     error_breakdown(records), status)
+    if signals.received is not None:
+        raise Interrupted(signals.received.name, 128 + int(signals.received))
+    return Outcome(run_id, status, metrics, records)
+
+
+def _log_results(tracker: Tracker, ctx: RunContext, metrics: dict[str, float], monitor: RunMonitor,
+                 handle: ServerHandle) -> None:
+    tracker.log_metrics(metrics)
+    tracker.log_series(monitor.series())
+    tracker.set_tags(monitor.late_tags())
+    for name in ("requests.jsonl", "config.yaml", "summary.json"):
+        tracker.log_artifact(ctx.output_dir / name)
+    if handle.log_path is not None:
+        tracker.log_artifact(handle.log_path)
+
+
+def run(cfg: DictConfig, ctx: RunContext) -> Outcome:
+    return asyncio.run(run_async(cfg, ctx))

@@ -1,0 +1,96 @@
+"""One record per request, and the JSONL file they are appended to as they finish."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterable
+
+WARMUP = "warmup"
+MEASURED = "measured"
+CANCELLED = "Cancelled"
+
+
+@dataclass
+class RequestRecord:
+    """What one streamed request measured. Times are milliseconds from t0, the moment the
+    request headers start going onto the socket (so connection-pool waits stay out of TTFT and
+    are reported as queue_ms)."""
+
+    index: int
+    phase: str
+    prompt_index: int
+    api: str
+    ok: bool = False
+    started_at: float = 0.0  # wall clock (unix seconds) when the request was submitted
+    queue_ms: float | None = None  # submit -> headers start going out (pool wait, connect)
+    send_ms: float | None = None  # headers start -> body sent
+    ttfb_ms: float | None = None  # first response byte (headers received)
+    ttft_ms: float | None = None  # first chunk carrying a non-empty token (thinking included)
+    e2e_ms: float | None = None  # final chunk
+    chunk_times_ms: list[float] = field(default_factory=list)  # every token chunk
+    output_chars: int = 0
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    load_duration_ms: float | None = None
+    prompt_eval_duration_ms: float | None = None
+    eval_duration_ms: float | None = None
+    total_duration_ms: float | None = None
+    http_status: int | None = None
+    error_class: str | None = None
+    error: str | None = None
+    cold: bool | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.phase == MEASURED
+
+    @property
+    def cancelled(self) -> bool:
+        return self.error_class == CANCELLED
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RequestRecord":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class RecordWriter:
+    """Appends each record the moment it is complete, flushed, so a crash or a kill keeps
+    everything that finished."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] = open(path, "a", encoding="utf-8")
+
+    def write(self, record: RequestRecord) -> None:
+        self._file.write(record.to_json() + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_records(path: Path) -> list[RequestRecord]:
+    return list(iter_records(path.read_text(encoding="utf-8").splitlines()))
+
+
+def iter_records(lines: Iterable[str]) -> Iterable[RequestRecord]:
+    for line in lines:
+        if line.strip():
+            yield RequestRecord.from_dict(json.loads(line))

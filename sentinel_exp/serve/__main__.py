@@ -1,0 +1,144 @@
+"""`python -m sentinel_exp.serve`: run a bundled Ollama-compatible server standalone.
+
+    python -m sentinel_exp.serve --engine simulated --port 11500 --ttft-ms 40 --itl-ms 5
+    python -m sentinel_exp.serve --engine llamacpp --port 11500
+
+With --port 0 a free port is chosen. One line `SENTINEL_SERVER_READY {"url": ..., "pid": ...}`
+is printed on stdout once the socket is listening, which is how the runner finds the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+from sentinel_exp import __version__
+from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, FAULTS, SimSettings, SimulatedEngine
+
+READY_PREFIX = "SENTINEL_SERVER_READY "
+
+
+def parse_faults(items: list[str]) -> dict[int, str]:
+    faults: dict[int, str] = {}
+    for item in items:
+        number, _, kind = item.partition(":")
+        if not number.isdigit() or kind not in FAULTS:
+            raise argparse.ArgumentTypeError(f"--fault expects N:KIND with KIND in {', '.join(FAULTS)}; got {item!r}")
+        faults[int(number)] = kind
+    return faults
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sentinel_exp.serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=("simulated", "llamacpp"), required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11434, help="0 = any free port")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="generations at once; 0 = unlimited (default: 1 for llamacpp, 0 for simulated)")
+    parser.add_argument("--model", action="append", default=[], metavar="TAG[=GGUF]",
+                        help="model to serve (repeatable); llamacpp takes TAG=path/to/model.gguf")
+    parser.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
+                        help="stop when process PID is gone (used by the runner)")
+    sim = parser.add_argument_group("simulated engine")
+    sim.add_argument("--load-ms", type=float, default=300.0)
+    sim.add_argument("--ttft-ms", type=float, default=40.0)
+    sim.add_argument("--itl-ms", type=float, default=5.0)
+    sim.add_argument("--prefill-ms-per-token", type=float, default=0.0)
+    sim.add_argument("--jitter-ms", type=float, default=0.0)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--tokens", type=int, default=32, help="answer length when num_predict is not set")
+    sim.add_argument("--fault", action="append", default=[], metavar="N:KIND",
+                     help=f"make generation request N fail; KIND in {', '.join(FAULTS)}")
+    return parser
+
+
+def build_engine(args: argparse.Namespace) -> tuple[Any, int]:
+    if args.engine == "simulated":
+        settings = SimSettings(load_ms=args.load_ms, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms,
+                               prefill_ms_per_token=args.prefill_ms_per_token, jitter_ms=args.jitter_ms,
+                               seed=args.seed, tokens=args.tokens, faults=parse_faults(args.fault))
+        tags = [m.partition("=")[0] for m in args.model] or list(DEFAULT_MODELS)
+        return SimulatedEngine(settings, tags), 0 if args.parallel is None else args.parallel
+    from sentinel_exp.serve.engines.llamacpp import EngineUnavailable, LlamaCppEngine
+
+    extra = {}
+    for item in args.model:
+        tag, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--model for llamacpp needs TAG=path/to/file.gguf, got {item!r}")
+        extra[tag] = path
+    try:
+        engine = LlamaCppEngine(extra_models=extra)
+    except EngineUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return engine, 1 if args.parallel is None else args.parallel
+
+
+async def _watch_parent(pid: int, server: Any) -> None:
+    while not server.should_exit:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            server.should_exit = True
+            return
+        except PermissionError:
+            pass
+        await asyncio.sleep(1.0)
+
+
+def _drop_scripted_aborts(record: logging.LogRecord) -> bool:
+    """A cut stream is the simulated fault asked for, not a server bug worth a traceback."""
+    from sentinel_exp.serve.engine import AbortConnection
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, AbortConnection)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        engine, parallel = build_engine(args)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from sentinel_exp.serve.app import create_app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    sock.listen(2048)
+    host, port = sock.getsockname()[:2]
+
+    app = create_app(engine, parallel=parallel, version=f"{__version__}-sentinel-{engine.name}")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        watcher = asyncio.create_task(_watch_parent(args.exit_with_parent, server)) if args.exit_with_parent else None
+        print(READY_PREFIX + json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid(),
+                                         "engine": engine.name}), flush=True)
+        await server.serve(sockets=[sock])
+        if watcher is not None:
+            watcher.cancel()
+
+    logging.getLogger("uvicorn.error").addFilter(_drop_scripted_aborts)
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

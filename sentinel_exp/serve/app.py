@@ -1,0 +1,372 @@
+"""The Ollama-compatible HTTP application shared by every engine.
+
+Headers go out with the first token, as Ollama's Go server does on its first flush, so TTFB
+behaves as against Ollama (a cold load delays the first byte too) and an error raised before
+the first token can still be a proper HTTP status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from sentinel_exp.serve import wire
+from sentinel_exp.serve.engine import (AbortConnection, Engine, EngineError, Finished, GenerationRequest, RawLine,
+                                       Token)
+from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds
+from sentinel_exp.serve.scheduler import ModelScheduler
+
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DeferredStream(Response):
+    """Streams `rest` after `first`; stops generating when the client goes away."""
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], media_type: str) -> None:
+        self.first = first
+        self.rest = rest
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers({"cache-control": "no-cache"} if media_type == SSE else {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        me = asyncio.current_task()
+        client_gone = False
+
+        async def watch_disconnect() -> None:
+            nonlocal client_gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            client_gone = True
+            if me is not None:
+                me.cancel()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.first, "more_body": True})
+            async for chunk in self.rest:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not client_gone:
+                raise
+        finally:
+            watcher.cancel()
+            await self.rest.aclose()
+
+
+def error_json(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    try:
+        data = json.loads(body or b"{}")
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+class OllamaApp:
+    def __init__(self, engine: Engine, parallel: int = 1, version: str = "0.0.0") -> None:
+        self.engine = engine
+        self.scheduler = ModelScheduler(engine, parallel=parallel)
+        self.version = version
+        self._request_numbers = itertools.count(1)
+
+    # --- metadata endpoints -----------------------------------------------------------------
+
+    async def root(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    async def version_endpoint(self, request: Request) -> Response:
+        return JSONResponse({"version": self.version})
+
+    async def tags(self, request: Request) -> Response:
+        return JSONResponse({"models": [wire.tags_entry(m) for m in self.engine.models()]})
+
+    async def show(self, request: Request) -> Response:
+        data = await read_json(request)
+        tag = data.get("model") or data.get("name")
+        entry = self.scheduler.model_entry(str(tag)) if tag else None
+        if entry is None:
+            return error_json(f"model '{tag}' not found", 404)
+        return JSONResponse(wire.show_response(entry))
+
+    async def ps(self, request: Request) -> Response:
+        resident = self.scheduler.resident
+        models = []
+        if resident is not None:
+            entry = self.scheduler.model_entry(resident.tag)
+            size, size_vram = self.engine.loaded_size(resident.handle)
+            if entry is not None:
+                models.append({
+                    **wire.tags_entry(entry),
+                    "size": size,
+                    "size_vram": size_vram,
+                    "expires_at": self.scheduler.ps_expires_at(resident),
+                    "context_length": resident.runner_options.get("num_ctx"),
+                })
+        return JSONResponse({"models": models})
+
+    async def openai_models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": m.tag, "object": "model", "created": 0, "owned_by": "library"} for m in self.engine.models()]})
+
+    # --- generation -------------------------------------------------------------------------
+
+    async def generate(self, request: Request) -> Response:
+        return await self._ollama_generation(request, "generate")
+
+    async def chat(self, request: Request) -> Response:
+        return await self._ollama_generation(request, "chat")
+
+    def _parse_common(self, data: dict[str, Any]) -> tuple[str, dict[str, Any], float | None]:
+        tag = data.get("model")
+        if not tag or not isinstance(tag, str):
+            raise BadRequest("model is required")
+        try:
+            keep_alive_s = keep_alive_seconds(data.get("keep_alive"))
+        except KeepAliveError as exc:
+            raise BadRequest(str(exc)) from None
+        try:
+            options = wire.validate_options(data.get("options"))
+        except wire.OptionTypeError as exc:
+            raise BadRequest(str(exc), status=500) from None
+        if self.scheduler.model_entry(tag) is None:
+            raise BadRequest(f"model '{tag}' not found", status=404)
+        return tag, options, keep_alive_s
+
+    async def _ollama_generation(self, request: Request, api: str) -> Response:
+        started_ns = time.perf_counter_ns()
+        try:
+            data = await read_json(request)
+            tag, options, keep_alive_s = self._parse_common(data)
+            if api == "chat":
+                messages = data.get("messages") or []
+                if not isinstance(messages, list):
+                    raise BadRequest("messages must be an array")
+                empty = not messages
+                gen = GenerationRequest(tag, messages=messages, options=options)
+            else:
+                prompt = data.get("prompt") or ""
+                empty = prompt == ""
+                messages = ([{"role": "system", "content": data["system"]}] if data.get("system") else [])
+                messages.append({"role": "user", "content": prompt})
+                gen = GenerationRequest(tag, messages=messages, prompt=prompt, raw=bool(data.get("raw")),
+                                        options=options)
+        except BadRequest as exc:
+            return error_json(str(exc), exc.status)
+
+        runner = wire.runner_options(options)
+        if empty:
+            return await self._load_or_unload(api, tag, runner, keep_alive_s)
+
+        gen.request_number = next(self._request_numbers)
+        stream = data.get("stream", True) is not False
+        events = self._events(gen, runner, keep_alive_s, started_ns)
+        if stream:
+            return await self._stream_ollama(api, tag, events)
+        return await self._collect_ollama(api, tag, events)
+
+    async def _load_or_unload(self, api: str, tag: str, runner: dict[str, Any],
+                              keep_alive_s: float | None) -> Response:
+        if keep_alive_s == 0:
+            await self.scheduler.unload_now(tag)
+            return JSONResponse(wire.final_chunk(api, tag, "unload", None))
+        await self.scheduler.load_only(tag, runner, keep_alive_s)
+        return JSONResponse(wire.final_chunk(api, tag, "load", None))
+
+    async def _events(self, gen: GenerationRequest, runner: dict[str, Any], keep_alive_s: float | None,
+                      started_ns: int) -> AsyncIterator[tuple[Token | Finished | RawLine, dict[str, Any] | None]]:
+        """Engine events; the Finished one comes with Ollama's duration fields."""
+        async with self.scheduler.admit(gen.model, runner, keep_alive_s) as admission:
+            load_ns = admission.ready_ns - started_ns
+            gen.clock_start_ns = admission.ready_ns if admission.was_loaded or admission.waited else started_ns
+            async for event in self.engine.generate(admission.resident.handle, gen):
+                if isinstance(event, Finished):
+                    yield event, wire.durations(event, load_ns, time.perf_counter_ns() - started_ns)
+                else:
+                    yield event, None
+
+    async def _stream_ollama(self, api: str, tag: str, events: AsyncIterator[Any]) -> Response:
+        make_chunk = wire.chat_chunk if api == "chat" else wire.generate_chunk
+
+        def encode(event: Any, timing: dict[str, Any] | None) -> bytes:
+            if isinstance(event, Token):
+                return wire.dumps(make_chunk(tag, event.text, event.thinking)) + b"\n"
+            if isinstance(event, Finished):
+                return wire.dumps(wire.final_chunk(api, tag, event.done_reason, timing)) + b"\n"
+            return event.data
+
+        async def rest() -> AsyncIterator[bytes]:
+            try:
+                async for event, timing in events:
+                    yield encode(event, timing)
+            except EngineError as exc:
+                yield wire.dumps({"error": str(exc)}) + b"\n"
+            finally:
+                await events.aclose()
+
+        return await self._first_then_rest(events, encode, rest(), NDJSON,
+                                           lambda exc: error_json(str(exc), exc.status))
+
+    async def _first_then_rest(self, events: AsyncIterator[Any], encode: Callable[[Any, Any], bytes],
+                               rest: AsyncIterator[bytes], media_type: str,
+                               on_error: Callable[[EngineError], Response]) -> Response:
+        try:
+            event, timing = await events.__anext__()
+        except EngineError as exc:
+            await events.aclose()
+            return on_error(exc)
+        return DeferredStream(encode(event, timing), rest, media_type)
+
+    async def _collect_ollama(self, api: str, tag: str, events: AsyncIterator[Any]) -> Response:
+        text: list[str] = []
+        try:
+            async for event, timing in events:
+                if isinstance(event, Token) and not event.thinking:
+                    text.append(event.text)
+                elif isinstance(event, Finished):
+                    return JSONResponse(wire.final_chunk(api, tag, event.done_reason, timing, "".join(text)))
+        except EngineError as exc:
+            return error_json(str(exc), exc.status)
+        return error_json("generation ended without a result", 500)
+
+    async def openai_chat(self, request: Request) -> Response:
+        started_ns = time.perf_counter_ns()
+        try:
+            data = await read_json(request)
+            tag = data.get("model")
+            if not tag or not isinstance(tag, str):
+                raise BadRequest("model is required")
+            if self.scheduler.model_entry(tag) is None:
+                raise BadRequest(f'model "{tag}" not found, try pulling it first', status=404)
+            messages = data.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise BadRequest("messages must be a non-empty array")
+            options = wire.validate_options({
+                "num_predict": data.get("max_completion_tokens", data.get("max_tokens")),
+                "temperature": data.get("temperature"),
+                "top_p": data.get("top_p"),
+                "seed": data.get("seed"),
+                "stop": [data["stop"]] if isinstance(data.get("stop"), str) else data.get("stop"),
+                "frequency_penalty": data.get("frequency_penalty"),
+                "presence_penalty": data.get("presence_penalty"),
+            })
+        except (BadRequest, wire.OptionTypeError) as exc:
+            status = getattr(exc, "status", 400)
+            return JSONResponse(wire.openai_error(str(exc)), status_code=status)
+
+        gen = GenerationRequest(tag, messages=messages, options=options, request_number=next(self._request_numbers))
+        events = self._events(gen, wire.runner_options(options), None, started_ns)
+        request_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        created = int(time.time())
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        if data.get("stream") is not True:
+            return await self._collect_openai(events, request_id, created, tag)
+
+        role_sent = False
+
+        def encode(event: Any, timing: Any) -> bytes:
+            nonlocal role_sent
+            out = b""
+            if not role_sent:
+                # As OpenAI does: a first delta that carries only the role.
+                out += wire.sse(wire.openai_chunk(request_id, created, tag, {"role": "assistant", "content": ""}, None))
+                role_sent = True
+            if isinstance(event, Token):
+                key = "reasoning" if event.thinking else "content"
+                out += wire.sse(wire.openai_chunk(request_id, created, tag, {key: event.text}, None))
+            elif isinstance(event, Finished):
+                out += wire.sse(wire.openai_chunk(request_id, created, tag, {}, event.done_reason))
+                if include_usage:
+                    usage_chunk = wire.openai_chunk(request_id, created, tag, {}, None)
+                    usage_chunk["choices"] = []
+                    usage_chunk["usage"] = wire.openai_usage(event)
+                    out += wire.sse(usage_chunk)
+                out += wire.sse(b"[DONE]")
+            else:
+                out += event.data
+            return out
+
+        async def rest() -> AsyncIterator[bytes]:
+            try:
+                async for event, timing in events:
+                    yield encode(event, timing)
+            except EngineError as exc:
+                yield wire.sse(wire.openai_error(str(exc), "api_error"))
+            finally:
+                await events.aclose()
+
+        return await self._first_then_rest(
+            events, encode, rest(), SSE,
+            lambda exc: JSONResponse(wire.openai_error(str(exc), "api_error"), status_code=exc.status))
+
+    async def _collect_openai(self, events: AsyncIterator[Any], request_id: str, created: int,
+                              tag: str) -> Response:
+        text: list[str] = []
+        try:
+            async for event, _ in events:
+                if isinstance(event, Token) and not event.thinking:
+                    text.append(event.text)
+                elif isinstance(event, Finished):
+                    return JSONResponse({
+                        "id": request_id, "object": "chat.completion", "created": created, "model": tag,
+                        "system_fingerprint": "fp_sentinel",
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
+                                     "finish_reason": event.done_reason}],
+                        "usage": wire.openai_usage(event),
+                    })
+        except EngineError as exc:
+            return JSONResponse(wire.openai_error(str(exc), "api_error"), status_code=exc.status)
+        return JSONResponse(wire.openai_error("generation ended without a result", "api_error"), status_code=500)
+
+
+def create_app(engine: Engine, parallel: int = 1, version: str = "0.0.0",
+               on_shutdown: list[Callable[[], Awaitable[None]]] | None = None) -> Starlette:
+    api = OllamaApp(engine, parallel=parallel, version=version)
+    routes = [
+        Route("/", api.root, methods=["GET", "HEAD"]),
+        Route("/api/version", api.version_endpoint, methods=["GET"]),
+        Route("/api/tags", api.tags, methods=["GET"]),
+        Route("/api/show", api.show, methods=["POST"]),
+        Route("/api/ps", api.ps, methods=["GET"]),
+        Route("/api/generate", api.generate, methods=["POST"]),
+        Route("/api/chat", api.chat, methods=["POST"]),
+        Route("/v1/chat/completions", api.openai_chat, methods=["POST"]),
+        Route("/v1/models", api.openai_models, methods=["GET"]),
+    ]
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await api.scheduler.shutdown()
+        for hook in on_shutdown or []:
+            await hook()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.ollama = api
+    return app

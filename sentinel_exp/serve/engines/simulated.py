@@ -1,0 +1,155 @@
+"""A model-free engine with exactly known timing: the fixture for tests and client overhead.
+
+Tokens are words and sleeps. Each token is scheduled at an absolute deadline (first token at
+ready + ttft_ms + prefill, then every itl_ms), so sleep overshoot never accumulates and the
+median gap equals itl_ms. Faults can be scripted per request number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from sentinel_exp.serve.engines.precise_timer import PreciseTimer
+from sentinel_exp.serve.engine import (AbortConnection, EngineError, Event, Finished, GenerationRequest, ModelEntry,
+                                       RawLine, Token)
+
+DEFAULT_MODELS = ("smollm2:135m", "qwen2.5:0.5b", "llama3.2:1b", "tinyllama", "phi3:3.8b-mini-4k-instruct-q4_K_M")
+FAULTS = ("http_500", "http_503", "error_midstream", "cut_stream", "malformed", "stall")
+# Faults that strike mid-stream do so after this many tokens, so a partial answer exists.
+FAULT_AFTER_TOKENS = 2
+_WORDS = ("The", " sky", " looks", " blue", " because", " air", " scatters", " short", " wavelengths",
+          " of", " sunlight", " more", " than", " long", " ones", ".")
+_TEMPLATE_TOKENS_PER_MESSAGE = 4
+
+
+@dataclass
+class SimSettings:
+    load_ms: float = 300.0
+    ttft_ms: float = 40.0
+    itl_ms: float = 5.0
+    prefill_ms_per_token: float = 0.0
+    jitter_ms: float = 0.0
+    seed: int = 0
+    tokens: int = 32
+    faults: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for number, kind in self.faults.items():
+            if kind not in FAULTS:
+                raise ValueError(f"unknown simulated fault {kind!r} for request {number}; choose from {FAULTS}")
+        for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+
+def prompt_words(messages: list[dict[str, Any]]) -> list[str]:
+    words: list[str] = []
+    for message in messages:
+        words.append(f"<|{message.get('role', 'user')}|>")
+        content = message.get("content") or ""
+        words.extend(content.split() if isinstance(content, str) else [])
+        words.extend(["<|end|>"] * (_TEMPLATE_TOKENS_PER_MESSAGE - 2))
+    return words
+
+
+def common_prefix(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class _Loaded:
+    tag: str
+    runner_options: dict[str, Any]
+
+
+class SimulatedEngine:
+    name = "simulated"
+
+    def __init__(self, settings: SimSettings, model_tags: tuple[str, ...] | list[str] = DEFAULT_MODELS) -> None:
+        self.settings = settings
+        self._rng = random.Random(settings.seed)
+        self._cached_prompt: list[str] = []
+        self._timer = PreciseTimer()
+        self._entries = [self._entry(tag) for tag in dict.fromkeys(model_tags)]
+
+    @staticmethod
+    def _entry(tag: str) -> ModelEntry:
+        digest = hashlib.sha256(f"simulated:{tag}".encode()).hexdigest()
+        return ModelEntry(tag=tag, size_bytes=100 * 2**20, digest=digest, modified_at="2024-01-01T00:00:00Z",
+                          family="simulated", parameter_size="0", quantization_level="none", format="simulated",
+                          context_length=2048)
+
+    def models(self) -> list[ModelEntry]:
+        return list(self._entries)
+
+    def _jittered(self, ms: float) -> float:
+        if self.settings.jitter_ms <= 0:
+            return ms / 1000.0
+        return max(0.0, ms + self._rng.gauss(0.0, self.settings.jitter_ms)) / 1000.0
+
+    async def load(self, tag: str, runner_options: dict[str, Any]) -> _Loaded:
+        await asyncio.sleep(self._jittered(self.settings.load_ms))
+        self._cached_prompt = []
+        return _Loaded(tag, runner_options)
+
+    async def unload(self, handle: Any) -> None:
+        self._cached_prompt = []
+
+    def loaded_size(self, handle: Any) -> tuple[int, int]:
+        return 100 * 2**20, 0
+
+    async def generate(self, handle: Any, request: GenerationRequest) -> AsyncIterator[Event]:
+        fault = self.settings.faults.get(request.request_number)
+        if fault == "http_500":
+            raise EngineError("simulated server failure", status=500)
+        if fault == "http_503":
+            raise EngineError("server busy, please try again. maximum pending requests exceeded", status=503)
+
+        ready = request.clock_start_ns / 1e9 if request.clock_start_ns else time.perf_counter()
+        words = prompt_words(request.messages)
+        uncached = len(words) - common_prefix(words, self._cached_prompt)
+        self._cached_prompt = words
+        num_predict = request.options.get("num_predict")
+        limited = num_predict is not None and num_predict > 0
+        count = num_predict if limited else self.settings.tokens
+
+        deadline = ready + self._jittered(self.settings.ttft_ms + self.settings.prefill_ms_per_token * uncached)
+        first = last = deadline
+        for k in range(count):
+            if k:
+                deadline += self._jittered(self.settings.itl_ms)
+            await self._timer.sleep_until(deadline)
+            if k == FAULT_AFTER_TOKENS and fault is not None:
+                await self._strike(fault)
+                if fault == "malformed":
+                    yield RawLine(b'{"model": "broken\n')
+            last = time.perf_counter()
+            if k == 0:
+                first = last
+            yield Token(_WORDS[k % len(_WORDS)] if k else _WORDS[0])
+        yield Finished(
+            done_reason="length" if limited else "stop",
+            prompt_eval_count=len(words),
+            eval_count=count,
+            prompt_eval_duration_ns=int((first - ready) * 1e9),
+            eval_duration_ns=int((last - first) * 1e9),
+        )
+
+    @staticmethod
+    async def _strike(fault: str) -> None:
+        if fault == "error_midstream":
+            raise EngineError("simulated failure mid-stream")
+        if fault == "cut_stream":
+            raise AbortConnection("simulated cut stream")
+        if fault == "stall":
+            await asyncio.sleep(3600)

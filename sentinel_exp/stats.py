@@ -1,0 +1,118 @@
+"""Summary statistics over request records: pure functions, no I/O (DESIGN.md sections 2, 4).
+
+Only successful requests of the measured phase enter latency statistics; warmup and failed
+or cancelled requests are counted, never averaged in.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from sentinel_exp.records import MEASURED, RequestRecord
+
+LATENCY_METRICS = ("ttfb", "ttft", "itl", "tpot", "e2e")
+# Server-side breakdown of where the time went (Ollama's durations joined with the client's).
+BREAKDOWN_METRICS = ("server_load", "server_prefill", "ttft_other", "client_overhead", "queue")
+PERCENTILES = (50, 90, 95, 99)
+
+
+def describe(values: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p95/p99/mean/min/max; empty input gives no keys rather than NaN."""
+    if len(values) == 0:
+        return {}
+    arr = np.asarray(values, dtype=float)
+    out = {f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(arr, PERCENTILES))}
+    out.update(mean=float(arr.mean()), min=float(arr.min()), max=float(arr.max()))
+    return out
+
+
+def successful(records: Iterable[RequestRecord]) -> list[RequestRecord]:
+    return [r for r in records if r.phase == MEASURED and r.ok]
+
+
+def inter_token_latencies(record: RequestRecord) -> list[float]:
+    times = record.chunk_times_ms
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def output_tokens(record: RequestRecord) -> int:
+    """Server-counted tokens (eval_count); token chunks only if the server gave no count."""
+    return record.eval_count if record.eval_count is not None else len(record.chunk_times_ms)
+
+
+def time_per_output_token(record: RequestRecord) -> float | None:
+    tokens = output_tokens(record)
+    if record.e2e_ms is None or record.ttft_ms is None or tokens < 2:
+        return None
+    return (record.e2e_ms - record.ttft_ms) / (tokens - 1)
+
+
+def latency_samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
+    ok = successful(records)
+    samples: dict[str, list[float]] = {
+        "ttfb": [r.ttfb_ms for r in ok if r.ttfb_ms is not None],
+        "ttft": [r.ttft_ms for r in ok if r.ttft_ms is not None],
+        "itl": [gap for r in ok for gap in inter_token_latencies(r)],
+        "tpot": [t for r in ok if (t := time_per_output_token(r)) is not None],
+        "e2e": [r.e2e_ms for r in ok if r.e2e_ms is not None],
+        "queue": [r.queue_ms for r in ok if r.queue_ms is not None],
+        "server_load": [r.load_duration_ms for r in ok if r.load_duration_ms is not None],
+        "server_prefill": [r.prompt_eval_duration_ms for r in ok if r.prompt_eval_duration_ms is not None],
+        "ttft_other": [r.ttft_ms - r.load_duration_ms - r.prompt_eval_duration_ms for r in ok
+                       if r.ttft_ms is not None and r.load_duration_ms is not None
+                       and r.prompt_eval_duration_ms is not None],
+        "client_overhead": [r.e2e_ms - r.total_duration_ms for r in ok
+                            if r.e2e_ms is not None and r.total_duration_ms is not None],
+    }
+    return samples
+
+
+def is_cold(record: RequestRecord, cold_load_ms: float) -> bool | None:
+    if record.load_duration_ms is None:
+        return None
+    return record.load_duration_ms > cold_load_ms
+
+
+def summarize(records: Sequence[RequestRecord], measured_duration_s: float | None = None) -> dict[str, float]:
+    """The per-run summary metrics, named as MLflow will store them."""
+    measured = [r for r in records if r.phase == MEASURED]
+    ok = successful(records)
+    failed = [r for r in measured if not r.ok and not r.cancelled]
+    metrics: dict[str, float] = {}
+    for name, values in latency_samples(records).items():
+        for stat, value in describe(values).items():
+            metrics[f"{name}_ms_{stat}"] = value
+
+    decode_rates = [1000.0 / t for r in ok if (t := time_per_output_token(r)) is not None and t > 0]
+    if decode_rates:
+        metrics["output_tokens_per_s"] = float(np.median(decode_rates))
+    server_rates = [r.eval_count / (r.eval_duration_ms / 1000.0) for r in ok
+                    if r.eval_count and r.eval_duration_ms and r.eval_duration_ms > 0]
+    if server_rates:
+        metrics["server_eval_tokens_per_s"] = float(np.median(server_rates))
+    total_tokens = sum(output_tokens(r) for r in ok)
+    metrics["output_tokens_total"] = float(total_tokens)
+    if measured_duration_s and measured_duration_s > 0:
+        metrics["throughput_tokens_per_s"] = total_tokens / measured_duration_s
+        metrics["requests_per_s"] = len(ok) / measured_duration_s
+        metrics["measured_duration_s"] = measured_duration_s
+
+    metrics["requests_ok"] = float(len(ok))
+    metrics["requests_failed"] = float(len(failed))
+    metrics["requests_cancelled"] = float(sum(1 for r in measured if r.cancelled))
+    finished = len(ok) + len(failed)
+    metrics["error_rate"] = len(failed) / finished if finished else 0.0
+    metrics["cold_starts"] = float(sum(1 for r in measured if r.cold))
+    return metrics
+
+
+def error_breakdown(records: Iterable[RequestRecord]) -> dict[str, int]:
+    """Failed measured requests by error class, for the console and summary.json."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.phase == MEASURED and not r.ok and not r.cancelled:
+            key = r.error_class or "Unknown"
+            counts[key] = counts.get(key, 0) + 1
+    return counts

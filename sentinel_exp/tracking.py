@@ -1,0 +1,107 @@
+"""MLflow: one run per experiment, flat names (DESIGN.md section 2), batched writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_CHARS = 6000
+_BATCH_METRICS = 1000
+_BATCH_PARAMS = 100
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dot paths for nested dicts; lists stay whole (JSON), as MLflow params must be scalars."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+
+
+def config_hash(resolved: Mapping[str, Any]) -> str:
+    """Identity of what was measured: everything but where results are written."""
+    relevant = {k: v for k, v in resolved.items() if k not in ("tracking", "progress")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Tracker:
+    """A thin, explicit wrapper over MlflowClient: no global active-run state, so a sweep
+    running jobs in one process, or the telemetry thread, cannot log into the wrong run."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment)
+        else:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            self.experiment_id = found.experiment_id
+        self.run_id: str | None = None
+
+    def start(self, run_name: str, tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        for i in range(0, len(items), _BATCH_PARAMS):
+            self.client.log_batch(self.run_id, tags=items[i:i + _BATCH_PARAMS])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, param_value(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), _BATCH_PARAMS):
+            self.client.log_batch(self.run_id, params=items[i:i + _BATCH_PARAMS])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self._log_metric_points((k, float(v), now, step) for k, v in metrics.items())
+
+    def log_series(self, points: Iterable[Sequence[Any]]) -> None:
+        """(key, value, timestamp_ms, step) points, written one log_batch per chunk."""
+        self._log_metric_points((k, float(v), int(ts), int(step)) for k, v, ts, step in points)
+
+    def _log_metric_points(self, points: Iterable[tuple[str, float, int, int]]) -> None:
+        from mlflow.entities import Metric
+
+        batch: list[Metric] = []
+        for key, value, timestamp, step in points:
+            if value != value:  # NaN: MLflow stores it, but comparisons on it mislead
+                continue
+            batch.append(Metric(key, value, timestamp, step))
+            if len(batch) == _BATCH_METRICS:
+                self.client.log_batch(self.run_id, metrics=batch)
+                batch = []
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        if path.exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
+
+    def end(self, status: str) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
