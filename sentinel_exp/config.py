@@ -7,11 +7,13 @@ Field names of `options` are Ollama option names, unchanged (DESIGN.md section 2
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 SERVER_KINDS = ("auto", "ollama", "embedded", "simulated", "openai")
 WORKLOAD_APIS = ("chat", "generate", "openai")
@@ -33,7 +35,9 @@ class SimConfig:
     # Concurrent generations; 0 = unlimited (Ollama itself defaults to one slot).
     parallel: int = 0
     # Scripted faults: generation request number (1-based, warmup included) -> fault kind.
-    faults: Dict[int, str] = field(default_factory=dict)
+    # Typed Any (checked in config_problems) so that `server.sim.faults={3:http_500}` on the
+    # command line replaces the value; a typed dict would reject the new keys as "not in struct".
+    faults: Any = None
 
 
 @dataclass
@@ -44,7 +48,7 @@ class ServerConfig:
     url: Optional[str] = None
     startup_timeout_s: float = 60.0
     # Extra GGUF files the embedded server can serve: {ollama_tag: path}.
-    models: Dict[str, str] = field(default_factory=dict)
+    models: Any = None  # Dict[str, str]; Any for the same reason as SimConfig.faults
     # Process to watch for server CPU/RSS when the server is not ours (e.g. Ollama).
     pid: Optional[int] = None
     api_key: Optional[str] = None
@@ -86,7 +90,7 @@ class HardwareConfig:
     gpu_name_pattern: Optional[str] = None
     min_vram_mb: Optional[int] = None
     # Options applied where the options group leaves them null.
-    recommended_options: Dict[str, Any] = field(default_factory=dict)
+    recommended_options: Any = None  # Dict[str, Any]; see SimConfig.faults
 
 
 @dataclass
@@ -149,6 +153,19 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="experiment_schema", node=ExperimentConfig)
 
 
+def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
+    """Keys added with `+key=value` that the schema does not know (Hydra lets `+` add them)."""
+    hints = typing.get_type_hints(schema)
+    problems = []
+    for key in node.keys():
+        if key not in hints:
+            if schema is not OptionsConfig:  # options are checked against Ollama's names
+                problems.append(f"{prefix}{key} is not a known setting")
+        elif dataclasses.is_dataclass(hints[key]) and OmegaConf.is_dict(node[key]):
+            problems += unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return problems
+
+
 def effective_options(options: Any, hardware: Any) -> dict[str, Any]:
     """Options sent to the server: the hardware profile's recommendations, overridden by every
     option the options group sets (null = not sent)."""
@@ -168,6 +185,10 @@ def config_problems(cfg: Any) -> list[str]:
     w = cfg.workload
     if cfg.server.kind not in SERVER_KINDS:
         problems.append(f"server.kind={cfg.server.kind!r} is not one of {', '.join(SERVER_KINDS)}")
+    problems += unknown_keys(cfg, ExperimentConfig)
+    for name in cfg.options:
+        if name not in OPTION_TYPES:
+            problems.append(f"options.{name} is not an Ollama option")
     if w.api not in WORKLOAD_APIS:
         problems.append(f"workload.api={w.api!r} is not one of {', '.join(WORKLOAD_APIS)}")
     if cfg.server.kind == "openai" and w.api == "generate":
@@ -192,13 +213,19 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("model.name is empty")
     if cfg.telemetry.interval_s <= 0:
         problems.append(f"telemetry.interval_s must be positive (got {cfg.telemetry.interval_s})")
-    for number, kind in cfg.server.sim.faults.items():
-        if kind not in FAULTS:
-            problems.append(f"server.sim.faults[{number}]={kind!r} is not one of {', '.join(FAULTS)}")
+    for path, value in (("server.sim.faults", cfg.server.sim.faults), ("server.models", cfg.server.models),
+                        ("hardware.recommended_options", cfg.hardware.recommended_options)):
+        if value is not None and not OmegaConf.is_dict(value):
+            problems.append(f"{path} must be a mapping like {{key: value}} (got {value!r})")
+    if OmegaConf.is_dict(cfg.server.sim.faults):
+        for number, kind in cfg.server.sim.faults.items():
+            if not isinstance(number, int) or kind not in FAULTS:
+                problems.append(f"server.sim.faults: {number}: {kind} should be <request number>: one of "
+                                f"{', '.join(FAULTS)}")
     for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms"):
         if getattr(cfg.server.sim, name) < 0:
             problems.append(f"server.sim.{name} must be 0 or more")
-    for name in cfg.hardware.recommended_options:
+    for name in (cfg.hardware.recommended_options if OmegaConf.is_dict(cfg.hardware.recommended_options) else {}):
         if name not in OPTION_TYPES:
             problems.append(f"hardware.recommended_options.{name} is not an Ollama option")
     return problems

@@ -7,6 +7,7 @@ import sys
 from typing import Any, Mapping
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -64,8 +65,8 @@ def _fmt(value: float | None, unit: str = "ms") -> str:
     return f"{value:,.1f} {unit}" if unit else f"{value:,.1f}"
 
 
-def summary_table(metrics: Mapping[str, float], title: str) -> Table:
-    table = Table(title=title, title_justify="left", show_header=True, header_style="bold")
+def summary_table(metrics: Mapping[str, float]) -> Table:
+    table = Table(show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("p50", justify="right")
     table.add_column("p95", justify="right")
@@ -80,7 +81,8 @@ def summary_table(metrics: Mapping[str, float], title: str) -> Table:
 
 def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | None, tracking_uri: str | None,
                   output_dir: str, errors: Mapping[str, int], status: str) -> None:
-    stdout.print(summary_table(metrics, f"{run_name}  [{status}]"))
+    stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
+    stdout.print(summary_table(metrics))
     ok = int(metrics.get("requests_ok", 0))
     failed = int(metrics.get("requests_failed", 0))
     parts = [f"requests ok {ok}", f"failed {failed}"]
@@ -89,7 +91,7 @@ def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | Non
     if metrics.get("requests_cancelled"):
         parts.append(f"cancelled {int(metrics['requests_cancelled'])}")
     parts.append(f"cold starts {int(metrics.get('cold_starts', 0))}")
-    stdout.print("  ".join(parts))
+    stdout.print("  ".join(parts), soft_wrap=True)
     rates = []
     if "output_tokens_per_s" in metrics:
         rates.append(f"decode {metrics['output_tokens_per_s']:.1f} tok/s per request (median)")
@@ -97,6 +99,7 @@ def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | Non
         rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
     if rates:
         stdout.print("  ".join(rates))
-    stdout.print(f"records: {output_dir}/requests.jsonl")
+    stdout.print(f"records: {output_dir}/requests.jsonl", soft_wrap=True)
     if run_id:
-        stdout.print(f"MLflow run {run_id} in {tracking_uri}  (mlflow ui --backend-store-uri {tracking_uri})")
+        stdout.print(f"MLflow run {run_id} in {tracking_uri}  (browse: mlflow ui --backend-store-uri {tracking_uri})",
+                     soft_wrap=True)

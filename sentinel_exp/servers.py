@@ -74,7 +74,7 @@ def _sim_args(sim: Any) -> list[str]:
     args = ["--load-ms", str(sim.load_ms), "--ttft-ms", str(sim.ttft_ms), "--itl-ms", str(sim.itl_ms),
             "--prefill-ms-per-token", str(sim.prefill_ms_per_token), "--jitter-ms", str(sim.jitter_ms),
             "--seed", str(sim.seed), "--tokens", str(sim.tokens), "--parallel", str(sim.parallel)]
-    for number, kind in sim.faults.items():
+    for number, kind in (sim.faults or {}).items():
         args += ["--fault", f"{number}:{kind}"]
     return args
 
@@ -168,7 +168,7 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
             yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid,
                                notes=[f"auto: Ollama {version} answered at {url}"])
             return
-        problem = embedded_problem(model, dict(server_cfg.models))
+        problem = embedded_problem(model, dict(server_cfg.models or {}))
         if problem is not None:
             raise ServerError(
                 f"no server for model '{model}': Ollama does not answer at {url}, and the embedded server "
@@ -183,10 +183,10 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
                            server_cfg.startup_timeout_s, log_path) as handle:
             yield handle
     elif kind == "embedded":
-        problem = embedded_problem(model, dict(server_cfg.models))
+        problem = embedded_problem(model, dict(server_cfg.models or {}))
         if problem is not None:
             raise ServerError(f"server=embedded cannot serve model '{model}': {problem}.")
-        args = [arg for tag, path in server_cfg.models.items() for arg in ("--model", f"{tag}={path}")]
+        args = [arg for tag, path in (server_cfg.models or {}).items() for arg in ("--model", f"{tag}={path}")]
         with start_bundled("llamacpp", args, server_cfg.startup_timeout_s, log_path) as handle:
             handle.notes.append("embedded llama.cpp server")
             yield handle

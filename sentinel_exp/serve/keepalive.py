@@ -34,7 +34,7 @@ def parse_go_duration(text: str) -> float:
     """Seconds in a Go duration string; raises KeepAliveError like time.ParseDuration fails."""
     raw = text.strip()
     sign = 1.0
-    if raw[:1] in "+-":
+    if raw[:1] in ("+", "-"):
         sign = -1.0 if raw[0] == "-" else 1.0
         raw = raw[1:]
     if raw == "0":

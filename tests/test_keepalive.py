@@ -1,0 +1,23 @@
+import math
+
+import pytest
+
+from sentinel_exp.serve.keepalive import FOREVER, KeepAliveError, keep_alive_seconds, parse_go_duration
+
+
+@pytest.mark.parametrize("value, seconds", [
+    (None, None), (0, 0.0), (300, 300.0), (2.9, 2.0), (-1, FOREVER), (-0.5, FOREVER),
+    ("5m", 300.0), ("0", 0.0), ("-1m", FOREVER), ("1h30m", 5400.0), ("300ms", 0.3), ("1.5h", 5400.0),
+])
+def test_keep_alive_follows_ollama(value, seconds):
+    assert keep_alive_seconds(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["300", "-1", "abc", "5 m", "", True, [1], float("nan")])
+def test_keep_alive_rejects_what_ollama_rejects(value):
+    with pytest.raises(KeepAliveError):
+        keep_alive_seconds(value)
+
+
+def test_go_duration_components_add_up():
+    assert math.isclose(parse_go_duration("1h2m3s4ms"), 3723.004)

@@ -1,0 +1,171 @@
+"""The simulated server over real loopback HTTP: Ollama's wire shapes and semantics."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHAT = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi there"}], "options": {"num_predict": 4}}
+
+
+def ndjson(response: httpx.Response) -> list[dict]:
+    return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def sim(sim_server_factory):
+    return sim_server_factory("--load-ms", "200", "--ttft-ms", "20", "--itl-ms", "2", "--parallel", "1")
+
+
+def test_streamed_chat_has_ollama_shape_and_durations(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        chunks = ndjson(client.post("/api/chat", json=CHAT))
+    *middle, final = chunks
+    assert len(middle) == 4
+    assert all(c["done"] is False and c["message"]["role"] == "assistant" and c["message"]["content"] for c in middle)
+    assert set(middle[0]) == {"model", "created_at", "message", "done"}
+    assert final["done"] is True and final["done_reason"] == "length"
+    assert final["eval_count"] == 4 and final["prompt_eval_count"] > 0
+    for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
+        assert isinstance(final[key], int)
+    # Cold: the first request loaded the model (200 ms), then 20 ms to the first token, 3 gaps of 2 ms.
+    assert 195e6 <= final["load_duration"] <= 260e6
+    assert 19e6 <= final["prompt_eval_duration"] <= 26e6
+    assert 5.5e6 <= final["eval_duration"] <= 9e6
+    assert final["total_duration"] >= final["load_duration"] + final["prompt_eval_duration"] + final["eval_duration"]
+
+
+def test_generate_streams_response_field_and_stop_reason(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        chunks = ndjson(client.post("/api/generate", json={"model": "smollm2:135m", "prompt": "x"}))
+    assert all("response" in c for c in chunks)
+    assert chunks[-1]["done_reason"] == "stop" and chunks[-1]["eval_count"] == len(chunks) - 1 == 32
+
+
+def test_keep_alive_zero_unloads_and_next_request_is_cold(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        first = ndjson(client.post("/api/chat", json=CHAT))[-1]
+        warm = ndjson(client.post("/api/chat", json={**CHAT, "keep_alive": 0}))[-1]
+        assert client.get("/api/ps").json()["models"] == []
+        cold = ndjson(client.post("/api/chat", json=CHAT))[-1]
+    assert first["load_duration"] > 190e6 and cold["load_duration"] > 190e6
+    assert warm["load_duration"] < 10e6
+
+
+def test_keep_alive_expiry_makes_the_next_request_cold(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        ndjson(client.post("/api/chat", json={**CHAT, "keep_alive": "500ms"}))
+        assert len(client.get("/api/ps").json()["models"]) == 1
+        time.sleep(0.8)
+        assert client.get("/api/ps").json()["models"] == []
+        after = ndjson(client.post("/api/chat", json=CHAT))[-1]
+    assert after["load_duration"] > 190e6
+
+
+def test_changing_a_runner_option_reloads(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        ndjson(client.post("/api/chat", json=CHAT))
+        same = ndjson(client.post("/api/chat", json={**CHAT, "options": {"num_predict": 4, "temperature": 0.1}}))[-1]
+        other = ndjson(client.post("/api/chat", json={**CHAT, "options": {"num_predict": 4, "num_ctx": 512}}))[-1]
+        ps = client.get("/api/ps").json()["models"][0]
+    assert same["load_duration"] < 10e6  # sampling options do not reload
+    assert other["load_duration"] > 190e6
+    assert ps["context_length"] == 512 and ps["size_vram"] == 0 and ps["expires_at"].endswith("Z")
+
+
+def test_errors_are_ollamas(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        missing = client.post("/api/chat", json={**CHAT, "model": "nope:1b"})
+        bad_json = client.post("/api/chat", content=b"{not json")
+        bad_keep = client.post("/api/chat", json={**CHAT, "keep_alive": "300"})
+        bad_type = client.post("/api/chat", json={**CHAT, "options": {"num_ctx": "abc"}})
+        no_model = client.post("/api/generate", json={"prompt": "x"})
+    assert missing.status_code == 404 and missing.json() == {"error": "model 'nope:1b' not found"}
+    assert bad_json.status_code == 400 and "invalid JSON" in bad_json.json()["error"]
+    assert bad_keep.status_code == 400
+    assert bad_type.status_code == 500 and "num_ctx" in bad_type.json()["error"]
+    assert no_model.status_code == 400
+
+
+def test_empty_prompt_loads_and_keep_alive_zero_unloads(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        loaded = client.post("/api/generate", json={"model": "smollm2:135m", "prompt": ""}).json()
+        assert [m["name"] for m in client.get("/api/ps").json()["models"]] == ["smollm2:135m"]
+        unloaded = client.post("/api/generate", json={"model": "smollm2:135m", "keep_alive": 0}).json()
+        assert client.get("/api/ps").json()["models"] == []
+    assert loaded["done"] is True and loaded["done_reason"] == "load" and "load_duration" not in loaded
+    assert unloaded["done_reason"] == "unload"
+
+
+def test_metadata_endpoints(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        tags = client.get("/api/tags").json()["models"]
+        show = client.post("/api/show", json={"model": "smollm2:135m"}).json()
+        version = client.get("/api/version").json()
+        root = client.get("/")
+    entry = next(m for m in tags if m["name"] == "smollm2:135m")
+    assert len(entry["digest"]) == 64 and entry["size"] > 0
+    assert set(entry["details"]) >= {"format", "family", "parameter_size", "quantization_level"}
+    assert show["details"] == entry["details"]
+    assert version["version"].endswith("sentinel-simulated")
+    assert root.text == "Ollama is running"
+
+
+def test_stream_false_returns_one_object(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        body = client.post("/api/generate", json={"model": "smollm2:135m", "prompt": "x", "stream": False,
+                                                   "options": {"num_predict": 3}}).json()
+    assert body["done"] is True and body["response"] == "The sky looks" and body["eval_count"] == 3
+
+
+def test_openai_stream_shape(sim):
+    payload = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "x"}], "stream": True,
+               "max_tokens": 3, "stream_options": {"include_usage": True}}
+    with httpx.Client(base_url=sim.url) as client:
+        text = client.post("/v1/chat/completions", json=payload).text
+    events = [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:4]] == ["The", " sky", " looks"]
+    assert chunks[4]["choices"][0]["finish_reason"] == "length"
+    assert chunks[5]["choices"] == [] and chunks[5]["usage"]["completion_tokens"] == 3
+
+
+def test_one_slot_queues_the_second_request_into_its_load_duration(sim):
+    with httpx.Client(base_url=sim.url) as client:
+        ndjson(client.post("/api/chat", json=CHAT))  # load first
+
+        def one(_):
+            with httpx.Client(base_url=sim.url) as c:
+                return ndjson(c.post("/api/chat", json={**CHAT, "options": {"num_predict": 20}}))[-1]
+
+        with ThreadPoolExecutor(2) as pool:
+            finals = sorted(pool.map(one, range(2)), key=lambda f: f["load_duration"])
+    # The second waited for the first (20 ms + 19 x 2 ms) in the queue, as Ollama reports it.
+    assert finals[0]["load_duration"] < 10e6
+    assert finals[1]["load_duration"] > 45e6
+
+
+@pytest.mark.parametrize("fault", ["http_500", "http_503"])
+def test_scripted_http_errors(sim_server_factory, fault):
+    server = sim_server_factory("--load-ms", "0", "--fault", f"1:{fault}")
+    with httpx.Client(base_url=server.url) as client:
+        response = client.post("/api/chat", json=CHAT)
+        after = client.post("/api/chat", json=CHAT)
+    assert response.status_code == int(fault[-3:]) and "error" in response.json()
+    assert after.status_code == 200
+
+
+def test_scripted_midstream_error_line_and_cut(sim_server_factory):
+    server = sim_server_factory("--load-ms", "0", "--fault", "1:error_midstream", "--fault", "2:cut_stream")
+    with httpx.Client(base_url=server.url) as client:
+        chunks = ndjson(client.post("/api/chat", json=CHAT))
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post("/api/chat", json=CHAT)
+    assert chunks[-1] == {"error": "simulated failure mid-stream"}
+    assert not any(c.get("done") for c in chunks)
