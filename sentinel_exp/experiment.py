@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentinel_exp import __version__
 from sentinel_exp import console as ui
+from sentinel_exp import eventloop
 from sentinel_exp.clients import ollama as ollama_client
 from sentinel_exp.clients import openai as openai_client
 from sentinel_exp.clients.common import RequestSpec, send_request
@@ -254,4 +255,4 @@ def _log_results(tracker: Tracker, ctx: RunContext, metrics: dict[str, float], m
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> Outcome:
-    return asyncio.run(run_async(cfg, ctx))
+    return eventloop.run(run_async(cfg, ctx))

@@ -1,14 +1,34 @@
 """Telemetry for one run: the sampler, the hardware check and the environment fingerprint,
-tied to the run's phases and named for MLflow (DESIGN.md section 2)."""
+tied to the run's phases and named for MLflow (DESIGN.md section 2).
+
+One GpuProbe serves the fingerprint, the hardware check and the sampler, so NVML is
+initialised once; without a GPU or driver everything here degrades to "not available".
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Iterable, Sequence
+from urllib.parse import urlsplit
 
+from sentinel_exp.hardware import check_with_probe, expectation_from_mapping
 from sentinel_exp.servers import ServerHandle
+from sentinel_exp.telemetry import (GpuProbe, Sampler, environment_fingerprint, find_server_pid, gpu_energy,
+                                    series_points, summarize_telemetry)
 
 log = logging.getLogger(__name__)
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def server_pid(handle: ServerHandle) -> int | None:
+    """The process whose CPU/RSS is the server's: ours, the configured one, or whoever listens
+    on the server's loopback port (e.g. Ollama)."""
+    if handle.pid is not None:
+        return handle.pid
+    parts = urlsplit(handle.url)
+    if parts.hostname not in _LOOPBACK:
+        return None
+    return find_server_pid(parts.port or 80, name="ollama")
 
 
 class RunMonitor:
@@ -16,33 +36,69 @@ class RunMonitor:
         self.cfg = telemetry_cfg
         self.hardware_cfg = hardware_cfg
         self.handle = handle
+        # The fingerprint and the hardware check describe the machine whether or not the GPU is
+        # sampled, so the probe is always opened; telemetry.gpu only governs sampling.
+        self.probe = GpuProbe()
+        self.pid = server_pid(handle) if telemetry_cfg.enabled else None
+        self._sampler: Sampler | None = None
         self._tags: dict[str, str] = {}
         self._notes: list[str] = []
-        self._samples: list[Any] = []
 
     def check_hardware(self) -> None:
-        pass
+        """Compare the hardware profile with what is detected; a mismatch warns and is tagged."""
+        expected = expectation_from_mapping(self.hardware_cfg)
+        check = check_with_probe(expected, self.probe)
+        self._tags.update(check.tags)
+        if not check.matches:
+            log.warning("warning: %s The run is tagged sentinel.hardware_match=false.", check.message)
+            self._notes.append(check.message)
 
     def tags(self) -> dict[str, str]:
-        return dict(self._tags)
-
-    def late_tags(self) -> dict[str, str]:
-        return {}
+        tags = environment_fingerprint(self.probe)
+        tags.update(self._tags)
+        if self.pid is not None:
+            tags["sentinel.server_pid"] = str(self.pid)
+        elif self.cfg.enabled:
+            tags["sentinel.server_pid"] = "unknown"
+            self._notes.append("server process not found: no server CPU/RSS (set server.pid)")
+        return tags
 
     def start(self) -> None:
-        pass
+        if self.cfg.enabled:
+            self._sampler = Sampler(interval_s=self.cfg.interval_s, server_pid=self.pid,
+                                    gpu_probe=self.probe if self.cfg.gpu else None, gpu=self.cfg.gpu).start()
 
     def mark_phase(self, phase: str) -> None:
-        pass
+        if self._sampler is not None:
+            self._sampler.mark_phase(phase)
 
     def stop(self) -> None:
-        pass
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._notes.extend(self._sampler.notes)
+        self.probe.close()
 
     def metrics(self, output_tokens: int) -> dict[str, float]:
-        return {}
+        if self._sampler is None:
+            return {}
+        samples = self._sampler.samples
+        out = summarize_telemetry(samples, phase="measured", output_tokens=output_tokens or None)
+        out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == "measured"))
+        out["telemetry_overhead_core_pct"] = 100.0 * self._sampler.overhead_core_fraction
+        return out
 
     def series(self) -> Iterable[Sequence[Any]]:
-        return []
+        if self._sampler is None or not self.cfg.log_series:
+            return []
+        return series_points(self._sampler.samples)
+
+    def late_tags(self) -> dict[str, str]:
+        """Tags only known once sampling is over."""
+        if self._sampler is None:
+            return {}
+        energy = gpu_energy(self._sampler.samples, phase="measured")
+        return {"sentinel.gpu_energy_method": energy.method}
 
     def notes(self) -> list[str]:
-        return list(self._notes)
+        return list(dict.fromkeys(self._notes))
+

@@ -46,6 +46,8 @@ class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         from mlflow.tracking import MlflowClient
 
+        # MLflow resets its logger to INFO on import; its store-migration chatter is noise here.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
         found = self.client.get_experiment_by_name(experiment)

@@ -55,6 +55,15 @@ def test_simulated_run_logs_exact_latencies_to_mlflow(tmp_path):
     assert {"requests.jsonl", "config.yaml", "summary.json", "server.log"} <= artifacts
     assert "TTFT" in result.stdout and run.info.run_id in result.stdout
 
+    # Telemetry: the server child's CPU and memory, sampled every 50 ms through the measured phase.
+    assert m["server_rss_mb_max"] > 5 and m["server_cpu_pct_max"] > 0
+    assert m["telemetry_samples"] >= 0.5 * summary["metrics"]["measured_duration_s"] / 0.05
+    assert 0 < m["cpu_pct_mean"] <= 100
+    assert tags["sentinel.server_pid"].isdigit() and tags["sentinel.gpu_available"] in ("true", "false")
+    assert tags["sentinel.hardware_match"] == "true" and tags["sentinel.cpu_cores_logical"].isdigit()
+    history = client.get_metric_history(run.info.run_id, "server_rss_mb")
+    assert len(history) >= m["telemetry_samples"] and [h.step for h in history] == list(range(len(history)))
+
 
 def test_a_cold_first_measured_request_shows_the_load(tmp_path):
     result = run_cli(tmp_path, *SIM, "workload.requests=5", "workload.warmup=0", "tracking.enabled=false")
@@ -97,6 +106,16 @@ def test_scripted_failures_give_failed_records_and_a_finished_run(tmp_path):
     failed = {r.error_class for r in records if not r.ok}
     assert failed == {"HTTP500", "ServerError", "RemoteProtocolError", "MalformedChunk"}
     assert abs(m["ttft_ms_p50"] - 40) <= 2  # failures stay out of the latency statistics
+
+
+def test_hardware_mismatch_warns_and_tags_the_run(tmp_path):
+    result = run_cli(tmp_path, *SIM, "workload.requests=3", "hardware=h100")
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    if run.data.tags["sentinel.gpu_name"].find("H100") < 0:
+        assert run.data.tags["sentinel.hardware_match"] == "false"
+        assert "Hardware profile 'h100' expects a GPU" in result.stderr
+    assert run.data.tags["sentinel.hardware_profile"] == "h100"
 
 
 def test_unreachable_server_is_one_clear_message(tmp_path):

@@ -18,7 +18,7 @@ import socket
 import sys
 from typing import Any
 
-from sentinel_exp import __version__
+from sentinel_exp import __version__, eventloop
 from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, FAULTS, SimSettings, SimulatedEngine
 
 READY_PREFIX = "SENTINEL_SERVER_READY "
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             watcher.cancel()
 
     logging.getLogger("uvicorn.error").addFilter(_drop_scripted_aborts)
-    asyncio.run(serve())
+    eventloop.run(serve())
     return 0
 
 

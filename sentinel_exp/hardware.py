@@ -1,0 +1,139 @@
+"""Expected-hardware profiles checked against the GPUs actually detected."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from sentinel_exp.telemetry.gpu import GpuProbe
+
+
+@dataclass(frozen=True)
+class HardwareExpectation:
+    name: str = "auto"
+    expect_gpu: bool | None = None  # None: don't care, unless a pattern/VRAM floor implies a GPU
+    gpu_name_pattern: str | None = None  # case-insensitive regex searched in the NVML name
+    min_vram_mb: int | None = None  # MiB as NVML reports total memory
+
+
+@dataclass(frozen=True)
+class HardwareCheck:
+    matches: bool
+    message: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _as_bool(v: Any) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("true", "yes", "1", "on"):
+        return True
+    if s in ("false", "no", "0", "off"):
+        return False
+    if s in ("", "null", "none", "auto"):
+        return None
+    raise ValueError(f"expect_gpu must be true/false/null, got {v!r}")
+
+
+def expectation_from_mapping(d: Mapping[str, Any] | None) -> HardwareExpectation:
+    """Build an expectation from a config mapping (dict or OmegaConf DictConfig) such as
+    conf/hardware/<name>.yaml; missing keys and nulls mean "don't check"."""
+    d = d or {}
+    name = str(d.get("name") or "auto")
+    vals: dict[str, Any] = {f.name: getattr(HardwareExpectation(name), f.name) for f in fields(HardwareExpectation)}
+    if "expect_gpu" in d:
+        vals["expect_gpu"] = _as_bool(d["expect_gpu"])
+    if "gpu_name_pattern" in d:
+        p = d["gpu_name_pattern"]
+        vals["gpu_name_pattern"] = str(p) if p not in (None, "") else None
+    if "min_vram_mb" in d:
+        v = d["min_vram_mb"]
+        vals["min_vram_mb"] = int(float(v)) if v not in (None, "") else None
+    return HardwareExpectation(**vals)
+
+
+def _describe_expected(e: HardwareExpectation) -> str:
+    parts = ["a GPU"]
+    if e.gpu_name_pattern:
+        parts.append(f"whose name matches /{e.gpu_name_pattern}/")
+    if e.min_vram_mb:
+        parts.append(f"with at least {e.min_vram_mb} MB VRAM")
+    return " ".join(parts)
+
+
+def _describe_found(gpus: list[tuple[str, float]], reason: str | None) -> str:
+    if not gpus:
+        return "no GPU" + (f" ({reason})" if reason else "")
+    return ", ".join(f"{n} ({round(v)} MB)" for n, v in gpus)
+
+
+def check_hardware(
+    expected: HardwareExpectation,
+    detected_gpus: Iterable[tuple[str, float]],
+    gpu_available: bool,
+    *,
+    unavailable_reason: str | None = None,
+) -> HardwareCheck:
+    """Compare an expectation with what was detected. Mismatches are reported, never hidden."""
+    gpus = [(str(n), float(v or 0)) for n, v in detected_gpus] if gpu_available else []
+    found = _describe_found(gpus, unavailable_reason)
+    prof = f"Hardware profile '{expected.name}'"
+    wants = expected.expect_gpu
+    if wants is None and (expected.gpu_name_pattern or expected.min_vram_mb):
+        wants = True  # a name or VRAM requirement only makes sense for a GPU
+
+    if wants is None:
+        ok, msg = True, f"{prof} expects nothing in particular; found {found}."
+    elif wants is False:
+        ok = not gpus
+        msg = (
+            f"{prof} expects no GPU and found none."
+            if ok
+            else f"{prof} expects no GPU, but found {found}, so the run would not be CPU-only."
+        )
+    elif not gpus:
+        ok, msg = False, f"{prof} expects {_describe_expected(expected)}, but found {found}."
+    else:
+        try:
+            rx = re.compile(expected.gpu_name_pattern or "", re.IGNORECASE)
+        except re.error as exc:
+            return _result(
+                expected,
+                False,
+                f"{prof} has an invalid gpu_name_pattern /{expected.gpu_name_pattern}/ ({exc}); "
+                f"found {found}.",
+            )
+        named = [g for g in gpus if rx.search(g[0])]
+        fit = [g for g in named if not expected.min_vram_mb or g[1] >= expected.min_vram_mb]
+        ok = bool(fit)
+        want = _describe_expected(expected)
+        if ok:
+            msg = f"{prof} expects {want} and found {_describe_found(fit, None)}."
+        elif named:
+            msg = (
+                f"{prof} expects {want}, but found {found}: "
+                "the name matches, the VRAM is too small."
+            )
+        else:
+            msg = f"{prof} expects {want}, but found {found}."
+    return _result(expected, ok, msg)
+
+
+def _result(expected: HardwareExpectation, ok: bool, msg: str) -> HardwareCheck:
+    tags = {
+        "sentinel.hardware_profile": expected.name,
+        "sentinel.hardware_match": "true" if ok else "false",
+        "sentinel.hardware_message": msg,
+    }
+    return HardwareCheck(ok, msg, tags)
+
+
+def check_with_probe(expected: HardwareExpectation, probe: GpuProbe) -> HardwareCheck:
+    """check_hardware fed from a GpuProbe (opened here if it is not yet)."""
+    probe.open()
+    return check_hardware(
+        expected, probe.inventory(), probe.available, unavailable_reason=probe.reason
+    )

@@ -1,0 +1,46 @@
+"""Telemetry: host CPU/memory, server process tree and NVIDIA GPUs, sampled in a thread.
+
+Importable with the standard library and psutil only; pynvml is imported lazily by GpuProbe.
+No MLflow, Hydra, httpx, omegaconf or numpy here (tests enforce it).
+"""
+
+from .cpu import (
+    CpuReading,
+    MemoryReading,
+    ProcessTreeProbe,
+    ProcessTreeReading,
+    SystemProbe,
+    find_server_pid,
+)
+from .fingerprint import environment_fingerprint
+from .gpu import GpuDevice, GpuProbe, GpuReading
+from .sampler import Sample, Sampler
+from .summary import (
+    EnergyEstimate,
+    SeriesPoint,
+    gpu_energy,
+    phase_windows,
+    series_points,
+    summarize_telemetry,
+)
+
+__all__ = [
+    "CpuReading",
+    "EnergyEstimate",
+    "GpuDevice",
+    "GpuProbe",
+    "GpuReading",
+    "MemoryReading",
+    "ProcessTreeProbe",
+    "ProcessTreeReading",
+    "Sample",
+    "Sampler",
+    "SeriesPoint",
+    "SystemProbe",
+    "environment_fingerprint",
+    "find_server_pid",
+    "gpu_energy",
+    "phase_windows",
+    "series_points",
+    "summarize_telemetry",
+]
