@@ -74,17 +74,20 @@ class CliResult:
         return self.stdout + self.stderr
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CI": "true"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env.pop("OLLAMA_HOST", None)
+    # No test may find a real Ollama on this machine by accident: port 9 (discard) never answers.
+    env["OLLAMA_HOST"] = "127.0.0.1:9"
+    env.update(extra)
     return env
 
 
-def run_cli(cwd: Path, *overrides: str, timeout_s: float = 180.0, module: str = "sentinel_exp") -> CliResult:
+def run_cli(cwd: Path, *overrides: str, timeout_s: float = 180.0, module: str = "sentinel_exp",
+            env: dict[str, str] | None = None) -> CliResult:
     """The real `python -m sentinel_exp` in a subprocess, from `cwd` (where mlflow.db lands)."""
-    done = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, timeout=timeout_s)
+    done = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=env or cli_env(),
+                          capture_output=True, text=True, timeout=timeout_s)
     return CliResult(done.returncode, done.stdout, done.stderr, cwd)
 
 

@@ -134,6 +134,25 @@ def test_unknown_model_names_what_the_server_has(tmp_path, sim_server_factory):
     assert mlflow_runs(tmp_path) == []
 
 
+def test_auto_prefers_ollama_when_it_answers(tmp_path, sim_server_factory):
+    server = sim_server_factory("--load-ms", "0")
+    host = server.url.removeprefix("http://")
+    result = run_cli(tmp_path, "workload=quick", env=cli_env(OLLAMA_HOST=host))
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    assert run.data.tags["sentinel.server_kind"] == "ollama" and run.data.tags["sentinel.server_url"] == server.url
+    assert f"Ollama {run.data.tags['sentinel.ollama_version']} answers at {server.url}" in result.stderr
+
+
+def test_auto_without_ollama_or_a_servable_model_names_both_ways(tmp_path):
+    result = run_cli(tmp_path, "model=qwen05")
+    assert result.returncode == 2
+    message = result.stderr
+    assert "Ollama does not answer at http://127.0.0.1:9" in message
+    assert "ollama pull qwen2.5:0.5b" in message and "model=smollm2_135m" in message
+    assert "Traceback" not in result.output and mlflow_runs(tmp_path) == []
+
+
 def test_sigint_mid_run_logs_what_finished_as_killed(tmp_path):
     env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "sentinel_exp", *SIM, "server.sim.itl_ms=20",

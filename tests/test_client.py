@@ -45,11 +45,13 @@ def test_timings_match_the_injected_latency(sim_server_factory, api):
     for r in records:
         assert r.eval_count == 16 and len(r.chunk_times_ms) == 16  # the role-only OpenAI delta is no token
         assert r.ttfb_ms <= r.ttft_ms <= r.e2e_ms
-        assert 40 + 15 * 5 <= r.e2e_ms <= 40 + 15 * 5 + 5
-        assert r.queue_ms is not None and r.queue_ms < 5
+        assert r.e2e_ms >= 40 + 15 * 5
         assert r.done_reason == "length"
+    assert statistics.median(r.e2e_ms for r in records) <= 40 + 15 * 5 + 4
+    assert statistics.median(r.queue_ms for r in records) < 3  # warm keep-alive connections
     if api != "openai":
-        assert all(r.load_duration_ms < 5 and r.total_duration_ms <= r.e2e_ms for r in records)
+        assert all(r.total_duration_ms <= r.e2e_ms for r in records)
+        assert statistics.median(r.load_duration_ms for r in records) < 2
 
 
 def test_timings_stay_accurate_under_concurrency(sim_server_factory):

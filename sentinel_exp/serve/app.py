@@ -62,7 +62,10 @@ class DeferredStream(Response):
 
         watcher = asyncio.create_task(watch_disconnect())
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            # The server's own clock (CLOCK_MONOTONIC, as time.perf_counter_ns) just before the
+            # first token goes out: a client on this machine can measure its own read latency.
+            stamp = (b"x-sentinel-first-chunk-ns", str(time.perf_counter_ns()).encode())
+            await send({"type": "http.response.start", "status": 200, "headers": [*self.raw_headers, stamp]})
             await send({"type": "http.response.body", "body": self.first, "more_body": True})
             async for chunk in self.rest:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
