@@ -12,7 +12,7 @@ import itertools
 import json
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -197,10 +197,13 @@ class OllamaApp:
 
     async def _load_or_unload(self, api: str, tag: str, runner: dict[str, Any],
                               keep_alive_s: float | None) -> Response:
-        if keep_alive_s == 0:
-            await self.scheduler.unload_now(tag)
-            return JSONResponse(wire.final_chunk(api, tag, "unload", None))
-        await self.scheduler.load_only(tag, runner, keep_alive_s)
+        try:
+            if keep_alive_s == 0:
+                await self.scheduler.unload_now(tag)
+                return JSONResponse(wire.final_chunk(api, tag, "unload", None))
+            await self.scheduler.load_only(tag, runner, keep_alive_s)
+        except EngineError as exc:
+            return error_json(str(exc), exc.status)
         return JSONResponse(wire.final_chunk(api, tag, "load", None))
 
     async def _events(self, gen: GenerationRequest, runner: dict[str, Any], keep_alive_s: float | None,
@@ -209,11 +212,13 @@ class OllamaApp:
         async with self.scheduler.admit(gen.model, runner, keep_alive_s) as admission:
             load_ns = admission.ready_ns - started_ns
             gen.clock_start_ns = admission.ready_ns if admission.was_loaded or admission.waited else started_ns
-            async for event in self.engine.generate(admission.resident.handle, gen):
-                if isinstance(event, Finished):
-                    yield event, wire.durations(event, load_ns, time.perf_counter_ns() - started_ns)
-                else:
-                    yield event, None
+            # Closed here, inside admission, so the slot is freed only once the engine has stopped.
+            async with aclosing(self.engine.generate(admission.resident.handle, gen)) as stream:
+                async for event in stream:
+                    if isinstance(event, Finished):
+                        yield event, wire.durations(event, load_ns, time.perf_counter_ns() - started_ns)
+                    else:
+                        yield event, None
 
     async def _stream_ollama(self, api: str, tag: str, events: AsyncIterator[Any]) -> Response:
         make_chunk = wire.chat_chunk if api == "chat" else wire.generate_chunk

@@ -1,6 +1,11 @@
 """The embedded engine: GGUF models run in-process with llama-cpp-python.
 
-Generation drives `Llama.generate()` token by token in a dedicated thread instead of
+Every llama.cpp call (load, generate, free) runs on one long-lived worker thread. llama.cpp's
+OpenMP thread team belongs to the thread that calls it: a fresh thread per request builds a
+cold team, and alternating threads was measured ~45 ms slower to first token on 2 cores. One
+worker also serialises use of the single llama context without locks.
+
+Generation drives `Llama.generate()` token by token on that worker instead of
 `create_chat_completion(stream=True)`: the streamed chunks of the latter carry no token counts,
 merge tokens (UTF-8, stop-string hold-back) and cannot be stopped between tokens, while Ollama's
 eval_count, done_reason and durations need exactly those. The chat template is still the GGUF's
@@ -12,21 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import logging
 import os
 import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 from sentinel_exp.serve.engine import EngineError, Event, Finished, GenerationRequest, ModelEntry, Token
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.engines.gguf_meta import GGUFError, GGUFInfo, file_sha256, mtime_rfc3339, read_gguf
-
-log = logging.getLogger(__name__)
 
 # Ollama's defaults (api/types.go DefaultOptions), so an option left out samples as in Ollama
 # rather than as llama-cpp-python's own defaults.
@@ -35,8 +37,14 @@ SAMPLING_DEFAULTS: dict[str, Any] = {
     "presence_penalty": 0.0, "frequency_penalty": 0.0, "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
 }
 REPEAT_LAST_N = 64
+# Longest the decoder waits for the first token to be written (a slow consumer must not stall it).
+FIRST_TOKEN_HANDOFF_S = 0.05
 # Set to 1 to keep llama.cpp's extra weight buffers (AMX, repacking) on AMX-capable builds.
 EXTRA_BUFTS_ENV = "SENTINEL_LLAMA_EXTRA_BUFTS"
+# Threads when a request leaves num_thread at 0 (default: every usable CPU). llama.cpp's threads
+# spin at barriers, so one descheduled thread stalls all: on a shared box fewer threads than
+# cores is far more robust (2 threads on 2 cores with one core busy was measured ~50x slower).
+THREADS_ENV = "SENTINEL_LLAMA_THREADS"
 
 
 class EngineUnavailable(Exception):
@@ -85,9 +93,14 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads() -> int:
+    value = os.environ.get(THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else usable_cpus()
+
+
 def llama_kwargs(runner_options: dict[str, Any]) -> dict[str, Any]:
     """Ollama runner options → Llama() arguments (defaults already filled in by wire.py)."""
-    threads = runner_options.get("num_thread") or usable_cpus()
+    threads = runner_options.get("num_thread") or default_threads()
     use_mmap = runner_options.get("use_mmap")
     return {
         "n_ctx": runner_options.get("num_ctx", 2048),
@@ -118,10 +131,36 @@ class _Loaded:
     n_ctx: int
     n_gpu_layers: int
     formatter: Any
-    # One llama context, one user at a time: a generation whose consumer went away may still be
-    # finishing a decode when the next request (or an unload) arrives.
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    cancel: threading.Event | None = None
+    active: _Channel | None = None  # the running generation's, so unload can stop it
+
+
+class _Channel:
+    """Worker thread → event loop: events in order, a stop flag, and the first-token handoff."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.cancel = threading.Event()
+        self.written = threading.Event()
+
+    def emit(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancel.set()
+
+    def hand_off_first(self) -> None:
+        """Pause decoding until the first token is on the socket (bounded).
+
+        llama.cpp's threads fill every core while decoding (OpenMP spins between graphs), so the
+        event loop would otherwise wait for the scheduler to give it a core before it can write
+        the first token: ~4 ms of TTFT on 2 cores. Pausing here costs the second token the same
+        ~0.3 ms the loop needs anyway; later tokens are written while the next one decodes."""
+        self.written.wait(FIRST_TOKEN_HANDOFF_S)
+
+    def stop(self) -> None:
+        self.cancel.set()
+        self.written.set()
 
 
 class LlamaCppEngine:
@@ -133,6 +172,7 @@ class LlamaCppEngine:
         if not paths:
             raise EngineUnavailable(f"no GGUF model to serve: the bundled {registry.BUNDLED_TAG} comes with "
                                     f"{registry.EXTRA_HINT}, or pass --model TAG=path/to/model.gguf")
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         # Hashing ~100 MB takes ~0.1 s per file: once, off the event loop, while uvicorn starts.
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-sha256")
         self._models: dict[str, _Model] = {}
@@ -169,13 +209,16 @@ class LlamaCppEngine:
             raise EngineError(f"model '{tag}' not found", status=404)
         kwargs = llama_kwargs(runner_options)
         try:
-            return await asyncio.to_thread(self._load_blocking, model, kwargs)
+            return await asyncio.wrap_future(self._worker.submit(self._load_blocking, model, kwargs))
         except Exception as exc:
             raise EngineError(f"llama runner failed to load {tag}: {exc}") from exc
 
     def _load_blocking(self, model: _Model, kwargs: dict[str, Any]) -> _Loaded:
         llm = self._llama_cpp.Llama(str(model.path), **kwargs)
-        return _Loaded(model, llm, llm.n_ctx(), kwargs["n_gpu_layers"], self._chat_formatter(llm))
+        # llama.cpp may round the context up (to 256); llama-cpp-python's token buffer keeps the
+        # size asked for, and overflowing it raises, so the smaller of the two is the real limit.
+        n_ctx = min(llm.n_ctx(), len(llm.input_ids))
+        return _Loaded(model, llm, n_ctx, kwargs["n_gpu_layers"], self._chat_formatter(llm))
 
     def _chat_formatter(self, llm: Any) -> Any:
         template = llm.metadata.get("tokenizer.chat_template")
@@ -189,16 +232,15 @@ class LlamaCppEngine:
         return Jinja2ChatFormatter(template=template, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()))
 
     async def unload(self, handle: _Loaded) -> None:
-        if handle.cancel is not None:
-            handle.cancel.set()
-        await asyncio.to_thread(self._close, handle)
+        if handle.active is not None:
+            handle.active.stop()
+        await asyncio.wrap_future(self._worker.submit(self._close, handle))
 
     @staticmethod
     def _close(handle: _Loaded) -> None:
-        with handle.lock:
-            llm, handle.llm = handle.llm, None
-            if llm is not None:
-                llm.close()
+        llm, handle.llm = handle.llm, None
+        if llm is not None:
+            llm.close()
 
     def loaded_size(self, handle: _Loaded) -> tuple[int, int]:
         size = handle.model.size + handle.model.info.kv_cache_bytes(handle.n_ctx)
@@ -211,24 +253,15 @@ class LlamaCppEngine:
     # --- generation ---------------------------------------------------------------------------
 
     async def generate(self, handle: _Loaded, request: GenerationRequest) -> AsyncIterator[Event]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def emit(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                cancel.set()
-
-        thread = threading.Thread(target=self._generate_thread, args=(handle, request, emit, cancel),
-                                  name="llama-generate", daemon=True)
-        thread.start()
+        channel = _Channel(asyncio.get_running_loop())
+        job = self._worker.submit(self._generate_job, handle, request, channel)
         try:
             while True:
-                item = await queue.get()
+                item = await channel.queue.get()
                 if isinstance(item, (Token, Finished)):
                     yield item
+                    # Resumed: the HTTP layer has written the token and wants the next one.
+                    channel.written.set()
                     if isinstance(item, Finished):
                         return
                 elif isinstance(item, EngineError):
@@ -238,29 +271,26 @@ class LlamaCppEngine:
                 else:
                     raise EngineError("generation stopped before it finished (model unloaded)")
         finally:
-            cancel.set()
-            if thread.is_alive():
-                await asyncio.to_thread(thread.join)
+            # The consumer is done (finished, failed or gone): stop decoding and wait for the
+            # worker to let go of the context before the scheduler admits anyone else.
+            channel.stop()
+            if not job.cancel():
+                await asyncio.wrap_future(job)
 
-    def _generate_thread(self, handle: _Loaded, request: GenerationRequest, emit: Callable[[Any], None],
-                         cancel: threading.Event) -> None:
+    def _generate_job(self, handle: _Loaded, request: GenerationRequest, channel: _Channel) -> None:
         start_ns = request.clock_start_ns or time.perf_counter_ns()
+        handle.active = channel
         try:
-            with handle.lock:
-                if handle.llm is None:
-                    raise EngineError("model was unloaded")
-                handle.cancel = cancel
-                try:
-                    self._generate_locked(handle, request, emit, cancel, start_ns)
-                finally:
-                    handle.cancel = None
+            if handle.llm is None:
+                raise EngineError("model was unloaded")
+            self._generate(handle, request, channel, start_ns)
         except BaseException as exc:  # the consumer turns it into an HTTP 500 or an error line
-            emit(exc)
+            channel.emit(exc)
         finally:
-            emit(None)  # ends a consumer still waiting if the thread stopped without Finished
+            handle.active = None
+            channel.emit(None)  # ends a consumer still waiting if the job stopped without Finished
 
-    def _generate_locked(self, handle: _Loaded, request: GenerationRequest, emit: Callable[[Any], None],
-                         cancel: threading.Event, start_ns: int) -> None:
+    def _generate(self, handle: _Loaded, request: GenerationRequest, channel: _Channel, start_ns: int) -> None:
         llm = handle.llm
         prompt = self._prompt_tokens(handle, request)
         if len(prompt) >= handle.n_ctx:
@@ -280,7 +310,7 @@ class LlamaCppEngine:
         vocab = llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stops = StopMatcher(options.get("stop") or [])
-        count, first_ns, last_ns, reason = 0, 0, 0, "length"
+        count, first_ns, last_ns, reason, sent = 0, 0, 0, "length", False
         tokens = llm.generate(prompt, temp=sampling["temperature"], top_k=sampling["top_k"],
                               top_p=sampling["top_p"], min_p=sampling["min_p"], typical_p=sampling["typical_p"],
                               repeat_penalty=sampling["repeat_penalty"],
@@ -291,7 +321,7 @@ class LlamaCppEngine:
             for token in tokens:
                 last_ns = time.perf_counter_ns()
                 first_ns = first_ns or last_ns
-                if cancel.is_set():
+                if channel.cancel.is_set():
                     return
                 if is_eog(vocab, token):
                     reason = "stop"
@@ -299,7 +329,10 @@ class LlamaCppEngine:
                 count += 1
                 text, hit = stops.feed(decoder.decode(llm.detokenize([token])))
                 if text:
-                    emit(Token(text))
+                    channel.emit(Token(text))
+                    if not sent:
+                        channel.hand_off_first()
+                        sent = True
                 if hit:
                     reason = "stop"
                     break
@@ -309,11 +342,11 @@ class LlamaCppEngine:
             tokens.close()
         tail = "" if stops.stopped else stops.flush(decoder.decode(b"", final=True))
         if tail:
-            emit(Token(tail))
+            channel.emit(Token(tail))
         first_ns = first_ns or time.perf_counter_ns()
-        emit(Finished(done_reason=reason, prompt_eval_count=len(prompt), eval_count=count,
-                      prompt_eval_duration_ns=max(0, first_ns - start_ns),
-                      eval_duration_ns=max(0, (last_ns or first_ns) - first_ns)))
+        channel.emit(Finished(done_reason=reason, prompt_eval_count=len(prompt), eval_count=count,
+                              prompt_eval_duration_ns=max(0, first_ns - start_ns),
+                              eval_duration_ns=max(0, (last_ns or first_ns) - first_ns)))
 
     @staticmethod
     def _prompt_tokens(handle: _Loaded, request: GenerationRequest) -> list[int]:
