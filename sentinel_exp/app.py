@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from sentinel_exp.config import register_configs
 from sentinel_exp.errors import Interrupted, UserError
@@ -31,7 +32,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         outcome = run(cfg, ctx)
     except UserError as exc:
-        ui.stderr.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except Interrupted as exc:
         sys.exit(exc.exit_code)

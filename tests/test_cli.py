@@ -201,3 +201,47 @@ def test_the_installed_wheel_runs_from_any_directory(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     [mlrun] = mlflow_runs(work)
     assert mlrun.info.status == "FINISHED" and mlrun.data.metrics["requests_ok"] == 5
+
+
+@pytest.mark.embedded
+def test_the_default_run_benchmarks_the_embedded_model(tmp_path):
+    pytest.importorskip("llama_cpp")
+    result = run_cli(tmp_path, "workload=quick", timeout_s=600)
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    m, tags = run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED" and tags["sentinel.server_kind"] == "embedded"
+    assert m["requests_ok"] == 5 and m["requests_failed"] == 0
+    assert 1 < m["ttft_ms_p50"] < m["e2e_ms_p50"] and m["output_tokens_per_s"] > 10
+    assert m["output_tokens_total"] >= 5 and m["server_prefill_ms_p50"] > 0
+    assert tags["sentinel.model_quantization"] == "Q4_1" and len(tags["sentinel.model_digest"]) == 64
+    # Real inference: the server child's threads burn CPU and hold the model in memory.
+    assert m["server_cpu_pct_mean"] > 20 and m["server_rss_mb_max"] > 80
+    assert "starting the embedded llama.cpp server" in result.stderr
+
+
+def test_embedded_without_the_extra_says_which_extra_to_install(tmp_path):
+    # llama_cpp made unimportable in the CLI process, as on a machine without the extra.
+    code = ("import sys; sys.modules['llama_cpp'] = None; "
+            "sys.argv = ['sentinel_exp', 'server=embedded']; from sentinel_exp.app import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert "pip install 'sentinel-exp[embedded]'" in done.stderr and "Traceback" not in done.stderr
+    assert mlflow_runs(tmp_path) == []
+
+
+@pytest.mark.embedded
+def test_a_registered_gguf_is_served_under_its_tag(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from sentinel_exp.serve.engines.registry import bundled_model_path
+
+    gguf = bundled_model_path()
+    if gguf is None:
+        pytest.skip("bundled model not installed")
+    result = run_cli(tmp_path, "server=embedded", "model.name=mysmol:q4", f"server.models={{mysmol\\:q4:{gguf}}}",
+                     "workload=quick", "workload.requests=2", "options.num_predict=8", timeout_s=600)
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    assert run.data.params["model.name"] == "mysmol:q4" and run.data.metrics["requests_ok"] == 2
+    assert run.data.metrics["output_tokens_total"] == 16

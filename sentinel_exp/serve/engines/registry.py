@@ -18,9 +18,11 @@ EXTRA_HINT = "pip install 'sentinel-exp[embedded]'"
 
 def llama_cpp_missing() -> str | None:
     """Why the llama.cpp engine cannot run here, or None if it can."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        return f"llama-cpp-python is not installed ({EXTRA_HINT})"
-    return None
+    try:
+        found = importlib.util.find_spec("llama_cpp") is not None
+    except (ImportError, ValueError):  # ValueError: a blocked module (sys.modules entry None)
+        found = False
+    return None if found else f"llama-cpp-python is not installed ({EXTRA_HINT})"
 
 
 def bundled_model_path() -> Path | None:
