@@ -15,23 +15,25 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from sentinel_exp.serve.engines.simulated import FAULTS, SimSettings
+
 SERVER_KINDS = ("auto", "ollama", "embedded", "simulated", "openai")
 WORKLOAD_APIS = ("chat", "generate", "openai")
-SIM_FAULTS = ("http_500", "http_503", "error_midstream", "cut_stream", "malformed", "stall")
 
 
 @dataclass
 class SimConfig:
     """Latency model of the simulated server (milliseconds)."""
 
-    load_ms: float = 300.0
-    ttft_ms: float = 40.0
-    itl_ms: float = 5.0
-    prefill_ms_per_token: float = 0.0
-    jitter_ms: float = 0.0
-    seed: int = 0
+    # Defaults are the server's own, so the runner and `python -m sentinel_exp.serve` agree.
+    load_ms: float = SimSettings.load_ms
+    ttft_ms: float = SimSettings.ttft_ms
+    itl_ms: float = SimSettings.itl_ms
+    prefill_ms_per_token: float = SimSettings.prefill_ms_per_token
+    jitter_ms: float = SimSettings.jitter_ms
+    seed: int = SimSettings.seed
     # Words per response when the request sets no num_predict.
-    tokens: int = 32
+    tokens: int = SimSettings.tokens
     # Concurrent generations; 0 = unlimited (Ollama itself defaults to one slot).
     parallel: int = 0
     # Scripted faults: generation request number (1-based, warmup included) -> fault kind.
@@ -177,7 +179,6 @@ def effective_options(options: Any, hardware: Any) -> dict[str, Any]:
 
 def config_problems(cfg: Any) -> list[str]:
     """Semantic checks the type schema cannot express; empty when the config is usable."""
-    from sentinel_exp.serve.engines.simulated import FAULTS
     from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds
     from sentinel_exp.serve.wire import OPTION_TYPES
 

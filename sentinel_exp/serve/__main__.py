@@ -47,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
                         help="stop when process PID is gone (used by the runner)")
     sim = parser.add_argument_group("simulated engine")
-    sim.add_argument("--load-ms", type=float, default=300.0)
-    sim.add_argument("--ttft-ms", type=float, default=40.0)
-    sim.add_argument("--itl-ms", type=float, default=5.0)
-    sim.add_argument("--prefill-ms-per-token", type=float, default=0.0)
-    sim.add_argument("--jitter-ms", type=float, default=0.0)
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--tokens", type=int, default=32, help="answer length when num_predict is not set")
+    sim.add_argument("--load-ms", type=float, default=SimSettings.load_ms)
+    sim.add_argument("--ttft-ms", type=float, default=SimSettings.ttft_ms)
+    sim.add_argument("--itl-ms", type=float, default=SimSettings.itl_ms)
+    sim.add_argument("--prefill-ms-per-token", type=float, default=SimSettings.prefill_ms_per_token)
+    sim.add_argument("--jitter-ms", type=float, default=SimSettings.jitter_ms)
+    sim.add_argument("--seed", type=int, default=SimSettings.seed)
+    sim.add_argument("--tokens", type=int, default=SimSettings.tokens, help="answer length when num_predict is not set")
     sim.add_argument("--fault", action="append", default=[], metavar="N:KIND",
                      help=f"make generation request N fail; KIND in {', '.join(FAULTS)}")
     return parser

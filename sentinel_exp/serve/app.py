@@ -230,27 +230,30 @@ class OllamaApp:
                 return wire.dumps(wire.final_chunk(api, tag, event.done_reason, timing)) + b"\n"
             return event.data
 
+        return await self._stream(events, encode, NDJSON,
+                                  error_line=lambda exc: wire.dumps({"error": str(exc)}) + b"\n",
+                                  error_response=lambda exc: error_json(str(exc), exc.status))
+
+    async def _stream(self, events: AsyncIterator[Any], encode: Callable[[Any, Any], bytes], media_type: str,
+                      error_line: Callable[[EngineError], bytes],
+                      error_response: Callable[[EngineError], Response]) -> Response:
+        """An engine failure before the first token is an HTTP error; after it, one error line."""
+        try:
+            event, timing = await events.__anext__()
+        except EngineError as exc:
+            await events.aclose()
+            return error_response(exc)
+
         async def rest() -> AsyncIterator[bytes]:
             try:
                 async for event, timing in events:
                     yield encode(event, timing)
             except EngineError as exc:
-                yield wire.dumps({"error": str(exc)}) + b"\n"
+                yield error_line(exc)
             finally:
                 await events.aclose()
 
-        return await self._first_then_rest(events, encode, rest(), NDJSON,
-                                           lambda exc: error_json(str(exc), exc.status))
-
-    async def _first_then_rest(self, events: AsyncIterator[Any], encode: Callable[[Any, Any], bytes],
-                               rest: AsyncIterator[bytes], media_type: str,
-                               on_error: Callable[[EngineError], Response]) -> Response:
-        try:
-            event, timing = await events.__anext__()
-        except EngineError as exc:
-            await events.aclose()
-            return on_error(exc)
-        return DeferredStream(encode(event, timing), rest, media_type)
+        return DeferredStream(encode(event, timing), rest(), media_type)
 
     async def _collect_ollama(self, api: str, tag: str, events: AsyncIterator[Any]) -> Response:
         text: list[str] = []
@@ -321,18 +324,9 @@ class OllamaApp:
                 out += event.data
             return out
 
-        async def rest() -> AsyncIterator[bytes]:
-            try:
-                async for event, timing in events:
-                    yield encode(event, timing)
-            except EngineError as exc:
-                yield wire.sse(wire.openai_error(str(exc), "api_error"))
-            finally:
-                await events.aclose()
-
-        return await self._first_then_rest(
-            events, encode, rest(), SSE,
-            lambda exc: JSONResponse(wire.openai_error(str(exc), "api_error"), status_code=exc.status))
+        return await self._stream(
+            events, encode, SSE, error_line=lambda exc: wire.sse(wire.openai_error(str(exc), "api_error")),
+            error_response=lambda exc: JSONResponse(wire.openai_error(str(exc), "api_error"), status_code=exc.status))
 
     async def _collect_openai(self, events: AsyncIterator[Any], request_id: str, created: int,
                               tag: str) -> Response:
