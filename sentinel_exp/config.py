@@ -171,10 +171,10 @@ def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
 def effective_options(options: Any, hardware: Any) -> dict[str, Any]:
     """Options sent to the server: the hardware profile's recommendations, overridden by every
     option the options group sets (null = not sent)."""
-    merged = dict(hardware.recommended_options or {})
-    merged.update({k: v for k, v in dict(options).items() if v is not None})
-    return {k: (list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v)
-            for k, v in merged.items()}
+    merged = dict(OmegaConf.to_container(hardware.recommended_options)) if hardware.recommended_options else {}
+    chosen = OmegaConf.to_container(options) if OmegaConf.is_config(options) else dict(options)
+    merged.update({k: v for k, v in chosen.items() if v is not None})
+    return merged
 
 
 def config_problems(cfg: Any) -> list[str]:

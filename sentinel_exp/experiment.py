@@ -73,8 +73,7 @@ class RequestFactory:
         self.prompts = list(cfg.workload.prompts)
         self.system = cfg.workload.system
         self.options = effective_options(cfg.options, cfg.hardware)
-        keep_alive = cfg.workload.keep_alive
-        self.keep_alive = OmegaConf.to_object(keep_alive) if OmegaConf.is_config(keep_alive) else keep_alive
+        self.keep_alive = cfg.workload.keep_alive
         self.consume = openai_client.consume_sse if self.api == "openai" else ollama_client.consume_ndjson
 
     def spec(self, index: int) -> RequestSpec:
@@ -234,8 +233,10 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
                    "model": facts.__dict__, "telemetry_notes": monitor.notes()}
         (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         if tracker:
-            _log_results(tracker, ctx, metrics, monitor, handle)
-            tracker.end(status)
+            try:
+                _log_results(tracker, ctx, metrics, monitor, handle)
+            finally:
+                tracker.end(status)
     ui.print_summary(metrics, run_name, run_id, cfg.tracking.uri if tracker else None, str(ctx.output_dir),
                      error_breakdown(records), status)
     if signals.received is not None:
