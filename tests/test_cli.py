@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from conftest import cli_env, mlflow_runs, output_dirs, run_cli
 
@@ -153,7 +154,8 @@ def test_auto_without_ollama_or_a_servable_model_names_both_ways(tmp_path):
     assert "Traceback" not in result.output and mlflow_runs(tmp_path) == []
 
 
-def test_sigint_mid_run_logs_what_finished_as_killed(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_run_logs_what_finished_as_killed(tmp_path, sig):
     env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "sentinel_exp", *SIM, "server.sim.itl_ms=20",
                              "server.sim.tokens=10", "workload.requests=500", "workload.warmup=1"],
@@ -167,16 +169,17 @@ def test_sigint_mid_run_logs_what_finished_as_killed(tmp_path):
             break
         time.sleep(0.1)
     assert jsonl is not None, "the run never got going"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stdout + stderr
+    assert proc.returncode == 128 + sig, stdout + stderr
     [run] = mlflow_runs(tmp_path)
     assert run.info.status == "KILLED"
     records = read_records(jsonl)
     finished_ok = sum(1 for r in records if r.phase == "measured" and r.ok)
     assert run.data.metrics["requests_ok"] == finished_ok >= 5
     assert finished_ok < 500
-    assert "SIGINT" in stderr
+    assert sig.name in stderr
+    assert not psutil.pid_exists(int(run.data.tags["sentinel.server_pid"]))  # the server was stopped too
 
 
 def test_the_installed_wheel_runs_from_any_directory(tmp_path):
