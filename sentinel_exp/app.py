@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
@@ -18,6 +19,10 @@ def config_dir() -> Path:
     """conf/ ships inside the wheel as sentinel_exp/conf; in a checkout it is ../conf."""
     packaged = Path(__file__).resolve().parent / "conf"
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+
+
+# Sweep jobs that stopped on a user error (Hydra's basic launcher runs jobs in this process).
+_failed_jobs: list[str] = []
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -33,7 +38,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         outcome = run(cfg, ctx)
     except UserError as exc:
         ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        sys.exit(exc.exit_code)
+        if hc.mode != RunMode.MULTIRUN:
+            sys.exit(exc.exit_code)
+        # In a sweep, one unusable combination (a model not pulled, say) must not cost the
+        # others; the sweep still ends with a non-zero status (see main).
+        _failed_jobs.append(f"#{hc.job.num} {' '.join(hc.overrides.task)}: {exc}")
+        return None
     except Interrupted as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
@@ -46,3 +56,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     register_configs()
     _hydra_main()
+    if _failed_jobs:
+        from sentinel_exp import console as ui
+
+        ui.stderr.print(f"[bold red]{len(_failed_jobs)} sweep job(s) failed:[/]", soft_wrap=True)
+        for line in _failed_jobs:
+            ui.stderr.print("  " + escape(line), soft_wrap=True)
+        sys.exit(UserError.exit_code)

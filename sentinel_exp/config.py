@@ -180,7 +180,7 @@ def effective_options(options: Any, hardware: Any) -> dict[str, Any]:
 def config_problems(cfg: Any) -> list[str]:
     """Semantic checks the type schema cannot express; empty when the config is usable."""
     from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds
-    from sentinel_exp.serve.wire import OPTION_TYPES
+    from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
 
     problems: list[str] = []
     w = cfg.workload
@@ -212,6 +212,13 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append(f"workload.keep_alive: {exc}")
     if not cfg.model.name or not str(cfg.model.name).strip():
         problems.append("model.name is empty")
+    if not str(cfg.tracking.experiment).strip():
+        problems.append("tracking.experiment is empty")
+    sim = cfg.server.sim
+    if sim.tokens < 1:
+        problems.append(f"server.sim.tokens must be at least 1 (got {sim.tokens})")
+    if sim.parallel < 0:
+        problems.append(f"server.sim.parallel must be 0 (unlimited) or more (got {sim.parallel})")
     if cfg.telemetry.interval_s <= 0:
         problems.append(f"telemetry.interval_s must be positive (got {cfg.telemetry.interval_s})")
     for path, value in (("server.sim.faults", cfg.server.sim.faults), ("server.models", cfg.server.models),
@@ -220,13 +227,18 @@ def config_problems(cfg: Any) -> list[str]:
             problems.append(f"{path} must be a mapping like {{key: value}} (got {value!r})")
     if OmegaConf.is_dict(cfg.server.sim.faults):
         for number, kind in cfg.server.sim.faults.items():
-            if not isinstance(number, int) or kind not in FAULTS:
+            if not isinstance(number, int) or number < 1 or kind not in FAULTS:
                 problems.append(f"server.sim.faults: {number}: {kind} should be <request number>: one of "
                                 f"{', '.join(FAULTS)}")
     for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms"):
         if getattr(cfg.server.sim, name) < 0:
             problems.append(f"server.sim.{name} must be 0 or more")
-    for name in (cfg.hardware.recommended_options if OmegaConf.is_dict(cfg.hardware.recommended_options) else {}):
-        if name not in OPTION_TYPES:
-            problems.append(f"hardware.recommended_options.{name} is not an Ollama option")
+    if OmegaConf.is_dict(cfg.hardware.recommended_options):
+        recommended = OmegaConf.to_container(cfg.hardware.recommended_options)
+        problems += [f"hardware.recommended_options.{name} is not an Ollama option"
+                     for name in recommended if name not in OPTION_TYPES]
+        try:
+            validate_options(recommended)
+        except OptionTypeError as exc:
+            problems.append(f"hardware.recommended_options: {exc}")
     return problems

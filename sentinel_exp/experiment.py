@@ -112,6 +112,7 @@ class StopSignals:
         self.loop = loop
         self.stop = stop
         self.received: signal.Signals | None = None
+        self._installed = False
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.received is None:
@@ -126,23 +127,33 @@ class StopSignals:
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.add_signal_handler(sig, self._on_signal, sig)
+        self._installed = True
 
     def uninstall(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.loop.remove_signal_handler(sig)
+        if self._installed:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.loop.remove_signal_handler(sig)
+            self._installed = False
+
+
+@dataclass
+class Measurement:
+    """What the phases produced so far; filled in place so an exception loses none of it."""
+
+    records: list[RequestRecord] = field(default_factory=list)
+    measured_s: float = 0.0
 
 
 async def _measure(cfg: DictConfig, factory: RequestFactory, client: httpx.AsyncClient, writer: RecordWriter,
-                   monitor: RunMonitor, progress: ui.RunProgress, stop: asyncio.Event) -> tuple[list[RequestRecord], float]:
+                   monitor: RunMonitor, progress: ui.RunProgress, stop: asyncio.Event, out: Measurement) -> None:
     w = cfg.workload
-    records: list[RequestRecord] = []
 
     def sender(phase: str) -> Any:
-        async def send_one(index: int, keep: OnRecord) -> None:
+        async def send_one(index: int, arrival_ns: int, keep: OnRecord) -> None:
             spec = factory.spec(index)
             record = RequestRecord(index=index, phase=phase, prompt_index=spec.prompt_index, api=factory.api)
             try:
-                await send_request(client, spec, record, factory.consume)
+                await send_request(client, spec, record, factory.consume, arrival_ns)
             finally:
                 record.cold = is_cold(record, w.cold_load_ms)
                 keep(record)
@@ -150,10 +161,9 @@ async def _measure(cfg: DictConfig, factory: RequestFactory, client: httpx.Async
 
     def on_record(record: RequestRecord) -> None:
         writer.write(record)
-        records.append(record)
+        out.records.append(record)
         progress.advance(record)
 
-    measured_s = 0.0
     for phase, count in ((WARMUP, w.warmup), (MEASURED, w.requests)):
         if count <= 0 or stop.is_set():
             continue
@@ -161,11 +171,10 @@ async def _measure(cfg: DictConfig, factory: RequestFactory, client: httpx.Async
         progress.phase(phase, count)
         plan = PhasePlan(requests=count, concurrency=w.concurrency, rate=w.rate if phase == MEASURED else None,
                          seed=w.seed)
-        result = await run_phase(plan, sender(phase), on_record, stop)
+        duration_s = await run_phase(plan, sender(phase), on_record, stop)
         if phase == MEASURED:
-            measured_s = result.duration_s
+            out.measured_s = duration_s
     monitor.mark_phase("done")
-    return records, measured_s
 
 
 async def run_async(cfg: DictConfig, ctx: RunContext) -> Outcome:
@@ -175,18 +184,20 @@ async def run_async(cfg: DictConfig, ctx: RunContext) -> Outcome:
     assert isinstance(resolved, dict)
     (ctx.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
 
+    # The store is opened first: a wrong tracking.uri fails before any server is started.
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
     with resolve_server(cfg.server, cfg.model.name, ctx.output_dir) as handle:
         async with _http_client(handle, cfg) as client:
             facts = await preflight(client, handle, cfg.model.name)
             monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
             monitor.check_hardware()
-            return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor)
+            return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor, tracker)
 
 
 async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any], handle: ServerHandle,
-                       client: httpx.AsyncClient, facts: ModelFacts, monitor: RunMonitor) -> Outcome:
+                       client: httpx.AsyncClient, facts: ModelFacts, monitor: RunMonitor,
+                       tracker: Tracker | None) -> Outcome:
     factory = RequestFactory(cfg, handle)
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
     run_name = ctx.run_name(cfg, handle.kind)
     tags = {
         "sentinel.version": __version__,
@@ -200,48 +211,57 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
         **monitor.tags(),
     }
     run_id = tracker.start(run_name, tags) if tracker else None
-    if tracker:
-        tracker.log_params(flatten(resolved))
-        tracker.log_params({"sent_options": factory.options})
-    log.info("run %s: %s against %s %s", run_id or "(tracking off)", cfg.model.name, handle.kind, handle.url)
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = StopSignals(loop, stop)
     status = "FAILED"
-    records: list[RequestRecord] = []
+    measurement = Measurement()
     metrics: dict[str, float] = {}
-    measured_s = 0.0
-    writer = RecordWriter(ctx.output_dir / "requests.jsonl")
+    signals = StopSignals(asyncio.get_running_loop(), asyncio.Event())
     try:
-        signals.install()
-        monitor.start()
-        with ui.RunProgress(ui.want_progress(cfg.progress)) as progress:
-            records, measured_s = await _measure(cfg, factory, client, writer, monitor, progress, stop)
-        status = "KILLED" if signals.received else "FINISHED"
-    finally:
-        signals.uninstall()
-        writer.close()
-        monitor.stop()
-        # Whatever happened, what was measured is summarised and logged.
-        metrics = summarize(records, measured_s)
-        if handle.kind != "openai":
-            metrics.update(await placement(client, cfg.model.name))
-        metrics.update(monitor.metrics(int(metrics.get("output_tokens_total", 0))))
-        summary = {"run_id": run_id, "run_name": run_name, "status": status, "metrics": metrics,
-                   "errors": error_breakdown(records), "server": {"kind": handle.kind, "url": handle.url},
-                   "model": facts.__dict__, "telemetry_notes": monitor.notes()}
-        (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         if tracker:
-            try:
+            tracker.log_params(flatten(resolved))
+            tracker.log_params({"sent_options": factory.options})
+        log.info("run %s: %s against %s %s", run_id or "(tracking off)", cfg.model.name, handle.kind, handle.url)
+        writer = RecordWriter(ctx.output_dir / "requests.jsonl")
+        try:
+            signals.install()
+            monitor.start()
+            with ui.RunProgress(ui.want_progress(cfg.progress)) as progress:
+                await _measure(cfg, factory, client, writer, monitor, progress, signals.stop, measurement)
+            status = "KILLED" if signals.received else "FINISHED"
+        finally:
+            signals.uninstall()
+            writer.close()
+            monitor.stop()
+            # Whatever happened, what was measured is summarised, written and logged.
+            metrics = await _summarise(measurement, client, handle, cfg.model.name, monitor)
+            summary = {"run_id": run_id, "run_name": run_name, "status": status, "metrics": metrics,
+                       "errors": error_breakdown(measurement.records),
+                       "server": {"kind": handle.kind, "url": handle.url}, "model": facts.__dict__,
+                       "telemetry_notes": monitor.notes()}
+            (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+            if tracker:
                 _log_results(tracker, ctx, metrics, monitor, handle)
-            finally:
-                tracker.end(status)
+    finally:
+        if tracker:
+            tracker.end(status)
     ui.print_summary(metrics, run_name, run_id, cfg.tracking.uri if tracker else None, str(ctx.output_dir),
-                     error_breakdown(records), status)
+                     error_breakdown(measurement.records), status)
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
-    return Outcome(run_id, status, metrics, records)
+    return Outcome(run_id, status, metrics, measurement.records)
+
+
+async def _summarise(measurement: Measurement, client: httpx.AsyncClient, handle: ServerHandle, model: str,
+                     monitor: RunMonitor) -> dict[str, float]:
+    """The run's metrics. The server's model placement and the telemetry are extras: a failure
+    there is noted and costs only those metrics, never the latency summary."""
+    metrics = summarize(measurement.records, measurement.measured_s)
+    try:
+        if handle.kind != "openai":
+            metrics.update(await placement(client, model))
+        metrics.update(monitor.metrics(int(metrics.get("output_tokens_total", 0))))
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        log.warning("warning: could not summarise placement/telemetry: %s: %s", type(exc).__name__, exc)
+    return metrics
 
 
 def _log_results(tracker: Tracker, ctx: RunContext, metrics: dict[str, float], monitor: RunMonitor,

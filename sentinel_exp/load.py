@@ -15,8 +15,9 @@ from typing import Awaitable, Callable
 from sentinel_exp.records import RequestRecord
 
 OnRecord = Callable[[RequestRecord], None]
-# Sends request `index` and hands its record to the callback, also when cancelled.
-SendOne = Callable[[int, OnRecord], Awaitable[None]]
+# Sends request `index`, which arrived at `arrival_ns` (perf_counter_ns), and hands its record to
+# the callback, also when cancelled. Queueing before the send counts from the arrival.
+SendOne = Callable[[int, int, OnRecord], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -27,31 +28,14 @@ class PhasePlan:
     seed: int = 0
 
 
-@dataclass
-class PhaseResult:
-    records: list[RequestRecord]
-    started_ns: int
-    ended_ns: int
-    stopped: bool
-
-    @property
-    def duration_s(self) -> float:
-        return (self.ended_ns - self.started_ns) / 1e9
-
-
-async def run_phase(plan: PhasePlan, send_one: SendOne, on_record: OnRecord, stop: asyncio.Event) -> PhaseResult:
-    records: list[RequestRecord] = []
-
-    def keep(record: RequestRecord) -> None:
-        records.append(record)
-        on_record(record)
-
+async def run_phase(plan: PhasePlan, send_one: SendOne, on_record: OnRecord, stop: asyncio.Event) -> float:
+    """Run one phase; returns its wall duration in seconds."""
     started = time.perf_counter_ns()
     if plan.rate is None:
-        await _closed_loop(plan, send_one, keep, stop)
+        await _closed_loop(plan, send_one, on_record, stop)
     else:
-        await _poisson(plan, send_one, keep, stop)
-    return PhaseResult(records, started, time.perf_counter_ns(), stop.is_set())
+        await _poisson(plan, send_one, on_record, stop)
+    return (time.perf_counter_ns() - started) / 1e9
 
 
 async def _until_stopped(stop: asyncio.Event, work: list[asyncio.Task[None]]) -> None:
@@ -82,30 +66,30 @@ async def _closed_loop(plan: PhasePlan, send_one: SendOne, keep: OnRecord, stop:
         for index in next_index:
             if stop.is_set():
                 return
-            await send_one(index, keep)
+            await send_one(index, time.perf_counter_ns(), keep)
 
     workers = [asyncio.create_task(worker()) for _ in range(max(1, min(plan.concurrency, plan.requests)))]
     await _until_stopped(stop, workers)
 
 
 async def _poisson(plan: PhasePlan, send_one: SendOne, keep: OnRecord, stop: asyncio.Event) -> None:
-    """Open loop: exponential gaps at `rate`, at most `concurrency` in flight (a client cap,
-    so arrivals that find it full wait, and that wait shows up in queue time)."""
+    """Open loop: exponential gaps at `rate`, at most `concurrency` in flight (a client cap:
+    an arrival that finds it full waits, and the wait is in its queue_ms, not hidden)."""
     assert plan.rate is not None and plan.rate > 0
     rng = random.Random(plan.seed)
     slots = asyncio.Semaphore(max(1, plan.concurrency))
     tasks: list[asyncio.Task[None]] = []
 
-    async def one(index: int) -> None:
+    async def one(index: int, arrival_ns: int) -> None:
         async with slots:
-            await send_one(index, keep)
+            await send_one(index, arrival_ns, keep)
 
     async def arrivals() -> None:
         due = time.perf_counter()
         for index in range(plan.requests):
             if stop.is_set():
                 return
-            tasks.append(asyncio.create_task(one(index)))
+            tasks.append(asyncio.create_task(one(index, time.perf_counter_ns())))
             due += rng.expovariate(plan.rate)
             delay = due - time.perf_counter()
             if delay > 0:

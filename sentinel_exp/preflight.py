@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,7 +21,6 @@ class ModelFacts:
     parameter_size: str | None = None
     quantization_level: str | None = None
     context_length: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def tags(self) -> dict[str, str]:
         values = {

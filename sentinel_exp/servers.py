@@ -9,24 +9,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import selectors
+import queue
 import subprocess
 import sys
-import time
+import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import httpx
 
 import sentinel_exp
 from sentinel_exp.errors import ServerError
+from sentinel_exp.serve import READY_PREFIX
 from sentinel_exp.serve.engines import registry
 
 log = logging.getLogger(__name__)
-READY_PREFIX = "SENTINEL_SERVER_READY "
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
 
 
@@ -35,9 +35,7 @@ class ServerHandle:
     kind: str  # resolved: ollama | embedded | simulated | openai
     url: str
     pid: int | None = None  # process to watch for server telemetry (ours, or given)
-    started_by_us: bool = False
     log_path: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def ollama_url_from_env(env: dict[str, str] | None = None) -> str:
@@ -79,22 +77,29 @@ def _sim_args(sim: Any) -> list[str]:
     return args
 
 
-def _read_ready_line(stdout: IO[str], proc: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
-    selector = selectors.DefaultSelector()
-    selector.register(stdout, selectors.EVENT_READ)
+def _await_ready(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
+    """The server's ready line. A thread reads stdout to its end, so the ready line is never
+    missed in a buffer and a chatty child can never block on a full pipe."""
+    found: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(READY_PREFIX):
+                try:
+                    found.put(json.loads(line[len(READY_PREFIX):]))
+                except json.JSONDecodeError:
+                    pass
+        found.put(None)  # the child closed stdout: it exited
+
+    threading.Thread(target=pump, name="server-stdout", daemon=True).start()
     try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            if selector.select(timeout=0.1):
-                line = stdout.readline()
-                if not line:
-                    break
-                if line.startswith(READY_PREFIX):
-                    return json.loads(line[len(READY_PREFIX):])
-    finally:
-        selector.close()
-    raise TimeoutError
+        ready = found.get(timeout=timeout_s)
+    except queue.Empty:
+        raise TimeoutError from None
+    if ready is None:
+        raise TimeoutError
+    return ready
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -125,16 +130,15 @@ def start_bundled(engine: str, extra_args: list[str], startup_timeout_s: float,
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=server_log, text=True, env=env,
                                 start_new_session=True)
         try:
-            assert proc.stdout is not None
             try:
-                ready = _read_ready_line(proc.stdout, proc, time.monotonic() + startup_timeout_s)
+                ready = _await_ready(proc, startup_timeout_s)
             except TimeoutError:
                 _stop(proc)
                 tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:].strip()
                 raise ServerError(f"the {engine} server did not start within {startup_timeout_s:.0f} s "
                                   f"(exit code {proc.poll()}). Its log ({log_path}):\n{tail}") from None
             yield ServerHandle(kind="embedded" if engine == "llamacpp" else engine, url=ready["url"],
-                               pid=int(ready["pid"]), started_by_us=True, log_path=log_path)
+                               pid=int(ready["pid"]), log_path=log_path)
         finally:
             _stop(proc)
 
@@ -166,8 +170,7 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
         version = probe_ollama(url)
         if version is not None:
             log.info("server=auto: Ollama %s answers at %s", version, url)
-            yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid,
-                               notes=[f"auto: Ollama {version} answered at {url}"])
+            yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid)
             return
         problem = embedded_problem(model, dict(server_cfg.models or {}))
         if problem is not None:
@@ -189,7 +192,6 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
             raise ServerError(f"server=embedded cannot serve model '{model}': {problem}.")
         args = [arg for tag, path in (server_cfg.models or {}).items() for arg in ("--model", f"{tag}={path}")]
         with start_bundled("llamacpp", args, server_cfg.startup_timeout_s, log_path) as handle:
-            handle.notes.append("embedded llama.cpp server")
             yield handle
     elif kind == "ollama":
         url = server_cfg.url or ollama_url_from_env()

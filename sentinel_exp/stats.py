@@ -12,9 +12,6 @@ import numpy as np
 
 from sentinel_exp.records import MEASURED, RequestRecord
 
-LATENCY_METRICS = ("ttfb", "ttft", "itl", "tpot", "e2e")
-# Server-side breakdown of where the time went (Ollama's durations joined with the client's).
-BREAKDOWN_METRICS = ("server_load", "server_prefill", "ttft_other", "client_overhead", "queue")
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -50,6 +47,8 @@ def time_per_output_token(record: RequestRecord) -> float | None:
 
 
 def latency_samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
+    """Client latencies, then the server-side breakdown of where the time went (Ollama's
+    durations joined with the client's timings)."""
     ok = successful(records)
     samples: dict[str, list[float]] = {
         "ttfb": [r.ttfb_ms for r in ok if r.ttfb_ms is not None],

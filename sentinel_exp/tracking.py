@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from sentinel_exp.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000
@@ -48,16 +50,21 @@ class Tracker:
 
         # MLflow resets its logger to INFO on import; its store-migration chatter is noise here.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-        self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            self.experiment_id = self.client.create_experiment(experiment)
-        else:
-            if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
-            self.experiment_id = found.experiment_id
         self.run_id: str | None = None
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                self.experiment_id = self.client.create_experiment(experiment)
+            else:
+                if found.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(found.experiment_id)
+                self.experiment_id = found.experiment_id
+        except Exception as exc:  # MlflowException, SQLAlchemy or OS errors: all a store the user named
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot use the MLflow store tracking.uri={uri!r} with experiment {experiment!r}: "
+                            f"{first_line}") from None
 
     def start(self, run_name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))

@@ -248,3 +248,23 @@ def test_a_registered_gguf_is_served_under_its_tag(tmp_path):
     [run] = mlflow_runs(tmp_path)
     assert run.data.params["model.name"] == "mysmol:q4" and run.data.metrics["requests_ok"] == 2
     assert run.data.metrics["output_tokens_total"] == 16
+
+
+def test_sweeps_run_every_job_under_multirun(tmp_path):
+    result = run_cli(tmp_path, "sweep=keep_alive_ab", *SIM, "workload=quick")
+    assert result.returncode == 0, result.output
+    runs = mlflow_runs(tmp_path)
+    assert sorted(r.data.params["workload.keep_alive"] for r in runs) == ["-1", "null"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len(list(tmp_path.glob("multirun/*/*/*/requests.jsonl"))) == 2
+
+
+def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
+    result = run_cli(tmp_path, "-m", "workload=quick", "model.name=nope:1b,smollm2:135m", "server=ollama",
+                     "server.url=http://127.0.0.1:9")
+    assert result.returncode == 2, result.output
+    assert result.stderr.count("error: Ollama does not answer") == 2 and "2 sweep job(s) failed" in result.stderr
+    ok = run_cli(tmp_path, "-m", *SIM, "workload=quick", "workload.requests=0,2")
+    assert ok.returncode == 2 and "1 sweep job(s) failed" in ok.stderr
+    [run] = mlflow_runs(tmp_path)
+    assert run.data.metrics["requests_ok"] == 2

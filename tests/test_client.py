@@ -58,7 +58,7 @@ def test_timings_stay_accurate_under_concurrency(sim_server_factory):
     server = sim_server_factory("--load-ms", "0", "--ttft-ms", "40", "--itl-ms", "5")
     records = asyncio.run(run_requests(server.url, "chat", 48, concurrency=16))[16:]
     assert all(r.ok for r in records)
-    assert 40.0 <= statistics.median(r.ttft_ms for r in records) <= 44.0
+    assert 40.0 <= statistics.median(r.ttft_ms for r in records) <= 46.0
 
 
 @pytest.mark.parametrize("fault, error_class", [
@@ -98,3 +98,91 @@ def test_cancellation_leaves_a_cancelled_record(sim_server_factory):
     record = asyncio.run(scenario())
     assert record.error_class == "Cancelled" and not record.ok and record.cancelled
     assert 3 <= len(record.chunk_times_ms) <= 8
+
+
+def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_factory):
+    from sentinel_exp.load import PhasePlan, run_phase
+
+    # Each request takes ~60 ms; arrivals come every ~20 ms on average; one may be in flight.
+    server = sim_server_factory("--load-ms", "0", "--ttft-ms", "40", "--itl-ms", "5", "--tokens", "5")
+
+    async def scenario():
+        records = []
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            async def send_one(index, arrival_ns, keep):
+                spec = ollama.build_spec("chat", "smollm2:135m", "x", 0, None, {}, None)
+                record = RequestRecord(index=index, phase=MEASURED, prompt_index=0, api="chat")
+                await send_request(client, spec, record, ollama.consume_ndjson, arrival_ns)
+                keep(record)
+
+            duration = await run_phase(PhasePlan(requests=10, concurrency=1, rate=50.0, seed=1), send_one,
+                                       records.append, asyncio.Event())
+        return records, duration
+
+    records, duration = asyncio.run(scenario())
+    assert len(records) == 10 and all(r.ok for r in records)
+    assert duration >= 10 * 0.06
+    waits = sorted(r.queue_ms for r in records)
+    assert waits[-1] > 150  # the backlog builds up: the last arrivals waited for several requests
+    assert statistics.median(r.ttft_ms for r in records) < 45  # and that wait is not inside TTFT
+
+
+class CannedServer:
+    """A real HTTP server on loopback that answers every POST with one canned streamed body."""
+
+    def __init__(self, body: bytes, content_type: str) -> None:
+        import threading
+
+        self.body, self.content_type = body, content_type
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, reader, writer) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next((l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")),
+                          b"0"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + self.content_type.encode() +
+                     b"\r\nconnection: close\r\ncontent-length: " + str(len(self.body)).encode() + b"\r\n\r\n")
+        writer.write(self.body)
+        await writer.drain()
+        writer.close()
+
+
+def test_a_final_ndjson_line_without_its_newline_still_finishes():
+    body = (b'{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}\n'
+            b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",'
+            b'"eval_count":1,"total_duration":5000000}')
+    server = CannedServer(body, "application/x-ndjson")
+    [record] = asyncio.run(run_requests(server.url, "chat", 1, model="m"))
+    assert record.ok and record.eval_count == 1 and record.total_duration_ms == 5.0
+
+
+def test_an_sse_stream_that_ends_after_finish_reason_without_done_still_finishes():
+    body = (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+            b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+            b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+    server = CannedServer(body, "text/event-stream")
+    [record] = asyncio.run(run_requests(server.url, "openai", 1, model="m"))
+    assert record.ok and record.done_reason == "stop" and len(record.chunk_times_ms) == 1
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b'data: [1, 2]\n\n', "text/event-stream"),
+    (b'data: {"choices": ["x"]}\n\n', "text/event-stream"),
+    (b'{"model":"m","message":{"content":"a"},"done":true,"total_duration":"slow"}\n', "application/x-ndjson"),
+])
+def test_json_of_the_wrong_shape_is_a_malformed_chunk_not_a_crash(body, content_type):
+    server = CannedServer(body, content_type)
+    api = "openai" if content_type == "text/event-stream" else "chat"
+    [record] = asyncio.run(run_requests(server.url, api, 1, model="m"))
+    assert not record.ok and record.error_class == "MalformedChunk"

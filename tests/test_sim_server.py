@@ -169,3 +169,18 @@ def test_scripted_midstream_error_line_and_cut(sim_server_factory):
             client.post("/api/chat", json=CHAT)
     assert chunks[-1] == {"error": "simulated failure mid-stream"}
     assert not any(c.get("done") for c in chunks)
+
+
+def test_requests_arriving_during_a_cold_load_start_their_clock_when_it_ends(sim_server_factory):
+    server = sim_server_factory("--load-ms", "300", "--ttft-ms", "40", "--itl-ms", "5", "--parallel", "0")
+    body = {**CHAT, "options": {"num_predict": 8}}
+
+    async def four_at_once():
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            responses = await asyncio.gather(*(client.post("/api/chat", json=body) for _ in range(4)))
+        return [ndjson(r)[-1] for r in responses]
+
+    for final in asyncio.run(four_at_once()):
+        assert final["load_duration"] >= 290e6  # each waited for the one load
+        assert 38e6 <= final["prompt_eval_duration"] <= 60e6  # then 40 ms to its first token, not 0
+        assert final["eval_duration"] >= 7 * 5e6 * 0.9  # and tokens 5 ms apart, not one burst

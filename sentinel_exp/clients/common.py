@@ -1,8 +1,9 @@
 """Timing and fault handling shared by the Ollama and OpenAI streaming clients.
 
 Clock points come from httpx's `trace` extension (DESIGN.md section 4): t0 when the request
-headers start going onto the socket, TTFB when the response headers have arrived. Token
-chunks are stamped when their bytes arrive, before any JSON parsing.
+headers start going onto the socket, TTFB when the response headers have arrived. NDJSON token
+chunks are stamped when their bytes arrive, before any JSON parsing; SSE events as soon as
+httpx-sse has split them off, before JSON parsing.
 """
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ def error_text(body: bytes) -> str:
 
 
 async def send_request(client: httpx.AsyncClient, spec: RequestSpec, record: RequestRecord,
-                       consume: Consume) -> RequestRecord:
-    """Send one streaming request and fill `record`; never raises except on cancellation."""
+                       consume: Consume, arrival_ns: int | None = None) -> RequestRecord:
+    """Send one streaming request and fill `record`; never raises except on cancellation.
+    `arrival_ns` is when the request became due (default: now); the time until it goes onto
+    the socket is its queue_ms."""
     clock = Clock()
-    record.started_at = time.time()
-    submitted = time.perf_counter_ns()
+    submitted = time.perf_counter_ns() if arrival_ns is None else arrival_ns
+    record.started_at = time.time() - (time.perf_counter_ns() - submitted) / 1e9
     try:
         async with client.stream("POST", spec.path, json=spec.body, extensions={"trace": clock.trace}) as response:
             t0 = clock.t0 if clock.t0 is not None else submitted
@@ -118,6 +121,9 @@ async def send_request(client: httpx.AsyncClient, spec: RequestSpec, record: Req
         record.error_class, record.error = type(exc).__name__, str(exc) or "timed out"
     except httpx.HTTPError as exc:
         record.error_class, record.error = type(exc).__name__, str(exc) or type(exc).__name__
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # Well-formed JSON of the wrong shape (a list where an object belongs, a string duration).
+        record.error_class, record.error = "MalformedChunk", f"{type(exc).__name__}: {exc}"
     except asyncio.CancelledError:
         record.ok = False
         record.error_class, record.error = CANCELLED, "run stopped before the request finished"

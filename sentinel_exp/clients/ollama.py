@@ -49,25 +49,34 @@ def _apply_final(chunk: dict[str, Any], times: TokenTimes) -> None:
             setattr(record, f"{field}_ms", value / NS_PER_MS)
 
 
+def _handle_line(line: bytes, arrived: int, times: TokenTimes) -> bool:
+    """Apply one NDJSON line; True once the final done:true chunk has been seen."""
+    try:
+        chunk = json.loads(line)
+    except json.JSONDecodeError:
+        raise StreamFault("MalformedChunk", f"not JSON: {line[:120]!r}") from None
+    if not isinstance(chunk, dict):
+        raise StreamFault("MalformedChunk", f"not a JSON object: {line[:120]!r}")
+    if "error" in chunk:
+        raise StreamFault("ServerError", str(chunk["error"]))
+    times.token(_token_text(chunk), arrived)
+    if chunk.get("done"):
+        _apply_final(chunk, times)
+        times.finished(arrived)
+        return True
+    return False
+
+
 async def consume_ndjson(response: httpx.Response, times: TokenTimes) -> None:
     pending = b""
+    arrived = 0
     async for data in response.aiter_bytes():
         arrived = time.perf_counter_ns()
         pending += data
         while (newline := pending.find(b"\n")) >= 0:
             line, pending = pending[:newline], pending[newline + 1:]
-            if not line.strip():
-                continue
-            try:
-                chunk = json.loads(line)
-            except json.JSONDecodeError:
-                raise StreamFault("MalformedChunk", f"not JSON: {line[:120]!r}") from None
-            if not isinstance(chunk, dict):
-                raise StreamFault("MalformedChunk", f"not a JSON object: {line[:120]!r}")
-            if "error" in chunk:
-                raise StreamFault("ServerError", str(chunk["error"]))
-            times.token(_token_text(chunk), arrived)
-            if chunk.get("done"):
-                _apply_final(chunk, times)
-                times.finished(arrived)
+            if line.strip() and _handle_line(line, arrived, times):
                 return
+    # A last line without its newline still counts (the body ended, so it is complete).
+    if pending.strip():
+        _handle_line(pending, arrived, times)

@@ -30,6 +30,7 @@ def build_spec(model: str, prompt: str, prompt_index: int, system: str | None, o
 
 async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
     record = times.record
+    finished_at = 0  # arrival of the chunk with finish_reason (or usage), for servers without [DONE]
     try:
         async for event in EventSource(response).aiter_sse():
             arrived = time.perf_counter_ns()
@@ -40,6 +41,8 @@ async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
                 chunk = json.loads(event.data)
             except json.JSONDecodeError:
                 raise StreamFault("MalformedChunk", f"not JSON: {event.data[:120]!r}") from None
+            if not isinstance(chunk, dict):
+                raise StreamFault("MalformedChunk", f"not a JSON object: {event.data[:120]!r}")
             if "error" in chunk:
                 err = chunk["error"]
                 raise StreamFault("ServerError", str(err.get("message", err) if isinstance(err, dict) else err))
@@ -47,6 +50,7 @@ async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
             if usage:
                 record.prompt_eval_count = usage.get("prompt_tokens")
                 record.eval_count = usage.get("completion_tokens")
+                finished_at = finished_at and arrived
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 # The first delta carries only the role: not a token (DESIGN.md section 4).
@@ -54,5 +58,8 @@ async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
                             arrived)
                 if choice.get("finish_reason"):
                     record.done_reason = choice["finish_reason"]
+                    finished_at = arrived
     except SSEError as exc:
         raise StreamFault("MalformedChunk", str(exc)) from None
+    if finished_at:
+        times.finished(finished_at)

@@ -19,9 +19,9 @@ import sys
 from typing import Any
 
 from sentinel_exp import __version__, eventloop
+from sentinel_exp.serve import READY_PREFIX
 from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, FAULTS, SimSettings, SimulatedEngine
 
-READY_PREFIX = "SENTINEL_SERVER_READY "
 
 
 def parse_faults(items: list[str]) -> dict[int, str]:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from sentinel_exp.serve import wire
-from sentinel_exp.serve.engine import (AbortConnection, Engine, EngineError, Finished, GenerationRequest, RawLine,
+from sentinel_exp.serve.engine import (Engine, EngineError, Finished, GenerationRequest, RawLine,
                                        Token)
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds
 from sentinel_exp.serve.scheduler import ModelScheduler
@@ -170,8 +170,8 @@ class OllamaApp:
             tag, options, keep_alive_s = self._parse_common(data)
             if api == "chat":
                 messages = data.get("messages") or []
-                if not isinstance(messages, list):
-                    raise BadRequest("messages must be an array")
+                if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                    raise BadRequest("messages must be an array of objects")
                 empty = not messages
                 gen = GenerationRequest(tag, messages=messages, options=options)
             else:
@@ -211,7 +211,7 @@ class OllamaApp:
         """Engine events; the Finished one comes with Ollama's duration fields."""
         async with self.scheduler.admit(gen.model, runner, keep_alive_s) as admission:
             load_ns = admission.ready_ns - started_ns
-            gen.clock_start_ns = admission.ready_ns if admission.was_loaded or admission.waited else started_ns
+            gen.clock_start_ns = max(started_ns, admission.blocked_until_ns)
             # Closed here, inside admission, so the slot is freed only once the engine has stopped.
             async with aclosing(self.engine.generate(admission.resident.handle, gen)) as stream:
                 async for event in stream:
@@ -277,8 +277,8 @@ class OllamaApp:
             if self.scheduler.model_entry(tag) is None:
                 raise BadRequest(f'model "{tag}" not found, try pulling it first', status=404)
             messages = data.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise BadRequest("messages must be a non-empty array")
+            if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+                raise BadRequest("messages must be a non-empty array of objects")
             options = wire.validate_options({
                 "num_predict": data.get("max_completion_tokens", data.get("max_tokens")),
                 "temperature": data.get("temperature"),

@@ -59,8 +59,8 @@ def keep_alive_seconds(value: Any) -> float | None:
     if isinstance(value, bool):
         raise KeepAliveError(f"invalid keep_alive {value!r}")
     if isinstance(value, (int, float)):
-        if math.isnan(value):
-            raise KeepAliveError("invalid keep_alive NaN")
+        if not math.isfinite(value):
+            raise KeepAliveError(f"invalid keep_alive {value!r}: use seconds, -1 for forever, or a duration like '5m'")
         seconds = float(int(value)) if value >= 0 else -1.0
     elif isinstance(value, str):
         seconds = parse_go_duration(value)

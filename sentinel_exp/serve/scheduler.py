@@ -30,6 +30,7 @@ class Resident:
     runner_options: dict[str, Any]
     handle: Any
     keep_alive_s: float
+    loaded_ns: int  # perf_counter_ns when the load finished
     expires_at_wall: float | None = None  # None while in use or kept forever
 
 
@@ -40,7 +41,9 @@ class Admission:
     resident: Resident
     ready_ns: int
     was_loaded: bool
-    waited: bool = False  # queued behind other generations or a reload
+    # Until when the request could not have started: the end of a queue wait or of a load
+    # (its own or one it arrived during); 0 when nothing held it up.
+    blocked_until_ns: int = 0
 
 
 class ModelScheduler:
@@ -53,6 +56,8 @@ class ModelScheduler:
         self._resident: Resident | None = None
         self._active = 0
         self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_task: asyncio.Task[None] | None = None  # held so it is not garbage-collected
+        self._expiry_generation = 0
 
     @property
     def resident(self) -> Resident | None:
@@ -64,17 +69,18 @@ class ModelScheduler:
     @asynccontextmanager
     async def admit(self, tag: str, runner_options: dict[str, Any],
                     keep_alive_s: float | None) -> AsyncIterator[Admission]:
-        waited = False
+        slot_ns = 0
         if self._slots is not None:
-            waited = self._slots.locked()
+            queued = self._slots.locked()
             await self._slots.acquire()
+            slot_ns = time.perf_counter_ns() if queued else 0
         try:
             admission = await self._acquire_model(tag, runner_options, keep_alive_s)
-            admission.waited = admission.waited or waited
+            admission.blocked_until_ns = max(admission.blocked_until_ns, slot_ns, admission.resident.loaded_ns)
             try:
                 yield admission
             finally:
-                await self._release(keep_alive_s)
+                await self._release()
         finally:
             if self._slots is not None:
                 self._slots.release()
@@ -95,7 +101,7 @@ class ModelScheduler:
 
     async def _acquire_model(self, tag: str, runner_options: dict[str, Any],
                              keep_alive_s: float | None) -> Admission:
-        waited = False
+        waited_ns = 0
         async with self._state:
             while True:
                 current = self._resident
@@ -104,36 +110,42 @@ class ModelScheduler:
                     self._cancel_expiry()
                     if keep_alive_s is not None:
                         current.keep_alive_s = keep_alive_s
-                    return Admission(current, time.perf_counter_ns(), was_loaded=False, waited=waited)
+                    return Admission(current, time.perf_counter_ns(), was_loaded=False, blocked_until_ns=waited_ns)
                 if self._active == 0:
                     break
-                waited = True
                 await self._state.wait()
+                waited_ns = time.perf_counter_ns()
             if self._resident is not None:
                 await self._unload_locked()
             handle = await self.engine.load(tag, runner_options)
             keep = self.default_keep_alive_s if keep_alive_s is None else keep_alive_s
-            self._resident = Resident(tag, dict(runner_options), handle, keep)
+            self._resident = Resident(tag, dict(runner_options), handle, keep, loaded_ns=time.perf_counter_ns())
             self._active += 1
-            return Admission(self._resident, time.perf_counter_ns(), was_loaded=True, waited=waited)
+            return Admission(self._resident, self._resident.loaded_ns, was_loaded=True)
 
-    async def _release(self, keep_alive_s: float | None) -> None:
+    async def _release(self) -> None:
+        """The keep_alive that counts is the one the resident model was last given (at admission)."""
         async with self._state:
             self._active -= 1
             resident = self._resident
             if resident is not None and self._active == 0:
-                keep = resident.keep_alive_s if keep_alive_s is None else keep_alive_s
+                keep = resident.keep_alive_s
                 if keep <= 0:
                     await self._unload_locked()
                 elif math.isfinite(keep):
                     resident.expires_at_wall = time.time() + keep
-                    loop = asyncio.get_running_loop()
-                    self._expiry = loop.call_later(keep, lambda: loop.create_task(self._expire(resident)))
+                    self._expiry = asyncio.get_running_loop().call_later(keep, self._on_expiry, resident,
+                                                                         self._expiry_generation)
             self._state.notify_all()
 
-    async def _expire(self, resident: Resident) -> None:
+    def _on_expiry(self, resident: Resident, generation: int) -> None:
+        self._expiry_task = asyncio.get_running_loop().create_task(self._expire(resident, generation))
+
+    async def _expire(self, resident: Resident, generation: int) -> None:
         async with self._state:
-            if self._resident is resident and self._active == 0:
+            # A request admitted after this timer fired has cancelled it (a new generation).
+            current = generation == self._expiry_generation
+            if self._resident is resident and self._active == 0 and current:
                 await self._unload_locked()
             self._state.notify_all()
 
@@ -144,6 +156,7 @@ class ModelScheduler:
             await self.engine.unload(resident.handle)
 
     def _cancel_expiry(self) -> None:
+        self._expiry_generation += 1
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -156,10 +169,9 @@ class ModelScheduler:
 
     def ps_expires_at(self, resident: Resident) -> str:
         """RFC 3339 expiry as /api/ps shows it; far future for "forever" or in use."""
+        far_future = dt.datetime(2318, 1, 1, tzinfo=dt.timezone.utc).timestamp()
         if resident.expires_at_wall is not None:
             when = resident.expires_at_wall
-        elif math.isfinite(resident.keep_alive_s):
-            when = time.time() + resident.keep_alive_s
         else:
-            when = dt.datetime(2318, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-        return dt.datetime.fromtimestamp(when, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+            when = time.time() + resident.keep_alive_s
+        return dt.datetime.fromtimestamp(min(when, far_future), tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")

@@ -123,13 +123,15 @@ class SimulatedEngine:
         limited = num_predict is not None and num_predict > 0
         count = num_predict if limited else self.settings.tokens
 
+        # Mid-stream faults strike after a few tokens, or before the last one of a short answer.
+        strike_at = min(FAULT_AFTER_TOKENS, max(count - 1, 0))
         deadline = ready + self._jittered(self.settings.ttft_ms + self.settings.prefill_ms_per_token * uncached)
         first = last = deadline
         for k in range(count):
             if k:
                 deadline += self._jittered(self.settings.itl_ms)
             await self._timer.sleep_until(deadline)
-            if k == FAULT_AFTER_TOKENS and fault is not None:
+            if k == strike_at and fault is not None:
                 await self._strike(fault)
                 if fault == "early_end":
                     return  # a clean end of the HTTP body, but no final done:true chunk
@@ -138,7 +140,7 @@ class SimulatedEngine:
             last = time.perf_counter()
             if k == 0:
                 first = last
-            yield Token(_WORDS[k % len(_WORDS)] if k else _WORDS[0])
+            yield Token(_WORDS[k % len(_WORDS)])
         yield Finished(
             done_reason="length" if limited else "stop",
             prompt_eval_count=len(words),
