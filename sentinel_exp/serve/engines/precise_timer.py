@@ -3,7 +3,9 @@
 asyncio's epoll wait rounds its timeout up to whole milliseconds, so `asyncio.sleep(0.005)`
 wakes anywhere in 5-6 ms. The simulated server promises exact timing, so the last stretch of
 each wait is handed to one helper thread that sleeps with nanosecond timeouts and wakes the
-loop with call_soon_threadsafe (about 0.1 ms late instead of up to 1 ms).
+loop with call_soon_threadsafe. The hand-over itself takes a little while (thread wake-up, loop
+wake-up); the timer measures that lateness as it goes and aims that much earlier, so waiting
+coroutines resume on time rather than consistently late.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import time
 
 # Below this, the coarse asyncio sleep is skipped and the thread does all the waiting.
 _COARSE_MARGIN_S = 0.002
+# Lateness is averaged with this weight per wake-up, and never corrected by more than the cap.
+_LATENESS_WEIGHT = 0.1
+_LATENESS_CAP_S = 0.001
 
 
 class PreciseTimer:
@@ -24,6 +29,7 @@ class PreciseTimer:
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self.lateness_s = 0.0  # running average of how late coroutines resumed, uncorrected
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -54,11 +60,14 @@ class PreciseTimer:
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
+        aim = deadline - self.lateness_s
         with self._cond:
             self._ensure_thread()
-            heapq.heappush(self._heap, (deadline, next(self._counter), loop, future))
+            heapq.heappush(self._heap, (aim, next(self._counter), loop, future))
             self._cond.notify()
         await future
+        late = time.perf_counter() - aim
+        self.lateness_s += _LATENESS_WEIGHT * (min(max(late, 0.0), _LATENESS_CAP_S) - self.lateness_s)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
