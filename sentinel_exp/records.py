@@ -80,12 +80,6 @@ class RecordWriter:
             os.fsync(self._file.fileno())
             self._file.close()
 
-    def __enter__(self) -> "RecordWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def read_records(path: Path) -> list[RequestRecord]:
     return list(iter_records(path.read_text(encoding="utf-8").splitlines()))

@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from sentinel_exp.records import MEASURED, RequestRecord
+from sentinel_exp.records import RequestRecord
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -26,7 +26,7 @@ def describe(values: Sequence[float]) -> dict[str, float]:
 
 
 def successful(records: Iterable[RequestRecord]) -> list[RequestRecord]:
-    return [r for r in records if r.phase == MEASURED and r.ok]
+    return [r for r in records if r.measured and r.ok]
 
 
 def inter_token_latencies(record: RequestRecord) -> list[float]:
@@ -76,7 +76,7 @@ def is_cold(record: RequestRecord, cold_load_ms: float) -> bool | None:
 
 def summarize(records: Sequence[RequestRecord], measured_duration_s: float | None = None) -> dict[str, float]:
     """The per-run summary metrics, named as MLflow will store them."""
-    measured = [r for r in records if r.phase == MEASURED]
+    measured = [r for r in records if r.measured]
     ok = successful(records)
     failed = [r for r in measured if not r.ok and not r.cancelled]
     metrics: dict[str, float] = {}
@@ -111,7 +111,7 @@ def error_breakdown(records: Iterable[RequestRecord]) -> dict[str, int]:
     """Failed measured requests by error class, for the console and summary.json."""
     counts: dict[str, int] = {}
     for r in records:
-        if r.phase == MEASURED and not r.ok and not r.cancelled:
+        if r.measured and not r.ok and not r.cancelled:
             key = r.error_class or "Unknown"
             counts[key] = counts.get(key, 0) + 1
     return counts
