@@ -30,6 +30,7 @@ httpx = pytest.importorskip("httpx")
 from sentinel_exp.serve.engines import registry  # noqa: E402
 from sentinel_exp.serve.engines.gguf_meta import file_sha256  # noqa: E402
 from sentinel_exp.serve.engines.llamacpp import THREADS_ENV  # noqa: E402
+from sentinel_exp.serve.prompt_fit import DEFAULT_NUM_KEEP, prompt_limit  # noqa: E402
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
@@ -278,11 +279,16 @@ def test_openai_stream_with_usage(client: httpx.Client) -> None:
     assert usage["usage"]["total_tokens"] == usage["usage"]["prompt_tokens"] + 10
 
 
-def test_context_overflow_is_an_error_not_a_crash(client: httpx.Client, server: Server) -> None:
-    reply = client.post("/api/generate", json={"model": MODEL, "prompt": "word " * 200, "stream": False,
-                                               "options": {"num_ctx": 64, "num_predict": 4}})
-    assert reply.status_code == 400, reply.text
-    assert "exceeds the context length" in reply.json()["error"]
+def test_over_long_prompt_is_truncated_as_ollama_does(client: httpx.Client, server: Server) -> None:
+    # About 600 tokens against a 256-token window; Ollama keeps num_keep (4) + BOS tokens and the
+    # tail (where the instruction is), leaving half of the rest free: 256 - (256 - 5) // 2 = 131.
+    prompt = "The sky is blue today. " * 100 + STORY
+    reply = client.post("/api/generate", json={"model": MODEL, "prompt": prompt, "stream": False,
+                                               "options": {**DETERMINISTIC, "num_ctx": 256, "num_predict": 4}})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["prompt_eval_count"] == prompt_limit(256, DEFAULT_NUM_KEEP + 1) == 131
+    assert body["eval_count"] == 4 and body["done_reason"] == "length", body
     assert server.proc.poll() is None
     _, final = chat(client)  # default num_ctx again: reloads and answers
     assert final["eval_count"] >= 1

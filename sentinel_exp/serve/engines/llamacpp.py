@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator
 from sentinel_exp.serve.engine import EngineError, Event, Finished, GenerationRequest, ModelEntry, Token
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.engines.gguf_meta import GGUFError, GGUFInfo, file_sha256, mtime_rfc3339, read_gguf
+from sentinel_exp.serve.prompt_fit import DEFAULT_NUM_KEEP, fit_prompt
 
 # Ollama's defaults (api/types.go DefaultOptions), so an option left out samples as in Ollama
 # rather than as llama-cpp-python's own defaults.
@@ -292,11 +293,10 @@ class LlamaCppEngine:
 
     def _generate(self, handle: _Loaded, request: GenerationRequest, channel: _Channel, start_ns: int) -> None:
         llm = handle.llm
-        prompt = self._prompt_tokens(handle, request)
-        if len(prompt) >= handle.n_ctx:
-            raise EngineError(f"the input length ({len(prompt)} tokens) exceeds the context length "
-                              f"({handle.n_ctx} tokens)", status=400)
         options = request.options
+        prompt = self._prompt_tokens(handle, request)
+        prompt = fit_prompt(prompt, handle.n_ctx, options.get("num_keep", DEFAULT_NUM_KEEP),
+                            starts_with_bos=bool(prompt) and prompt[0] == llm.token_bos())
         num_predict = options.get("num_predict")
         room = handle.n_ctx - len(prompt)
         max_new = min(num_predict, room) if num_predict is not None and num_predict > 0 else room
