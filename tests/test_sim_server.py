@@ -184,3 +184,30 @@ def test_requests_arriving_during_a_cold_load_start_their_clock_when_it_ends(sim
         assert final["load_duration"] >= 290e6  # each waited for the one load
         assert 38e6 <= final["prompt_eval_duration"] <= 60e6  # then 40 ms to its first token, not 0
         assert final["eval_duration"] >= 7 * 5e6 * 0.9  # and tokens 5 ms apart, not one burst
+
+
+def test_a_waiting_reload_holds_back_later_requests_for_the_resident_model(sim_server_factory):
+    # Ollama schedules in arrival order: once a request needs a reload, later requests for the
+    # model still resident queue behind it instead of keeping the old model busy for ever.
+    server = sim_server_factory("--load-ms", "100", "--ttft-ms", "20", "--itl-ms", "5", "--parallel", "0")
+    long = {**CHAT, "options": {"num_predict": 40}}  # 20 ms + 39 x 5 ms
+    other = {**CHAT, "options": {"num_predict": 4, "num_ctx": 1024}}  # another runner option: a reload
+
+    async def post(client, body, delay_s):
+        await asyncio.sleep(delay_s)
+        response = await client.post("/api/chat", json=body)
+        return ndjson(response)[-1], time.perf_counter()
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            await client.post("/api/chat", json=CHAT)  # resident with the default options
+            return await asyncio.gather(post(client, long, 0), post(client, other, 0.03),
+                                        post(client, long, 0.06))
+
+    (_, first_done), (reload, reload_done), (later, later_done) = asyncio.run(scenario())
+    assert reload_done < later_done  # the later request did not overtake the reload
+    # The reload waited for the first request (~185 ms) and then loaded (100 ms).
+    assert 250e6 <= reload["load_duration"] <= 450e6
+    # The later request waited behind it and then reloaded the default options: a cold start.
+    assert later["load_duration"] >= 300e6
+    assert first_done < reload_done

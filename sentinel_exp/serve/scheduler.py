@@ -2,7 +2,8 @@
 
 - One model is resident at a time. A request for another model, or for the same model with
   different runner options (num_ctx, num_batch, ...), waits for in-flight generations to end,
-  then reloads: the silent cold start that DESIGN.md section 5 warns about.
+  then reloads: the silent cold start that DESIGN.md section 5 warns about. As in Ollama's
+  scheduler, a waiting reload holds back requests that arrive after it.
 - keep_alive: a number of seconds, a Go duration, negative = forever, 0 = unload when done;
   omitted keeps the value the model was last given (default 5 minutes).
 - `parallel` generations at once (Ollama's default is one slot); the rest queue, and the wait
@@ -55,6 +56,7 @@ class ModelScheduler:
         self._state = asyncio.Condition()
         self._resident: Resident | None = None
         self._active = 0
+        self._reloads_waiting = 0  # requests waiting for in-flight work to end so they can reload
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_task: asyncio.Task[None] | None = None  # held so it is not garbage-collected
         self._expiry_generation = 0
@@ -102,19 +104,36 @@ class ModelScheduler:
     async def _acquire_model(self, tag: str, runner_options: dict[str, Any],
                              keep_alive_s: float | None) -> Admission:
         waited_ns = 0
+        wants_reload = False  # whether this request counts in self._reloads_waiting
         async with self._state:
-            while True:
-                current = self._resident
-                if current is not None and current.tag == tag and current.runner_options == runner_options:
-                    self._active += 1
-                    self._cancel_expiry()
-                    if keep_alive_s is not None:
-                        current.keep_alive_s = keep_alive_s
-                    return Admission(current, time.perf_counter_ns(), was_loaded=False, blocked_until_ns=waited_ns)
-                if self._active == 0:
-                    break
-                await self._state.wait()
-                waited_ns = time.perf_counter_ns()
+            try:
+                while True:
+                    current = self._resident
+                    fits = current is not None and current.tag == tag and current.runner_options == runner_options
+                    if fits and wants_reload:
+                        wants_reload = False  # another waiter loaded what this one wants
+                        self._reloads_waiting -= 1
+                    # Ollama schedules in arrival order: while a reload waits, later requests for
+                    # the resident model queue behind it rather than keep that model busy.
+                    if fits and self._reloads_waiting == 0:
+                        assert current is not None
+                        self._active += 1
+                        self._cancel_expiry()
+                        if keep_alive_s is not None:
+                            current.keep_alive_s = keep_alive_s
+                        return Admission(current, time.perf_counter_ns(), was_loaded=False,
+                                         blocked_until_ns=waited_ns)
+                    if not fits and self._active == 0:
+                        break
+                    if not fits and not wants_reload:
+                        wants_reload = True
+                        self._reloads_waiting += 1
+                    await self._state.wait()
+                    waited_ns = time.perf_counter_ns()
+            finally:
+                if wants_reload:
+                    self._reloads_waiting -= 1
+                    self._state.notify_all()  # requests held back for this one may go now
             if self._resident is not None:
                 await self._unload_locked()
             handle = await self.engine.load(tag, runner_options)
