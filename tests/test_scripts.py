@@ -1,0 +1,78 @@
+"""The benchmark scripts in scripts/ still run and report what the README quotes.
+
+Short runs only: these guard the scripts against rot (imports, argument handling, the shape of
+their report), not the figures, which come from full runs quoted in the README.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def run_script(name: str, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    # From another directory, as a user would: the script must find the package on its own.
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def number(pattern: str, text: str) -> float:
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in:\n{text}"
+    return float(match.group(1))
+
+
+def test_client_overhead_reports_both_clients_above_the_injected_ttft(tmp_path: Path) -> None:
+    result = run_script("bench_client_overhead.py", "--requests", "10", "--rounds", "1", "--concurrency", "1",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {m.group(1): [float(x) for x in m.group(2).split()]
+            for m in re.finditer(r"^\s+1\s+(sentinel|naive)\s+([\d.\s]+?)\s+n=10$", result.stdout, re.M)}
+    assert set(rows) == {"sentinel", "naive"}, result.stdout
+    for read_p50, read_p99, over_p50, over_p99 in rows.values():
+        # TTFT can only exceed the server's injected 40 ms, and loopback costs well under 20 ms.
+        assert 0 < read_p50 <= read_p99 and 0 < over_p50 <= over_p99 < 20
+
+
+def test_sampler_overhead_takes_the_expected_number_of_samples(tmp_path: Path) -> None:
+    result = run_script("bench_sampler_overhead.py", "--seconds", "1", "--interval", "0.1", cwd=tmp_path)
+    assert result.returncode in (0, 1), result.stderr  # 1: the goal judged on a 1 s leg
+    taken = number(r"samples: (\d+) \(expected ~10\)", result.stdout)
+    assert 8 <= taken <= 11
+    assert 0 < number(r"sampler thread CPU : [\d.]+ s over [\d.]+ s = ([\d.]+)% of one core", result.stdout) < 10
+
+
+def test_gpu_check_without_torch_or_cuda_says_so_and_exits_2(tmp_path: Path) -> None:
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA GPU is here: the check would run for real (scripts/gpu_telemetry_check.py)")
+    result = run_script("gpu_telemetry_check.py", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.startswith("SKIPPED: ")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "skipped" and summary["reason"] in result.stdout
+
+
+@pytest.mark.embedded
+def test_embedded_adapter_benchmark_compares_both_sides(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    result = run_script("bench_embedded_adapter.py", "--requests", "2", "--warmup", "1", "--max-tokens", "4",
+                        "--threads", "1", cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr
+    in_process = number(r"in-process llama-cpp\s+([\d.]+)", result.stdout)
+    via_server = number(r"server via httpx\s+([\d.]+)", result.stdout)
+    assert in_process > 0 and abs(via_server - in_process) < 50  # same model, prompts and threads
+    assert number(r"server decode rate / in-process: ([\d.]+)", result.stdout) > 0.5
+    assert "identical answers on both sides: 2/2" in result.stdout
