@@ -24,7 +24,7 @@ from sentinel_exp.clients import ollama as ollama_client
 from sentinel_exp.clients import openai as openai_client
 from sentinel_exp.clients.common import RequestSpec, send_request
 from sentinel_exp.config import config_problems, effective_options
-from sentinel_exp.errors import ConfigError, Interrupted
+from sentinel_exp.errors import ConfigError, Interrupted, UserError
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.preflight import ModelFacts, placement, preflight
@@ -180,6 +180,9 @@ async def _measure(cfg: DictConfig, factory: RequestFactory, client: httpx.Async
 async def run_async(cfg: DictConfig, ctx: RunContext) -> Outcome:
     check_config(cfg)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    if (ctx.output_dir / "requests.jsonl").exists():
+        raise UserError(f"{ctx.output_dir} already holds the records of another run; give this run its "
+                        f"own folder (hydra.run.dir=...)")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     (ctx.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")

@@ -68,7 +68,8 @@ class RecordWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] = open(path, "a", encoding="utf-8")
+        # "x": records of two runs must never end up in one file (a reused output folder).
+        self._file: IO[str] = open(path, "x", encoding="utf-8")
 
     def write(self, record: RequestRecord) -> None:
         self._file.write(record.to_json() + "\n")

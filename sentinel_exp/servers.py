@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 import sentinel_exp
-from sentinel_exp.errors import ServerError
+from sentinel_exp.errors import ConfigError, ServerError
 from sentinel_exp.serve import READY_PREFIX
 from sentinel_exp.serve.engines import registry
 
@@ -43,15 +43,36 @@ def ollama_url_from_env(env: dict[str, str] | None = None) -> str:
     raw = (env if env is not None else os.environ).get("OLLAMA_HOST", "").strip()
     if not raw:
         return DEFAULT_OLLAMA
-    if "://" not in raw:
-        raw = "http://" + raw
-    parts = urlsplit(raw)
-    host = parts.hostname or "127.0.0.1"
-    if host in ("0.0.0.0", "::", ""):
+    return normalize_url(raw, "OLLAMA_HOST", port_always=True)
+
+
+def normalize_url(raw: str, source: str, port_always: bool = False) -> str:
+    """http(s)://host:port[/path] from a URL or a bare host[:port] (Ollama's port 11434 then).
+
+    `port_always`: Ollama's reading of OLLAMA_HOST, where even a URL without a port means 11434;
+    elsewhere a URL with a scheme keeps its scheme's port (a proxy at https://host, say).
+    """
+    text = raw.strip()
+    bare = "://" not in text
+    try:
+        parts = urlsplit("http://" + text if bare else text)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{source} is not a valid host or URL: {raw!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{source} is not a valid host or URL: {raw!r} (expected host:port or http://host:port)")
+    host = parts.hostname
+    if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
-    port = parts.port or (443 if parts.scheme == "https" else 11434)
+    if port is None and (bare or port_always):
+        port = 443 if parts.scheme == "https" else 11434
     host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}:{port}"
+    netloc = f"{host}:{port}" if port is not None else host
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def configured_url(server_cfg: Any) -> str | None:
+    return normalize_url(str(server_cfg.url), "server.url") if server_cfg.url else None
 
 
 def probe_ollama(url: str, timeout_s: float = 1.0) -> str | None:
@@ -166,7 +187,7 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
     kind = server_cfg.kind
     log_path = output_dir / "server.log"
     if kind == "auto":
-        url = server_cfg.url or ollama_url_from_env()
+        url = configured_url(server_cfg) or ollama_url_from_env()
         version = probe_ollama(url)
         if version is not None:
             log.info("server=auto: Ollama %s answers at %s", version, url)
@@ -194,15 +215,16 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
         with start_bundled("llamacpp", args, server_cfg.startup_timeout_s, log_path) as handle:
             yield handle
     elif kind == "ollama":
-        url = server_cfg.url or ollama_url_from_env()
+        url = configured_url(server_cfg) or ollama_url_from_env()
         version = probe_ollama(url, timeout_s=5.0)
         if version is None:
             raise ServerError(f"Ollama does not answer at {url} (GET /api/version). Start it with `ollama serve`, "
                               f"set OLLAMA_HOST or server.url if it listens elsewhere, or use server=embedded.")
         yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid)
     elif kind == "openai":
-        if not server_cfg.url:
+        url = configured_url(server_cfg)
+        if url is None:
             raise ServerError("server=openai needs server.url, e.g. server.url=http://127.0.0.1:8080")
-        yield ServerHandle(kind="openai", url=str(server_cfg.url).rstrip("/"), pid=server_cfg.pid)
+        yield ServerHandle(kind="openai", url=url, pid=server_cfg.pid)
     else:
         raise ServerError(f"unknown server.kind {kind!r}")

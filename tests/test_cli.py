@@ -95,6 +95,27 @@ def test_bad_overrides_stop_before_any_request_or_run(tmp_path, override, messag
     assert not list(tmp_path.glob("outputs/*/*/requests.jsonl"))
 
 
+def test_a_run_never_writes_into_another_runs_folder(tmp_path):
+    first = run_cli(tmp_path, *SIM, "workload=quick", "hydra.run.dir=fixed")
+    assert first.returncode == 0, first.output
+    second = run_cli(tmp_path, *SIM, "workload=quick", "workload.requests=7", "hydra.run.dir=fixed")
+    assert second.returncode == 2
+    assert "already holds the records of another run" in second.stderr and "Traceback" not in second.output
+    assert len(read_records(tmp_path / "fixed" / "requests.jsonl")) == 6  # 5 + 1 warmup, the first run's
+    assert len(mlflow_runs(tmp_path)) == 1
+
+
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-m", "sentinel_exp", *SIM, "workload=quick",
+                               f"workload.requests={n}", "tracking.enabled=false"],
+                              cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for n in (3, 4)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    counts = sorted(len(read_records(d / "requests.jsonl")) for d in output_dirs(tmp_path))
+    assert counts == [4, 5]  # each run's own records (plus one warmup), nothing mixed
+
+
 def test_scripted_failures_give_failed_records_and_a_finished_run(tmp_path):
     result = run_cli(tmp_path, *SIM, "workload.requests=10", "workload.warmup=1", "workload.timeout_s=2",
                      "server.sim.faults={3:http_500,5:error_midstream,7:cut_stream,9:malformed}")
@@ -124,6 +145,23 @@ def test_unreachable_server_is_one_clear_message(tmp_path):
     assert result.returncode == 2
     assert "Ollama does not answer at http://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.output and mlflow_runs(tmp_path) == []
+
+
+def test_a_bad_ollama_host_is_one_clear_message(tmp_path):
+    result = run_cli(tmp_path, "server=ollama", env=cli_env(OLLAMA_HOST="http://[bad"))
+    assert result.returncode == 2, result.output
+    assert "OLLAMA_HOST is not a valid host or URL: 'http://[bad'" in result.stderr
+    assert "Traceback" not in result.output and mlflow_runs(tmp_path) == []
+
+
+def test_server_url_without_a_scheme_reaches_the_server(tmp_path, sim_server_factory):
+    server = sim_server_factory("--load-ms", "0")
+    bare = server.url.removeprefix("http://")
+    result = run_cli(tmp_path, "server=ollama", f"server.url={bare}", "workload=quick")
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    assert run.data.tags["sentinel.server_url"] == server.url
+    assert run.data.metrics["requests_ok"] == 5  # workload=quick
 
 
 def test_unknown_model_names_what_the_server_has(tmp_path, sim_server_factory):
