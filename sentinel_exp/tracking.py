@@ -41,6 +41,20 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
+    """A tracking server that is down fails in seconds, not after MLflow's minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import httpx
+
+    try:
+        httpx.get(uri.rstrip("/") + "/health", timeout=timeout_s, trust_env=False)
+    except httpx.HTTPError as exc:  # any HTTP answer (even 404 behind a proxy) means it is there
+        raise UserError(f"the MLflow tracking server at tracking.uri={uri!r} does not answer "
+                        f"({type(exc).__name__}: {exc}); start it (`mlflow server`), or log to a "
+                        f"local store with tracking.uri=sqlite:///mlflow.db") from None
+
+
 class Tracker:
     """A thin, explicit wrapper over MlflowClient: no global active-run state, so a sweep
     running jobs in one process, or the telemetry thread, cannot log into the wrong run."""
@@ -52,6 +66,7 @@ class Tracker:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.uri = uri
         self.run_id: str | None = None
+        check_server_answers(uri)
         try:
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)

@@ -84,6 +84,7 @@ def test_a_cold_first_measured_request_shows_the_load(tmp_path):
     ("workload.requests=0", "workload.requests must be at least 1"),
     ("workload.keep_alive=abc", "workload.keep_alive"),
     ("server.sim.faults={2:boom}", "server.sim.faults"),
+    ("tracking.uri=http://127.0.0.1:9", "MLflow tracking server at tracking.uri='http://127.0.0.1:9' does not answer"),
 ])
 def test_bad_overrides_stop_before_any_request_or_run(tmp_path, override, message):
     result = run_cli(tmp_path, *SIM, override)
