@@ -55,6 +55,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     register_configs()
+    _stop_on_bad_overrides(sys.argv[1:])
     _hydra_main()
     if _failed_jobs:
         from sentinel_exp import console as ui
@@ -62,4 +63,16 @@ def main() -> None:
         ui.stderr.print(f"[bold red]{len(_failed_jobs)} sweep job(s) failed:[/]", soft_wrap=True)
         for line in _failed_jobs:
             ui.stderr.print("  " + escape(line), soft_wrap=True)
+        sys.exit(UserError.exit_code)
+
+
+def _stop_on_bad_overrides(argv: list[str]) -> None:
+    from sentinel_exp.overrides import command_line_overrides, override_problems
+
+    problems = override_problems(command_line_overrides(argv), config_dir())
+    if problems:
+        from sentinel_exp import console as ui
+
+        for problem in problems:
+            ui.stderr.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)
         sys.exit(UserError.exit_code)

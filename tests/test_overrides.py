@@ -1,0 +1,65 @@
+"""Command-line overrides are checked against the schema and the config groups before Hydra."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from sentinel_exp.app import config_dir
+from sentinel_exp.overrides import command_line_overrides, override_problems
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def problems(*args: str) -> list[str]:
+    return override_problems(command_line_overrides(list(args)), config_dir())
+
+
+def test_every_command_in_the_readme_passes_the_check() -> None:
+    commands = re.findall(r"python -m sentinel_exp(?![.\w])([^\n`#]*)", README.read_text())
+    assert len(commands) >= 5
+    for command in commands:
+        assert problems(*shlex.split(command)) == [], command
+
+
+@pytest.mark.parametrize("args", [
+    ["-m", "model=qwen05,llama32_1b", "options=default,low_ctx"],
+    ["server.models={mysmol\\:q4:/models/x.gguf}", "server.sim.faults={3:http_500}"],
+    ["+options.num_keep=8", "~options.seed", "hydra.run.dir=somewhere", "--cfg", "job"],
+    ["workload.rate=null", "workload.keep_alive=5m", "options.stop=[a,b]", "workload.requests=range(1,4)"],
+    ["hardware.recommended_options.num_gpu=0", "model.name=qwen2.5:0.5b", "progress=true"],
+])
+def test_valid_command_lines_pass(args: list[str]) -> None:
+    assert problems(*args) == []
+
+
+def test_a_mistyped_setting_names_the_nearest_one_and_its_siblings() -> None:
+    [message] = problems("workload.concurency=4")
+    assert message.startswith("workload.concurency is not a setting; did you mean workload.concurrency?")
+    assert "(settings of workload: api, requests, warmup, concurrency," in message
+    assert problems("optoins.num_ctx=512") == ["optoins is not a setting; did you mean options?"]
+
+
+def test_every_bad_choice_of_a_sweep_is_named() -> None:
+    assert problems("-m", "model=qwen05,lama32_1b,nope") == [
+        "model=lama32_1b is not a choice of model (available: llama32_1b, phi3_mini_q4, qwen05, smollm2_135m, "
+        "tinyllama); did you mean model=llama32_1b?",
+        "model=nope is not a choice of model (available: llama32_1b, phi3_mini_q4, qwen05, smollm2_135m, tinyllama)",
+    ]
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("options.num_ctx=big", "options.num_ctx='big' is not valid: options.num_ctx takes an integer (or null)"),
+    ("options.use_mmap=maybe", "options.use_mmap='maybe' is not valid: options.use_mmap takes true or false (or null)"),
+    ("telemetry.interval_s=often", "telemetry.interval_s='often' is not valid: telemetry.interval_s takes a number"),
+    ("workload.prompts=hello", "workload.prompts='hello' is not valid: workload.prompts takes a list"),
+])
+def test_a_wrong_typed_value_says_what_the_setting_takes(arg: str, expected: str) -> None:
+    assert problems(arg) == [expected]
+
+
+def test_a_line_hydra_cannot_parse_is_left_to_hydra() -> None:
+    assert problems("model=[unclosed") == []
