@@ -327,3 +327,14 @@ def test_help_shows_usage_groups_and_settings(tmp_path):
     assert "options: default, low_ctx, seed_baseline" in result.stdout
     assert "  concurrency: 1" in result.stdout  # the settings with their defaults
     assert not (tmp_path / "outputs").exists() and mlflow_runs(tmp_path) == []
+
+
+def test_server_log_explains_every_cold_start(tmp_path):
+    result = run_cli(tmp_path, *SIM, "workload=quick", "workload.keep_alive=0")
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    assert run.data.metrics["cold_starts"] == 5  # every measured request found the model unloaded
+    lines = (output_dirs(tmp_path)[0] / "server.log").read_text().splitlines()
+    loads = [line for line in lines if " loaded smollm2:135m in " in line]
+    unloads = [line for line in lines if line.endswith("unloaded smollm2:135m (keep_alive 0)")]
+    assert len(loads) == len(unloads) == 6  # warmup + 5 measured

@@ -101,6 +101,16 @@ def _drop_scripted_aborts(record: logging.LogRecord) -> bool:
     return not isinstance(exc, AbortConnection)
 
 
+def _log_model_events() -> None:
+    """Loads and unloads, one line each on stderr (a run keeps it as server.log)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    events = logging.getLogger("sentinel_exp.serve")
+    events.addHandler(handler)
+    events.setLevel(logging.INFO)
+    events.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -136,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             watcher.cancel()
 
     logging.getLogger("uvicorn.error").addFilter(_drop_scripted_aborts)
+    _log_model_events()
     eventloop.run(serve())
     return 0
 

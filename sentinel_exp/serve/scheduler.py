@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import math
 import time
 from contextlib import asynccontextmanager
@@ -23,6 +24,9 @@ from typing import Any, AsyncIterator
 from sentinel_exp.serve.engine import Engine, ModelEntry
 
 DEFAULT_KEEP_ALIVE_S = 300.0
+
+# Loads and unloads go to the server's log (server.log beside a run): they explain cold starts.
+log = logging.getLogger("sentinel_exp.serve")
 
 
 @dataclass
@@ -99,7 +103,7 @@ class ModelScheduler:
             while self._active:
                 await self._state.wait()
             if self._resident is not None and self._resident.tag == tag:
-                await self._unload_locked()
+                await self._unload_locked("keep_alive 0 request")
 
     async def _acquire_model(self, tag: str, runner_options: dict[str, Any],
                              keep_alive_s: float | None) -> Admission:
@@ -134,9 +138,14 @@ class ModelScheduler:
                 if wants_reload:
                     self._reloads_waiting -= 1
                     self._state.notify_all()  # requests held back for this one may go now
-            if self._resident is not None:
-                await self._unload_locked()
+            previous = self._resident
+            if previous is not None:
+                await self._unload_locked(f"replaced by {tag}" if previous.tag != tag else
+                                          f"runner options changed: {_changed(previous.runner_options, runner_options)}")
+            started = time.perf_counter_ns()
             handle = await self.engine.load(tag, runner_options)
+            log.info("loaded %s in %.1f ms (runner options %s)", tag, (time.perf_counter_ns() - started) / 1e6,
+                     runner_options or "default")
             keep = self.default_keep_alive_s if keep_alive_s is None else keep_alive_s
             self._resident = Resident(tag, dict(runner_options), handle, keep, loaded_ns=time.perf_counter_ns())
             self._active += 1
@@ -150,7 +159,7 @@ class ModelScheduler:
             if resident is not None and self._active == 0:
                 keep = resident.keep_alive_s
                 if keep <= 0:
-                    await self._unload_locked()
+                    await self._unload_locked("keep_alive 0")
                 elif math.isfinite(keep):
                     resident.expires_at_wall = time.time() + keep
                     self._expiry = asyncio.get_running_loop().call_later(keep, self._on_expiry, resident,
@@ -165,14 +174,15 @@ class ModelScheduler:
             # A request admitted after this timer fired has cancelled it (a new generation).
             current = generation == self._expiry_generation
             if self._resident is resident and self._active == 0 and current:
-                await self._unload_locked()
+                await self._unload_locked(f"keep_alive {resident.keep_alive_s:g} s expired")
             self._state.notify_all()
 
-    async def _unload_locked(self) -> None:
+    async def _unload_locked(self, reason: str) -> None:
         self._cancel_expiry()
         resident, self._resident = self._resident, None
         if resident is not None:
             await self.engine.unload(resident.handle)
+            log.info("unloaded %s (%s)", resident.tag, reason)
 
     def _cancel_expiry(self) -> None:
         self._expiry_generation += 1
@@ -184,7 +194,7 @@ class ModelScheduler:
 
     async def shutdown(self) -> None:
         async with self._state:
-            await self._unload_locked()
+            await self._unload_locked("server shutting down")
 
     def ps_expires_at(self, resident: Resident) -> str:
         """RFC 3339 expiry as /api/ps shows it; far future for "forever" or in use."""
@@ -194,3 +204,8 @@ class ModelScheduler:
         else:
             when = time.time() + resident.keep_alive_s
         return dt.datetime.fromtimestamp(min(when, far_future), tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> str:
+    keys = sorted(set(before) | set(after))
+    return ", ".join(f"{k} {before.get(k)} -> {after.get(k)}" for k in keys if before.get(k) != after.get(k))
