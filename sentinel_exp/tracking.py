@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from sentinel_exp.errors import UserError
 
@@ -41,6 +44,28 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@contextmanager
+def store_setup_lock(uri: str) -> Iterator[None]:
+    """Runs started together on a new sqlite store would both create its tables (MLflow's
+    migrations are not concurrency-safe: "duplicate column name") and both create the experiment;
+    they take turns for that first step."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    if not uri.startswith("sqlite:"):
+        yield
+        return
+    key = hashlib.sha256(os.path.abspath(uri.split(":///", 1)[-1]).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"sentinel-exp-mlflow-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
     """A tracking server that is down fails in seconds, not after MLflow's minutes of retries."""
     if not uri.startswith(("http://", "https://")):
@@ -68,14 +93,15 @@ class Tracker:
         self.run_id: str | None = None
         check_server_answers(uri)
         try:
-            self.client = MlflowClient(tracking_uri=uri)
-            found = self.client.get_experiment_by_name(experiment)
-            if found is None:
-                self.experiment_id = self.client.create_experiment(experiment)
-            else:
-                if found.lifecycle_stage == "deleted":
-                    self.client.restore_experiment(found.experiment_id)
-                self.experiment_id = found.experiment_id
+            with store_setup_lock(uri):
+                self.client = MlflowClient(tracking_uri=uri)
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    self.experiment_id = self.client.create_experiment(experiment)
+                else:
+                    if found.lifecycle_stage == "deleted":
+                        self.client.restore_experiment(found.experiment_id)
+                    self.experiment_id = found.experiment_id
         except Exception as exc:  # MlflowException, SQLAlchemy or OS errors: all a store the user named
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot use the MLflow store tracking.uri={uri!r} with experiment {experiment!r}: "

@@ -113,14 +113,16 @@ def test_a_run_never_writes_into_another_runs_folder(tmp_path):
 
 
 def test_runs_started_together_get_their_own_folders(tmp_path):
+    # A fresh directory: both runs also create the same new MLflow store at once.
     procs = [subprocess.Popen([sys.executable, "-m", "sentinel_exp", *SIM, "workload=quick",
-                               f"workload.requests={n}", "tracking.enabled=false"],
+                               f"workload.requests={n}"],
                               cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for n in (3, 4)]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
     counts = sorted(len(read_records(d / "requests.jsonl")) for d in output_dirs(tmp_path))
     assert counts == [4, 5]  # each run's own records (plus one warmup), nothing mixed
+    assert sorted(run.data.metrics["requests_ok"] for run in mlflow_runs(tmp_path)) == [3, 4]
 
 
 def test_scripted_failures_give_failed_records_and_a_finished_run(tmp_path):
