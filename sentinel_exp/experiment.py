@@ -47,10 +47,16 @@ class RunContext:
     def run_name(self, cfg: DictConfig, server_kind: str) -> str:
         if cfg.tracking.run_name:
             return str(cfg.tracking.run_name)
-        base = "-".join(str(self.choices.get(g, "?")) for g in ("model", "options", "workload"))
+        keys = {o: o.split("=", 1)[0].lstrip("+~") for o in self.overrides}
+        # A model named on the command line is what was measured, not the group it replaced.
+        model = cfg.model.name if "model.name" in keys.values() else self.choices.get("model", "?")
+        base = "-".join(str(part) for part in (model, self.choices.get("options", "?"),
+                                                 self.choices.get("workload", "?")))
         name = f"{base}@{server_kind}"
-        groups = set(self.choices)
-        extra = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in groups]
+        # Only what changes the measurement: not groups (in the base), not where or how it is shown.
+        shown_elsewhere = set(self.choices) | {"model.name", "progress"}
+        extra = [o for o, key in keys.items()
+                 if key not in shown_elsewhere and not key.startswith(("tracking.", "hydra."))]
         if extra:
             name += " " + " ".join(extra)
         return name[:250]

@@ -53,3 +53,16 @@ def test_config_ships_next_to_the_package_or_in_the_checkout():
     assert (config_dir() / "config.yaml").is_file()
     assert config_dir() in (Path(__file__).resolve().parent.parent / "conf",
                             Path(__import__("sentinel_exp").__file__).resolve().parent / "conf")
+
+
+def test_run_names_say_what_was_measured_and_leave_out_presentation():
+    from sentinel_exp.experiment import RunContext
+
+    overrides = ["model.name=gemma3:1b", "options=low_ctx", "workload.concurrency=4", "progress=true",
+                 "tracking.uri=sqlite:///x.db", "hydra.run.dir=out"]
+    cfg = composed(*(o for o in overrides if not o.startswith("hydra.")))
+    ctx = RunContext(output_dir=Path("."), overrides=overrides,
+                     choices={"model": "smollm2_135m", "options": "low_ctx", "workload": "default"})
+    assert ctx.run_name(cfg, "ollama") == "gemma3:1b-low_ctx-default@ollama workload.concurrency=4"
+    named = composed("tracking.run_name=mine")
+    assert ctx.run_name(named, "ollama") == "mine"
