@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -81,7 +81,7 @@ def summary_table(metrics: Mapping[str, float]) -> Table:
 
 
 def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | None, tracking_uri: str | None,
-                  output_dir: str, errors: Mapping[str, int], status: str) -> None:
+                  output_dir: str, errors: Mapping[str, int], status: str, warnings: Sequence[str] = ()) -> None:
     stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
     stdout.print(summary_table(metrics))
     ok = int(metrics.get("requests_ok", 0))
@@ -100,6 +100,8 @@ def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | Non
         rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
     if rates:
         stdout.print("  ".join(rates))
+    for warning in warnings:
+        stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
     stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
     if run_id:
         stdout.print(escape(f"MLflow run {run_id} in {tracking_uri}  (browse: mlflow ui --backend-store-uri "

@@ -253,7 +253,7 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
         if tracker:
             tracker.end(status)
     ui.print_summary(metrics, run_name, run_id, cfg.tracking.uri if tracker else None, str(ctx.output_dir),
-                     error_breakdown(measurement.records), status)
+                     error_breakdown(measurement.records), status, monitor.warnings)
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
     return Outcome(run_id, status, metrics, measurement.records)

@@ -43,6 +43,7 @@ class RunMonitor:
         self._sampler: Sampler | None = None
         self._tags: dict[str, str] = {}
         self._notes: list[str] = []
+        self.warnings: list[str] = []  # repeated under the results, where they cannot be missed
 
     def check_hardware(self) -> None:
         """Compare the hardware profile with what is detected; a mismatch warns and is tagged."""
@@ -52,6 +53,7 @@ class RunMonitor:
         if not check.matches:
             log.warning("warning: %s The run is tagged sentinel.hardware_match=false.", check.message)
             self._notes.append(check.message)
+            self.warnings.append(check.message)
 
     def tags(self) -> dict[str, str]:
         tags = environment_fingerprint(self.probe)

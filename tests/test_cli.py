@@ -146,6 +146,8 @@ def test_hardware_mismatch_warns_and_tags_the_run(tmp_path):
     if run.data.tags["sentinel.gpu_name"].find("H100") < 0:
         assert run.data.tags["sentinel.hardware_match"] == "false"
         assert "Hardware profile 'h100' expects a GPU" in result.stderr
+        # Said again under the results, where it cannot scroll away.
+        assert "warning: Hardware profile 'h100' expects a GPU" in result.stdout.split("TTFT", 1)[1]
     assert run.data.tags["sentinel.hardware_profile"] == "h100"
 
 
