@@ -245,7 +245,7 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
             summary = {"run_id": run_id, "run_name": run_name, "status": status, "metrics": metrics,
                        "errors": error_breakdown(measurement.records),
                        "server": {"kind": handle.kind, "url": handle.url}, "model": facts.__dict__,
-                       "telemetry_notes": monitor.notes()}
+                       "telemetry_notes": monitor.notes(), "warnings": monitor.warnings}
             (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
             if tracker:
                 _log_results(tracker, ctx, metrics, monitor, handle)

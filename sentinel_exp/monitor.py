@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 from sentinel_exp.hardware import check_with_probe, expectation_from_mapping
 from sentinel_exp.servers import ServerHandle
-from sentinel_exp.telemetry import (GpuProbe, Sampler, environment_fingerprint, find_server_pid, gpu_energy,
-                                    series_points, summarize_telemetry)
+from sentinel_exp.telemetry import (GpuProbe, Sampler, contention_warnings, environment_fingerprint,
+                                    find_server_pid, gpu_energy, series_points, summarize_telemetry)
 
 log = logging.getLogger(__name__)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -44,6 +44,7 @@ class RunMonitor:
         self._tags: dict[str, str] = {}
         self._notes: list[str] = []
         self.warnings: list[str] = []  # repeated under the results, where they cannot be missed
+        self._contended = False
 
     def check_hardware(self) -> None:
         """Compare the hardware profile with what is detected; a mismatch warns and is tagged."""
@@ -87,6 +88,9 @@ class RunMonitor:
         out = summarize_telemetry(samples, phase="measured", output_tokens=output_tokens or None)
         out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == "measured"))
         out["telemetry_overhead_core_pct"] = 100.0 * self._sampler.overhead_core_fraction
+        found = contention_warnings(out)
+        self.warnings.extend(found)
+        self._contended = bool(found)
         return out
 
     def series(self) -> Iterable[Sequence[Any]]:
@@ -99,7 +103,7 @@ class RunMonitor:
         if self._sampler is None:
             return {}
         energy = gpu_energy(self._sampler.samples, phase="measured")
-        return {"sentinel.gpu_energy_method": energy.method}
+        return {"sentinel.gpu_energy_method": energy.method, "sentinel.contended": str(self._contended).lower()}
 
     def notes(self) -> list[str]:
         return list(dict.fromkeys(self._notes))

@@ -342,3 +342,19 @@ def test_server_log_explains_every_cold_start(tmp_path):
     loads = [line for line in lines if " loaded smollm2:135m in " in line]
     unloads = [line for line in lines if line.endswith("unloaded smollm2:135m (keep_alive 0)")]
     assert len(loads) == len(unloads) == 6  # warmup + 5 measured
+
+
+def test_a_busy_bystander_is_measured_and_warned_about(tmp_path):
+    bystander = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        result = run_cli(tmp_path, *SIM, "workload.requests=30", "workload.warmup=1")
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    assert run.data.metrics["other_cpu_pct_mean"] > 50  # about one core, spinning
+    assert run.data.tags["sentinel.contended"] == "true"
+    assert "warning: other processes kept" in result.stdout
+    summary = json.loads((output_dirs(tmp_path)[0] / "summary.json").read_text())
+    assert any(w.startswith("other processes kept") for w in summary["warnings"])

@@ -23,6 +23,7 @@ from sentinel_exp.telemetry import (
     Sample,
     Sampler,
     SeriesPoint,
+    contention_warnings,
     environment_fingerprint,
     find_server_pid,
     gpu_energy,
@@ -170,6 +171,33 @@ def test_server_cpu_and_rss_of_a_busy_child():
     assert m["server_cpu_pct_mean"] > 40
     assert m["server_rss_mb_max"] > 5
     assert m["server_cpu_pct_max"] < 100 * psutil.cpu_count() + 20
+
+
+def test_client_cpu_is_this_process_and_other_cpu_is_everyone_else():
+    server = _spawn("import time; time.sleep(5)")  # an idle server
+    other = _spawn(BUSY.format(s=1.5))  # a process that is neither server nor client
+    try:
+        s = Sampler(interval_s=0.1, server_pid=server.pid, gpu=False).start()
+        s.mark_phase("measured")
+        t = time.monotonic()
+        while time.monotonic() - t < 0.6:  # the client (this process) busy on one core
+            pass
+        time.sleep(0.6)  # then idle while the other process still runs
+        samples = s.stop()
+    finally:
+        _kill(server)
+        _kill(other)
+    busy, idle = samples[1:5], samples[7:11]
+    assert min(x.client_cpu_pct for x in busy) > 60 and max(x.client_cpu_pct for x in idle) < 30
+    assert all(x.server_cpu_pct is not None and x.server_cpu_pct < 20 for x in samples)
+    m = summarize_telemetry(samples)
+    assert m["other_cpu_pct_mean"] > 50  # the busy bystander, about one core
+    assert 20 < m["client_cpu_pct_mean"] < 80 and m["client_cpu_pct_max"] > 60
+
+
+def test_other_cpu_is_unknown_without_a_server_process():
+    samples = run_sampler(Sampler(interval_s=0.1, gpu=False), (0.35, None))
+    assert samples and all(x.other_cpu_pct is None and x.client_cpu_pct is not None for x in samples)
 
 
 @pytest.mark.parametrize("use_procfs", [True, False], ids=["procfs", "psutil"])
@@ -513,9 +541,12 @@ def _s(
     srv=None,
     rss=None,
     gpus=(),
+    client=None,
+    other=None,
 ) -> Sample:
     return Sample(
-        i, t0 + i * dt, 50.0 + i * dt, phase, cpu, cpu, 500.0 + i, 10.0, srv, rss, tuple(gpus)
+        i, t0 + i * dt, 50.0 + i * dt, phase, cpu, cpu, 500.0 + i, 10.0, srv, rss,
+        client_cpu_pct=client, other_cpu_pct=other, gpus=tuple(gpus),
     )
 
 
@@ -585,6 +616,23 @@ def test_energy_falls_back_to_power_integral():
     mixed = [_s(i, gpus=[_g(0, energy=1000 * i), _g(1, power=10.0)]) for i in range(3)]
     assert gpu_energy(mixed) == (pytest.approx(2.0 + 2.0), "mixed")
     assert gpu_energy([_s(0, gpus=[_g(0, energy=5)])]) == (None, "none")  # one sample
+
+
+def test_contention_warnings_name_the_client_or_the_bystanders():
+    assert contention_warnings({"client_cpu_pct_mean": 89.9, "other_cpu_pct_mean": 49.9}) == []
+    [client] = contention_warnings({"client_cpu_pct_mean": 97.0})
+    assert client.startswith("the load generator used 97% of a core on average while measuring")
+    [other] = contention_warnings({"other_cpu_pct_mean": 120.0, "client_cpu_pct_mean": 10.0})
+    assert other.startswith("other processes kept 120% of a core busy")
+    assert contention_warnings({}) == []
+
+
+def test_summary_of_client_and_other_cpu():
+    xs = [_s(0, "warmup", client=100.0, other=300.0)] + [
+        _s(i, client=c, other=o) for i, (c, o) in enumerate([(20.0, 0.0), (40.0, None), (60.0, 90.0)], 1)]
+    m = summarize_telemetry(xs)
+    assert m["client_cpu_pct_mean"] == pytest.approx(40.0) and m["client_cpu_pct_max"] == 60.0
+    assert m["other_cpu_pct_mean"] == pytest.approx(45.0)
 
 
 def test_energy_per_token_needs_both_positive():

@@ -71,6 +71,25 @@ class SystemProbe:
         return MemoryReading((vm.total - vm.available) / _MB, float(vm.percent))
 
 
+class OwnProcessProbe:
+    """CPU % of this process (the load generator, its clients and this sampler); 100 = one core.
+
+    Python's client code runs on one core at a time, so near 100 the load generator itself is
+    the bottleneck and its queueing is inside the latencies it reports.
+    """
+
+    def __init__(self) -> None:
+        self._prev: tuple[float, float] | None = None
+
+    def read(self) -> float | None:
+        """Since the previous call; None on the first (priming) call."""
+        now = (time.process_time(), time.monotonic())
+        prev, self._prev = self._prev, now
+        if prev is None or now[1] <= prev[1]:
+            return None
+        return round(100.0 * max(0.0, now[0] - prev[0]) / (now[1] - prev[1]), 3)
+
+
 class _Stat(NamedTuple):
     ppid: int
     start: int  # clock ticks after boot; with pid, identifies a process across pid reuse

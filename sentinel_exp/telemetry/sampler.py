@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .cpu import ProcessTreeProbe, SystemProbe
+import psutil
+
+from .cpu import OwnProcessProbe, ProcessTreeProbe, SystemProbe
 from .gpu import GpuProbe, GpuReading
 
 T = TypeVar("T")
@@ -28,6 +30,10 @@ class Sample:
     mem_pct: float | None
     server_cpu_pct: float | None  # 100 = one core; None without a server pid or once it's gone
     server_rss_mb: float | None
+    client_cpu_pct: float | None = None  # this process (load generator); 100 = one core
+    # Everything else on the machine: all cores' busy time minus server and client (100 = one
+    # core); None unless the server process is known.
+    other_cpu_pct: float | None = None
     gpus: tuple[GpuReading, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +77,8 @@ class Sampler:
         if gpu:
             self.gpu_probe = gpu_probe if gpu_probe is not None else GpuProbe()
         self._system = SystemProbe()
+        self._own = OwnProcessProbe()
+        self._n_cpus = psutil.cpu_count() or 1
         self._tree = (
             ProcessTreeProbe(server_pid, clock=clock, discovery_budget=discovery_budget)
             if server_pid
@@ -193,6 +201,7 @@ class Sampler:
         if gpu is not None:
             self._guard("gpu_open", gpu.open)  # here, not in start(): nvmlInit can take ~1 s
         self._guard("cpu", self._system.read_cpu)  # prime the deltas
+        self._guard("client", self._own.read)
         if self._tree is not None:
             self._guard("server", self._tree.read)
         self.setup_cpu_s = time.thread_time() - c0
@@ -226,6 +235,10 @@ class Sampler:
         cpu = self._guard("cpu", self._system.read_cpu)
         mem = self._guard("memory", self._system.read_memory)
         tree = self._guard("server", self._tree.read) if self._tree is not None else None
+        client = self._guard("client", self._own.read)
+        other = None
+        if cpu is not None and tree is not None and tree.cpu_pct is not None and client is not None:
+            other = round(max(0.0, cpu.cpu_pct * self._n_cpus - tree.cpu_pct - client), 3)
         gpus: tuple[GpuReading, ...] = ()
         if self.gpu_probe is not None and self.gpu_probe.available:
             gpus = self._guard("gpu", self.gpu_probe.read) or ()
@@ -240,6 +253,8 @@ class Sampler:
             mem_pct=mem.mem_pct if mem else None,
             server_cpu_pct=tree.cpu_pct if tree else None,
             server_rss_mb=tree.rss_mb if tree else None,
+            client_cpu_pct=client,
+            other_cpu_pct=other,
             gpus=tuple(gpus),
         )
         with self._lock:

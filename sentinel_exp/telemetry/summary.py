@@ -11,7 +11,7 @@ With one GPU all of these are simply that GPU's values.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, TypeGuard
 
 from .gpu import GpuReading
@@ -59,7 +59,8 @@ _GPU_AGG: tuple[tuple[str, str, Callable[[list[float]], float]], ...] = (
     ("gpu_temp_c", "temp_c", max),
     ("gpu_sm_clock_mhz", "sm_clock_mhz", _mean),
 )
-_HOST_SERIES = ("cpu_pct", "cpu_pct_max_core", "mem_used_mb", "server_cpu_pct", "server_rss_mb")
+_HOST_SERIES = ("cpu_pct", "cpu_pct_max_core", "mem_used_mb", "server_cpu_pct", "server_rss_mb", "client_cpu_pct",
+                "other_cpu_pct")
 
 
 def gpu_energy(samples: Sequence[Sample], phase: str | None = "measured") -> EnergyEstimate:
@@ -114,6 +115,9 @@ def summarize_telemetry(
     put("server_cpu_pct_mean", (s.server_cpu_pct for s in sel), _mean)
     put("server_cpu_pct_max", (s.server_cpu_pct for s in sel), max)
     put("server_rss_mb_max", (s.server_rss_mb for s in sel), max)
+    put("client_cpu_pct_mean", (s.client_cpu_pct for s in sel), _mean)
+    put("client_cpu_pct_max", (s.client_cpu_pct for s in sel), max)
+    put("other_cpu_pct_mean", (s.other_cpu_pct for s in sel), _mean)
     put("mem_used_mb_max", (s.mem_used_mb for s in sel), max)
     with_gpu = [s for s in sel if s.gpus]
     util = [_agg(s.gpus, "util_pct", _mean) for s in with_gpu]
@@ -161,3 +165,26 @@ def phase_windows(samples: Sequence[Sample]) -> dict[str, tuple[float, float]]:
         first, last = win.get(s.phase, (s.wall_time, s.wall_time))
         win[s.phase] = (min(first, s.wall_time), max(last, s.wall_time))
     return win
+
+
+# Above these (percent of one core, mean over the measured phase) the latencies are not the
+# server's alone: see contention_warnings.
+CLIENT_BOUND_PCT = 90.0
+OTHER_BUSY_PCT = 50.0
+
+
+def contention_warnings(metrics: Mapping[str, float]) -> list[str]:
+    """What, besides the server, may have slowed the measured requests."""
+    warnings = []
+    client = metrics.get("client_cpu_pct_mean")
+    if client is not None and client >= CLIENT_BOUND_PCT:
+        warnings.append(
+            f"the load generator used {client:.0f}% of a core on average while measuring: it may be the "
+            "bottleneck, and its own queueing is inside the latencies (lower workload.concurrency or "
+            "workload.rate)")
+    other = metrics.get("other_cpu_pct_mean")
+    if other is not None and other >= OTHER_BUSY_PCT:
+        warnings.append(
+            f"other processes kept {other:.0f}% of a core busy on average while measuring: the latencies "
+            "may include contention with them")
+    return warnings
