@@ -54,6 +54,9 @@ class ServerConfig:
     # Process to watch for server CPU/RSS when the server is not ours (e.g. Ollama).
     pid: Optional[int] = None
     api_key: Optional[str] = None
+    # Default keep_alive of the bundled servers (embedded, simulated), for requests that send
+    # none: what OLLAMA_KEEP_ALIVE is to Ollama. A Go duration or seconds; null = Ollama's 5m.
+    keep_alive: Optional[Any] = None
     sim: SimConfig = field(default_factory=SimConfig)
 
 
@@ -179,7 +182,7 @@ def effective_options(options: Any, hardware: Any) -> dict[str, Any]:
 
 def config_problems(cfg: Any) -> list[str]:
     """Semantic checks the type schema cannot express; empty when the config is usable."""
-    from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds
+    from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
     from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
 
     problems: list[str] = []
@@ -210,6 +213,10 @@ def config_problems(cfg: Any) -> list[str]:
         keep_alive_seconds(w.keep_alive)
     except KeepAliveError as exc:
         problems.append(f"workload.keep_alive: {exc}")
+    try:
+        server_default_seconds(None if cfg.server.keep_alive is None else str(cfg.server.keep_alive))
+    except KeepAliveError as exc:
+        problems.append(f"server.keep_alive: {exc}")
     if not cfg.model.name or not str(cfg.model.name).strip():
         problems.append("model.name is empty")
     if not str(cfg.tracking.experiment).strip():

@@ -25,6 +25,7 @@ import sentinel_exp
 from sentinel_exp.errors import ConfigError, ServerError
 from sentinel_exp.serve import READY_PREFIX
 from sentinel_exp.serve.engines import registry
+from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE
 
 log = logging.getLogger(__name__)
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
@@ -209,8 +210,10 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
                 f"(or server=simulated for a model-free check of the tool itself).")
         log.info("server=auto: no Ollama at %s; starting the embedded llama.cpp server", url)
         kind = "embedded"
+    # Explicit, so a run does not depend on an OLLAMA_KEEP_ALIVE that its config does not show.
+    keep_alive = ["--keep-alive", DEFAULT_KEEP_ALIVE if server_cfg.keep_alive is None else str(server_cfg.keep_alive)]
     if kind == "simulated":
-        with start_bundled("simulated", ["--model", model, *_sim_args(server_cfg.sim)],
+        with start_bundled("simulated", ["--model", model, *keep_alive, *_sim_args(server_cfg.sim)],
                            server_cfg.startup_timeout_s, log_path) as handle:
             yield handle
     elif kind == "embedded":
@@ -218,7 +221,7 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
         if problem is not None:
             raise ServerError(f"server=embedded cannot serve model '{model}': {problem}.")
         args = [arg for tag, path in (server_cfg.models or {}).items() for arg in ("--model", f"{tag}={path}")]
-        with start_bundled("llamacpp", args, server_cfg.startup_timeout_s, log_path) as handle:
+        with start_bundled("llamacpp", [*args, *keep_alive], server_cfg.startup_timeout_s, log_path) as handle:
             yield handle
     elif kind == "ollama":
         url = configured_url(server_cfg) or ollama_url_from_env()

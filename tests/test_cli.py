@@ -88,6 +88,7 @@ def test_a_cold_first_measured_request_shows_the_load(tmp_path):
     ("+options.foo=1", "options.foo is not an Ollama option"),
     ("workload.requests=0", "workload.requests must be at least 1"),
     ("workload.keep_alive=abc", "workload.keep_alive"),
+    ("server.keep_alive=soon", "server.keep_alive: invalid default keep_alive 'soon'"),
     ("server.sim.faults={2:boom}", "server.sim.faults"),
     ("tracking.uri=http://127.0.0.1:9", "MLflow tracking server at tracking.uri='http://127.0.0.1:9' does not answer"),
 ])
@@ -310,6 +311,17 @@ def test_sweeps_run_every_job_under_multirun(tmp_path):
     assert sorted(r.data.params["workload.keep_alive"] for r in runs) == ["-1", "null"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len(list(tmp_path.glob("multirun/*/*/*/requests.jsonl"))) == 2
+    # Back to back, the model never sits idle for its 5 minutes: keep_alive cannot matter.
+    assert [r.data.metrics["cold_starts"] for r in runs] == [0, 0]
+
+
+def test_keep_alive_ab_shows_the_cold_starts_that_keep_alive_saves(tmp_path):
+    # Poisson arrivals leave idle gaps; a 0.15 s server default lets the model expire in them.
+    result = run_cli(tmp_path, "sweep=keep_alive_ab", *SIM, "workload=poisson", "workload.rate=4",
+                     "workload.requests=10", "server.keep_alive=0.15s")
+    assert result.returncode == 0, result.output
+    cold = {r.data.params["workload.keep_alive"]: r.data.metrics["cold_starts"] for r in mlflow_runs(tmp_path)}
+    assert cold["-1"] == 0 and cold["null"] >= 2, cold
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):

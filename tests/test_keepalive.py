@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from sentinel_exp.serve.keepalive import FOREVER, KeepAliveError, keep_alive_seconds, parse_go_duration
+from sentinel_exp.serve.keepalive import (FOREVER, KeepAliveError, keep_alive_seconds, parse_go_duration,
+                                         server_default_seconds)
 
 
 @pytest.mark.parametrize("value, seconds", [
@@ -21,3 +22,17 @@ def test_keep_alive_rejects_what_ollama_rejects(value):
 
 def test_go_duration_components_add_up():
     assert math.isclose(parse_go_duration("1h2m3s4ms"), 3723.004)
+
+
+@pytest.mark.parametrize("value, seconds", [
+    (None, 300.0), ("", 300.0), ("5m", 300.0), ("30", 30.0), ("0", 0.0), ("250ms", 0.25), ("-1", FOREVER),
+    ("-1m", FOREVER), ("24h", 86400.0),
+])
+def test_server_default_reads_like_ollama_keep_alive_env(value, seconds):
+    assert server_default_seconds(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["1.5", "five minutes", "5 m", "m"])
+def test_server_default_rejects_what_ollama_would_silently_ignore(value):
+    with pytest.raises(KeepAliveError, match="invalid default keep_alive"):
+        server_default_seconds(value)

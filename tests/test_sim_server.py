@@ -211,3 +211,41 @@ def test_a_waiting_reload_holds_back_later_requests_for_the_resident_model(sim_s
     # The later request waited behind it and then reloaded the default options: a cold start.
     assert later["load_duration"] >= 300e6
     assert first_done < reload_done
+
+
+def test_default_keep_alive_applies_to_requests_that_send_none(sim_server_factory):
+    server = sim_server_factory("--load-ms", "100", "--ttft-ms", "5", "--keep-alive", "0.2s")
+    with httpx.Client(base_url=server.url) as client:
+        first = ndjson(client.post("/api/chat", json=CHAT))[-1]
+        warm = ndjson(client.post("/api/chat", json=CHAT))[-1]
+        time.sleep(0.4)  # past the 0.2 s default: unloaded
+        after = ndjson(client.post("/api/chat", json=CHAT))[-1]
+        kept = ndjson(client.post("/api/chat", json={**CHAT, "keep_alive": -1}))[-1]
+        time.sleep(0.4)  # a request's own keep_alive wins over the default
+        still = ndjson(client.post("/api/chat", json=CHAT))[-1]
+    assert first["load_duration"] >= 90e6 and warm["load_duration"] < 20e6
+    assert after["load_duration"] >= 90e6
+    assert kept["load_duration"] < 20e6 and still["load_duration"] < 20e6
+
+
+def test_ollama_keep_alive_env_sets_the_default(sim_server_factory, monkeypatch):
+    monkeypatch.setenv("OLLAMA_KEEP_ALIVE", "0")
+    server = sim_server_factory("--load-ms", "50")
+    with httpx.Client(base_url=server.url) as client:
+        client.post("/api/chat", json=CHAT)
+        models = client.get("/api/ps").json()["models"]
+    assert models == []  # unloaded as soon as the request ended
+
+
+def test_a_bad_ollama_keep_alive_env_is_refused():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "OLLAMA_KEEP_ALIVE": "soon", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "sentinel_exp.serve", "--engine", "simulated", "--port", "0"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "invalid default keep_alive 'soon'" in done.stderr

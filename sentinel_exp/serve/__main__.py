@@ -21,6 +21,7 @@ from typing import Any
 from sentinel_exp import __version__, eventloop
 from sentinel_exp.serve import READY_PREFIX
 from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, FAULTS, SimSettings, SimulatedEngine
+from sentinel_exp.serve.keepalive import server_default_seconds
 
 
 
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model to serve (repeatable); llamacpp takes TAG=path/to/model.gguf")
     parser.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
                         help="stop when process PID is gone (used by the runner)")
+    parser.add_argument("--keep-alive", default=None, metavar="DURATION",
+                        help="keep_alive of requests that send none, as OLLAMA_KEEP_ALIVE sets it for "
+                             "Ollama: a Go duration ('5m', '30s') or seconds, negative = forever "
+                             "(default: $OLLAMA_KEEP_ALIVE, else 5m)")
     sim = parser.add_argument_group("simulated engine")
     sim.add_argument("--load-ms", type=float, default=SimSettings.load_ms)
     sim.add_argument("--ttft-ms", type=float, default=SimSettings.ttft_ms)
@@ -115,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         engine, parallel = build_engine(args)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
+        keep_alive_s = server_default_seconds(
+            args.keep_alive if args.keep_alive is not None else os.environ.get("OLLAMA_KEEP_ALIVE"))
+    except (ValueError, argparse.ArgumentTypeError) as exc:  # KeepAliveError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -133,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     sock.listen(2048)
     host, port = sock.getsockname()[:2]
 
-    app = create_app(engine, parallel=parallel, version=f"{__version__}-sentinel-{engine.name}")
+    app = create_app(engine, parallel=parallel, version=f"{__version__}-sentinel-{engine.name}",
+                     default_keep_alive_s=keep_alive_s)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
 

@@ -25,7 +25,7 @@ from sentinel_exp.serve import wire
 from sentinel_exp.serve.engine import (Engine, EngineError, Finished, GenerationRequest, RawLine,
                                        Token)
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds
-from sentinel_exp.serve.scheduler import ModelScheduler
+from sentinel_exp.serve.scheduler import DEFAULT_KEEP_ALIVE_S, ModelScheduler
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -94,9 +94,10 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 class OllamaApp:
-    def __init__(self, engine: Engine, parallel: int = 1, version: str = "0.0.0") -> None:
+    def __init__(self, engine: Engine, parallel: int = 1, version: str = "0.0.0",
+                 default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> None:
         self.engine = engine
-        self.scheduler = ModelScheduler(engine, parallel=parallel)
+        self.scheduler = ModelScheduler(engine, parallel=parallel, default_keep_alive_s=default_keep_alive_s)
         self.version = version
         self._request_numbers = itertools.count(1)
 
@@ -349,8 +350,9 @@ class OllamaApp:
 
 
 def create_app(engine: Engine, parallel: int = 1, version: str = "0.0.0",
-               on_shutdown: list[Callable[[], Awaitable[None]]] | None = None) -> Starlette:
-    api = OllamaApp(engine, parallel=parallel, version=version)
+               on_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
+               default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> Starlette:
+    api = OllamaApp(engine, parallel=parallel, version=version, default_keep_alive_s=default_keep_alive_s)
     routes = [
         Route("/", api.root, methods=["GET", "HEAD"]),
         Route("/api/version", api.version_endpoint, methods=["GET"]),

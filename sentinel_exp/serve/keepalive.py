@@ -67,3 +67,22 @@ def keep_alive_seconds(value: Any) -> float | None:
     else:
         raise KeepAliveError(f"invalid keep_alive {value!r}: use seconds or a duration like '5m'")
     return FOREVER if seconds < 0 else seconds
+
+
+DEFAULT_KEEP_ALIVE = "5m"
+
+
+def server_default_seconds(text: str | None) -> float:
+    """A server's default keep_alive as Ollama reads OLLAMA_KEEP_ALIVE (envconfig.KeepAlive):
+    a Go duration or whole seconds, negative = forever; unset = 5 minutes. Ollama ignores a
+    value it cannot read; here it is an error, so a typo cannot pass silently."""
+    raw = (text or "").strip() or DEFAULT_KEEP_ALIVE
+    try:
+        seconds = parse_go_duration(raw)
+    except KeepAliveError:
+        try:
+            seconds = float(int(raw))
+        except ValueError:
+            raise KeepAliveError(f"invalid default keep_alive {text!r} (a Go duration such as '5m' or "
+                                 f"'30s', or whole seconds; negative = forever)") from None
+    return FOREVER if seconds < 0 else seconds
