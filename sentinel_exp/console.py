@@ -106,3 +106,21 @@ def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | Non
     if run_id:
         stdout.print(escape(f"MLflow run {run_id} in {tracking_uri}  (browse: mlflow ui --backend-store-uri "
                             f"{tracking_uri})"), soft_wrap=True)
+
+
+def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) -> None:
+    """Every job of a sweep on one screen (None = the job did not run); MLflow has the rest."""
+    table = Table(title="sweep", show_header=True, header_style="bold", title_justify="left")
+    table.add_column("job", overflow="fold", min_width=min(30, max(len(name) for name, _ in jobs)))
+    for label in ("TTFT p50", "TTFT p95", "E2E p50", "tok/s", "cold", "failed"):
+        table.add_column(label, justify="right")
+    for name, metrics in jobs:
+        if metrics is None:
+            table.add_row(escape(name), *["-"] * 5, "[red]not run[/]")
+            continue
+        table.add_row(escape(name), _fmt(metrics.get("ttft_ms_p50")), _fmt(metrics.get("ttft_ms_p95")),
+                      _fmt(metrics.get("e2e_ms_p50")), _fmt(metrics.get("output_tokens_per_s"), ""),
+                      f"{int(metrics.get('cold_starts', 0))}", f"{int(metrics.get('requests_failed', 0))}")
+    # Not a terminal (a log, CI): rich would assume 80 columns and cut the table's right side.
+    out = stdout if stdout.is_terminal else Console(highlight=False, width=120)
+    out.print(table)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -322,6 +323,10 @@ def test_keep_alive_ab_shows_the_cold_starts_that_keep_alive_saves(tmp_path):
     assert result.returncode == 0, result.output
     cold = {r.data.params["workload.keep_alive"]: r.data.metrics["cold_starts"] for r in mlflow_runs(tmp_path)}
     assert cold["-1"] == 0 and cold["null"] >= 2, cold
+    # The closing table puts the two jobs side by side, named by what was swept.
+    rows = {m.group(1): int(m.group(2)) for m in re.finditer(r"│ (#\d keep_alive=\S+)\s+│.*│\s+(\d+) │\s+0 │$",
+                                                               result.stdout, re.M)}
+    assert rows == {"#0 keep_alive=null": cold["null"], "#1 keep_alive=-1": 0}, result.stdout
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
@@ -331,6 +336,7 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     assert result.stderr.count("error: Ollama does not answer") == 2 and "2 sweep job(s) failed" in result.stderr
     ok = run_cli(tmp_path, "-m", *SIM, "workload=quick", "workload.requests=0,2")
     assert ok.returncode == 2 and "1 sweep job(s) failed" in ok.stderr
+    assert re.search(r"│ #0 requests=0\s+│.*│ not run │", ok.stdout) and re.search(r"│ #1 requests=2\s+│", ok.stdout)
     [run] = mlflow_runs(tmp_path)
     assert run.data.metrics["requests_ok"] == 2
 
