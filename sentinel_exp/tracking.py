@@ -44,6 +44,15 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def artifact_location_for(uri: str) -> str | None:
+    """Artifacts of a new experiment in a sqlite store go beside the database file, not into
+    ./mlruns of whichever directory the first run happened to start in."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server or another store decides for itself
+    database = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    return (database.parent / "mlruns").as_uri()
+
+
 @contextmanager
 def store_setup_lock(uri: str) -> Iterator[None]:
     """Runs started together on a new sqlite store would both create its tables (MLflow's
@@ -97,7 +106,8 @@ class Tracker:
                 self.client = MlflowClient(tracking_uri=uri)
                 found = self.client.get_experiment_by_name(experiment)
                 if found is None:
-                    self.experiment_id = self.client.create_experiment(experiment)
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=artifact_location_for(uri))
                 else:
                     if found.lifecycle_stage == "deleted":
                         self.client.restore_experiment(found.experiment_id)

@@ -376,3 +376,11 @@ def test_a_busy_bystander_is_measured_and_warned_about(tmp_path):
     assert "warning: other processes kept" in result.stdout
     summary = json.loads((output_dirs(tmp_path)[0] / "summary.json").read_text())
     assert any(w.startswith("other processes kept") for w in summary["warnings"])
+
+
+def test_artifacts_go_beside_the_database_named_in_tracking_uri(tmp_path):
+    result = run_cli(tmp_path, *SIM, "workload=quick", "tracking.uri=sqlite:///results/lab.db")
+    assert result.returncode == 0, result.output
+    assert (tmp_path / "results" / "lab.db").is_file() and not (tmp_path / "mlruns").exists()
+    [jsonl] = (tmp_path / "results" / "mlruns").glob("*/artifacts/requests.jsonl")
+    assert len(read_records(jsonl)) == 6
