@@ -40,33 +40,29 @@ class ServerHandle:
 
 
 def ollama_url_from_env(env: dict[str, str] | None = None) -> str:
-    """OLLAMA_HOST as Ollama reads it: host, host:port, or a URL; 0.0.0.0 means this machine."""
-    raw = (env if env is not None else os.environ).get("OLLAMA_HOST", "").strip()
-    if not raw:
-        return DEFAULT_OLLAMA
-    return normalize_url(raw, "OLLAMA_HOST", port_always=True)
+    """OLLAMA_HOST as Ollama reads it (envconfig.Host): host, host:port or a URL."""
+    raw = (env if env is not None else os.environ).get("OLLAMA_HOST", "").strip().strip("\"'")
+    return normalize_url(raw, "OLLAMA_HOST") if raw else DEFAULT_OLLAMA
 
 
-def normalize_url(raw: str, source: str, port_always: bool = False) -> str:
-    """http(s)://host:port[/path] from a URL or a bare host[:port] (Ollama's port 11434 then).
-
-    `port_always`: Ollama's reading of OLLAMA_HOST, where even a URL without a port means 11434;
-    elsewhere a URL with a scheme keeps its scheme's port (a proxy at https://host, say).
-    """
-    text = raw.strip()
+def normalize_url(raw: str, source: str) -> str:
+    """http(s)://host[:port][/path] to connect to, read as Ollama reads OLLAMA_HOST: a bare
+    host[:port] is http on port 11434; a URL keeps its scheme's port (80/443) unless it names
+    one; an empty or unspecified host (":11434", 0.0.0.0) means this machine."""
+    text = raw.strip().strip("\"'")
     bare = "://" not in text
     try:
         parts = urlsplit("http://" + text if bare else text)
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"{source} is not a valid host or URL: {raw!r} ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https"):
         raise ConfigError(f"{source} is not a valid host or URL: {raw!r} (expected host:port or http://host:port)")
-    host = parts.hostname
+    host = parts.hostname or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
-    if port is None and (bare or port_always):
-        port = 443 if parts.scheme == "https" else 11434
+    if port is None and bare:
+        port = 11434
     host = f"[{host}]" if ":" in host else host
     netloc = f"{host}:{port}" if port is not None else host
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
@@ -211,7 +207,8 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
         log.info("server=auto: no Ollama at %s; starting the embedded llama.cpp server", url)
         kind = "embedded"
     # Explicit, so a run does not depend on an OLLAMA_KEEP_ALIVE that its config does not show.
-    keep_alive = ["--keep-alive", DEFAULT_KEEP_ALIVE if server_cfg.keep_alive is None else str(server_cfg.keep_alive)]
+    # One argument with "=": argparse would take a negative duration ("-1m") for an option.
+    keep_alive = [f"--keep-alive={DEFAULT_KEEP_ALIVE if server_cfg.keep_alive is None else server_cfg.keep_alive}"]
     if kind == "simulated":
         with start_bundled("simulated", ["--model", model, *keep_alive, *_sim_args(server_cfg.sim)],
                            server_cfg.startup_timeout_s, log_path) as handle:

@@ -317,9 +317,10 @@ def test_sweeps_run_every_job_under_multirun(tmp_path):
 
 
 def test_keep_alive_ab_shows_the_cold_starts_that_keep_alive_saves(tmp_path):
-    # Poisson arrivals leave idle gaps; a 0.15 s server default lets the model expire in them.
-    result = run_cli(tmp_path, "sweep=keep_alive_ab", *SIM, "workload=poisson", "workload.rate=4",
-                     "workload.requests=10", "server.keep_alive=0.15s")
+    # Poisson arrivals (2/s) leave idle gaps around short answers (4 tokens, ~60 ms); a 0.15 s
+    # server default lets the model expire in about two gaps of three.
+    result = run_cli(tmp_path, "sweep=keep_alive_ab", *SIM, "workload=poisson", "workload.rate=2",
+                     "workload.requests=10", "server.sim.tokens=4", "server.keep_alive=0.15s")
     assert result.returncode == 0, result.output
     cold = {r.data.params["workload.keep_alive"]: r.data.metrics["cold_starts"] for r in mlflow_runs(tmp_path)}
     assert cold["-1"] == 0 and cold["null"] >= 2, cold
@@ -384,3 +385,10 @@ def test_artifacts_go_beside_the_database_named_in_tracking_uri(tmp_path):
     assert (tmp_path / "results" / "lab.db").is_file() and not (tmp_path / "mlruns").exists()
     [jsonl] = (tmp_path / "results" / "mlruns").glob("*/artifacts/requests.jsonl")
     assert len(read_records(jsonl)) == 6
+
+
+def test_a_negative_server_keep_alive_reaches_the_server(tmp_path):  # "-1m" is not an option flag
+    result = run_cli(tmp_path, *SIM, "workload=quick", "server.keep_alive=-1m")
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    assert run.data.metrics["requests_ok"] == 5 and run.data.metrics["cold_starts"] == 0

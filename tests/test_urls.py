@@ -12,8 +12,11 @@ from sentinel_exp.servers import normalize_url, ollama_url_from_env
     ("", "http://127.0.0.1:11434"),
     ("127.0.0.1", "http://127.0.0.1:11434"),
     ("0.0.0.0:8080", "http://127.0.0.1:8080"),
-    ("http://gpu-box", "http://gpu-box:11434"),
-    ("https://gpu-box", "https://gpu-box:443"),
+    (":11500", "http://127.0.0.1:11500"),
+    ("'gpu-box:11434'", "http://gpu-box:11434"),  # Ollama strips quotes
+    ("http://gpu-box", "http://gpu-box"),  # a scheme without a port: its own port, 80
+    ("https://gpu-box", "https://gpu-box"),
+    ("http://gpu-box:8080/ollama", "http://gpu-box:8080/ollama"),
     ("[::1]:9000", "http://[::1]:9000"),
 ])
 def test_ollama_host_is_read_as_ollama_reads_it(value: str, url: str) -> None:
@@ -30,7 +33,7 @@ def test_server_url_gets_a_scheme_and_keeps_its_path(value: str, url: str) -> No
     assert normalize_url(value, "server.url") == url
 
 
-@pytest.mark.parametrize("value", ["http://[bad", "ftp://host:21", "http://:8080", "host:notaport"])
+@pytest.mark.parametrize("value", ["http://[bad", "ftp://host:21", "host:notaport", "host:99999"])
 def test_an_unusable_address_is_a_config_error_naming_its_source(value: str) -> None:
     with pytest.raises(ConfigError, match=r"^OLLAMA_HOST is not a valid host or URL"):
         ollama_url_from_env({"OLLAMA_HOST": value})
