@@ -7,8 +7,10 @@ naming the setting, what it accepts and, for a typo, the nearest valid name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import io
 import typing
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,18 +19,28 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sentinel_exp.config import ExperimentConfig
+from sentinel_exp.serve.wire import OPTION_TYPES as OLLAMA_OPTION_NAMES
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def command_line_overrides(argv: list[str]) -> list[str]:
-    """The override arguments of a Hydra command line (flags such as -m or --cfg job removed)."""
+    """The override arguments of a Hydra command line that this module can judge; none when
+    the line changes where configs come from (other config dirs, search paths), is shell
+    completion, or is not a valid Hydra line at all (Hydra then says so itself, once)."""
     from hydra._internal.utils import get_args_parser
 
     try:
-        return list(get_args_parser().parse_args(argv).overrides)
-    except SystemExit:  # argparse already said what is wrong with the flags
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args = get_args_parser().parse_args(argv)
+    except SystemExit:  # --version, or a flag argparse rejects
         return []
+    if args.shell_completion or args.config_dir or args.config_path or args.config_name:
+        return []
+    overrides = list(args.overrides)
+    if any(o.lstrip("+~").startswith("hydra.searchpath") for o in overrides):
+        return []
+    return overrides
 
 
 def override_problems(overrides: list[str], conf_dir: Path) -> list[str]:
@@ -82,6 +94,9 @@ def _setting_problems(key: str, values: list[Any]) -> list[str]:
         where = ".".join(parts[:depth])
         if part not in hints:
             name = f"{where}.{part}" if where else part
+            if where == "options" and part in OLLAMA_OPTION_NAMES:
+                return [f"{name} is an Ollama option that the options schema does not list; add it with "
+                        f"+{name}=..."]
             known = [f"{where}.{k}" if where else k for k in hints]
             return [f"{name} is not a setting{_did_you_mean(name, known)}"
                     + (f" (settings of {where}: {', '.join(hints)})" if where else "")]

@@ -392,3 +392,8 @@ def test_a_negative_server_keep_alive_reaches_the_server(tmp_path):  # "-1m" is 
     assert result.returncode == 0, result.output
     [run] = mlflow_runs(tmp_path)
     assert run.data.metrics["requests_ok"] == 5 and run.data.metrics["cold_starts"] == 0
+
+
+def test_version_is_printed_once(tmp_path):
+    result = run_cli(tmp_path, "--version")
+    assert result.returncode == 0 and result.output.count("Hydra 1.3") == 1, result.output

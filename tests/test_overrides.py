@@ -63,3 +63,20 @@ def test_a_wrong_typed_value_says_what_the_setting_takes(arg: str, expected: str
 
 def test_a_line_hydra_cannot_parse_is_left_to_hydra() -> None:
     assert problems("model=[unclosed") == []
+
+
+@pytest.mark.parametrize("args", [
+    ["-sc", "install=bash"],  # shell completion: its words are not overrides
+    ["-cd", "more_configs", "model=mine"],  # other config dirs may add choices
+    ["--config-name", "other", "anything=1"],
+    ["model=mine", "hydra.searchpath=[file://more_configs]"],
+    ["--version"], ["--bogus-flag"],  # for Hydra to answer, once
+])
+def test_lines_that_change_where_configs_come_from_are_left_to_hydra(args: list[str]) -> None:
+    assert command_line_overrides(args) == []
+
+
+def test_an_ollama_option_missing_from_the_schema_is_pointed_to_plus() -> None:
+    assert problems("options.num_keep=8") == [
+        "options.num_keep is an Ollama option that the options schema does not list; add it with +options.num_keep=..."]
+    assert problems("+options.num_keep=8") == []
