@@ -117,6 +117,7 @@ class ModelScheduler:
                     if fits and wants_reload:
                         wants_reload = False  # another waiter loaded what this one wants
                         self._reloads_waiting -= 1
+                        self._state.notify_all()  # requests held back by this one may go too
                     # Ollama schedules in arrival order: while a reload waits, later requests for
                     # the resident model queue behind it rather than keep that model busy.
                     if fits and self._reloads_waiting == 0:
@@ -127,7 +128,8 @@ class ModelScheduler:
                             current.keep_alive_s = keep_alive_s
                         return Admission(current, time.perf_counter_ns(), was_loaded=False,
                                          blocked_until_ns=waited_ns)
-                    if not fits and self._active == 0:
+                    # A newcomer does not overtake reloads already waiting for this moment.
+                    if not fits and self._active == 0 and (wants_reload or self._reloads_waiting == 0):
                         break
                     if not fits and not wants_reload:
                         wants_reload = True

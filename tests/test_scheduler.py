@@ -1,0 +1,68 @@
+"""Admission order of the bundled servers' scheduler, driven directly with the simulated engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sentinel_exp.serve.engines.simulated import SimSettings, SimulatedEngine
+from sentinel_exp.serve.scheduler import ModelScheduler
+
+X = {"num_ctx": 2048}
+Y = {"num_ctx": 4096}  # another runner option: a reload
+
+
+def test_waiters_for_the_reloaded_model_go_in_arrival_order() -> None:
+    # A(X) generates; D(Y) and E(Y) wait to reload; G(Y) arrives during the wait. When D has
+    # loaded Y, E (earlier) must not wait behind G's whole generation.
+    async def scenario() -> dict[str, float]:
+        scheduler = ModelScheduler(SimulatedEngine(SimSettings(load_ms=50)), parallel=0)
+        admitted: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        async def request(name: str, options: dict, delay_s: float, hold_s: float) -> None:
+            await asyncio.sleep(delay_s)
+            async with scheduler.admit("smollm2:135m", options, None):
+                admitted[name] = time.perf_counter() - t0
+                await asyncio.sleep(hold_s)
+
+        await request("warm", X, 0, 0)
+        t0 = time.perf_counter()
+        await asyncio.gather(request("A", X, 0, 0.15), request("D", Y, 0.02, 0.01),
+                             request("E", Y, 0.04, 0.01), request("G", Y, 0.06, 0.3))
+        await scheduler.shutdown()
+        return admitted
+
+    admitted = asyncio.run(scenario())
+    # Y is loaded at ~0.15 + 0.05 s; D, E and G are all admitted then, G's 0.3 s hold included.
+    assert admitted["D"] >= 0.19
+    assert admitted["E"] - admitted["D"] < 0.1 and admitted["G"] - admitted["D"] < 0.1, admitted
+
+
+def test_a_newcomer_does_not_overtake_a_waiting_reload() -> None:
+    # R(Y) waits for A(X) to finish. N(Z) asks the moment A's generation ends, in the same step
+    # of the event loop, before R has woken up: R still reloads first.
+    Z = {"num_ctx": 1024}
+
+    async def scenario() -> list[str]:
+        scheduler = ModelScheduler(SimulatedEngine(SimSettings(load_ms=30)), parallel=0)
+        order: list[str] = []
+
+        async def a_then_n() -> None:
+            async with scheduler.admit("smollm2:135m", X, None):
+                order.append("A")
+                await asyncio.sleep(0.1)
+            async with scheduler.admit("smollm2:135m", Z, None):  # no await in between
+                order.append("N")
+
+        async def r() -> None:
+            await asyncio.sleep(0.02)
+            async with scheduler.admit("smollm2:135m", Y, None):
+                order.append("R")
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(a_then_n(), r())
+        await scheduler.shutdown()
+        return order
+
+    assert asyncio.run(scenario()) == ["A", "R", "N"]
