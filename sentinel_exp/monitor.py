@@ -11,6 +11,8 @@ import logging
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit
 
+import psutil
+
 from sentinel_exp.hardware import check_with_probe, expectation_from_mapping
 from sentinel_exp.servers import ServerHandle
 from sentinel_exp.telemetry import (GpuProbe, Sampler, contention_warnings, environment_fingerprint,
@@ -88,7 +90,7 @@ class RunMonitor:
         out = summarize_telemetry(samples, phase="measured", output_tokens=output_tokens or None)
         out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == "measured"))
         out["telemetry_overhead_core_pct"] = 100.0 * self._sampler.overhead_core_fraction
-        found = contention_warnings(out)
+        found = contention_warnings(out, psutil.cpu_count() or 1)
         self.warnings.extend(found)
         self._contended = bool(found)
         return out

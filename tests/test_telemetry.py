@@ -187,12 +187,14 @@ def test_client_cpu_is_this_process_and_other_cpu_is_everyone_else():
     finally:
         _kill(server)
         _kill(other)
-    busy, idle = samples[1:5], samples[7:11]
-    assert min(x.client_cpu_pct for x in busy) > 60 and max(x.client_cpu_pct for x in idle) < 30
+    # Relative bounds: on a busy CI machine the spinners share the cores with whatever else runs.
+    busy = [x.client_cpu_pct for x in samples[1:5]]
+    idle = [x.client_cpu_pct for x in samples[7:11]]
+    assert sum(busy) / 4 > 40 and sum(busy) / 4 - sum(idle) / 4 > 30, (busy, idle)
     assert all(x.server_cpu_pct is not None and x.server_cpu_pct < 20 for x in samples)
     m = summarize_telemetry(samples)
-    assert m["other_cpu_pct_mean"] > 50  # the busy bystander, about one core
-    assert 20 < m["client_cpu_pct_mean"] < 80 and m["client_cpu_pct_max"] > 60
+    assert m["other_cpu_pct_mean"] > 30  # the spinning bystander: up to one core
+    assert m["other_cpu_pct_mean"] > m["server_cpu_pct_mean"] + 20
 
 
 def test_other_cpu_is_unknown_without_a_server_process():
@@ -619,12 +621,21 @@ def test_energy_falls_back_to_power_integral():
 
 
 def test_contention_warnings_name_the_client_or_the_bystanders():
-    assert contention_warnings({"client_cpu_pct_mean": 89.9, "other_cpu_pct_mean": 49.9}) == []
-    [client] = contention_warnings({"client_cpu_pct_mean": 97.0})
+    assert contention_warnings({"client_cpu_pct_mean": 89.9, "other_cpu_pct_mean": 49.9}, n_cpus=2) == []
+    [client] = contention_warnings({"client_cpu_pct_mean": 97.0}, n_cpus=2)
     assert client.startswith("the load generator used 97% of a core on average while measuring")
-    [other] = contention_warnings({"other_cpu_pct_mean": 120.0, "client_cpu_pct_mean": 10.0})
-    assert other.startswith("other processes kept 120% of a core busy")
-    assert contention_warnings({}) == []
+    [other] = contention_warnings({"other_cpu_pct_mean": 120.0, "client_cpu_pct_mean": 10.0}, n_cpus=2)
+    assert other.startswith("other processes kept 120% of a core busy on average (of 200% on 2 cores)")
+    assert contention_warnings({}, n_cpus=2) == []
+
+
+def test_bystanders_count_by_their_share_of_the_machine():
+    # Half a core on 2 cores is a quarter of the machine; on 16 cores it takes four cores.
+    assert contention_warnings({"other_cpu_pct_mean": 60.0}, n_cpus=2)
+    assert contention_warnings({"other_cpu_pct_mean": 60.0}, n_cpus=16) == []
+    assert contention_warnings({"other_cpu_pct_mean": 399.0}, n_cpus=16) == []
+    assert contention_warnings({"other_cpu_pct_mean": 400.0}, n_cpus=16)
+    assert contention_warnings({"other_cpu_pct_mean": 49.0}, n_cpus=1) == []  # at least half a core
 
 
 def test_summary_of_client_and_other_cpu():
