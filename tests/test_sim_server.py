@@ -190,7 +190,7 @@ def test_a_waiting_reload_holds_back_later_requests_for_the_resident_model(sim_s
     # Ollama schedules in arrival order: once a request needs a reload, later requests for the
     # model still resident queue behind it instead of keeping the old model busy for ever.
     server = sim_server_factory("--load-ms", "100", "--ttft-ms", "20", "--itl-ms", "5", "--parallel", "0")
-    long = {**CHAT, "options": {"num_predict": 40}}  # 20 ms + 39 x 5 ms
+    long = {**CHAT, "options": {"num_predict": 80}}  # 20 ms + 79 x 5 ms
     other = {**CHAT, "options": {"num_predict": 4, "num_ctx": 1024}}  # another runner option: a reload
 
     async def post(client, body, delay_s):
@@ -201,13 +201,13 @@ def test_a_waiting_reload_holds_back_later_requests_for_the_resident_model(sim_s
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             await client.post("/api/chat", json=CHAT)  # resident with the default options
-            return await asyncio.gather(post(client, long, 0), post(client, other, 0.03),
-                                        post(client, long, 0.06))
+            return await asyncio.gather(post(client, long, 0), post(client, other, 0.1),
+                                        post(client, long, 0.2))
 
     (_, first_done), (reload, reload_done), (later, later_done) = asyncio.run(scenario())
     assert reload_done < later_done  # the later request did not overtake the reload
-    # The reload waited for the first request (~185 ms) and then loaded (100 ms).
-    assert 250e6 <= reload["load_duration"] <= 450e6
+    # The reload waited for the first request (~315 ms more) and then loaded (100 ms).
+    assert 350e6 <= reload["load_duration"] <= 650e6
     # The later request waited behind it and then reloaded the default options: a cold start.
     assert later["load_duration"] >= 300e6
     assert first_done < reload_done
