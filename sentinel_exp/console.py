@@ -73,6 +73,7 @@ def summary_table(metrics: Mapping[str, float]) -> Table:
     table.add_column("max", justify="right")
     for name, label in (("ttfb", "TTFB"), ("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E"),
                         ("server_load", "server load"), ("server_prefill", "server prefill"),
+                        ("server_queue", "server queue"), ("queue", "client queue"),
                         ("client_overhead", "E2E − server total")):
         if f"{name}_ms_p50" in metrics:
             table.add_row(label, _fmt(metrics.get(f"{name}_ms_p50")), _fmt(metrics.get(f"{name}_ms_p95")),

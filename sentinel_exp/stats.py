@@ -62,6 +62,10 @@ def latency_samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
         "ttft_other": [r.ttft_ms - r.load_duration_ms - r.prompt_eval_duration_ms for r in ok
                        if r.ttft_ms is not None and r.load_duration_ms is not None
                        and r.prompt_eval_duration_ms is not None],
+        # The server's time outside load, prefill and decode: mostly waiting for a free slot.
+        "server_queue": [r.total_duration_ms - r.load_duration_ms - r.prompt_eval_duration_ms - r.eval_duration_ms
+                         for r in ok if r.total_duration_ms is not None and r.load_duration_ms is not None
+                         and r.prompt_eval_duration_ms is not None and r.eval_duration_ms is not None],
         "client_overhead": [r.e2e_ms - r.total_duration_ms for r in ok
                             if r.e2e_ms is not None and r.total_duration_ms is not None],
     }

@@ -400,3 +400,16 @@ def test_a_negative_server_keep_alive_reaches_the_server(tmp_path):  # "-1m" is 
 def test_version_is_printed_once(tmp_path):
     result = run_cli(tmp_path, "--version")
     assert result.returncode == 0 and result.output.count("Hydra 1.3") == 1, result.output
+
+
+def test_waiting_for_a_slot_is_queueing_not_a_cold_start(tmp_path):
+    # One generation slot, four clients: each request waits for about three others (~85 ms each).
+    result = run_cli(tmp_path, *SIM, "server.sim.parallel=1", "server.sim.tokens=10", "workload.concurrency=4",
+                     "workload.requests=12", "workload.warmup=1")
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    m = run.data.metrics
+    assert m["cold_starts"] == 0 and m["server_load_ms_max"] < 50
+    assert m["server_queue_ms_p50"] > 150 and m["ttft_ms_p50"] > 150
+    assert m["server_prefill_ms_p50"] == pytest.approx(40, abs=5)  # the prefill clock starts with the slot
+    assert "server queue" in result.stdout

@@ -40,6 +40,8 @@ def test_warmup_failed_and_cancelled_requests_stay_out_of_latency():
     assert m["server_eval_tokens_per_s"] == pytest.approx(5 / 0.020)
     assert m["throughput_tokens_per_s"] == pytest.approx(50 / 2.0)
     assert m["client_overhead_ms_p50"] == pytest.approx(1.0)
+    # total (ttft + 20 + 0.5 - 1) - load 0.1 - prefill 30 - eval 20 = ttft - 30.6; p50 44.5 - 30.6
+    assert m["server_queue_ms_p50"] == pytest.approx(13.9)
     assert error_breakdown(records) == {"HTTP500": 1}
 
 

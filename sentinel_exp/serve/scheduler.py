@@ -6,8 +6,9 @@
   scheduler, a waiting reload holds back requests that arrive after it.
 - keep_alive: a number of seconds, a Go duration, negative = forever, 0 = unload when done;
   omitted keeps the value the model was last given (default 5 minutes).
-- `parallel` generations at once (Ollama's default is one slot); the rest queue, and the wait
-  counts towards the request's load_duration, as in Ollama.
+- `parallel` generations at once (Ollama's default is one slot); the rest queue. As in Ollama
+  (the slot semaphore comes after the load checkpoint), that wait is in total_duration only,
+  not in load_duration or prompt_eval_duration.
 """
 
 from __future__ import annotations
@@ -75,21 +76,24 @@ class ModelScheduler:
     @asynccontextmanager
     async def admit(self, tag: str, runner_options: dict[str, Any],
                     keep_alive_s: float | None) -> AsyncIterator[Admission]:
-        slot_ns = 0
-        if self._slots is not None:
-            queued = self._slots.locked()
-            await self._slots.acquire()
-            slot_ns = time.perf_counter_ns() if queued else 0
+        # As in Ollama: the model first (its wait and load are the request's load_duration),
+        # then a generation slot (a wait in no duration but total_duration). A request holding
+        # the model while it waits for a slot keeps a reload waiting, like Ollama's refCount.
+        admission = await self._acquire_model(tag, runner_options, keep_alive_s)
         try:
-            admission = await self._acquire_model(tag, runner_options, keep_alive_s)
-            admission.blocked_until_ns = max(admission.blocked_until_ns, slot_ns, admission.resident.loaded_ns)
+            slot_ns = 0
+            if self._slots is not None:
+                queued = self._slots.locked()
+                await self._slots.acquire()
+                slot_ns = time.perf_counter_ns() if queued else 0
             try:
+                admission.blocked_until_ns = max(admission.blocked_until_ns, slot_ns, admission.resident.loaded_ns)
                 yield admission
             finally:
-                await self._release()
+                if self._slots is not None:
+                    self._slots.release()
         finally:
-            if self._slots is not None:
-                self._slots.release()
+            await self._release()
 
     async def load_only(self, tag: str, runner_options: dict[str, Any],
                         keep_alive_s: float | None) -> bool:
