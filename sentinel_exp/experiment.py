@@ -81,6 +81,18 @@ class RequestFactory:
         self.options = effective_options(cfg.options, cfg.hardware)
         self.keep_alive = cfg.workload.keep_alive
         self.consume = openai_client.consume_sse if self.api == "openai" else ollama_client.consume_ndjson
+        self.warnings: list[str] = []
+        if self.api == "openai":
+            # The OpenAI API cannot carry Ollama's runner options or keep_alive: say so, and log
+            # as sent only what went on the wire.
+            unsent = openai_client.unsendable_options(self.options)
+            if self.keep_alive is not None:
+                unsent.append("keep_alive")
+            if unsent:
+                self.warnings.append(
+                    f"the OpenAI API has no field for {', '.join(unsent)}: not sent, the server used its own "
+                    f"settings (use an Ollama API, workload.api=chat or generate, to send them)")
+            self.options = {k: v for k, v in self.options.items() if k not in unsent}
 
     def spec(self, index: int) -> RequestSpec:
         prompt_index = index % len(self.prompts)
@@ -216,6 +228,7 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
         "sentinel.output_dir": str(ctx.output_dir),
         "sentinel.api": factory.api,
         **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
+        **({"sentinel.options_not_sent": "true"} if factory.warnings else {}),
         **facts.tags(),
         **monitor.tags(),
     }
@@ -229,6 +242,8 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
             tracker.log_params(flatten(resolved))
             tracker.log_params({"sent_options": factory.options})
         log.info("run %s: %s against %s %s", run_id or "(tracking off)", cfg.model.name, handle.kind, handle.url)
+        for warning in factory.warnings:
+            log.warning("warning: %s", warning)
         writer = RecordWriter(ctx.output_dir / "requests.jsonl")
         try:
             signals.install()
@@ -245,7 +260,7 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
             summary = {"run_id": run_id, "run_name": run_name, "status": status, "metrics": metrics,
                        "errors": error_breakdown(measurement.records),
                        "server": {"kind": handle.kind, "url": handle.url}, "model": facts.__dict__,
-                       "telemetry_notes": monitor.notes(), "warnings": monitor.warnings}
+                       "telemetry_notes": monitor.notes(), "warnings": factory.warnings + monitor.warnings}
             (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
             if tracker:
                 _log_results(tracker, ctx, metrics, monitor, handle)
@@ -253,7 +268,7 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
         if tracker:
             tracker.end(status)
     ui.print_summary(metrics, run_name, run_id, cfg.tracking.uri if tracker else None, str(ctx.output_dir),
-                     error_breakdown(measurement.records), status, monitor.warnings)
+                     error_breakdown(measurement.records), status, factory.warnings + monitor.warnings)
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
     return Outcome(run_id, status, metrics, measurement.records)

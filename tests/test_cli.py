@@ -413,3 +413,18 @@ def test_waiting_for_a_slot_is_queueing_not_a_cold_start(tmp_path):
     assert m["server_queue_ms_p50"] > 150 and m["ttft_ms_p50"] > 150
     assert m["server_prefill_ms_p50"] == pytest.approx(40, abs=5)  # the prefill clock starts with the slot
     assert "server queue" in result.stdout
+
+
+def test_openai_server_gets_what_its_api_can_carry_and_the_rest_is_named(tmp_path, sim_server_factory):
+    server = sim_server_factory("--load-ms", "0", "--ttft-ms", "20", "--itl-ms", "2")
+    result = run_cli(tmp_path, "server=openai", f"server.url={server.url}", "options=low_ctx",
+                     "options.num_predict=8", "workload=quick", "workload.keep_alive=-1")
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    m = run.data.metrics
+    assert m["requests_ok"] == 5 and m["output_tokens_total"] == 5 * 8  # counted from `usage`
+    assert abs(m["ttft_ms_p50"] - 20) <= 3
+    assert json.loads(run.data.params["sent_options"]) == {"num_predict": 8, "seed": 42, "temperature": 0.7}
+    assert run.data.tags["sentinel.api"] == "openai" and run.data.tags["sentinel.options_not_sent"] == "true"
+    warning = ("the OpenAI API has no field for num_batch, num_ctx, num_gpu, num_thread, keep_alive: not sent")
+    assert warning in result.stderr and warning in result.stdout.split("TTFT", 1)[1]

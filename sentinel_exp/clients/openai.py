@@ -16,6 +16,11 @@ _OPTION_TO_OPENAI = {"num_predict": "max_tokens", "temperature": "temperature", 
                      "frequency_penalty": "frequency_penalty"}
 
 
+def unsendable_options(options: dict[str, Any]) -> list[str]:
+    """Ollama options the OpenAI API has no field for (runner options such as num_ctx among them)."""
+    return sorted(name for name in options if name not in _OPTION_TO_OPENAI)
+
+
 def build_spec(model: str, prompt: str, prompt_index: int, system: str | None, options: dict[str, Any],
                path: str = "/v1/chat/completions") -> RequestSpec:
     messages = [{"role": "system", "content": system}] if system else []
