@@ -240,6 +240,14 @@ def test_ollama_keep_alive_env_sets_the_default(sim_server_factory, monkeypatch)
     assert models == []  # unloaded as soon as the request ended
 
 
+def test_a_negative_keep_alive_flag_means_forever(sim_server_factory):
+    server = sim_server_factory("--load-ms", "50", "--keep-alive", "-1m")
+    with httpx.Client(base_url=server.url) as client:
+        client.post("/api/chat", json=CHAT)
+        [model] = client.get("/api/ps").json()["models"]
+    assert model["expires_at"].startswith("2318-")  # Ollama's "forever"
+
+
 def test_a_bad_ollama_keep_alive_env_is_refused():
     import os
     import subprocess

@@ -116,8 +116,19 @@ def _log_model_events() -> None:
     events.propagate = False
 
 
+def _join_negative_durations(argv: list[str]) -> list[str]:
+    """`--keep-alive -1m` as `--keep-alive=-1m`: argparse takes "-1m" for an option otherwise."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--keep-alive" and arg[:2] in {f"-{d}" for d in "0123456789."}:
+            out[-1] = f"--keep-alive={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_durations(sys.argv[1:] if argv is None else argv))
     try:
         engine, parallel = build_engine(args)
         keep_alive_s = server_default_seconds(
