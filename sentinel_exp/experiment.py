@@ -30,7 +30,7 @@ from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.preflight import ModelFacts, placement, preflight
 from sentinel_exp.records import MEASURED, WARMUP, RecordWriter, RequestRecord
 from sentinel_exp.servers import ServerHandle, resolve_server
-from sentinel_exp.stats import error_breakdown, is_cold, summarize
+from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
 from sentinel_exp.tracking import Tracker, config_hash, flatten
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,12 @@ async def _measure(cfg: DictConfig, factory: RequestFactory, client: httpx.Async
     w = cfg.workload
 
     def sender(phase: str) -> Any:
+        # The measured phase goes on through the prompts where warmup stopped: its first request
+        # must not reuse the prompt the server has just cached (a prefill-free, flattering TTFT).
+        first_prompt = w.warmup if phase == MEASURED else 0
+
         async def send_one(index: int, arrival_ns: int, keep: OnRecord) -> None:
-            spec = factory.spec(index)
+            spec = factory.spec(first_prompt + index)
             record = RequestRecord(index=index, phase=phase, prompt_index=spec.prompt_index, api=factory.api)
             try:
                 await send_request(client, spec, record, factory.consume, arrival_ns)
@@ -236,6 +240,7 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
     status = "FAILED"
     measurement = Measurement()
     metrics: dict[str, float] = {}
+    warnings = list(factory.warnings)  # what may make these numbers mean less than they seem
     signals = StopSignals(asyncio.get_running_loop(), asyncio.Event())
     try:
         if tracker:
@@ -257,10 +262,11 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
             monitor.stop()
             # Whatever happened, what was measured is summarised, written and logged.
             metrics = await _summarise(measurement, client, handle, cfg.model.name, monitor)
+            warnings += open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency) + monitor.warnings
             summary = {"run_id": run_id, "run_name": run_name, "status": status, "metrics": metrics,
                        "errors": error_breakdown(measurement.records),
                        "server": {"kind": handle.kind, "url": handle.url}, "model": facts.__dict__,
-                       "telemetry_notes": monitor.notes(), "warnings": factory.warnings + monitor.warnings}
+                       "telemetry_notes": monitor.notes(), "warnings": warnings}
             (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
             if tracker:
                 _log_results(tracker, ctx, metrics, monitor, handle)
@@ -268,7 +274,7 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
         if tracker:
             tracker.end(status)
     ui.print_summary(metrics, run_name, run_id, cfg.tracking.uri if tracker else None, str(ctx.output_dir),
-                     error_breakdown(measurement.records), status, factory.warnings + monitor.warnings)
+                     error_breakdown(measurement.records), status, warnings)
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
     return Outcome(run_id, status, metrics, measurement.records)

@@ -119,3 +119,14 @@ def error_breakdown(records: Iterable[RequestRecord]) -> dict[str, int]:
             key = r.error_class or "Unknown"
             counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def open_loop_warnings(metrics: dict[str, float], rate: float | None, concurrency: int) -> list[str]:
+    """An open loop whose arrivals had to wait for a free client did not offer the load it was
+    asked to: its latencies describe a saturated server, and say so."""
+    waited = metrics.get("queue_ms_p95")
+    if rate is None or waited is None or waited <= max(1000.0 / rate, 10.0):
+        return []
+    return [f"arrivals at workload.rate={rate:g}/s outran {concurrency} concurrent client(s): 5% of requests "
+            f"waited {waited:,.0f} ms or more for a free client (queue_ms), so the offered rate was not met; "
+            f"raise workload.concurrency, or read these latencies as a saturated server's"]

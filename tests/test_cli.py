@@ -46,6 +46,8 @@ def test_simulated_run_logs_exact_latencies_to_mlflow(tmp_path):
     [out] = output_dirs(tmp_path)
     records = read_records(out / "requests.jsonl")
     assert [r.phase for r in records].count("warmup") == 2 and len(records) == 22
+    # Prompts cycle on from where warmup stopped: the first measured one is not the one just cached.
+    assert [r.prompt_index for r in records[:6]] == [0, 1, 2, 3, 0, 1]
     assert records[0].cold is True and records[0].load_duration_ms >= 195  # first warmup request loaded
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run_id"] == run.info.run_id and summary["status"] == "FINISHED"
@@ -428,3 +430,13 @@ def test_openai_server_gets_what_its_api_can_carry_and_the_rest_is_named(tmp_pat
     assert run.data.tags["sentinel.api"] == "openai" and run.data.tags["sentinel.options_not_sent"] == "true"
     warning = ("the OpenAI API has no field for num_batch, num_ctx, num_gpu, num_thread, keep_alive: not sent")
     assert warning in result.stderr and warning in result.stdout.split("TTFT", 1)[1]
+
+
+def test_an_open_loop_that_outruns_its_clients_is_flagged(tmp_path):
+    result = run_cli(tmp_path, *SIM, "workload=poisson", "workload.rate=50", "workload.concurrency=2",
+                     "workload.requests=20", "server.sim.tokens=10")
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    assert run.data.metrics["queue_ms_p95"] > 200  # ~85 ms per request, two at a time, 50/s offered
+    assert "warning: arrivals at workload.rate=50/s outran 2 concurrent client(s)" in result.stdout
+    assert "client queue" in result.stdout

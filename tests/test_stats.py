@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sentinel_exp.records import MEASURED, WARMUP, RequestRecord
-from sentinel_exp.stats import describe, error_breakdown, is_cold, summarize
+from sentinel_exp.stats import describe, error_breakdown, is_cold, open_loop_warnings, summarize
 
 
 def record(index, phase=MEASURED, ok=True, ttft=40.0, itl=5.0, tokens=5, load=0.1, error_class=None):
@@ -53,3 +53,12 @@ def test_cold_start_is_judged_on_server_load_duration():
     for r in records:
         r.cold = is_cold(r, 50.0)
     assert summarize(records)["cold_starts"] == 1
+
+
+def test_an_open_loop_that_could_not_keep_its_rate_says_so():
+    assert open_loop_warnings({"queue_ms_p95": 900.0}, rate=None, concurrency=2) == []  # closed loop
+    assert open_loop_warnings({"queue_ms_p95": 15.0}, rate=2.0, concurrency=16) == []  # under 500 ms gap
+    assert open_loop_warnings({"queue_ms_p95": 9.0}, rate=1000.0, concurrency=16) == []  # under 10 ms
+    [warning] = open_loop_warnings({"queue_ms_p95": 2039.0}, rate=50.0, concurrency=2)
+    assert warning.startswith("arrivals at workload.rate=50/s outran 2 concurrent client(s): 5% of requests "
+                              "waited 2,039 ms or more")
