@@ -227,10 +227,20 @@ def test_process_tree_sums_descendants(use_procfs):
     assert r.rss_mb > 10
 
 
+def test_discovery_backs_off_by_its_cost_but_never_past_half_a_second():
+    now = [0.0]
+    probe = ProcessTreeProbe(os.getpid(), discovery_budget=1e-9, clock=lambda: now[0])  # any scan is "costly"
+    probe.read()
+    for t, scans in ((0.3, 1), (0.49, 1), (0.5, 2), (0.8, 2), (1.01, 3)):
+        now[0] = t
+        probe.read()
+        assert probe.discoveries == scans, t
+
+
 def test_sampler_sees_a_grandchild_with_metered_discovery():
     # Default discovery budget: children are re-scanned only every few samples, yet the CPU of
     # a busy grandchild must show up in the tree's figures.
-    busy = BUSY.format(s=1.5)
+    busy = BUSY.format(s=2.5)
     code = (
         "import subprocess, sys, time; time.sleep(0.3)\n"
         f"subprocess.run([sys.executable, '-c', {busy!r}])\n"
@@ -238,7 +248,9 @@ def test_sampler_sees_a_grandchild_with_metered_discovery():
     parent = _spawn(code)
     try:
         s = Sampler(interval_s=0.1, server_pid=parent.pid, gpu=False)
-        samples = run_sampler(s, (0.7, "measured"), (0.8, None))
+        # Discovery waits at most MAX_DISCOVERY_INTERVAL_S (0.5 s): the grandchild, born at
+        # ~0.4 s, is seen by ~0.9 s, and the window 0.7-2.2 s is mostly counted in full.
+        samples = run_sampler(s, (0.7, "measured"), (1.5, None))
     finally:
         for c in psutil.Process(parent.pid).children(recursive=True):
             c.kill()
