@@ -63,7 +63,9 @@ def latency_samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
                        if r.ttft_ms is not None and r.load_duration_ms is not None
                        and r.prompt_eval_duration_ms is not None],
         # The server's time outside load, prefill and decode: mostly waiting for a free slot.
-        "server_queue": [r.total_duration_ms - r.load_duration_ms - r.prompt_eval_duration_ms - r.eval_duration_ms
+        # The four are clocked at slightly different points, so a few µs below 0 mean none.
+        "server_queue": [max(0.0, r.total_duration_ms - r.load_duration_ms - r.prompt_eval_duration_ms
+                             - r.eval_duration_ms)
                          for r in ok if r.total_duration_ms is not None and r.load_duration_ms is not None
                          and r.prompt_eval_duration_ms is not None and r.eval_duration_ms is not None],
         "client_overhead": [r.e2e_ms - r.total_duration_ms for r in ok
