@@ -63,15 +63,20 @@ def latency_samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
                        if r.ttft_ms is not None and r.load_duration_ms is not None
                        and r.prompt_eval_duration_ms is not None],
         # The server's time outside load, prefill and decode: mostly waiting for a free slot.
-        # The four are clocked at slightly different points, so a few µs below 0 mean none.
-        "server_queue": [max(0.0, r.total_duration_ms - r.load_duration_ms - r.prompt_eval_duration_ms
-                             - r.eval_duration_ms)
+        "server_queue": [_clock_noise_to_zero(r.total_duration_ms - r.load_duration_ms - r.prompt_eval_duration_ms
+                                              - r.eval_duration_ms)
                          for r in ok if r.total_duration_ms is not None and r.load_duration_ms is not None
                          and r.prompt_eval_duration_ms is not None and r.eval_duration_ms is not None],
         "client_overhead": [r.e2e_ms - r.total_duration_ms for r in ok
                             if r.e2e_ms is not None and r.total_duration_ms is not None],
     }
     return samples
+
+
+def _clock_noise_to_zero(residual_ms: float) -> float:
+    # The four durations are clocked at slightly different points: a residual a little below 0
+    # means none. A larger negative one is kept, as it points at the server's own accounting.
+    return 0.0 if -1.0 < residual_ms < 0.0 else residual_ms
 
 
 def is_cold(record: RequestRecord, cold_load_ms: float) -> bool | None:
@@ -130,5 +135,6 @@ def open_loop_warnings(metrics: dict[str, float], rate: float | None, concurrenc
     if rate is None or waited is None or waited <= max(1000.0 / rate, 10.0):
         return []
     return [f"arrivals at workload.rate={rate:g}/s outran {concurrency} concurrent client(s): 5% of requests "
-            f"waited {waited:,.0f} ms or more for a free client (queue_ms), so the offered rate was not met; "
-            f"raise workload.concurrency, or read these latencies as a saturated server's"]
+            f"waited {waited:,.0f} ms or more for a free client (queue_ms), so the server did not see the "
+            f"arrivals as offered; raise workload.concurrency (the server queues requests itself) or lower "
+            f"workload.rate"]

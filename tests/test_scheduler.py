@@ -66,3 +66,44 @@ def test_a_newcomer_does_not_overtake_a_waiting_reload() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["A", "R", "N"]
+
+
+def test_keep_alive_zero_answers_at_once_and_unloads_when_the_model_is_free() -> None:
+    async def scenario() -> tuple[float, bool, bool]:
+        scheduler = ModelScheduler(SimulatedEngine(SimSettings(load_ms=10)), parallel=1)
+
+        async def generate() -> None:
+            async with scheduler.admit("smollm2:135m", X, None):
+                await asyncio.sleep(0.2)
+
+        busy = [asyncio.create_task(generate()) for _ in range(3)]  # one generating, two queued
+        await asyncio.sleep(0.05)
+        t = time.perf_counter()
+        await scheduler.unload_now("smollm2:135m")
+        answered_s = time.perf_counter() - t
+        still_loaded = scheduler.resident is not None
+        await asyncio.gather(*busy)
+        return answered_s, still_loaded, scheduler.resident is None
+
+    answered_s, still_loaded, unloaded = asyncio.run(scenario())
+    assert answered_s < 0.05 and still_loaded and unloaded
+
+
+def test_a_load_only_request_does_not_wait_for_a_generation_slot() -> None:
+    async def scenario() -> float:
+        scheduler = ModelScheduler(SimulatedEngine(SimSettings(load_ms=10)), parallel=1)
+
+        async def generate() -> None:
+            async with scheduler.admit("smollm2:135m", X, None):
+                await asyncio.sleep(0.3)
+
+        busy = asyncio.create_task(generate())
+        await asyncio.sleep(0.05)
+        t = time.perf_counter()
+        await scheduler.load_only("smollm2:135m", X, -1)
+        waited = time.perf_counter() - t
+        await busy
+        await scheduler.shutdown()
+        return waited
+
+    assert asyncio.run(scenario()) < 0.05

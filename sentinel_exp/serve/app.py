@@ -212,7 +212,9 @@ class OllamaApp:
         """Engine events; the Finished one comes with Ollama's duration fields."""
         async with self.scheduler.admit(gen.model, runner, keep_alive_s) as admission:
             load_ns = admission.ready_ns - started_ns
-            gen.clock_start_ns = max(started_ns, admission.blocked_until_ns)
+            # Prefill is timed from when the model was ready and a slot free, as llama-server's
+            # prompt_ms is: load_duration and prompt_eval_duration do not overlap.
+            gen.clock_start_ns = max(admission.ready_ns, admission.blocked_until_ns)
             # Closed here, inside admission, so the slot is freed only once the engine has stopped.
             async with aclosing(self.engine.generate(admission.resident.handle, gen)) as stream:
                 async for event in stream:

@@ -97,17 +97,23 @@ class ModelScheduler:
 
     async def load_only(self, tag: str, runner_options: dict[str, Any],
                         keep_alive_s: float | None) -> bool:
-        """The empty-prompt request: load (or refresh) the model; returns whether it loaded."""
-        async with self.admit(tag, runner_options, keep_alive_s) as admission:
-            return admission.was_loaded
+        """The empty-prompt request: load (or refresh) the model; returns whether it loaded.
+        It generates nothing, so it takes the model but never waits for a generation slot."""
+        admission = await self._acquire_model(tag, runner_options, keep_alive_s)
+        await self._release()
+        return admission.was_loaded
 
     async def unload_now(self, tag: str) -> None:
-        """The empty-prompt request with keep_alive 0."""
+        """The empty-prompt request with keep_alive 0. As in Ollama, it answers at once: an idle
+        model unloads now, a busy one as soon as its last request ends (see _release)."""
         async with self._state:
-            while self._active:
-                await self._state.wait()
-            if self._resident is not None and self._resident.tag == tag:
+            resident = self._resident
+            if resident is None or resident.tag != tag:
+                return
+            if self._active == 0:
                 await self._unload_locked("keep_alive 0 request")
+            else:
+                resident.keep_alive_s = 0.0
 
     async def _acquire_model(self, tag: str, runner_options: dict[str, Any],
                              keep_alive_s: float | None) -> Admission:

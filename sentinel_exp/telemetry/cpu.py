@@ -98,7 +98,7 @@ class _Stat(NamedTuple):
     zombie: bool
 
 
-MAX_DISCOVERY_INTERVAL_S = 0.5
+FIRST_DISCOVERY_WAIT_MAX_S = 0.5
 _PROC_STAT_OK = os.path.exists("/proc/self/stat")
 _TICK = os.sysconf("SC_CLK_TCK") if _PROC_STAT_OK else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if _PROC_STAT_OK else 4096
@@ -175,9 +175,11 @@ class ProcessTreeProbe:
         if discover:
             self.discoveries += 1
             cost = time.thread_time() - c0  # an upper bound: includes the member reads
-            # Capped: one slow scan (the first, on cold caches, can cost ten times the rest) must
-            # not leave a new child unseen for seconds.
-            wait = min(cost / self._budget, MAX_DISCOVERY_INTERVAL_S) if self._budget else 0.0
+            wait = cost / self._budget if self._budget else 0.0
+            if self.discoveries == 1:
+                # The first scan runs on cold caches and can cost ten times the rest: it must not
+                # leave a new child unseen for seconds. Later scans keep to the budget.
+                wait = min(wait, FIRST_DISCOVERY_WAIT_MAX_S)
             self._next_discovery = now + wait
         if procs is None:
             self._members.clear()
