@@ -67,14 +67,12 @@ def main() -> None:
     register_configs()
     _stop_on_bad_overrides(sys.argv[1:])
     _hydra_main()
-    if len(_sweep_jobs) > 1:
-        from sentinel_exp import console as ui
+    from sentinel_exp import console as ui
 
+    if len(_sweep_jobs) > 1:
         labels = distinguishing_labels([label for label, _ in _sweep_jobs])
         ui.print_sweep_table([(name, metrics) for name, (_, metrics) in zip(labels, _sweep_jobs)])
     if _failed_jobs:
-        from sentinel_exp import console as ui
-
         ui.stderr.print(f"[bold red]{len(_failed_jobs)} sweep job(s) failed:[/]", soft_wrap=True)
         for line in _failed_jobs:
             ui.stderr.print("  " + escape(line), soft_wrap=True)

@@ -81,18 +81,21 @@ class RequestFactory:
         self.options = effective_options(cfg.options, cfg.hardware)
         self.keep_alive = cfg.workload.keep_alive
         self.consume = openai_client.consume_sse if self.api == "openai" else ollama_client.consume_ndjson
-        self.warnings: list[str] = []
+        # The OpenAI API cannot carry Ollama's runner options or keep_alive: they are named, and
+        # only what goes on the wire is logged as sent.
+        self.unsent: list[str] = []
         if self.api == "openai":
-            # The OpenAI API cannot carry Ollama's runner options or keep_alive: say so, and log
-            # as sent only what went on the wire.
-            unsent = openai_client.unsendable_options(self.options)
+            self.unsent = openai_client.unsendable_options(self.options)
             if self.keep_alive is not None:
-                unsent.append("keep_alive")
-            if unsent:
-                self.warnings.append(
-                    f"the OpenAI API has no field for {', '.join(unsent)}: not sent, the server used its own "
-                    f"settings (use an Ollama API, workload.api=chat or generate, to send them)")
-            self.options = {k: v for k, v in self.options.items() if k not in unsent}
+                self.unsent.append("keep_alive")
+            self.options = {k: v for k, v in self.options.items() if k not in self.unsent}
+
+    @property
+    def warnings(self) -> list[str]:
+        if not self.unsent:
+            return []
+        return [f"the OpenAI API has no field for {', '.join(self.unsent)}: not sent, the server used its own "
+                f"settings (use an Ollama API, workload.api=chat or generate, to send them)"]
 
     def spec(self, index: int) -> RequestSpec:
         prompt_index = index % len(self.prompts)
@@ -232,7 +235,7 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
         "sentinel.output_dir": str(ctx.output_dir),
         "sentinel.api": factory.api,
         **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
-        **({"sentinel.options_not_sent": "true"} if factory.warnings else {}),
+        **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
         **facts.tags(),
         **monitor.tags(),
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from contextlib import contextmanager
@@ -44,13 +43,17 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def sqlite_database(uri: str) -> Path | None:
+    """The database file of a sqlite:/// store; None for any other store."""
+    return Path(uri[len("sqlite:///"):]).expanduser().resolve() if uri.startswith("sqlite:///") else None
+
+
 def artifact_location_for(uri: str) -> str | None:
     """Artifacts of a new experiment in a sqlite store go beside the database file, not into
     ./mlruns of whichever directory the first run happened to start in."""
-    if not uri.startswith("sqlite:///"):
-        return None  # a tracking server or another store decides for itself
-    database = Path(uri[len("sqlite:///"):]).expanduser().resolve()
-    return (database.parent / "mlruns").as_uri()
+    database = sqlite_database(uri)
+    # None: a tracking server or another store decides for itself.
+    return (database.parent / "mlruns").as_uri() if database is not None else None
 
 
 @contextmanager
@@ -63,10 +66,11 @@ def store_setup_lock(uri: str) -> Iterator[None]:
     except ImportError:  # not POSIX: no lock, as before
         yield
         return
-    if not uri.startswith("sqlite:"):
+    database = sqlite_database(uri)
+    if database is None:
         yield
         return
-    key = hashlib.sha256(os.path.abspath(uri.split(":///", 1)[-1]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(str(database).encode()).hexdigest()[:16]
     with open(Path(tempfile.gettempdir()) / f"sentinel-exp-mlflow-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
