@@ -30,10 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sentinel_exp import eventloop  # noqa: E402
-from sentinel_exp.clients import ollama  # noqa: E402
-from sentinel_exp.clients.common import send_request  # noqa: E402
-from sentinel_exp.records import MEASURED, RequestRecord  # noqa: E402
+from sentinel_exp import eventloop
+from sentinel_exp.clients import ollama
+from sentinel_exp.clients.common import send_request
+from sentinel_exp.records import MEASURED, RequestRecord
 
 READY = "SENTINEL_SERVER_READY "
 MODEL = "smollm2:135m"
@@ -41,12 +41,29 @@ MODEL = "smollm2:135m"
 
 def start_server(ttft_ms: float, itl_ms: float) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen([sys.executable, "-m", "sentinel_exp.serve", "--engine", "simulated", "--port", "0",
-                             "--load-ms", "0", "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sentinel_exp.serve",
+            "--engine",
+            "simulated",
+            "--port",
+            "0",
+            "--load-ms",
+            "0",
+            "--ttft-ms",
+            str(ttft_ms),
+            "--itl-ms",
+            str(itl_ms),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    return proc, json.loads(line[len(READY):])["url"]
+    return proc, json.loads(line[len(READY) :])["url"]
 
 
 async def sentinel_one(client: httpx.AsyncClient, first_token_abs: list[int]) -> tuple[float, float]:
@@ -83,8 +100,10 @@ async def naive_one(client: httpx.AsyncClient) -> tuple[float, float]:
 async def measure(url: str, kind: str, requests: int, concurrency: int) -> tuple[list[float], list[float]]:
     lat: list[float] = []
     ttft: list[float] = []
-    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=concurrency),
-                                 trust_env=False) as client:
+    async with httpx.AsyncClient(
+        base_url=url, limits=httpx.Limits(max_connections=concurrency), trust_env=False
+    ) as client:
+
         async def worker(n: int) -> None:
             for _ in range(n):
                 a, b = await (sentinel_one(client, []) if kind == "sentinel" else naive_one(client))
@@ -110,8 +129,10 @@ def main() -> None:
     proc, url = start_server(args.ttft_ms, args.itl_ms)
     try:
         print(f"simulated server {url}: ttft {args.ttft_ms} ms, itl {args.itl_ms} ms; {os.cpu_count()} CPUs")
-        print(f"{'concurrency':>11} {'client':>9} {'read p50':>9} {'read p99':>9} {'ttft-inj p50':>13} "
-              f"{'ttft-inj p99':>13}   (ms; n per client)")
+        print(
+            f"{'concurrency':>11} {'client':>9} {'read p50':>9} {'read p99':>9} {'ttft-inj p50':>13} "
+            f"{'ttft-inj p99':>13}   (ms; n per client)"
+        )
         for concurrency in args.concurrency:
             results: dict[str, tuple[list[float], list[float]]] = {"sentinel": ([], []), "naive": ([], [])}
             for _ in range(args.rounds):
@@ -121,8 +142,10 @@ def main() -> None:
                     results[kind][1].extend(ttft)
             for kind, (lat, ttft) in results.items():
                 err = np.asarray(ttft) - args.ttft_ms
-                print(f"{concurrency:>11} {kind:>9} {np.percentile(lat, 50):9.3f} {np.percentile(lat, 99):9.3f} "
-                      f"{np.percentile(err, 50):13.3f} {np.percentile(err, 99):13.3f}   n={len(lat)}")
+                print(
+                    f"{concurrency:>11} {kind:>9} {np.percentile(lat, 50):9.3f} {np.percentile(lat, 99):9.3f} "
+                    f"{np.percentile(err, 50):13.3f} {np.percentile(err, 99):13.3f}   n={len(lat)}"
+                )
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -67,15 +67,20 @@ def decode_rate(tokens: int, first_ns: int, last_ns: int) -> float:
 def start_server(*engine_args: str) -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen([sys.executable, "-m", "sentinel_exp.serve", *engine_args, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp.serve", *engine_args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     readable, _, _ = select.select([proc.stdout], [], [], 120)
     line = proc.stdout.readline().decode() if readable else ""
     if not line.startswith(READY_PREFIX):
         stop_server(proc)
         raise SystemExit(f"server did not start: {line!r}")
-    return proc, json.loads(line[len(READY_PREFIX):])["url"]
+    return proc, json.loads(line[len(READY_PREFIX) :])["url"]
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
@@ -87,8 +92,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def via_server(client: httpx.Client, prompt: str, options: dict[str, Any],
-               model: str = registry.BUNDLED_TAG) -> Sample:
+def via_server(client: httpx.Client, prompt: str, options: dict[str, Any], model: str = registry.BUNDLED_TAG) -> Sample:
     t0 = sent = 0
 
     def trace(event: str, info: dict[str, Any]) -> None:
@@ -118,16 +122,30 @@ def via_server(client: httpx.Client, prompt: str, options: dict[str, Any],
     end = time.perf_counter_ns()
     tokens = final["eval_count"]
     inside = (final["load_duration"] + final["prompt_eval_duration"]) / 1e6
-    return Sample((first - t0) / 1e6, (end - t0) / 1e6, tokens, decode_rate(tokens, first, last), "".join(parts),
-                  inside, (first - sent) / 1e6)
+    return Sample(
+        (first - t0) / 1e6,
+        (end - t0) / 1e6,
+        tokens,
+        decode_rate(tokens, first, last),
+        "".join(parts),
+        inside,
+        (first - sent) / 1e6,
+    )
 
 
 def in_process(llm: Any, prompt: str, max_tokens: int) -> Sample:
     t0 = time.perf_counter_ns()
-    stream = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], stream=True,
-                                        max_tokens=max_tokens, temperature=SAMPLING["temperature"],
-                                        seed=SAMPLING["seed"], top_k=SAMPLING["top_k"], top_p=SAMPLING["top_p"],
-                                        min_p=SAMPLING["min_p"], repeat_penalty=SAMPLING["repeat_penalty"])
+    stream = llm.create_chat_completion(
+        messages=[{"role": "user", "content": prompt}],
+        stream=True,
+        max_tokens=max_tokens,
+        temperature=SAMPLING["temperature"],
+        seed=SAMPLING["seed"],
+        top_k=SAMPLING["top_k"],
+        top_p=SAMPLING["top_p"],
+        min_p=SAMPLING["min_p"],
+        repeat_penalty=SAMPLING["repeat_penalty"],
+    )
     first = last = 0
     parts: list[str] = []
     for chunk in stream:
@@ -193,8 +211,11 @@ def main() -> int:
                 results: dict[str, Sample] = {}
                 for side in order:
                     time.sleep(args.pause_ms / 1000)
-                    results[side] = (via_server(client, prompt, options) if side == "server"
-                                     else in_process(llm, prompt, args.max_tokens))
+                    results[side] = (
+                        via_server(client, prompt, options)
+                        if side == "server"
+                        else in_process(llm, prompt, args.max_tokens)
+                    )
                 if i >= args.warmup:
                     server.append(results["server"])
                     local.append(results["local"])
@@ -203,28 +224,40 @@ def main() -> int:
         llm.close()
 
     floor_headers, floor_body = http_floor(args.requests, args.pause_ms)
-    paired = [s.ttft_ms - l.ttft_ms for s, l in zip(server, local)]
+    paired = [s.ttft_ms - loc.ttft_ms for s, loc in zip(server, local, strict=False)]
     added = p50([s.ttft_ms for s in server]) - p50([s.ttft_ms for s in local])
     added_body = p50([s.ttft_after_body_ms for s in server]) - p50([s.ttft_ms for s in local])
     ratio = p50([s.decode_tok_s for s in server]) / p50([s.decode_tok_s for s in local])
-    same = sum(s.text == l.text for s, l in zip(server, local))
-    print(f"embedded adapter benchmark: {registry.BUNDLED_TAG} ({path.name}), n_threads={args.threads}, "
-          f"n_ctx={args.ctx}, max_tokens={args.max_tokens}, greedy; {args.requests} requests per side after "
-          f"{args.warmup} warmup, alternating, {len(PROMPTS)} prompts; {usable_cpus()} CPUs")
+    same = sum(s.text == loc.text for s, loc in zip(server, local, strict=False))
+    print(
+        f"embedded adapter benchmark: {registry.BUNDLED_TAG} ({path.name}), n_threads={args.threads}, "
+        f"n_ctx={args.ctx}, max_tokens={args.max_tokens}, greedy; {args.requests} requests per side after "
+        f"{args.warmup} warmup, alternating, {len(PROMPTS)} prompts; {usable_cpus()} CPUs"
+    )
     print(f"{'':26}{'p50 TTFT ms':>12}{'p50 decode tok/s':>18}{'p50 E2E ms':>12}{'p50 tokens':>12}")
     for name, samples in (("in-process llama-cpp", local), ("server via httpx", server)):
-        print(f"{name:26}{p50([s.ttft_ms for s in samples]):12.2f}{p50([s.decode_tok_s for s in samples]):18.1f}"
-              f"{p50([s.e2e_ms for s in samples]):12.1f}{p50([float(s.tokens) for s in samples]):12.0f}")
+        print(
+            f"{name:26}{p50([s.ttft_ms for s in samples]):12.2f}{p50([s.decode_tok_s for s in samples]):18.1f}"
+            f"{p50([s.e2e_ms for s in samples]):12.1f}{p50([float(s.tokens) for s in samples]):12.0f}"
+        )
     print(f"{'server, t0 = body sent':26}{p50([s.ttft_after_body_ms for s in server]):12.2f}")
-    print(f"adapter added TTFT p50: {added:+.2f} ms with t0 = request headers start (DESIGN.md 4), "
-          f"{added_body:+.2f} ms with t0 = request body sent (goal < 2 ms)")
-    print(f"  paired per-request difference (headers start) p50 {p50(paired):+.2f} ms, min {min(paired):+.2f}, "
-          f"max {max(paired):+.2f}")
+    print(
+        f"adapter added TTFT p50: {added:+.2f} ms with t0 = request headers start (DESIGN.md 4), "
+        f"{added_body:+.2f} ms with t0 = request body sent (goal < 2 ms)"
+    )
+    print(
+        f"  paired per-request difference (headers start) p50 {p50(paired):+.2f} ms, min {min(paired):+.2f}, "
+        f"max {max(paired):+.2f}"
+    )
     inside = p50([s.server_ttft_ms for s in server])
-    print(f"  server-side TTFT (load_duration + prompt_eval_duration) p50 {inside:.2f} ms; client TTFT minus "
-          f"that (HTTP, JSON, client) p50 {p50([s.ttft_ms - s.server_ttft_ms for s in server]):.2f} ms")
-    print(f"  HTTP floor of the app + httpx alone (simulated engine, TTFT - {SIM_TTFT_MS:.0f} ms): "
-          f"{floor_headers:+.2f} ms (headers start), {floor_body:+.2f} ms (body sent)")
+    print(
+        f"  server-side TTFT (load_duration + prompt_eval_duration) p50 {inside:.2f} ms; client TTFT minus "
+        f"that (HTTP, JSON, client) p50 {p50([s.ttft_ms - s.server_ttft_ms for s in server]):.2f} ms"
+    )
+    print(
+        f"  HTTP floor of the app + httpx alone (simulated engine, TTFT - {SIM_TTFT_MS:.0f} ms): "
+        f"{floor_headers:+.2f} ms (headers start), {floor_body:+.2f} ms (body sent)"
+    )
     print(f"server decode rate / in-process: {ratio:.3f} (goal >= 0.95)")
     print(f"identical answers on both sides: {same}/{len(server)}")
     return 0

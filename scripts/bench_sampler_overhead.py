@@ -98,8 +98,7 @@ def main() -> int:
     thread_pct = 100 * sampler.overhead_core_fraction
     proc_pct = 100 * (with_sampler - base) / args.seconds
     print(
-        f"sampler thread CPU : {st['sampling_cpu_s']:.3f} s over {st['wall_s']:.1f} s "
-        f"= {thread_pct:.3f}% of one core"
+        f"sampler thread CPU : {st['sampling_cpu_s']:.3f} s over {st['wall_s']:.1f} s = {thread_pct:.3f}% of one core"
     )
     print(
         f"process CPU delta  : {with_sampler:.3f} s with sampler - {base:.3f} s without "

@@ -43,14 +43,10 @@ def skip(out: Path, reason: str) -> int:
 
 def only_device(samples: list[Sample], index: int) -> list[Sample]:
     # Judge the GPU that carries the load; others would dilute util/power on multi-GPU hosts.
-    return [
-        dataclasses.replace(s, gpus=tuple(g for g in s.gpus if g.index == index)) for s in samples
-    ]
+    return [dataclasses.replace(s, gpus=tuple(g for g in s.gpus if g.index == index)) for s in samples]
 
 
-def matmul_load(
-    torch: Any, device: str, n: int, seconds: float, sampler: Sampler
-) -> dict[str, float]:
+def matmul_load(torch: Any, device: str, n: int, seconds: float, sampler: Sampler) -> dict[str, float]:
     sampler.mark_phase("ramp")
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -96,10 +92,7 @@ def main() -> int:
         return skip(out, f"NVML telemetry unavailable: {probe.reason}")
     for d in probe.devices:
         print(f"gpu{d.index}: {d.name}, {d.memory_total_mb:.0f} MB, uuid {d.uuid}")
-    print(
-        f"driver {probe.driver_version}, CUDA driver {probe.cuda_driver_version}, "
-        f"torch {torch.__version__}"
-    )
+    print(f"driver {probe.driver_version}, CUDA driver {probe.cuda_driver_version}, torch {torch.__version__}")
 
     sampler = Sampler(interval_s=args.interval, gpu_probe=probe)
     sampler.start()
@@ -121,17 +114,11 @@ def main() -> int:
     load = summarize_telemetry(dev, phase="load")
     energy = gpu_energy(dev, "load")
     load_samples = [s for s in dev if s.phase == "load"]
-    load_s = (
-        load_samples[-1].mono_time - load_samples[0].mono_time if len(load_samples) > 1 else 0.0
-    )
-    idle_vram = [
-        g.mem_used_mb for s in dev if s.phase == "idle" for g in s.gpus if g.mem_used_mb is not None
-    ]
+    load_s = load_samples[-1].mono_time - load_samples[0].mono_time if len(load_samples) > 1 else 0.0
+    idle_vram = [g.mem_used_mb for s in dev if s.phase == "idle" for g in s.gpus if g.mem_used_mb is not None]
     vram_before = min(idle_vram) if idle_vram else None
     vram_during = load.get("gpu_mem_mb_max")
-    reasons = sorted(
-        {g.throttle_reasons for s in load_samples for g in s.gpus if g.throttle_reasons is not None}
-    )
+    reasons = sorted({g.throttle_reasons for s in load_samples for g in s.gpus if g.throttle_reasons is not None})
 
     def g(d: dict[str, float], k: str) -> float:
         return d.get(k, float("nan"))
@@ -157,15 +144,9 @@ def main() -> int:
         f"load: {work['matmuls']} bf16 matmuls of {args.size}^2 in {work['seconds']:.1f} s "
         f"= {work['tflops']:.0f} TFLOP/s"
     )
-    print(
-        f"util mean under load : {g(load, 'gpu_util_pct_mean'):.1f}% "
-        f"(max {g(load, 'gpu_util_pct_max'):.0f}%)"
-    )
+    print(f"util mean under load : {g(load, 'gpu_util_pct_mean'):.1f}% (max {g(load, 'gpu_util_pct_max'):.0f}%)")
     print(f"power idle vs load   : {power_idle:.1f} W vs {power_load:.1f} W")
-    print(
-        f"energy over load     : {ej:.1f} J by {energy.method}; power x time = "
-        f"{power_load * load_s:.1f} J"
-    )
+    print(f"energy over load     : {ej:.1f} J by {energy.method}; power x time = {power_load * load_s:.1f} J")
     print(f"VRAM before / during : {vram_before} MB / {vram_during} MB")
     print(
         f"temp max {g(load, 'gpu_temp_c_max'):.0f} C, "

@@ -34,9 +34,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from sentinel_exp.experiment import RunContext, run
 
     hc = HydraConfig.get()
-    ctx = RunContext(output_dir=Path(hc.runtime.output_dir),
-                     choices={k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
-                     overrides=list(hc.overrides.task))
+    ctx = RunContext(
+        output_dir=Path(hc.runtime.output_dir),
+        choices={k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
+        overrides=list(hc.overrides.task),
+    )
     try:
         outcome = run(cfg, ctx)
     except UserError as exc:
@@ -71,7 +73,7 @@ def main() -> None:
 
     if len(_sweep_jobs) > 1:
         labels = distinguishing_labels([label for label, _ in _sweep_jobs])
-        ui.print_sweep_table([(name, metrics) for name, (_, metrics) in zip(labels, _sweep_jobs)])
+        ui.print_sweep_table([(name, metrics) for name, (_, metrics) in zip(labels, _sweep_jobs, strict=False)])
     if _failed_jobs:
         ui.stderr.print(f"[bold red]{len(_failed_jobs)} sweep job(s) failed:[/]", soft_wrap=True)
         for line in _failed_jobs:
@@ -104,5 +106,7 @@ def distinguishing_labels(jobs: list[tuple[str, ...]]) -> list[str]:
         key, _, value = override.partition("=")
         return f"{key.rsplit('.', 1)[-1]}={value}"
 
-    return [" ".join([number, *(short(o) for o in overrides if o.partition("=")[0] in swept)])
-            for number, *overrides in jobs]
+    return [
+        " ".join([number, *(short(o) for o in overrides if o.partition("=")[0] in swept)])
+        for number, *overrides in jobs
+    ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -47,16 +47,16 @@ class ServerConfig:
     kind: str = "auto"
     # Base URL of an external server; null = resolve (OLLAMA_HOST for ollama, a free port for
     # the servers that sentinel-exp starts itself).
-    url: Optional[str] = None
+    url: str | None = None
     startup_timeout_s: float = 60.0
     # Extra GGUF files the embedded server can serve: {ollama_tag: path}.
     models: Any = None  # Dict[str, str]; Any for the same reason as SimConfig.faults
     # Process to watch for server CPU/RSS when the server is not ours (e.g. Ollama).
-    pid: Optional[int] = None
-    api_key: Optional[str] = None
+    pid: int | None = None
+    api_key: str | None = None
     # Default keep_alive of the bundled servers (embedded, simulated), for requests that send
     # none: what OLLAMA_KEEP_ALIVE is to Ollama. A Go duration or seconds; null = Ollama's 5m.
-    keep_alive: Optional[Any] = None
+    keep_alive: Any | None = None
     sim: SimConfig = field(default_factory=SimConfig)
 
 
@@ -64,36 +64,36 @@ class ServerConfig:
 class ModelConfig:
     # Ollama tag, e.g. "qwen2.5:0.5b".
     name: str = MISSING
-    description: Optional[str] = None
+    description: str | None = None
 
 
 @dataclass
 class OptionsConfig:
     """Ollama `options`; null means "not sent", so the server's default applies."""
 
-    num_ctx: Optional[int] = None
-    num_batch: Optional[int] = None
-    num_predict: Optional[int] = None
-    num_thread: Optional[int] = None
-    num_gpu: Optional[int] = None
-    main_gpu: Optional[int] = None
-    use_mmap: Optional[bool] = None
-    temperature: Optional[float] = None
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
-    min_p: Optional[float] = None
-    repeat_penalty: Optional[float] = None
-    seed: Optional[int] = None
-    stop: Optional[List[str]] = None
+    num_ctx: int | None = None
+    num_batch: int | None = None
+    num_predict: int | None = None
+    num_thread: int | None = None
+    num_gpu: int | None = None
+    main_gpu: int | None = None
+    use_mmap: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
 
 
 @dataclass
 class HardwareConfig:
     name: str = "auto"
     # null = no expectation; false = expect no GPU (cpu_only).
-    expect_gpu: Optional[bool] = None
-    gpu_name_pattern: Optional[str] = None
-    min_vram_mb: Optional[int] = None
+    expect_gpu: bool | None = None
+    gpu_name_pattern: str | None = None
+    min_vram_mb: int | None = None
     # Options applied where the options group leaves them null.
     recommended_options: Any = None  # Dict[str, Any]; see SimConfig.faults
 
@@ -105,11 +105,11 @@ class WorkloadConfig:
     warmup: int = 2
     concurrency: int = 1
     # Requests per second (Poisson arrivals); null = closed loop.
-    rate: Optional[float] = None
-    prompts: List[str] = field(default_factory=lambda: ["Why is the sky blue? Answer briefly."])
-    system: Optional[str] = None
+    rate: float | None = None
+    prompts: list[str] = field(default_factory=lambda: ["Why is the sky blue? Answer briefly."])
+    system: str | None = None
     # Ollama keep_alive: seconds (number) or Go duration ("5m", "0", "-1"); null = not sent.
-    keep_alive: Optional[Any] = None
+    keep_alive: Any | None = None
     timeout_s: float = 120.0
     # A request whose server load_duration exceeds this counts as a cold start.
     cold_load_ms: float = 50.0
@@ -131,13 +131,13 @@ class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "sentinel-exp"
     # null = built from the config group choices.
-    run_name: Optional[str] = None
+    run_name: str | None = None
 
 
 @dataclass
 class SweepConfig:
     name: str = "none"
-    description: Optional[str] = None
+    description: str | None = None
 
 
 @dataclass
@@ -151,7 +151,7 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     # Print progress bars; null = only when attached to a terminal and not in CI.
-    progress: Optional[bool] = None
+    progress: bool | None = None
 
 
 def register_configs() -> None:
@@ -162,7 +162,7 @@ def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
     """Keys added with `+key=value` that the schema does not know (Hydra lets `+` add them)."""
     hints = typing.get_type_hints(schema)
     problems = []
-    for key in node.keys():
+    for key in node:
         if key not in hints:
             if schema is not OptionsConfig:  # options are checked against Ollama's names
                 problems.append(f"{prefix}{key} is not a known setting")
@@ -228,22 +228,29 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append(f"server.sim.parallel must be 0 (unlimited) or more (got {sim.parallel})")
     if cfg.telemetry.interval_s <= 0:
         problems.append(f"telemetry.interval_s must be positive (got {cfg.telemetry.interval_s})")
-    for path, value in (("server.sim.faults", cfg.server.sim.faults), ("server.models", cfg.server.models),
-                        ("hardware.recommended_options", cfg.hardware.recommended_options)):
+    for path, value in (
+        ("server.sim.faults", cfg.server.sim.faults),
+        ("server.models", cfg.server.models),
+        ("hardware.recommended_options", cfg.hardware.recommended_options),
+    ):
         if value is not None and not OmegaConf.is_dict(value):
             problems.append(f"{path} must be a mapping like {{key: value}} (got {value!r})")
     if OmegaConf.is_dict(cfg.server.sim.faults):
         for number, kind in cfg.server.sim.faults.items():
             if not isinstance(number, int) or number < 1 or kind not in FAULTS:
-                problems.append(f"server.sim.faults: {number}: {kind} should be <request number>: one of "
-                                f"{', '.join(FAULTS)}")
+                problems.append(
+                    f"server.sim.faults: {number}: {kind} should be <request number>: one of {', '.join(FAULTS)}"
+                )
     for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms"):
         if getattr(cfg.server.sim, name) < 0:
             problems.append(f"server.sim.{name} must be 0 or more")
     if OmegaConf.is_dict(cfg.hardware.recommended_options):
         recommended = OmegaConf.to_container(cfg.hardware.recommended_options)
-        problems += [f"hardware.recommended_options.{name} is not an Ollama option"
-                     for name in recommended if name not in OPTION_TYPES]
+        problems += [
+            f"hardware.recommended_options.{name} is not an Ollama option"
+            for name in recommended
+            if name not in OPTION_TYPES
+        ]
         try:
             validate_options(recommended)
         except OptionTypeError as exc:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -28,14 +29,23 @@ class RunProgress:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._progress = Progress(
-            TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=stderr, transient=False,
-        ) if enabled else None
+        self._progress = (
+            Progress(
+                TextColumn("[bold]{task.description:<8}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                console=stderr,
+                transient=False,
+            )
+            if enabled
+            else None
+        )
         self._task: Any = None
         self._failed = 0
 
-    def __enter__(self) -> "RunProgress":
+    def __enter__(self) -> RunProgress:
         if self._progress is not None:
             self._progress.start()
         return self
@@ -71,18 +81,37 @@ def summary_table(metrics: Mapping[str, float]) -> Table:
     table.add_column("p50", justify="right")
     table.add_column("p95", justify="right")
     table.add_column("max", justify="right")
-    for name, label in (("ttfb", "TTFB"), ("ttft", "TTFT"), ("itl", "ITL"), ("e2e", "E2E"),
-                        ("server_load", "server load"), ("server_prefill", "server prefill"),
-                        ("server_queue", "server queue"), ("queue", "client queue"),
-                        ("client_overhead", "E2E − server total")):
+    for name, label in (
+        ("ttfb", "TTFB"),
+        ("ttft", "TTFT"),
+        ("itl", "ITL"),
+        ("e2e", "E2E"),
+        ("server_load", "server load"),
+        ("server_prefill", "server prefill"),
+        ("server_queue", "server queue"),
+        ("queue", "client queue"),
+        ("client_overhead", "E2E − server total"),
+    ):
         if f"{name}_ms_p50" in metrics:
-            table.add_row(label, _fmt(metrics.get(f"{name}_ms_p50")), _fmt(metrics.get(f"{name}_ms_p95")),
-                          _fmt(metrics.get(f"{name}_ms_max")))
+            table.add_row(
+                label,
+                _fmt(metrics.get(f"{name}_ms_p50")),
+                _fmt(metrics.get(f"{name}_ms_p95")),
+                _fmt(metrics.get(f"{name}_ms_max")),
+            )
     return table
 
 
-def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | None, tracking_uri: str | None,
-                  output_dir: str, errors: Mapping[str, int], status: str, warnings: Sequence[str] = ()) -> None:
+def print_summary(
+    metrics: Mapping[str, float],
+    run_name: str,
+    run_id: str | None,
+    tracking_uri: str | None,
+    output_dir: str,
+    errors: Mapping[str, int],
+    status: str,
+    warnings: Sequence[str] = (),
+) -> None:
     stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
     stdout.print(summary_table(metrics))
     ok = int(metrics.get("requests_ok", 0))
@@ -105,8 +134,10 @@ def print_summary(metrics: Mapping[str, float], run_name: str, run_id: str | Non
         stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
     stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
     if run_id:
-        stdout.print(escape(f"MLflow run {run_id} in {tracking_uri}  (browse: mlflow ui --backend-store-uri "
-                            f"{tracking_uri})"), soft_wrap=True)
+        stdout.print(
+            escape(f"MLflow run {run_id} in {tracking_uri}  (browse: mlflow ui --backend-store-uri {tracking_uri})"),
+            soft_wrap=True,
+        )
 
 
 def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) -> None:
@@ -119,9 +150,15 @@ def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) ->
         if metrics is None:
             table.add_row(escape(name), *["-"] * 5, "[red]not run[/]")
             continue
-        table.add_row(escape(name), _fmt(metrics.get("ttft_ms_p50")), _fmt(metrics.get("ttft_ms_p95")),
-                      _fmt(metrics.get("e2e_ms_p50")), _fmt(metrics.get("output_tokens_per_s"), ""),
-                      f"{int(metrics.get('cold_starts', 0))}", f"{int(metrics.get('requests_failed', 0))}")
+        table.add_row(
+            escape(name),
+            _fmt(metrics.get("ttft_ms_p50")),
+            _fmt(metrics.get("ttft_ms_p95")),
+            _fmt(metrics.get("e2e_ms_p50")),
+            _fmt(metrics.get("output_tokens_per_s"), ""),
+            f"{int(metrics.get('cold_starts', 0))}",
+            f"{int(metrics.get('requests_failed', 0))}",
+        )
     # Not a terminal (a log, CI): rich would assume 80 columns and cut the table's right side.
     out = stdout if stdout.is_terminal else Console(highlight=False, width=120)
     out.print(table)

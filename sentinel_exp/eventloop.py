@@ -7,7 +7,8 @@ otherwise land inside every measured TTFT; the stdlib loop is the fallback where
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

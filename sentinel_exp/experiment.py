@@ -17,9 +17,8 @@ from typing import Any
 import httpx
 from omegaconf import DictConfig, OmegaConf
 
-from sentinel_exp import __version__
+from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
-from sentinel_exp import eventloop
 from sentinel_exp.clients import ollama as ollama_client
 from sentinel_exp.clients import openai as openai_client
 from sentinel_exp.clients.common import RequestSpec, send_request
@@ -50,13 +49,15 @@ class RunContext:
         keys = {o: o.split("=", 1)[0].lstrip("+~") for o in self.overrides}
         # A model named on the command line is what was measured, not the group it replaced.
         model = cfg.model.name if "model.name" in keys.values() else self.choices.get("model", "?")
-        base = "-".join(str(part) for part in (model, self.choices.get("options", "?"),
-                                                 self.choices.get("workload", "?")))
+        base = "-".join(
+            str(part) for part in (model, self.choices.get("options", "?"), self.choices.get("workload", "?"))
+        )
         name = f"{base}@{server_kind}"
         # Only what changes the measurement: not groups (in the base), not where or how it is shown.
         shown_elsewhere = set(self.choices) | {"model.name", "progress"}
-        extra = [o for o, key in keys.items()
-                 if key not in shown_elsewhere and not key.startswith(("tracking.", "hydra."))]
+        extra = [
+            o for o, key in keys.items() if key not in shown_elsewhere and not key.startswith(("tracking.", "hydra."))
+        ]
         if extra:
             name += " " + " ".join(extra)
         return name[:250]
@@ -94,16 +95,19 @@ class RequestFactory:
     def warnings(self) -> list[str]:
         if not self.unsent:
             return []
-        return [f"the OpenAI API has no field for {', '.join(self.unsent)}: not sent, the server used its own "
-                f"settings (use an Ollama API, workload.api=chat or generate, to send them)"]
+        return [
+            f"the OpenAI API has no field for {', '.join(self.unsent)}: not sent, the server used its own "
+            f"settings (use an Ollama API, workload.api=chat or generate, to send them)"
+        ]
 
     def spec(self, index: int) -> RequestSpec:
         prompt_index = index % len(self.prompts)
         prompt = self.prompts[prompt_index]
         if self.api == "openai":
             return openai_client.build_spec(self.model, prompt, prompt_index, self.system, self.options)
-        return ollama_client.build_spec(self.api, self.model, prompt, prompt_index, self.system, self.options,
-                                        self.keep_alive)
+        return ollama_client.build_spec(
+            self.api, self.model, prompt, prompt_index, self.system, self.options, self.keep_alive
+        )
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -138,8 +142,9 @@ class StopSignals:
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.received is None:
             self.received = sig
-            ui.stderr.print(f"\n[yellow]{sig.name}: stopping; logging what finished "
-                            "(send it again to abort at once)[/]")
+            ui.stderr.print(
+                f"\n[yellow]{sig.name}: stopping; logging what finished (send it again to abort at once)[/]"
+            )
             self.stop.set()
         else:
             self.uninstall()
@@ -165,8 +170,16 @@ class Measurement:
     measured_s: float = 0.0
 
 
-async def _measure(cfg: DictConfig, factory: RequestFactory, client: httpx.AsyncClient, writer: RecordWriter,
-                   monitor: RunMonitor, progress: ui.RunProgress, stop: asyncio.Event, out: Measurement) -> None:
+async def _measure(
+    cfg: DictConfig,
+    factory: RequestFactory,
+    client: httpx.AsyncClient,
+    writer: RecordWriter,
+    monitor: RunMonitor,
+    progress: ui.RunProgress,
+    stop: asyncio.Event,
+    out: Measurement,
+) -> None:
     w = cfg.workload
 
     def sender(phase: str) -> Any:
@@ -182,6 +195,7 @@ async def _measure(cfg: DictConfig, factory: RequestFactory, client: httpx.Async
             finally:
                 record.cold = is_cold(record, w.cold_load_ms)
                 keep(record)
+
         return send_one
 
     def on_record(record: RequestRecord) -> None:
@@ -194,8 +208,9 @@ async def _measure(cfg: DictConfig, factory: RequestFactory, client: httpx.Async
             continue
         monitor.mark_phase(phase)
         progress.phase(phase, count)
-        plan = PhasePlan(requests=count, concurrency=w.concurrency, rate=w.rate if phase == MEASURED else None,
-                         seed=w.seed)
+        plan = PhasePlan(
+            requests=count, concurrency=w.concurrency, rate=w.rate if phase == MEASURED else None, seed=w.seed
+        )
         duration_s = await run_phase(plan, sender(phase), on_record, stop)
         if phase == MEASURED:
             out.measured_s = duration_s
@@ -206,8 +221,10 @@ async def run_async(cfg: DictConfig, ctx: RunContext) -> Outcome:
     check_config(cfg)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     if (ctx.output_dir / "requests.jsonl").exists():
-        raise UserError(f"{ctx.output_dir} already holds the records of another run; give this run its "
-                        f"own folder (hydra.run.dir=...)")
+        raise UserError(
+            f"{ctx.output_dir} already holds the records of another run; give this run its "
+            f"own folder (hydra.run.dir=...)"
+        )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     (ctx.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
@@ -222,9 +239,16 @@ async def run_async(cfg: DictConfig, ctx: RunContext) -> Outcome:
             return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor, tracker)
 
 
-async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any], handle: ServerHandle,
-                       client: httpx.AsyncClient, facts: ModelFacts, monitor: RunMonitor,
-                       tracker: Tracker | None) -> Outcome:
+async def _tracked_run(
+    cfg: DictConfig,
+    ctx: RunContext,
+    resolved: dict[str, Any],
+    handle: ServerHandle,
+    client: httpx.AsyncClient,
+    facts: ModelFacts,
+    monitor: RunMonitor,
+    tracker: Tracker | None,
+) -> Outcome:
     factory = RequestFactory(cfg, handle)
     run_name = ctx.run_name(cfg, handle.kind)
     tags = {
@@ -266,25 +290,41 @@ async def _tracked_run(cfg: DictConfig, ctx: RunContext, resolved: dict[str, Any
             # Whatever happened, what was measured is summarised, written and logged.
             metrics = await _summarise(measurement, client, handle, cfg.model.name, monitor)
             warnings += open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency) + monitor.warnings
-            summary = {"run_id": run_id, "run_name": run_name, "status": status, "metrics": metrics,
-                       "errors": error_breakdown(measurement.records),
-                       "server": {"kind": handle.kind, "url": handle.url}, "model": facts.__dict__,
-                       "telemetry_notes": monitor.notes(), "warnings": warnings}
+            summary = {
+                "run_id": run_id,
+                "run_name": run_name,
+                "status": status,
+                "metrics": metrics,
+                "errors": error_breakdown(measurement.records),
+                "server": {"kind": handle.kind, "url": handle.url},
+                "model": facts.__dict__,
+                "telemetry_notes": monitor.notes(),
+                "warnings": warnings,
+            }
             (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
             if tracker:
                 _log_results(tracker, ctx, metrics, monitor, handle)
     finally:
         if tracker:
             tracker.end(status)
-    ui.print_summary(metrics, run_name, run_id, cfg.tracking.uri if tracker else None, str(ctx.output_dir),
-                     error_breakdown(measurement.records), status, warnings)
+    ui.print_summary(
+        metrics,
+        run_name,
+        run_id,
+        cfg.tracking.uri if tracker else None,
+        str(ctx.output_dir),
+        error_breakdown(measurement.records),
+        status,
+        warnings,
+    )
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
     return Outcome(run_id, status, metrics, measurement.records)
 
 
-async def _summarise(measurement: Measurement, client: httpx.AsyncClient, handle: ServerHandle, model: str,
-                     monitor: RunMonitor) -> dict[str, float]:
+async def _summarise(
+    measurement: Measurement, client: httpx.AsyncClient, handle: ServerHandle, model: str, monitor: RunMonitor
+) -> dict[str, float]:
     """The run's metrics. The server's model placement and the telemetry are extras: a failure
     there is noted and costs only those metrics, never the latency summary."""
     metrics = summarize(measurement.records, measurement.measured_s)
@@ -292,13 +332,14 @@ async def _summarise(measurement: Measurement, client: httpx.AsyncClient, handle
         if handle.kind != "openai":
             metrics.update(await placement(client, model))
         metrics.update(monitor.metrics(int(metrics.get("output_tokens_total", 0))))
-    except Exception as exc:  # noqa: BLE001 - see docstring
+    except Exception as exc:
         log.warning("warning: could not summarise placement/telemetry: %s: %s", type(exc).__name__, exc)
     return metrics
 
 
-def _log_results(tracker: Tracker, ctx: RunContext, metrics: dict[str, float], monitor: RunMonitor,
-                 handle: ServerHandle) -> None:
+def _log_results(
+    tracker: Tracker, ctx: RunContext, metrics: dict[str, float], monitor: RunMonitor, handle: ServerHandle
+) -> None:
     tracker.log_metrics(metrics)
     tracker.log_series(monitor.series())
     tracker.set_tags(monitor.late_tags())

@@ -103,8 +103,7 @@ def check_hardware(
             return _result(
                 expected,
                 False,
-                f"{prof} has an invalid gpu_name_pattern /{expected.gpu_name_pattern}/ ({exc}); "
-                f"found {found}.",
+                f"{prof} has an invalid gpu_name_pattern /{expected.gpu_name_pattern}/ ({exc}); found {found}.",
             )
         named = [g for g in gpus if rx.search(g[0])]
         fit = [g for g in named if not expected.min_vram_mb or g[1] >= expected.min_vram_mb]
@@ -113,10 +112,7 @@ def check_hardware(
         if ok:
             msg = f"{prof} expects {want} and found {_describe_found(fit, None)}."
         elif named:
-            msg = (
-                f"{prof} expects {want}, but found {found}: "
-                "the name matches, the VRAM is too small."
-            )
+            msg = f"{prof} expects {want}, but found {found}: the name matches, the VRAM is too small."
         else:
             msg = f"{prof} expects {want}, but found {found}."
     return _result(expected, ok, msg)
@@ -134,6 +130,4 @@ def _result(expected: HardwareExpectation, ok: bool, msg: str) -> HardwareCheck:
 def check_with_probe(expected: HardwareExpectation, probe: GpuProbe) -> HardwareCheck:
     """check_hardware fed from a GpuProbe (opened here if it is not yet)."""
     probe.open()
-    return check_hardware(
-        expected, probe.inventory(), probe.available, unavailable_reason=probe.reason
-    )
+    return check_hardware(expected, probe.inventory(), probe.available, unavailable_reason=probe.reason)

@@ -8,15 +8,24 @@ initialised once; without a GPU or driver everything here degrades to "not avail
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
 
 from sentinel_exp.hardware import check_with_probe, expectation_from_mapping
 from sentinel_exp.servers import ServerHandle
-from sentinel_exp.telemetry import (GpuProbe, Sampler, contention_warnings, environment_fingerprint,
-                                    find_server_pid, gpu_energy, series_points, summarize_telemetry)
+from sentinel_exp.telemetry import (
+    GpuProbe,
+    Sampler,
+    contention_warnings,
+    environment_fingerprint,
+    find_server_pid,
+    gpu_energy,
+    series_points,
+    summarize_telemetry,
+)
 
 log = logging.getLogger(__name__)
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -70,8 +79,12 @@ class RunMonitor:
 
     def start(self) -> None:
         if self.cfg.enabled:
-            self._sampler = Sampler(interval_s=self.cfg.interval_s, server_pid=self.pid,
-                                    gpu_probe=self.probe if self.cfg.gpu else None, gpu=self.cfg.gpu).start()
+            self._sampler = Sampler(
+                interval_s=self.cfg.interval_s,
+                server_pid=self.pid,
+                gpu_probe=self.probe if self.cfg.gpu else None,
+                gpu=self.cfg.gpu,
+            ).start()
 
     def mark_phase(self, phase: str) -> None:
         if self._sampler is not None:
@@ -109,4 +122,3 @@ class RunMonitor:
 
     def notes(self) -> list[str]:
         return list(dict.fromkeys(self._notes))
-

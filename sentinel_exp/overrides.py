@@ -12,8 +12,9 @@ import dataclasses
 import difflib
 import io
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -81,8 +82,10 @@ def _choice_problems(group: str, values: Iterable[Any], available: list[str]) ->
     problems = []
     for value in values:
         if isinstance(value, str) and value not in available:
-            problems.append(f"{group}={value} is not a choice of {group} (available: {', '.join(available)})"
-                            f"{_did_you_mean(value, available, group + '=')}")
+            problems.append(
+                f"{group}={value} is not a choice of {group} (available: {', '.join(available)})"
+                f"{_did_you_mean(value, available, group + '=')}"
+            )
     return problems
 
 
@@ -95,11 +98,12 @@ def _setting_problems(key: str, values: list[Any]) -> list[str]:
         if part not in hints:
             name = f"{where}.{part}" if where else part
             if where == "options" and part in OLLAMA_OPTION_NAMES:
-                return [f"{name} is an Ollama option that the options schema does not list; add it with "
-                        f"+{name}=..."]
+                return [f"{name} is an Ollama option that the options schema does not list; add it with +{name}=..."]
             known = [f"{where}.{k}" if where else k for k in hints]
-            return [f"{name} is not a setting{_did_you_mean(name, known)}"
-                    + (f" (settings of {where}: {', '.join(hints)})" if where else "")]
+            return [
+                f"{name} is not a setting{_did_you_mean(name, known)}"
+                + (f" (settings of {where}: {', '.join(hints)})" if where else "")
+            ]
         field_type = _unwrap_optional(hints[part])
         if depth == len(parts) - 1:
             return _value_problems(key, schema, part, field_type, values)

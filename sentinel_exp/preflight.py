@@ -41,14 +41,17 @@ def _names_match(wanted: str, listed: str) -> bool:
 
 def _missing_model(handle: ServerHandle, model: str, available: list[str]) -> ServerError:
     have = ", ".join(sorted(available)) if available else "no models"
-    hint = (f"Pull it with `ollama pull {model}`, or pick one it has with model.name=<tag>."
-            if handle.kind == "ollama" else "Pick one it has with model.name=<tag>.")
-    return ServerError(f"model '{model}' is not available on the {handle.kind} server at {handle.url} "
-                       f"(it has: {have}). {hint}")
+    hint = (
+        f"Pull it with `ollama pull {model}`, or pick one it has with model.name=<tag>."
+        if handle.kind == "ollama"
+        else "Pick one it has with model.name=<tag>."
+    )
+    return ServerError(
+        f"model '{model}' is not available on the {handle.kind} server at {handle.url} (it has: {have}). {hint}"
+    )
 
 
-async def _get_json(client: httpx.AsyncClient, method: str, path: str, handle: ServerHandle,
-                    **kwargs: Any) -> Any:
+async def _get_json(client: httpx.AsyncClient, method: str, path: str, handle: ServerHandle, **kwargs: Any) -> Any:
     try:
         response = await client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
 WARMUP = "warmup"
 MEASURED = "measured"
@@ -57,7 +58,7 @@ class RequestRecord:
         return json.dumps(vars(self), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RequestRecord":
+    def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -69,7 +70,7 @@ class RecordWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         # "x": records of two runs must never end up in one file (a reused output folder).
-        self._file: IO[str] = open(path, "x", encoding="utf-8")
+        self._file: IO[str] = open(path, "x", encoding="utf-8")  # noqa: SIM115 - open for the whole run, closed in close()
 
     def write(self, record: RequestRecord) -> None:
         self._file.write(record.to_json() + "\n")

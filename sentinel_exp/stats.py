@@ -6,7 +6,8 @@ or cancelled requests are counted, never averaged in.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -20,7 +21,7 @@ def describe(values: Sequence[float]) -> dict[str, float]:
     if len(values) == 0:
         return {}
     arr = np.asarray(values, dtype=float)
-    out = {f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(arr, PERCENTILES))}
+    out = {f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(arr, PERCENTILES), strict=False)}
     out.update(mean=float(arr.mean()), min=float(arr.min()), max=float(arr.max()))
     return out
 
@@ -31,7 +32,7 @@ def successful(records: Iterable[RequestRecord]) -> list[RequestRecord]:
 
 def inter_token_latencies(record: RequestRecord) -> list[float]:
     times = record.chunk_times_ms
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def output_tokens(record: RequestRecord) -> int:
@@ -59,16 +60,25 @@ def latency_samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
         "queue": [r.queue_ms for r in ok if r.queue_ms is not None],
         "server_load": [r.load_duration_ms for r in ok if r.load_duration_ms is not None],
         "server_prefill": [r.prompt_eval_duration_ms for r in ok if r.prompt_eval_duration_ms is not None],
-        "ttft_other": [r.ttft_ms - r.load_duration_ms - r.prompt_eval_duration_ms for r in ok
-                       if r.ttft_ms is not None and r.load_duration_ms is not None
-                       and r.prompt_eval_duration_ms is not None],
+        "ttft_other": [
+            r.ttft_ms - r.load_duration_ms - r.prompt_eval_duration_ms
+            for r in ok
+            if r.ttft_ms is not None and r.load_duration_ms is not None and r.prompt_eval_duration_ms is not None
+        ],
         # The server's time outside load, prefill and decode: mostly waiting for a free slot.
-        "server_queue": [_clock_noise_to_zero(r.total_duration_ms - r.load_duration_ms - r.prompt_eval_duration_ms
-                                              - r.eval_duration_ms)
-                         for r in ok if r.total_duration_ms is not None and r.load_duration_ms is not None
-                         and r.prompt_eval_duration_ms is not None and r.eval_duration_ms is not None],
-        "client_overhead": [r.e2e_ms - r.total_duration_ms for r in ok
-                            if r.e2e_ms is not None and r.total_duration_ms is not None],
+        "server_queue": [
+            _clock_noise_to_zero(
+                r.total_duration_ms - r.load_duration_ms - r.prompt_eval_duration_ms - r.eval_duration_ms
+            )
+            for r in ok
+            if r.total_duration_ms is not None
+            and r.load_duration_ms is not None
+            and r.prompt_eval_duration_ms is not None
+            and r.eval_duration_ms is not None
+        ],
+        "client_overhead": [
+            r.e2e_ms - r.total_duration_ms for r in ok if r.e2e_ms is not None and r.total_duration_ms is not None
+        ],
     }
     return samples
 
@@ -98,8 +108,11 @@ def summarize(records: Sequence[RequestRecord], measured_duration_s: float | Non
     decode_rates = [1000.0 / t for r in ok if (t := time_per_output_token(r)) is not None and t > 0]
     if decode_rates:
         metrics["output_tokens_per_s"] = float(np.median(decode_rates))
-    server_rates = [r.eval_count / (r.eval_duration_ms / 1000.0) for r in ok
-                    if r.eval_count and r.eval_duration_ms and r.eval_duration_ms > 0]
+    server_rates = [
+        r.eval_count / (r.eval_duration_ms / 1000.0)
+        for r in ok
+        if r.eval_count and r.eval_duration_ms and r.eval_duration_ms > 0
+    ]
     if server_rates:
         metrics["server_eval_tokens_per_s"] = float(np.median(server_rates))
     total_tokens = sum(output_tokens(r) for r in ok)
@@ -134,7 +147,9 @@ def open_loop_warnings(metrics: dict[str, float], rate: float | None, concurrenc
     waited = metrics.get("queue_ms_p95")
     if rate is None or waited is None or waited <= max(1000.0 / rate, 10.0):
         return []
-    return [f"arrivals at workload.rate={rate:g}/s outran {concurrency} concurrent client(s): 5% of requests "
-            f"waited {waited:,.0f} ms or more for a free client (queue_ms), so the server did not see the "
-            f"arrivals as offered; raise workload.concurrency (the server queues requests itself) or lower "
-            f"workload.rate"]
+    return [
+        f"arrivals at workload.rate={rate:g}/s outran {concurrency} concurrent client(s): 5% of requests "
+        f"waited {waited:,.0f} ms or more for a free client (queue_ms), so the server did not see the "
+        f"arrivals as offered; raise workload.concurrency (the server queues requests itself) or lower "
+        f"workload.rate"
+    ]

@@ -7,9 +7,10 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from sentinel_exp.errors import UserError
 
@@ -45,7 +46,7 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
 
 def sqlite_database(uri: str) -> Path | None:
     """The database file of a sqlite:/// store; None for any other store."""
-    return Path(uri[len("sqlite:///"):]).expanduser().resolve() if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]).expanduser().resolve() if uri.startswith("sqlite:///") else None
 
 
 def artifact_location_for(uri: str) -> str | None:
@@ -90,9 +91,11 @@ def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
         # them, and no certificate check (a private CA is MLflow's business, not this probe's).
         httpx.get(uri.rstrip("/") + "/health", timeout=timeout_s, verify=False)
     except httpx.HTTPError as exc:  # any HTTP answer (even 404 behind a proxy) means it is there
-        raise UserError(f"the MLflow tracking server at tracking.uri={uri!r} does not answer "
-                        f"({type(exc).__name__}: {exc}); start it (`mlflow server`), or log to a "
-                        f"local store with tracking.uri=sqlite:///mlflow.db") from None
+        raise UserError(
+            f"the MLflow tracking server at tracking.uri={uri!r} does not answer "
+            f"({type(exc).__name__}: {exc}); start it (`mlflow server`), or log to a "
+            f"local store with tracking.uri=sqlite:///mlflow.db"
+        ) from None
 
 
 class Tracker:
@@ -113,15 +116,17 @@ class Tracker:
                 found = self.client.get_experiment_by_name(experiment)
                 if found is None:
                     self.experiment_id = self.client.create_experiment(
-                        experiment, artifact_location=artifact_location_for(uri))
+                        experiment, artifact_location=artifact_location_for(uri)
+                    )
                 else:
                     if found.lifecycle_stage == "deleted":
                         self.client.restore_experiment(found.experiment_id)
                     self.experiment_id = found.experiment_id
         except Exception as exc:  # MlflowException, SQLAlchemy or OS errors: all a store the user named
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot use the MLflow store tracking.uri={uri!r} with experiment {experiment!r}: "
-                            f"{first_line}") from None
+            raise UserError(
+                f"cannot use the MLflow store tracking.uri={uri!r} with experiment {experiment!r}: {first_line}"
+            ) from None
 
     def start(self, run_name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
@@ -133,14 +138,14 @@ class Tracker:
 
         items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
         for i in range(0, len(items), _BATCH_PARAMS):
-            self.client.log_batch(self.run_id, tags=items[i:i + _BATCH_PARAMS])
+            self.client.log_batch(self.run_id, tags=items[i : i + _BATCH_PARAMS])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), _BATCH_PARAMS):
-            self.client.log_batch(self.run_id, params=items[i:i + _BATCH_PARAMS])
+            self.client.log_batch(self.run_id, params=items[i : i + _BATCH_PARAMS])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)

@@ -6,9 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -36,15 +36,20 @@ def start_server(engine: str, *args: str, timeout_s: float = 120.0) -> ServerPro
     """`python -m sentinel_exp.serve` on 127.0.0.1 and a free port; waits for its ready line."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen([sys.executable, "-m", "sentinel_exp.serve", "--engine", engine, "--host", "127.0.0.1",
-                             "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp.serve", "--engine", engine, "--host", "127.0.0.1", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith(READY_PREFIX):
         proc.kill()
         raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
-    ready = json.loads(line[len(READY_PREFIX):])
+    ready = json.loads(line[len(READY_PREFIX) :])
     return ServerProcess(ready["url"], ready["pid"], proc)
 
 
@@ -83,11 +88,22 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(cwd: Path, *overrides: str, timeout_s: float = 180.0, module: str = "sentinel_exp",
-            env: dict[str, str] | None = None) -> CliResult:
+def run_cli(
+    cwd: Path,
+    *overrides: str,
+    timeout_s: float = 180.0,
+    module: str = "sentinel_exp",
+    env: dict[str, str] | None = None,
+) -> CliResult:
     """The real `python -m sentinel_exp` in a subprocess, from `cwd` (where mlflow.db lands)."""
-    done = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=env or cli_env(),
-                          capture_output=True, text=True, timeout=timeout_s)
+    done = subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     return CliResult(done.returncode, done.stdout, done.stderr, cwd)
 
 

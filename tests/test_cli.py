@@ -16,8 +16,14 @@ from sentinel_exp.records import read_records
 
 pytestmark = pytest.mark.slow
 
-SIM = ["server=simulated", "server.sim.jitter_ms=0", "server.sim.load_ms=200", "server.sim.ttft_ms=40",
-       "server.sim.itl_ms=5", "telemetry.interval_s=0.05"]
+SIM = [
+    "server=simulated",
+    "server.sim.jitter_ms=0",
+    "server.sim.load_ms=200",
+    "server.sim.ttft_ms=40",
+    "server.sim.itl_ms=5",
+    "telemetry.interval_s=0.05",
+]
 
 
 def test_simulated_run_logs_exact_latencies_to_mlflow(tmp_path):
@@ -79,22 +85,31 @@ def test_a_cold_first_measured_request_shows_the_load(tmp_path):
     assert mlflow_runs(tmp_path) == []
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model=nope", "model=nope is not a choice of model (available: llama32_1b, phi3_mini_q4, qwen05, "
-                   "smollm2_135m, tinyllama)"),
-    ("options=low_cxt", "did you mean options=low_ctx?"),
-    ("-m model=qwen05,lama32_1b", "model=lama32_1b is not a choice of model"),
-    ("options.num_ctx=abc", "options.num_ctx='abc' is not valid: options.num_ctx takes an integer (or null)"),
-    ("workload.rate=fast", "workload.rate takes a number (or null)"),
-    ("options.foo=1", "options.foo is not a setting"),
-    ("workload.requets=3", "workload.requets is not a setting; did you mean workload.requests?"),
-    ("+options.foo=1", "options.foo is not an Ollama option"),
-    ("workload.requests=0", "workload.requests must be at least 1"),
-    ("workload.keep_alive=abc", "workload.keep_alive"),
-    ("server.keep_alive=soon", "server.keep_alive: invalid default keep_alive 'soon'"),
-    ("server.sim.faults={2:boom}", "server.sim.faults"),
-    ("tracking.uri=http://127.0.0.1:9", "MLflow tracking server at tracking.uri='http://127.0.0.1:9' does not answer"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "model=nope",
+            "model=nope is not a choice of model (available: llama32_1b, phi3_mini_q4, qwen05, "
+            "smollm2_135m, tinyllama)",
+        ),
+        ("options=low_cxt", "did you mean options=low_ctx?"),
+        ("-m model=qwen05,lama32_1b", "model=lama32_1b is not a choice of model"),
+        ("options.num_ctx=abc", "options.num_ctx='abc' is not valid: options.num_ctx takes an integer (or null)"),
+        ("workload.rate=fast", "workload.rate takes a number (or null)"),
+        ("options.foo=1", "options.foo is not a setting"),
+        ("workload.requets=3", "workload.requets is not a setting; did you mean workload.requests?"),
+        ("+options.foo=1", "options.foo is not an Ollama option"),
+        ("workload.requests=0", "workload.requests must be at least 1"),
+        ("workload.keep_alive=abc", "workload.keep_alive"),
+        ("server.keep_alive=soon", "server.keep_alive: invalid default keep_alive 'soon'"),
+        ("server.sim.faults={2:boom}", "server.sim.faults"),
+        (
+            "tracking.uri=http://127.0.0.1:9",
+            "MLflow tracking server at tracking.uri='http://127.0.0.1:9' does not answer",
+        ),
+    ],
+)
 def test_bad_overrides_stop_before_any_request_or_run(tmp_path, override, message):
     *flags, override = override.split()
     result = run_cli(tmp_path, *flags, *SIM, override)
@@ -118,10 +133,16 @@ def test_a_run_never_writes_into_another_runs_folder(tmp_path):
 
 def test_runs_started_together_get_their_own_folders(tmp_path):
     # A fresh directory: both runs also create the same new MLflow store at once.
-    procs = [subprocess.Popen([sys.executable, "-m", "sentinel_exp", *SIM, "workload=quick",
-                               f"workload.requests={n}"],
-                              cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for n in (3, 4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sentinel_exp", *SIM, "workload=quick", f"workload.requests={n}"],
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for n in (3, 4)
+    ]
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
     counts = sorted(len(read_records(d / "requests.jsonl")) for d in output_dirs(tmp_path))
@@ -130,8 +151,14 @@ def test_runs_started_together_get_their_own_folders(tmp_path):
 
 
 def test_scripted_failures_give_failed_records_and_a_finished_run(tmp_path):
-    result = run_cli(tmp_path, *SIM, "workload.requests=10", "workload.warmup=1", "workload.timeout_s=2",
-                     "server.sim.faults={3:http_500,5:error_midstream,7:cut_stream,9:malformed}")
+    result = run_cli(
+        tmp_path,
+        *SIM,
+        "workload.requests=10",
+        "workload.warmup=1",
+        "workload.timeout_s=2",
+        "server.sim.faults={3:http_500,5:error_midstream,7:cut_stream,9:malformed}",
+    )
     assert result.returncode == 0, result.output
     [run] = mlflow_runs(tmp_path)
     m = run.data.metrics
@@ -214,9 +241,23 @@ def test_auto_without_ollama_or_a_servable_model_names_both_ways(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_mid_run_logs_what_finished_as_killed(tmp_path, sig):
     env = cli_env()
-    proc = subprocess.Popen([sys.executable, "-m", "sentinel_exp", *SIM, "server.sim.itl_ms=20",
-                             "server.sim.tokens=10", "workload.requests=500", "workload.warmup=1"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sentinel_exp",
+            *SIM,
+            "server.sim.itl_ms=20",
+            "server.sim.tokens=10",
+            "workload.requests=500",
+            "workload.warmup=1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     jsonl = None
     while time.monotonic() < deadline:
@@ -242,22 +283,41 @@ def test_a_signal_mid_run_logs_what_finished_as_killed(tmp_path, sig):
 def test_the_installed_wheel_runs_from_any_directory(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     wheel_dir = tmp_path / "dist"
-    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(wheel_dir), repo],
-                           capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(wheel_dir), repo],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     [wheel] = wheel_dir.glob("sentinel_exp-*.whl")
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        timeout=300,
+    )
     assert (site / "sentinel_exp" / "conf" / "config.yaml").is_file()
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**cli_env(), "PYTHONPATH": str(site)}
-    done = subprocess.run([sys.executable, "-c", "import sentinel_exp, sys; print(sentinel_exp.__file__)"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", "import sentinel_exp, sys; print(sentinel_exp.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.stdout.strip().startswith(str(site))
-    run = subprocess.run([sys.executable, "-m", "sentinel_exp", "server=simulated", "workload.requests=5"],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=180)
+    run = subprocess.run(
+        [sys.executable, "-m", "sentinel_exp", "server=simulated", "workload.requests=5"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     [mlrun] = mlflow_runs(work)
     assert mlrun.info.status == "FINISHED" and mlrun.data.metrics["requests_ok"] == 5
@@ -282,10 +342,13 @@ def test_the_default_run_benchmarks_the_embedded_model(tmp_path):
 
 def test_embedded_without_the_extra_says_which_extra_to_install(tmp_path):
     # llama_cpp made unimportable in the CLI process, as on a machine without the extra.
-    code = ("import sys; sys.modules['llama_cpp'] = None; "
-            "sys.argv = ['sentinel_exp', 'server=embedded']; from sentinel_exp.app import main; main()")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True,
-                          text=True, timeout=120)
+    code = (
+        "import sys; sys.modules['llama_cpp'] = None; "
+        "sys.argv = ['sentinel_exp', 'server=embedded']; from sentinel_exp.app import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2
     assert "pip install 'sentinel-exp[embedded]'" in done.stderr and "Traceback" not in done.stderr
     assert mlflow_runs(tmp_path) == []
@@ -299,8 +362,16 @@ def test_a_registered_gguf_is_served_under_its_tag(tmp_path):
     gguf = bundled_model_path()
     if gguf is None:
         pytest.skip("bundled model not installed")
-    result = run_cli(tmp_path, "server=embedded", "model.name=mysmol:q4", f"server.models={{mysmol\\:q4:{gguf}}}",
-                     "workload=quick", "workload.requests=2", "options.num_predict=8", timeout_s=600)
+    result = run_cli(
+        tmp_path,
+        "server=embedded",
+        "model.name=mysmol:q4",
+        f"server.models={{mysmol\\:q4:{gguf}}}",
+        "workload=quick",
+        "workload.requests=2",
+        "options.num_predict=8",
+        timeout_s=600,
+    )
     assert result.returncode == 0, result.output
     [run] = mlflow_runs(tmp_path)
     assert run.data.params["model.name"] == "mysmol:q4" and run.data.metrics["requests_ok"] == 2
@@ -321,20 +392,36 @@ def test_sweeps_run_every_job_under_multirun(tmp_path):
 def test_keep_alive_ab_shows_the_cold_starts_that_keep_alive_saves(tmp_path):
     # Poisson arrivals (2/s) leave idle gaps around short answers (4 tokens, ~60 ms); a 0.15 s
     # server default lets the model expire in about two gaps of three.
-    result = run_cli(tmp_path, "sweep=keep_alive_ab", *SIM, "workload=poisson", "workload.rate=2",
-                     "workload.requests=10", "server.sim.tokens=4", "server.keep_alive=0.15s")
+    result = run_cli(
+        tmp_path,
+        "sweep=keep_alive_ab",
+        *SIM,
+        "workload=poisson",
+        "workload.rate=2",
+        "workload.requests=10",
+        "server.sim.tokens=4",
+        "server.keep_alive=0.15s",
+    )
     assert result.returncode == 0, result.output
     cold = {r.data.params["workload.keep_alive"]: r.data.metrics["cold_starts"] for r in mlflow_runs(tmp_path)}
     assert cold["-1"] == 0 and cold["null"] >= 2, cold
     # The closing table puts the two jobs side by side, named by what was swept.
-    rows = {m.group(1): int(m.group(2)) for m in re.finditer(r"│ (#\d keep_alive=\S+)\s+│.*│\s+(\d+) │\s+0 │$",
-                                                               result.stdout, re.M)}
+    rows = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"│ (#\d keep_alive=\S+)\s+│.*│\s+(\d+) │\s+0 │$", result.stdout, re.M)
+    }
     assert rows == {"#0 keep_alive=null": cold["null"], "#1 keep_alive=-1": 0}, result.stdout
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
-    result = run_cli(tmp_path, "-m", "workload=quick", "model.name=nope:1b,smollm2:135m", "server=ollama",
-                     "server.url=http://127.0.0.1:9")
+    result = run_cli(
+        tmp_path,
+        "-m",
+        "workload=quick",
+        "model.name=nope:1b,smollm2:135m",
+        "server=ollama",
+        "server.url=http://127.0.0.1:9",
+    )
     assert result.returncode == 2, result.output
     assert result.stderr.count("error: Ollama does not answer") == 2 and "2 sweep job(s) failed" in result.stderr
     ok = run_cli(tmp_path, "-m", *SIM, "workload=quick", "workload.requests=0,2")
@@ -367,8 +454,9 @@ def test_server_log_explains_every_cold_start(tmp_path):
 
 def test_a_busy_bystander_is_measured_and_warned_about(tmp_path):
     # Spinners on half the cores: well over the quarter of the machine that warrants a warning.
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                for _ in range(max(1, psutil.cpu_count() // 2))]
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(1, psutil.cpu_count() // 2))
+    ]
     try:
         result = run_cli(tmp_path, *SIM, "workload.requests=30", "workload.warmup=1")
     finally:
@@ -406,8 +494,15 @@ def test_version_is_printed_once(tmp_path):
 
 def test_waiting_for_a_slot_is_queueing_not_a_cold_start(tmp_path):
     # One generation slot, four clients: each request waits for about three others (~85 ms each).
-    result = run_cli(tmp_path, *SIM, "server.sim.parallel=1", "server.sim.tokens=10", "workload.concurrency=4",
-                     "workload.requests=12", "workload.warmup=1")
+    result = run_cli(
+        tmp_path,
+        *SIM,
+        "server.sim.parallel=1",
+        "server.sim.tokens=10",
+        "workload.concurrency=4",
+        "workload.requests=12",
+        "workload.warmup=1",
+    )
     assert result.returncode == 0, result.output
     [run] = mlflow_runs(tmp_path)
     m = run.data.metrics
@@ -419,8 +514,15 @@ def test_waiting_for_a_slot_is_queueing_not_a_cold_start(tmp_path):
 
 def test_openai_server_gets_what_its_api_can_carry_and_the_rest_is_named(tmp_path, sim_server_factory):
     server = sim_server_factory("--load-ms", "0", "--ttft-ms", "20", "--itl-ms", "2")
-    result = run_cli(tmp_path, "server=openai", f"server.url={server.url}", "options=low_ctx",
-                     "options.num_predict=8", "workload=quick", "workload.keep_alive=-1")
+    result = run_cli(
+        tmp_path,
+        "server=openai",
+        f"server.url={server.url}",
+        "options=low_ctx",
+        "options.num_predict=8",
+        "workload=quick",
+        "workload.keep_alive=-1",
+    )
     assert result.returncode == 0, result.output
     [run] = mlflow_runs(tmp_path)
     m = run.data.metrics
@@ -428,13 +530,20 @@ def test_openai_server_gets_what_its_api_can_carry_and_the_rest_is_named(tmp_pat
     assert abs(m["ttft_ms_p50"] - 20) <= 3
     assert json.loads(run.data.params["sent_options"]) == {"num_predict": 8, "seed": 42, "temperature": 0.7}
     assert run.data.tags["sentinel.api"] == "openai" and run.data.tags["sentinel.options_not_sent"] == "true"
-    warning = ("the OpenAI API has no field for num_batch, num_ctx, num_gpu, num_thread, keep_alive: not sent")
+    warning = "the OpenAI API has no field for num_batch, num_ctx, num_gpu, num_thread, keep_alive: not sent"
     assert warning in result.stderr and warning in result.stdout.split("TTFT", 1)[1]
 
 
 def test_an_open_loop_that_outruns_its_clients_is_flagged(tmp_path):
-    result = run_cli(tmp_path, *SIM, "workload=poisson", "workload.rate=50", "workload.concurrency=2",
-                     "workload.requests=20", "server.sim.tokens=10")
+    result = run_cli(
+        tmp_path,
+        *SIM,
+        "workload=poisson",
+        "workload.rate=50",
+        "workload.concurrency=2",
+        "workload.requests=20",
+        "server.sim.tokens=10",
+    )
     assert result.returncode == 0, result.output
     [run] = mlflow_runs(tmp_path)
     assert run.data.metrics["queue_ms_p95"] > 200  # ~85 ms per request, two at a time, 50/s offered

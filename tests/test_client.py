@@ -15,8 +15,10 @@ pytestmark = pytest.mark.slow
 
 async def run_requests(url, api, count, concurrency=1, options=None, timeout_s=30.0, model="smollm2:135m"):
     options = {"num_predict": 16} if options is None else options
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10.0, read=timeout_s),
-                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=httpx.Timeout(10.0, read=timeout_s), limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
+
         async def one(i):
             if api == "openai":
                 spec = openai.build_spec(model, "why is the sky blue", 0, None, options)
@@ -39,7 +41,9 @@ def test_timings_match_the_injected_latency(sim_server_factory, api):
     records = asyncio.run(run_requests(server.url, api, 12))[2:]
     assert all(r.ok for r in records)
     ttft = statistics.median(r.ttft_ms for r in records)
-    itl = statistics.median(b - a for r in records for a, b in zip(r.chunk_times_ms, r.chunk_times_ms[1:]))
+    itl = statistics.median(
+        b - a for r in records for a, b in zip(r.chunk_times_ms, r.chunk_times_ms[1:], strict=False)
+    )
     assert 40.0 <= ttft <= 42.0
     assert 4.0 <= itl <= 6.0
     for r in records:
@@ -61,15 +65,18 @@ def test_timings_stay_accurate_under_concurrency(sim_server_factory):
     assert 40.0 <= statistics.median(r.ttft_ms for r in records) <= 46.0
 
 
-@pytest.mark.parametrize("fault, error_class", [
-    ("http_500", "HTTP500"),
-    ("http_503", "HTTP503"),
-    ("error_midstream", "ServerError"),
-    ("cut_stream", "RemoteProtocolError"),
-    ("early_end", "StreamCut"),
-    ("malformed", "MalformedChunk"),
-    ("stall", "ReadTimeout"),
-])
+@pytest.mark.parametrize(
+    ("fault", "error_class"),
+    [
+        ("http_500", "HTTP500"),
+        ("http_503", "HTTP503"),
+        ("error_midstream", "ServerError"),
+        ("cut_stream", "RemoteProtocolError"),
+        ("early_end", "StreamCut"),
+        ("malformed", "MalformedChunk"),
+        ("stall", "ReadTimeout"),
+    ],
+)
 def test_each_fault_becomes_a_failed_record(sim_server_factory, fault, error_class):
     server = sim_server_factory("--load-ms", "0", "--ttft-ms", "5", "--itl-ms", "1", "--fault", f"2:{fault}")
     records = asyncio.run(run_requests(server.url, "chat", 3, timeout_s=0.5))
@@ -109,14 +116,16 @@ def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_f
     async def scenario():
         records = []
         async with httpx.AsyncClient(base_url=server.url) as client:
+
             async def send_one(index, arrival_ns, keep):
                 spec = ollama.build_spec("chat", "smollm2:135m", "x", 0, None, {}, None)
                 record = RequestRecord(index=index, phase=MEASURED, prompt_index=0, api="chat")
                 await send_request(client, spec, record, ollama.consume_ndjson, arrival_ns)
                 keep(record)
 
-            duration = await run_phase(PhasePlan(requests=10, concurrency=1, rate=50.0, seed=1), send_one,
-                                       records.append, asyncio.Event())
+            duration = await run_phase(
+                PhasePlan(requests=10, concurrency=1, rate=50.0, seed=1), send_one, records.append, asyncio.Event()
+            )
         return records, duration
 
     records, duration = asyncio.run(scenario())
@@ -148,39 +157,55 @@ class CannedServer:
 
     async def _handle(self, reader, writer) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next((l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")),
-                          b"0"))
+        length = int(
+            next(
+                (line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
+                b"0",
+            )
+        )
         await reader.readexactly(length)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + self.content_type.encode() +
-                     b"\r\nconnection: close\r\ncontent-length: " + str(len(self.body)).encode() + b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: "
+            + self.content_type.encode()
+            + b"\r\nconnection: close\r\ncontent-length: "
+            + str(len(self.body)).encode()
+            + b"\r\n\r\n"
+        )
         writer.write(self.body)
         await writer.drain()
         writer.close()
 
 
 def test_a_final_ndjson_line_without_its_newline_still_finishes():
-    body = (b'{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}\n'
-            b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",'
-            b'"eval_count":1,"total_duration":5000000}')
+    body = (
+        b'{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}\n'
+        b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",'
+        b'"eval_count":1,"total_duration":5000000}'
+    )
     server = CannedServer(body, "application/x-ndjson")
     [record] = asyncio.run(run_requests(server.url, "chat", 1, model="m"))
     assert record.ok and record.eval_count == 1 and record.total_duration_ms == 5.0
 
 
 def test_an_sse_stream_that_ends_after_finish_reason_without_done_still_finishes():
-    body = (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
-            b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
-            b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+    body = (
+        b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    )
     server = CannedServer(body, "text/event-stream")
     [record] = asyncio.run(run_requests(server.url, "openai", 1, model="m"))
     assert record.ok and record.done_reason == "stop" and len(record.chunk_times_ms) == 1
 
 
-@pytest.mark.parametrize("body, content_type", [
-    (b'data: [1, 2]\n\n', "text/event-stream"),
-    (b'data: {"choices": ["x"]}\n\n', "text/event-stream"),
-    (b'{"model":"m","message":{"content":"a"},"done":true,"total_duration":"slow"}\n', "application/x-ndjson"),
-])
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"data: [1, 2]\n\n", "text/event-stream"),
+        (b'data: {"choices": ["x"]}\n\n', "text/event-stream"),
+        (b'{"model":"m","message":{"content":"a"},"done":true,"total_duration":"slow"}\n', "application/x-ndjson"),
+    ],
+)
 def test_json_of_the_wrong_shape_is_a_malformed_chunk_not_a_crash(body, content_type):
     server = CannedServer(body, content_type)
     api = "openai" if content_type == "text/event-stream" else "chat"

@@ -21,8 +21,9 @@ def test_the_contract_groups_exist():
     assert set(GROUPS) >= {"server", "model", "options", "hardware", "workload", "tracking", "sweep"}
 
 
-@pytest.mark.parametrize("group, choice", [(g, p.stem) for g in GROUPS
-                                           for p in sorted((config_dir() / g).glob("*.yaml"))])
+@pytest.mark.parametrize(
+    ("group", "choice"), [(g, p.stem) for g in GROUPS for p in sorted((config_dir() / g).glob("*.yaml"))]
+)
 def test_each_choice_composes_and_validates(group, choice):
     cfg = composed(f"{group}={choice}")
     assert config_problems(cfg) == []
@@ -51,18 +52,29 @@ def test_hardware_recommendations_apply_only_where_options_are_unset():
 
 def test_config_ships_next_to_the_package_or_in_the_checkout():
     assert (config_dir() / "config.yaml").is_file()
-    assert config_dir() in (Path(__file__).resolve().parent.parent / "conf",
-                            Path(__import__("sentinel_exp").__file__).resolve().parent / "conf")
+    assert config_dir() in (
+        Path(__file__).resolve().parent.parent / "conf",
+        Path(__import__("sentinel_exp").__file__).resolve().parent / "conf",
+    )
 
 
 def test_run_names_say_what_was_measured_and_leave_out_presentation():
     from sentinel_exp.experiment import RunContext
 
-    overrides = ["model.name=gemma3:1b", "options=low_ctx", "workload.concurrency=4", "progress=true",
-                 "tracking.uri=sqlite:///x.db", "hydra.run.dir=out"]
+    overrides = [
+        "model.name=gemma3:1b",
+        "options=low_ctx",
+        "workload.concurrency=4",
+        "progress=true",
+        "tracking.uri=sqlite:///x.db",
+        "hydra.run.dir=out",
+    ]
     cfg = composed(*(o for o in overrides if not o.startswith("hydra.")))
-    ctx = RunContext(output_dir=Path("."), overrides=overrides,
-                     choices={"model": "smollm2_135m", "options": "low_ctx", "workload": "default"})
+    ctx = RunContext(
+        output_dir=Path("."),
+        overrides=overrides,
+        choices={"model": "smollm2_135m", "options": "low_ctx", "workload": "default"},
+    )
     assert ctx.run_name(cfg, "ollama") == "gemma3:1b-low_ctx-default@ollama workload.concurrency=4"
     named = composed("tracking.run_name=mine")
     assert ctx.run_name(named, "ollama") == "mine"
@@ -71,8 +83,13 @@ def test_run_names_say_what_was_measured_and_leave_out_presentation():
 def test_sweep_jobs_are_named_by_what_differs_between_them():
     from sentinel_exp.app import distinguishing_labels
 
-    jobs = [("#0", "model=qwen05", "workload.concurrency=1", "server=simulated"),
-            ("#1", "model=qwen05", "workload.concurrency=4", "server=simulated"),
-            ("#2", "model=llama32_1b", "workload.concurrency=1", "server=simulated")]
-    assert distinguishing_labels(jobs) == ["#0 model=qwen05 concurrency=1", "#1 model=qwen05 concurrency=4",
-                                           "#2 model=llama32_1b concurrency=1"]
+    jobs = [
+        ("#0", "model=qwen05", "workload.concurrency=1", "server=simulated"),
+        ("#1", "model=qwen05", "workload.concurrency=4", "server=simulated"),
+        ("#2", "model=llama32_1b", "workload.concurrency=1", "server=simulated"),
+    ]
+    assert distinguishing_labels(jobs) == [
+        "#0 model=qwen05 concurrency=1",
+        "#1 model=qwen05 concurrency=4",
+        "#2 model=llama32_1b concurrency=1",
+    ]

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -40,8 +41,14 @@ MODEL = registry.BUNDLED_TAG
 # Deterministic answers; the prompt asks for a long text so num_predict is what ends it.
 STORY = "Write a long story about a dragon who guards a library."
 DETERMINISTIC = {"temperature": 0, "seed": 42}
-DURATIONS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
-             "eval_duration")
+DURATIONS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
 
 if registry.bundled_model_path() is None:
     pytest.skip(f"the bundled {MODEL} GGUF is not installed ({registry.EXTRA_HINT})", allow_module_level=True)
@@ -65,15 +72,30 @@ def server() -> Iterator[Server]:
         stderr_path = Path(tmp) / "server.stderr"
         with open(stderr_path, "wb") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sentinel_exp.serve", "--engine", "llamacpp", "--host", "127.0.0.1",
-                 "--port", "0"], stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=REPO, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "sentinel_exp.serve",
+                    "--engine",
+                    "llamacpp",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                cwd=REPO,
+                start_new_session=True,
+            )
         try:
             assert proc.stdout is not None
             readable, _, _ = select.select([proc.stdout], [], [], 120)
             line = proc.stdout.readline().decode() if readable else ""
             if not line.startswith(READY_PREFIX):
                 pytest.fail(f"server did not start: {line!r}\n{stderr_path.read_text(errors='replace')}")
-            yield Server(json.loads(line[len(READY_PREFIX):])["url"], proc, stderr_path)
+            yield Server(json.loads(line[len(READY_PREFIX) :])["url"], proc, stderr_path)
         finally:
             _stop(proc)
 
@@ -105,8 +127,11 @@ def stream_ndjson(client: httpx.Client, path: str, body: dict[str, Any]) -> list
 def chat(client: httpx.Client, content: str = STORY, num_predict: int = 8, **extra: Any) -> tuple[str, dict]:
     """One streamed /api/chat; returns (answer text, final chunk)."""
     options = {**DETERMINISTIC, "num_predict": num_predict, **extra.pop("options", {})}
-    chunks = stream_ndjson(client, "/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": content}],
-                                                 "options": options, **extra})
+    chunks = stream_ndjson(
+        client,
+        "/api/chat",
+        {"model": MODEL, "messages": [{"role": "user", "content": content}], "options": options, **extra},
+    )
     assert all("error" not in c for c in chunks), chunks
     final = chunks[-1]
     assert final["done"] is True and all(c["done"] is False for c in chunks[:-1])
@@ -182,8 +207,10 @@ def test_stop_string_ends_generation(client: httpx.Client) -> None:
 
 
 def test_unknown_model_is_404(client: httpx.Client) -> None:
-    for path, body in (("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}), ("/api/generate",
-                                                                                          {"prompt": "hi"})):
+    for path, body in (
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/api/generate", {"prompt": "hi"}),
+    ):
         reply = client.post(path, json={"model": "nope:1b", **body})
         assert reply.status_code == 404
         assert reply.json() == {"error": "model 'nope:1b' not found"}
@@ -244,14 +271,26 @@ def test_stream_false_returns_one_object_with_the_whole_text(client: httpx.Clien
     whole = reply.json()
     assert whole["done"] is True and whole["eval_count"] == streamed[-1]["eval_count"]
     assert whole["response"] == "".join(c["response"] for c in streamed[:-1]) != ""
-    chat_reply = client.post("/api/chat", json={"model": MODEL, "stream": False, "options": body["options"],
-                                                "messages": [{"role": "user", "content": STORY}]}).json()
+    chat_reply = client.post(
+        "/api/chat",
+        json={
+            "model": MODEL,
+            "stream": False,
+            "options": body["options"],
+            "messages": [{"role": "user", "content": STORY}],
+        },
+    ).json()
     assert chat_reply["message"]["content"] == whole["response"]
 
 
 def test_raw_generate_skips_the_template(client: httpx.Client) -> None:
-    body = {"model": MODEL, "prompt": "The capital of France is", "raw": True, "stream": False,
-            "options": {**DETERMINISTIC, "num_predict": 4}}
+    body = {
+        "model": MODEL,
+        "prompt": "The capital of France is",
+        "raw": True,
+        "stream": False,
+        "options": {**DETERMINISTIC, "num_predict": 4},
+    }
     raw = client.post("/api/generate", json=body).json()
     templated = client.post("/api/generate", json={**body, "raw": False}).json()
     assert raw["eval_count"] >= 1 and raw["response"]
@@ -259,17 +298,27 @@ def test_raw_generate_skips_the_template(client: httpx.Client) -> None:
 
 
 def test_openai_stream_with_usage(client: httpx.Client) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": STORY}], "stream": True, "max_tokens": 10,
-            "temperature": 0, "seed": 42, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": STORY}],
+        "stream": True,
+        "max_tokens": 10,
+        "temperature": 0,
+        "seed": 42,
+        "stream_options": {"include_usage": True},
+    }
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    content = [c["choices"][0]["delta"]["content"] for c in chunks[1:] if c["choices"]
-               and c["choices"][0]["delta"].get("content")]
+    content = [
+        c["choices"][0]["delta"]["content"]
+        for c in chunks[1:]
+        if c["choices"] and c["choices"][0]["delta"].get("content")
+    ]
     assert content and "".join(content).strip()
     finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert [c["choices"][0]["finish_reason"] for c in finish] == ["length"]
@@ -283,8 +332,15 @@ def test_over_long_prompt_is_truncated_as_ollama_does(client: httpx.Client, serv
     # About 600 tokens against a 256-token window; Ollama keeps num_keep (4) + BOS tokens and the
     # tail (where the instruction is), leaving half of the rest free: 256 - (256 - 5) // 2 = 131.
     prompt = "The sky is blue today. " * 100 + STORY
-    reply = client.post("/api/generate", json={"model": MODEL, "prompt": prompt, "stream": False,
-                                               "options": {**DETERMINISTIC, "num_ctx": 256, "num_predict": 4}})
+    reply = client.post(
+        "/api/generate",
+        json={
+            "model": MODEL,
+            "prompt": prompt,
+            "stream": False,
+            "options": {**DETERMINISTIC, "num_ctx": 256, "num_predict": 4},
+        },
+    )
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["prompt_eval_count"] == prompt_limit(256, DEFAULT_NUM_KEEP + 1) == 131
@@ -296,13 +352,18 @@ def test_over_long_prompt_is_truncated_as_ollama_does(client: httpx.Client, serv
 
 def test_client_disconnect_stops_generation(client: httpx.Client, server: Server) -> None:
     chat(client)  # warm, so the long request below starts decoding at once
-    body = {"model": MODEL, "messages": [{"role": "user", "content": STORY}],
-            "options": {**DETERMINISTIC, "num_predict": 1500}}
-    with httpx.Client(base_url=server.url, timeout=60) as other:
-        with other.stream("POST", "/api/chat", json=body) as response:
-            lines = response.iter_lines()
-            for _ in range(3):
-                assert json.loads(next(lines))["done"] is False
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": STORY}],
+        "options": {**DETERMINISTIC, "num_predict": 1500},
+    }
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as other,
+        other.stream("POST", "/api/chat", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        for _ in range(3):
+            assert json.loads(next(lines))["done"] is False
     # 1500 tokens would take 20+ s more; a stopped generation frees the model at once.
     started = time.perf_counter()
     _, final = chat(client, num_predict=4)

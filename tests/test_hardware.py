@@ -38,7 +38,7 @@ def check(profile: str, gpus, available: bool = True, **kw) -> HardwareCheck:
 
 
 @pytest.mark.parametrize(
-    "profile, gpus",
+    ("profile", "gpus"),
     [
         ("h100", [H100]),
         ("gtx1050_3gb", [GTX1050]),
@@ -56,7 +56,7 @@ def test_matching_hardware(profile, gpus):
 
 
 @pytest.mark.parametrize(
-    "profile, gpus, says",
+    ("profile", "gpus", "says"),
     [
         ("gtx1050_3gb", [RTX3060], ["GTX 1050", "RTX 3060", "12288 MB"]),
         ("gtx1050_3gb", [GTX1050_2GB], ["at least 2800 MB", "1998 MB", "VRAM is too small"]),
@@ -115,9 +115,7 @@ def test_expectation_from_mapping():
     assert expectation_from_mapping(None) == PROFILES["auto"]
     # A name alone sets no expectation: what to expect lives in conf/hardware/<name>.yaml.
     assert expectation_from_mapping({"name": "gtx1050_3gb"}) == HardwareExpectation("gtx1050_3gb")
-    custom = expectation_from_mapping(
-        {"name": "a100", "gpu_name_pattern": "A100", "min_vram_mb": "40000", "extra": 1}
-    )
+    custom = expectation_from_mapping({"name": "a100", "gpu_name_pattern": "A100", "min_vram_mb": "40000", "extra": 1})
     assert custom == HardwareExpectation("a100", None, "A100", 40000)
     h = expectation_from_mapping({"name": "h100", "expect_gpu": True, "gpu_name_pattern": None})
     assert h == HardwareExpectation("h100", True, None, None)

@@ -2,14 +2,32 @@ import math
 
 import pytest
 
-from sentinel_exp.serve.keepalive import (FOREVER, KeepAliveError, keep_alive_seconds, parse_go_duration,
-                                         server_default_seconds)
+from sentinel_exp.serve.keepalive import (
+    FOREVER,
+    KeepAliveError,
+    keep_alive_seconds,
+    parse_go_duration,
+    server_default_seconds,
+)
 
 
-@pytest.mark.parametrize("value, seconds", [
-    (None, None), (0, 0.0), (300, 300.0), (2.9, 2.0), (-1, FOREVER), (-0.5, FOREVER),
-    ("5m", 300.0), ("0", 0.0), ("-1m", FOREVER), ("1h30m", 5400.0), ("300ms", 0.3), ("1.5h", 5400.0),
-])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, None),
+        (0, 0.0),
+        (300, 300.0),
+        (2.9, 2.0),
+        (-1, FOREVER),
+        (-0.5, FOREVER),
+        ("5m", 300.0),
+        ("0", 0.0),
+        ("-1m", FOREVER),
+        ("1h30m", 5400.0),
+        ("300ms", 0.3),
+        ("1.5h", 5400.0),
+    ],
+)
 def test_keep_alive_follows_ollama(value, seconds):
     assert keep_alive_seconds(value) == seconds
 
@@ -24,10 +42,20 @@ def test_go_duration_components_add_up():
     assert math.isclose(parse_go_duration("1h2m3s4ms"), 3723.004)
 
 
-@pytest.mark.parametrize("value, seconds", [
-    (None, 300.0), ("", 300.0), ("5m", 300.0), ("30", 30.0), ("0", 0.0), ("250ms", 0.25), ("-1", FOREVER),
-    ("-1m", FOREVER), ("24h", 86400.0),
-])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, 300.0),
+        ("", 300.0),
+        ("5m", 300.0),
+        ("30", 30.0),
+        ("0", 0.0),
+        ("250ms", 0.25),
+        ("-1", FOREVER),
+        ("-1m", FOREVER),
+        ("24h", 86400.0),
+    ],
+)
 def test_server_default_reads_like_ollama_keep_alive_env(value, seconds):
     assert server_default_seconds(value) == seconds
 

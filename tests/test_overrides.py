@@ -25,13 +25,16 @@ def test_every_command_in_the_readme_passes_the_check() -> None:
         assert problems(*shlex.split(command)) == [], command
 
 
-@pytest.mark.parametrize("args", [
-    ["-m", "model=qwen05,llama32_1b", "options=default,low_ctx"],
-    ["server.models={mysmol\\:q4:/models/x.gguf}", "server.sim.faults={3:http_500}"],
-    ["+options.num_keep=8", "~options.seed", "hydra.run.dir=somewhere", "--cfg", "job"],
-    ["workload.rate=null", "workload.keep_alive=5m", "options.stop=[a,b]", "workload.requests=range(1,4)"],
-    ["hardware.recommended_options.num_gpu=0", "model.name=qwen2.5:0.5b", "progress=true"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "model=qwen05,llama32_1b", "options=default,low_ctx"],
+        ["server.models={mysmol\\:q4:/models/x.gguf}", "server.sim.faults={3:http_500}"],
+        ["+options.num_keep=8", "~options.seed", "hydra.run.dir=somewhere", "--cfg", "job"],
+        ["workload.rate=null", "workload.keep_alive=5m", "options.stop=[a,b]", "workload.requests=range(1,4)"],
+        ["hardware.recommended_options.num_gpu=0", "model.name=qwen2.5:0.5b", "progress=true"],
+    ],
+)
 def test_valid_command_lines_pass(args: list[str]) -> None:
     assert problems(*args) == []
 
@@ -51,12 +54,21 @@ def test_every_bad_choice_of_a_sweep_is_named() -> None:
     ]
 
 
-@pytest.mark.parametrize("arg, expected", [
-    ("options.num_ctx=big", "options.num_ctx='big' is not valid: options.num_ctx takes an integer (or null)"),
-    ("options.use_mmap=maybe", "options.use_mmap='maybe' is not valid: options.use_mmap takes true or false (or null)"),
-    ("telemetry.interval_s=often", "telemetry.interval_s='often' is not valid: telemetry.interval_s takes a number"),
-    ("workload.prompts=hello", "workload.prompts='hello' is not valid: workload.prompts takes a list"),
-])
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        ("options.num_ctx=big", "options.num_ctx='big' is not valid: options.num_ctx takes an integer (or null)"),
+        (
+            "options.use_mmap=maybe",
+            "options.use_mmap='maybe' is not valid: options.use_mmap takes true or false (or null)",
+        ),
+        (
+            "telemetry.interval_s=often",
+            "telemetry.interval_s='often' is not valid: telemetry.interval_s takes a number",
+        ),
+        ("workload.prompts=hello", "workload.prompts='hello' is not valid: workload.prompts takes a list"),
+    ],
+)
 def test_a_wrong_typed_value_says_what_the_setting_takes(arg: str, expected: str) -> None:
     assert problems(arg) == [expected]
 
@@ -65,18 +77,23 @@ def test_a_line_hydra_cannot_parse_is_left_to_hydra() -> None:
     assert problems("model=[unclosed") == []
 
 
-@pytest.mark.parametrize("args", [
-    ["-sc", "install=bash"],  # shell completion: its words are not overrides
-    ["-cd", "more_configs", "model=mine"],  # other config dirs may add choices
-    ["--config-name", "other", "anything=1"],
-    ["model=mine", "hydra.searchpath=[file://more_configs]"],
-    ["--version"], ["--bogus-flag"],  # for Hydra to answer, once
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-sc", "install=bash"],  # shell completion: its words are not overrides
+        ["-cd", "more_configs", "model=mine"],  # other config dirs may add choices
+        ["--config-name", "other", "anything=1"],
+        ["model=mine", "hydra.searchpath=[file://more_configs]"],
+        ["--version"],
+        ["--bogus-flag"],  # for Hydra to answer, once
+    ],
+)
 def test_lines_that_change_where_configs_come_from_are_left_to_hydra(args: list[str]) -> None:
     assert command_line_overrides(args) == []
 
 
 def test_an_ollama_option_missing_from_the_schema_is_pointed_to_plus() -> None:
     assert problems("options.num_keep=8") == [
-        "options.num_keep is an Ollama option that the options schema does not list; add it with +options.num_keep=..."]
+        "options.num_keep is an Ollama option that the options schema does not list; add it with +options.num_keep=..."
+    ]
     assert problems("+options.num_keep=8") == []

@@ -28,8 +28,12 @@ def test_waiters_for_the_reloaded_model_go_in_arrival_order() -> None:
 
         await request("warm", X, 0, 0)
         t0 = time.perf_counter()
-        await asyncio.gather(request("A", X, 0, 0.15), request("D", Y, 0.02, 0.01),
-                             request("E", Y, 0.04, 0.01), request("G", Y, 0.06, 0.3))
+        await asyncio.gather(
+            request("A", X, 0, 0.15),
+            request("D", Y, 0.02, 0.01),
+            request("E", Y, 0.04, 0.01),
+            request("G", Y, 0.06, 0.3),
+        )
         await scheduler.shutdown()
         return admitted
 

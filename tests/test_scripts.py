@@ -22,8 +22,9 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 def run_script(name: str, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     # From another directory, as a user would: the script must find the package on its own.
-    return subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def number(pattern: str, text: str) -> float:
@@ -33,11 +34,14 @@ def number(pattern: str, text: str) -> float:
 
 
 def test_client_overhead_reports_both_clients_above_the_injected_ttft(tmp_path: Path) -> None:
-    result = run_script("bench_client_overhead.py", "--requests", "10", "--rounds", "1", "--concurrency", "1",
-                        cwd=tmp_path)
+    result = run_script(
+        "bench_client_overhead.py", "--requests", "10", "--rounds", "1", "--concurrency", "1", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
-    rows = {m.group(1): [float(x) for x in m.group(2).split()]
-            for m in re.finditer(r"^\s+1\s+(sentinel|naive)\s+([\d.\s]+?)\s+n=10$", result.stdout, re.M)}
+    rows = {
+        m.group(1): [float(x) for x in m.group(2).split()]
+        for m in re.finditer(r"^\s+1\s+(sentinel|naive)\s+([\d.\s]+?)\s+n=10$", result.stdout, re.M)
+    }
     assert set(rows) == {"sentinel", "naive"}, result.stdout
     for read_p50, read_p99, over_p50, over_p99 in rows.values():
         # TTFT can only exceed the server's injected 40 ms, and loopback costs well under 20 ms.
@@ -68,8 +72,19 @@ def test_gpu_check_without_torch_or_cuda_says_so_and_exits_2(tmp_path: Path) -> 
 @pytest.mark.embedded
 def test_embedded_adapter_benchmark_compares_both_sides(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
-    result = run_script("bench_embedded_adapter.py", "--requests", "2", "--warmup", "1", "--max-tokens", "4",
-                        "--threads", "1", cwd=tmp_path, timeout=240)
+    result = run_script(
+        "bench_embedded_adapter.py",
+        "--requests",
+        "2",
+        "--warmup",
+        "1",
+        "--max-tokens",
+        "4",
+        "--threads",
+        "1",
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr
     in_process = number(r"in-process llama-cpp\s+([\d.]+)", result.stdout)
     via_server = number(r"server via httpx\s+([\d.]+)", result.stdout)

@@ -117,17 +117,24 @@ def test_metadata_endpoints(sim):
 
 def test_stream_false_returns_one_object(sim):
     with httpx.Client(base_url=sim.url) as client:
-        body = client.post("/api/generate", json={"model": "smollm2:135m", "prompt": "x", "stream": False,
-                                                   "options": {"num_predict": 3}}).json()
+        body = client.post(
+            "/api/generate",
+            json={"model": "smollm2:135m", "prompt": "x", "stream": False, "options": {"num_predict": 3}},
+        ).json()
     assert body["done"] is True and body["response"] == "The sky looks" and body["eval_count"] == 3
 
 
 def test_openai_stream_shape(sim):
-    payload = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "x"}], "stream": True,
-               "max_tokens": 3, "stream_options": {"include_usage": True}}
+    payload = {
+        "model": "smollm2:135m",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": True,
+        "max_tokens": 3,
+        "stream_options": {"include_usage": True},
+    }
     with httpx.Client(base_url=sim.url) as client:
         text = client.post("/v1/chat/completions", json=payload).text
-    events = [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    events = [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -150,7 +157,9 @@ def test_one_slot_queues_the_second_request_outside_load_and_prefill(sim):
     # slot: the second one's wait for the first (~218 ms) shows in total_duration alone.
     assert first["load_duration"] < 20e6 and second["load_duration"] < 20e6
     assert 18e6 <= second["prompt_eval_duration"] <= 40e6
-    waited = second["total_duration"] - second["load_duration"] - second["prompt_eval_duration"] - second["eval_duration"]
+    waited = (
+        second["total_duration"] - second["load_duration"] - second["prompt_eval_duration"] - second["eval_duration"]
+    )
     assert waited > 150e6
 
 
@@ -204,8 +213,7 @@ def test_a_waiting_reload_holds_back_later_requests_for_the_resident_model(sim_s
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             await client.post("/api/chat", json=CHAT)  # resident with the default options
-            return await asyncio.gather(post(client, long, 0), post(client, other, 0.1),
-                                        post(client, long, 0.2))
+            return await asyncio.gather(post(client, long, 0), post(client, other, 0.1), post(client, long, 0.2))
 
     (_, first_done), (reload, reload_done), (later, later_done) = asyncio.run(scenario())
     assert reload_done < later_done  # the later request did not overtake the reload
@@ -256,7 +264,12 @@ def test_a_bad_ollama_keep_alive_env_is_refused():
     from conftest import REPO
 
     env = {**os.environ, "OLLAMA_KEEP_ALIVE": "soon", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "sentinel_exp.serve", "--engine", "simulated", "--port", "0"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "sentinel_exp.serve", "--engine", "simulated", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "invalid default keep_alive 'soon'" in done.stderr

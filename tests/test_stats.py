@@ -8,11 +8,23 @@ from sentinel_exp.stats import describe, error_breakdown, is_cold, open_loop_war
 def record(index, phase=MEASURED, ok=True, ttft=40.0, itl=5.0, tokens=5, load=0.1, error_class=None):
     chunk_times = [ttft + k * itl for k in range(tokens)] if ok else []
     e2e = chunk_times[-1] + 0.5 if ok else None
-    return RequestRecord(index=index, phase=phase, prompt_index=0, api="chat", ok=ok, ttfb_ms=ttft - 0.3,
-                         ttft_ms=ttft if ok else None, e2e_ms=e2e, chunk_times_ms=chunk_times,
-                         eval_count=tokens if ok else None, load_duration_ms=load, prompt_eval_duration_ms=30.0,
-                         eval_duration_ms=(tokens - 1) * itl, total_duration_ms=(e2e - 1.0) if ok else None,
-                         error_class=error_class)
+    return RequestRecord(
+        index=index,
+        phase=phase,
+        prompt_index=0,
+        api="chat",
+        ok=ok,
+        ttfb_ms=ttft - 0.3,
+        ttft_ms=ttft if ok else None,
+        e2e_ms=e2e,
+        chunk_times_ms=chunk_times,
+        eval_count=tokens if ok else None,
+        load_duration_ms=load,
+        prompt_eval_duration_ms=30.0,
+        eval_duration_ms=(tokens - 1) * itl,
+        total_duration_ms=(e2e - 1.0) if ok else None,
+        error_class=error_class,
+    )
 
 
 def test_describe_matches_numpy_percentiles():
@@ -60,5 +72,6 @@ def test_an_open_loop_that_could_not_keep_its_rate_says_so():
     assert open_loop_warnings({"queue_ms_p95": 15.0}, rate=2.0, concurrency=16) == []  # under 500 ms gap
     assert open_loop_warnings({"queue_ms_p95": 9.0}, rate=1000.0, concurrency=16) == []  # under 10 ms
     [warning] = open_loop_warnings({"queue_ms_p95": 2039.0}, rate=50.0, concurrency=2)
-    assert warning.startswith("arrivals at workload.rate=50/s outran 2 concurrent client(s): 5% of requests "
-                              "waited 2,039 ms or more")
+    assert warning.startswith(
+        "arrivals at workload.rate=50/s outran 2 concurrent client(s): 5% of requests waited 2,039 ms or more"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -76,7 +77,7 @@ def test_sample_count_matches_duration_over_interval():
     samples = run_sampler(s, (1.0, None))
     assert 18 <= len(samples) <= 22, len(samples)
     assert [x.index for x in samples] == list(range(len(samples)))
-    gaps = [b.mono_time - a.mono_time for a, b in zip(samples, samples[1:])]
+    gaps = [b.mono_time - a.mono_time for a, b in itertools.pairwise(samples)]
     assert all(g > 0 for g in gaps)
     assert sum(gaps) / len(gaps) == pytest.approx(0.05, abs=0.01)
     # every sample carries host CPU and memory from real psutil
@@ -241,10 +242,7 @@ def test_sampler_sees_a_grandchild_with_metered_discovery():
     # Default discovery budget: children are re-scanned only every few samples, yet the CPU of
     # a busy grandchild must show up in the tree's figures.
     busy = BUSY.format(s=2.5)
-    code = (
-        "import subprocess, sys, time; time.sleep(0.3)\n"
-        f"subprocess.run([sys.executable, '-c', {busy!r}])\n"
-    )
+    code = f"import subprocess, sys, time; time.sleep(0.3)\nsubprocess.run([sys.executable, '-c', {busy!r}])\n"
     parent = _spawn(code)
     try:
         s = Sampler(interval_s=0.1, server_pid=parent.pid, gpu=False)
@@ -429,7 +427,7 @@ def test_clock_reasons_fall_back_to_throttle_reasons():
 
 
 @pytest.mark.parametrize(
-    "nv, fragment, shutdowns",
+    ("nv", "fragment", "shutdowns"),
     [
         (FakeNvml(init_error=fake_nvml.NVMLError_LibraryNotFound), "not found", 0),
         (FakeNvml(init_error=fake_nvml.NVMLError_DriverNotLoaded), "not loaded", 0),
@@ -478,7 +476,7 @@ def test_energy_within_measured_phase_equals_scripted_delta():
     n = len(measured)
     assert n >= 9
     e0 = [x.gpus[0].energy_mj for x in measured]
-    assert [b - a for a, b in zip(e0, e0[1:])] == [1000.0] * (n - 1)  # one read per sample
+    assert [b - a for a, b in itertools.pairwise(e0)] == [1000.0] * (n - 1)  # one read per sample
     est = gpu_energy(samples, "measured")
     assert est.method == "counter"
     assert est.joules == pytest.approx((n - 1) * (1.0 + 3.0))
@@ -535,7 +533,7 @@ def test_library_not_found_run_goes_on():
     assert any("GPU telemetry unavailable" in n and "not found" in n for n in s.notes)
     m = summarize_telemetry(samples, output_tokens=100)
     assert "cpu_pct_mean" in m
-    assert not any(k.startswith("gpu") or k.startswith("energy") for k in m)
+    assert not any(k.startswith(("gpu", "energy")) for k in m)
     tags = environment_fingerprint(probe)
     assert tags["sentinel.gpu_available"] == "false"
     assert tags["sentinel.gpu_count"] == "0" and tags["sentinel.gpu_name"] == "none"
@@ -559,8 +557,19 @@ def _s(
     other=None,
 ) -> Sample:
     return Sample(
-        i, t0 + i * dt, 50.0 + i * dt, phase, cpu, cpu, 500.0 + i, 10.0, srv, rss,
-        client_cpu_pct=client, other_cpu_pct=other, gpus=tuple(gpus),
+        i,
+        t0 + i * dt,
+        50.0 + i * dt,
+        phase,
+        cpu,
+        cpu,
+        500.0 + i,
+        10.0,
+        srv,
+        rss,
+        client_cpu_pct=client,
+        other_cpu_pct=other,
+        gpus=tuple(gpus),
     )
 
 
@@ -598,12 +607,8 @@ def test_summary_host_metrics_and_omissions():
 
 def test_summary_multi_gpu_conventions():
     xs = [
-        _s(
-            0, gpus=[_g(0, 20, 1000, 100, 10_000, 50, 1000), _g(1, 60, 3000, 200, 20_000, 70, 2000)]
-        ),
-        _s(
-            1, gpus=[_g(0, 40, 1500, 150, 40_000, 55, 1200), _g(1, 80, 3500, 250, 60_000, 65, 1800)]
-        ),
+        _s(0, gpus=[_g(0, 20, 1000, 100, 10_000, 50, 1000), _g(1, 60, 3000, 200, 20_000, 70, 2000)]),
+        _s(1, gpus=[_g(0, 40, 1500, 150, 40_000, 55, 1200), _g(1, 80, 3500, 250, 60_000, 65, 1800)]),
     ]
     m = summarize_telemetry(xs, output_tokens=7)
     assert m["gpu_util_pct_mean"] == pytest.approx((40 + 60) / 2)  # mean over devices, then samples
@@ -652,7 +657,8 @@ def test_bystanders_count_by_their_share_of_the_machine():
 
 def test_summary_of_client_and_other_cpu():
     xs = [_s(0, "warmup", client=100.0, other=300.0)] + [
-        _s(i, client=c, other=o) for i, (c, o) in enumerate([(20.0, 0.0), (40.0, None), (60.0, 90.0)], 1)]
+        _s(i, client=c, other=o) for i, (c, o) in enumerate([(20.0, 0.0), (40.0, None), (60.0, 90.0)], 1)
+    ]
     m = summarize_telemetry(xs)
     assert m["client_cpu_pct_mean"] == pytest.approx(40.0) and m["client_cpu_pct_max"] == 60.0
     assert m["other_cpu_pct_mean"] == pytest.approx(45.0)
@@ -669,10 +675,7 @@ def test_energy_per_token_needs_both_positive():
 
 
 def test_series_points():
-    one = [
-        _s(i, cpu=10.0 * i, srv=5.0, rss=20.0, gpus=[_g(0, util=i, mem=100, power=60)])
-        for i in range(3)
-    ]
+    one = [_s(i, cpu=10.0 * i, srv=5.0, rss=20.0, gpus=[_g(0, util=i, mem=100, power=60)]) for i in range(3)]
     pts = series_points(one)
     assert all(isinstance(p, SeriesPoint) for p in pts)
     keys = {p.key for p in pts}
@@ -786,8 +789,6 @@ def test_telemetry_imports_without_heavy_dependencies():
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     stdlib = set(res["stdlib"])
-    foreign = [
-        m for m in res["new"] if m not in stdlib and m not in {"sentinel_exp", "psutil", "pynvml"}
-    ]
+    foreign = [m for m in res["new"] if m not in stdlib and m not in {"sentinel_exp", "psutil", "pynvml"}]
     assert foreign == [], foreign
     assert "sentinel_exp" in res["new"]

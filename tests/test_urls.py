@@ -8,27 +8,33 @@ from sentinel_exp.errors import ConfigError
 from sentinel_exp.servers import normalize_url, ollama_url_from_env
 
 
-@pytest.mark.parametrize("value, url", [
-    ("", "http://127.0.0.1:11434"),
-    ("127.0.0.1", "http://127.0.0.1:11434"),
-    ("0.0.0.0:8080", "http://127.0.0.1:8080"),
-    (":11500", "http://127.0.0.1:11500"),
-    ("'gpu-box:11434'", "http://gpu-box:11434"),  # Ollama strips quotes
-    ("http://gpu-box", "http://gpu-box"),  # a scheme without a port: its own port, 80
-    ("https://gpu-box", "https://gpu-box"),
-    ("http://gpu-box:8080/ollama", "http://gpu-box:8080/ollama"),
-    ("[::1]:9000", "http://[::1]:9000"),
-])
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("", "http://127.0.0.1:11434"),
+        ("127.0.0.1", "http://127.0.0.1:11434"),
+        ("0.0.0.0:8080", "http://127.0.0.1:8080"),
+        (":11500", "http://127.0.0.1:11500"),
+        ("'gpu-box:11434'", "http://gpu-box:11434"),  # Ollama strips quotes
+        ("http://gpu-box", "http://gpu-box"),  # a scheme without a port: its own port, 80
+        ("https://gpu-box", "https://gpu-box"),
+        ("http://gpu-box:8080/ollama", "http://gpu-box:8080/ollama"),
+        ("[::1]:9000", "http://[::1]:9000"),
+    ],
+)
 def test_ollama_host_is_read_as_ollama_reads_it(value: str, url: str) -> None:
     assert ollama_url_from_env({"OLLAMA_HOST": value}) == url
 
 
-@pytest.mark.parametrize("value, url", [
-    ("127.0.0.1:11577", "http://127.0.0.1:11577"),
-    ("localhost", "http://localhost:11434"),
-    ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
-    ("https://proxy.example/ollama/", "https://proxy.example/ollama"),  # a scheme keeps its own port
-])
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("127.0.0.1:11577", "http://127.0.0.1:11577"),
+        ("localhost", "http://localhost:11434"),
+        ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+        ("https://proxy.example/ollama/", "https://proxy.example/ollama"),  # a scheme keeps its own port
+    ],
+)
 def test_server_url_gets_a_scheme_and_keeps_its_path(value: str, url: str) -> None:
     assert normalize_url(value, "server.url") == url
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -39,7 +40,7 @@ class RequestSpec:
 class Clock:
     """Collects the trace events of one request."""
 
-    __slots__ = ("t0", "t_sent", "t_headers")
+    __slots__ = ("t0", "t_headers", "t_sent")
 
     def __init__(self) -> None:
         self.t0: int | None = None
@@ -90,8 +91,9 @@ def error_text(body: bytes) -> str:
     return str(err if err is not None else data)[:300]
 
 
-async def send_request(client: httpx.AsyncClient, spec: RequestSpec, record: RequestRecord,
-                       consume: Consume, arrival_ns: int | None = None) -> RequestRecord:
+async def send_request(
+    client: httpx.AsyncClient, spec: RequestSpec, record: RequestRecord, consume: Consume, arrival_ns: int | None = None
+) -> RequestRecord:
     """Send one streaming request and fill `record`; never raises except on cancellation.
     `arrival_ns` is when the request became due (default: now); the time until it goes onto
     the socket is its queue_ms."""

@@ -11,8 +11,9 @@ import httpx
 from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, TokenTimes
 
 
-def build_spec(api: str, model: str, prompt: str, prompt_index: int, system: str | None,
-               options: dict[str, Any], keep_alive: Any) -> RequestSpec:
+def build_spec(
+    api: str, model: str, prompt: str, prompt_index: int, system: str | None, options: dict[str, Any], keep_alive: Any
+) -> RequestSpec:
     body: dict[str, Any] = {"model": model, "stream": True}
     if api == "chat":
         messages = [{"role": "system", "content": system}] if system else []
@@ -74,7 +75,7 @@ async def consume_ndjson(response: httpx.Response, times: TokenTimes) -> None:
         arrived = time.perf_counter_ns()
         pending += data
         while (newline := pending.find(b"\n")) >= 0:
-            line, pending = pending[:newline], pending[newline + 1:]
+            line, pending = pending[:newline], pending[newline + 1 :]
             if line.strip() and _handle_line(line, arrived, times):
                 return
     # A last line without its newline still counts (the body ended, so it is complete).

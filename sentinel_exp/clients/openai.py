@@ -11,9 +11,15 @@ from httpx_sse import EventSource, SSEError
 
 from sentinel_exp.clients.common import RequestSpec, StreamFault, TokenTimes
 
-_OPTION_TO_OPENAI = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed",
-                     "stop": "stop", "presence_penalty": "presence_penalty",
-                     "frequency_penalty": "frequency_penalty"}
+_OPTION_TO_OPENAI = {
+    "num_predict": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
 
 
 def unsendable_options(options: dict[str, Any]) -> list[str]:
@@ -21,12 +27,22 @@ def unsendable_options(options: dict[str, Any]) -> list[str]:
     return sorted(name for name in options if name not in _OPTION_TO_OPENAI)
 
 
-def build_spec(model: str, prompt: str, prompt_index: int, system: str | None, options: dict[str, Any],
-               path: str = "/v1/chat/completions") -> RequestSpec:
+def build_spec(
+    model: str,
+    prompt: str,
+    prompt_index: int,
+    system: str | None,
+    options: dict[str, Any],
+    path: str = "/v1/chat/completions",
+) -> RequestSpec:
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": prompt})
-    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
-                            "stream_options": {"include_usage": True}}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     for name, value in options.items():
         if name in _OPTION_TO_OPENAI:
             body[_OPTION_TO_OPENAI[name]] = value
@@ -59,8 +75,9 @@ async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 # The first delta carries only the role: not a token (DESIGN.md section 4).
-                times.token(delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or "",
-                            arrived)
+                times.token(
+                    delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or "", arrived
+                )
                 if choice.get("finish_reason"):
                     record.done_reason = choice["finish_reason"]
                     finished_at = arrived

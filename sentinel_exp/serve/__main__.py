@@ -24,7 +24,6 @@ from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, FAULTS, SimSett
 from sentinel_exp.serve.keepalive import server_default_seconds
 
 
-
 def parse_faults(items: list[str]) -> dict[int, str]:
     faults: dict[int, str] = {}
     for item in items:
@@ -36,21 +35,40 @@ def parse_faults(items: list[str]) -> dict[int, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sentinel_exp.serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sentinel_exp.serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--engine", choices=("simulated", "llamacpp"), required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434, help="0 = any free port")
-    parser.add_argument("--parallel", type=int, default=None,
-                        help="generations at once; 0 = unlimited (default: 1 for llamacpp, 0 for simulated)")
-    parser.add_argument("--model", action="append", default=[], metavar="TAG[=GGUF]",
-                        help="model to serve (repeatable); llamacpp takes TAG=path/to/model.gguf")
-    parser.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
-                        help="stop when process PID is gone (used by the runner)")
-    parser.add_argument("--keep-alive", default=None, metavar="DURATION",
-                        help="keep_alive of requests that send none, as OLLAMA_KEEP_ALIVE sets it for "
-                             "Ollama: a Go duration ('5m', '30s') or seconds, negative = forever "
-                             "(default: $OLLAMA_KEEP_ALIVE, else 5m)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="generations at once; 0 = unlimited (default: 1 for llamacpp, 0 for simulated)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="TAG[=GGUF]",
+        help="model to serve (repeatable); llamacpp takes TAG=path/to/model.gguf",
+    )
+    parser.add_argument(
+        "--exit-with-parent",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="stop when process PID is gone (used by the runner)",
+    )
+    parser.add_argument(
+        "--keep-alive",
+        default=None,
+        metavar="DURATION",
+        help="keep_alive of requests that send none, as OLLAMA_KEEP_ALIVE sets it for "
+        "Ollama: a Go duration ('5m', '30s') or seconds, negative = forever "
+        "(default: $OLLAMA_KEEP_ALIVE, else 5m)",
+    )
     sim = parser.add_argument_group("simulated engine")
     sim.add_argument("--load-ms", type=float, default=SimSettings.load_ms)
     sim.add_argument("--ttft-ms", type=float, default=SimSettings.ttft_ms)
@@ -59,16 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--jitter-ms", type=float, default=SimSettings.jitter_ms)
     sim.add_argument("--seed", type=int, default=SimSettings.seed)
     sim.add_argument("--tokens", type=int, default=SimSettings.tokens, help="answer length when num_predict is not set")
-    sim.add_argument("--fault", action="append", default=[], metavar="N:KIND",
-                     help=f"make generation request N fail; KIND in {', '.join(FAULTS)}")
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="N:KIND",
+        help=f"make generation request N fail; KIND in {', '.join(FAULTS)}",
+    )
     return parser
 
 
 def build_engine(args: argparse.Namespace) -> tuple[Any, int]:
     if args.engine == "simulated":
-        settings = SimSettings(load_ms=args.load_ms, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms,
-                               prefill_ms_per_token=args.prefill_ms_per_token, jitter_ms=args.jitter_ms,
-                               seed=args.seed, tokens=args.tokens, faults=parse_faults(args.fault))
+        settings = SimSettings(
+            load_ms=args.load_ms,
+            ttft_ms=args.ttft_ms,
+            itl_ms=args.itl_ms,
+            prefill_ms_per_token=args.prefill_ms_per_token,
+            jitter_ms=args.jitter_ms,
+            seed=args.seed,
+            tokens=args.tokens,
+            faults=parse_faults(args.fault),
+        )
         tags = [m.partition("=")[0] for m in args.model] or list(DEFAULT_MODELS)
         return SimulatedEngine(settings, tags), 0 if args.parallel is None else args.parallel
     from sentinel_exp.serve.engines.llamacpp import EngineUnavailable, LlamaCppEngine
@@ -132,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         engine, parallel = build_engine(args)
         keep_alive_s = server_default_seconds(
-            args.keep_alive if args.keep_alive is not None else os.environ.get("OLLAMA_KEEP_ALIVE"))
+            args.keep_alive if args.keep_alive is not None else os.environ.get("OLLAMA_KEEP_ALIVE")
+        )
     except (ValueError, argparse.ArgumentTypeError) as exc:  # KeepAliveError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -151,15 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     sock.listen(2048)
     host, port = sock.getsockname()[:2]
 
-    app = create_app(engine, parallel=parallel, version=f"{__version__}-sentinel-{engine.name}",
-                     default_keep_alive_s=keep_alive_s)
+    app = create_app(
+        engine, parallel=parallel, version=f"{__version__}-sentinel-{engine.name}", default_keep_alive_s=keep_alive_s
+    )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
 
     async def serve() -> None:
         watcher = asyncio.create_task(_watch_parent(args.exit_with_parent, server)) if args.exit_with_parent else None
-        print(READY_PREFIX + json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid(),
-                                         "engine": engine.name}), flush=True)
+        print(
+            READY_PREFIX + json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid(), "engine": engine.name}),
+            flush=True,
+        )
         await server.serve(sockets=[sock])
         if watcher is not None:
             watcher.cancel()

@@ -12,8 +12,9 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,8 +23,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from sentinel_exp.serve import wire
-from sentinel_exp.serve.engine import (Engine, EngineError, Finished, GenerationRequest, RawLine,
-                                       Token)
+from sentinel_exp.serve.engine import Engine, EngineError, Finished, GenerationRequest, RawLine, Token
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds
 from sentinel_exp.serve.scheduler import DEFAULT_KEEP_ALIVE_S, ModelScheduler
 
@@ -94,8 +94,13 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 class OllamaApp:
-    def __init__(self, engine: Engine, parallel: int = 1, version: str = "0.0.0",
-                 default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        parallel: int = 1,
+        version: str = "0.0.0",
+        default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
+    ) -> None:
         self.engine = engine
         self.scheduler = ModelScheduler(engine, parallel=parallel, default_keep_alive_s=default_keep_alive_s)
         self.version = version
@@ -127,18 +132,26 @@ class OllamaApp:
             entry = self.scheduler.model_entry(resident.tag)
             size, size_vram = self.engine.loaded_size(resident.handle)
             if entry is not None:
-                models.append({
-                    **wire.tags_entry(entry),
-                    "size": size,
-                    "size_vram": size_vram,
-                    "expires_at": self.scheduler.ps_expires_at(resident),
-                    "context_length": resident.runner_options.get("num_ctx"),
-                })
+                models.append(
+                    {
+                        **wire.tags_entry(entry),
+                        "size": size,
+                        "size_vram": size_vram,
+                        "expires_at": self.scheduler.ps_expires_at(resident),
+                        "context_length": resident.runner_options.get("num_ctx"),
+                    }
+                )
         return JSONResponse({"models": models})
 
     async def openai_models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": m.tag, "object": "model", "created": 0, "owned_by": "library"} for m in self.engine.models()]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m.tag, "object": "model", "created": 0, "owned_by": "library"} for m in self.engine.models()
+                ],
+            }
+        )
 
     # --- generation -------------------------------------------------------------------------
 
@@ -178,10 +191,11 @@ class OllamaApp:
             else:
                 prompt = data.get("prompt") or ""
                 empty = prompt == ""
-                messages = ([{"role": "system", "content": data["system"]}] if data.get("system") else [])
+                messages = [{"role": "system", "content": data["system"]}] if data.get("system") else []
                 messages.append({"role": "user", "content": prompt})
-                gen = GenerationRequest(tag, messages=messages, prompt=prompt, raw=bool(data.get("raw")),
-                                        options=options)
+                gen = GenerationRequest(
+                    tag, messages=messages, prompt=prompt, raw=bool(data.get("raw")), options=options
+                )
         except BadRequest as exc:
             return error_json(str(exc), exc.status)
 
@@ -196,8 +210,7 @@ class OllamaApp:
             return await self._stream_ollama(api, tag, events)
         return await self._collect_ollama(api, tag, events)
 
-    async def _load_or_unload(self, api: str, tag: str, runner: dict[str, Any],
-                              keep_alive_s: float | None) -> Response:
+    async def _load_or_unload(self, api: str, tag: str, runner: dict[str, Any], keep_alive_s: float | None) -> Response:
         try:
             if keep_alive_s == 0:
                 await self.scheduler.unload_now(tag)
@@ -207,8 +220,9 @@ class OllamaApp:
             return error_json(str(exc), exc.status)
         return JSONResponse(wire.final_chunk(api, tag, "load", None))
 
-    async def _events(self, gen: GenerationRequest, runner: dict[str, Any], keep_alive_s: float | None,
-                      started_ns: int) -> AsyncIterator[tuple[Token | Finished | RawLine, dict[str, Any] | None]]:
+    async def _events(
+        self, gen: GenerationRequest, runner: dict[str, Any], keep_alive_s: float | None, started_ns: int
+    ) -> AsyncIterator[tuple[Token | Finished | RawLine, dict[str, Any] | None]]:
         """Engine events; the Finished one comes with Ollama's duration fields."""
         async with self.scheduler.admit(gen.model, runner, keep_alive_s) as admission:
             load_ns = admission.ready_ns - started_ns
@@ -233,13 +247,22 @@ class OllamaApp:
                 return wire.dumps(wire.final_chunk(api, tag, event.done_reason, timing)) + b"\n"
             return event.data
 
-        return await self._stream(events, encode, NDJSON,
-                                  error_line=lambda exc: wire.dumps({"error": str(exc)}) + b"\n",
-                                  error_response=lambda exc: error_json(str(exc), exc.status))
+        return await self._stream(
+            events,
+            encode,
+            NDJSON,
+            error_line=lambda exc: wire.dumps({"error": str(exc)}) + b"\n",
+            error_response=lambda exc: error_json(str(exc), exc.status),
+        )
 
-    async def _stream(self, events: AsyncIterator[Any], encode: Callable[[Any, Any], bytes], media_type: str,
-                      error_line: Callable[[EngineError], bytes],
-                      error_response: Callable[[EngineError], Response]) -> Response:
+    async def _stream(
+        self,
+        events: AsyncIterator[Any],
+        encode: Callable[[Any, Any], bytes],
+        media_type: str,
+        error_line: Callable[[EngineError], bytes],
+        error_response: Callable[[EngineError], Response],
+    ) -> Response:
         """An engine failure before the first token is an HTTP error; after it, one error line."""
         try:
             event, timing = await events.__anext__()
@@ -282,15 +305,17 @@ class OllamaApp:
             messages = data.get("messages")
             if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
                 raise BadRequest("messages must be a non-empty array of objects")
-            options = wire.validate_options({
-                "num_predict": data.get("max_completion_tokens", data.get("max_tokens")),
-                "temperature": data.get("temperature"),
-                "top_p": data.get("top_p"),
-                "seed": data.get("seed"),
-                "stop": [data["stop"]] if isinstance(data.get("stop"), str) else data.get("stop"),
-                "frequency_penalty": data.get("frequency_penalty"),
-                "presence_penalty": data.get("presence_penalty"),
-            })
+            options = wire.validate_options(
+                {
+                    "num_predict": data.get("max_completion_tokens", data.get("max_tokens")),
+                    "temperature": data.get("temperature"),
+                    "top_p": data.get("top_p"),
+                    "seed": data.get("seed"),
+                    "stop": [data["stop"]] if isinstance(data.get("stop"), str) else data.get("stop"),
+                    "frequency_penalty": data.get("frequency_penalty"),
+                    "presence_penalty": data.get("presence_penalty"),
+                }
+            )
         except (BadRequest, wire.OptionTypeError) as exc:
             status = getattr(exc, "status", 400)
             return JSONResponse(wire.openai_error(str(exc)), status_code=status)
@@ -328,32 +353,49 @@ class OllamaApp:
             return out
 
         return await self._stream(
-            events, encode, SSE, error_line=lambda exc: wire.sse(wire.openai_error(str(exc), "api_error")),
-            error_response=lambda exc: JSONResponse(wire.openai_error(str(exc), "api_error"), status_code=exc.status))
+            events,
+            encode,
+            SSE,
+            error_line=lambda exc: wire.sse(wire.openai_error(str(exc), "api_error")),
+            error_response=lambda exc: JSONResponse(wire.openai_error(str(exc), "api_error"), status_code=exc.status),
+        )
 
-    async def _collect_openai(self, events: AsyncIterator[Any], request_id: str, created: int,
-                              tag: str) -> Response:
+    async def _collect_openai(self, events: AsyncIterator[Any], request_id: str, created: int, tag: str) -> Response:
         text: list[str] = []
         try:
             async for event, _ in events:
                 if isinstance(event, Token) and not event.thinking:
                     text.append(event.text)
                 elif isinstance(event, Finished):
-                    return JSONResponse({
-                        "id": request_id, "object": "chat.completion", "created": created, "model": tag,
-                        "system_fingerprint": "fp_sentinel",
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                                     "finish_reason": event.done_reason}],
-                        "usage": wire.openai_usage(event),
-                    })
+                    return JSONResponse(
+                        {
+                            "id": request_id,
+                            "object": "chat.completion",
+                            "created": created,
+                            "model": tag,
+                            "system_fingerprint": "fp_sentinel",
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": {"role": "assistant", "content": "".join(text)},
+                                    "finish_reason": event.done_reason,
+                                }
+                            ],
+                            "usage": wire.openai_usage(event),
+                        }
+                    )
         except EngineError as exc:
             return JSONResponse(wire.openai_error(str(exc), "api_error"), status_code=exc.status)
         return JSONResponse(wire.openai_error("generation ended without a result", "api_error"), status_code=500)
 
 
-def create_app(engine: Engine, parallel: int = 1, version: str = "0.0.0",
-               on_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
-               default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> Starlette:
+def create_app(
+    engine: Engine,
+    parallel: int = 1,
+    version: str = "0.0.0",
+    on_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
+    default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
+) -> Starlette:
     api = OllamaApp(engine, parallel=parallel, version=version, default_keep_alive_s=default_keep_alive_s)
     routes = [
         Route("/", api.root, methods=["GET", "HEAD"]),
@@ -366,6 +408,7 @@ def create_app(engine: Engine, parallel: int = 1, version: str = "0.0.0",
         Route("/v1/chat/completions", api.openai_chat, methods=["POST"]),
         Route("/v1/models", api.openai_models, methods=["GET"]),
     ]
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield

@@ -7,8 +7,9 @@ this, so the two servers answer with exactly the same shapes.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
 
 # Options Ollama fixes when the model is loaded; a request with other values reloads it.
 RUNNER_OPTION_KEYS = ("num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap")

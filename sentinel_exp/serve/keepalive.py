@@ -46,7 +46,9 @@ def parse_go_duration(text: str) -> float:
     while pos < len(raw):
         match = _COMPONENT.match(raw, pos)
         if match is None:
-            raise KeepAliveError(f"invalid duration {text!r} (a Go duration such as '5m', '30s', '-1m'; or a number of seconds)")
+            raise KeepAliveError(
+                f"invalid duration {text!r} (a Go duration such as '5m', '30s', '-1m'; or a number of seconds)"
+            )
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     return sign * total
@@ -83,6 +85,8 @@ def server_default_seconds(text: str | None) -> float:
         try:
             seconds = float(int(raw))
         except ValueError:
-            raise KeepAliveError(f"invalid default keep_alive {text!r} (a Go duration such as '5m' or "
-                                 f"'30s', or whole seconds; negative = forever)") from None
+            raise KeepAliveError(
+                f"invalid default keep_alive {text!r} (a Go duration such as '5m' or "
+                f"'30s', or whole seconds; negative = forever)"
+            ) from None
     return FOREVER if seconds < 0 else seconds

@@ -8,7 +8,8 @@ embedded server must see the same prompt_eval_count and prefill cost that Ollama
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 DEFAULT_NUM_KEEP = 4  # Ollama's api.DefaultOptions
 
@@ -23,8 +24,9 @@ def prompt_limit(n_ctx: int, n_keep: int) -> int:
     return n_ctx - max((n_ctx - n_keep) // 2, 1)
 
 
-def fit_prompt(tokens: Sequence[T], n_ctx: int, num_keep: int = DEFAULT_NUM_KEEP,
-               starts_with_bos: bool = True) -> list[T]:
+def fit_prompt(
+    tokens: Sequence[T], n_ctx: int, num_keep: int = DEFAULT_NUM_KEEP, starts_with_bos: bool = True
+) -> list[T]:
     """The prompt as Ollama would evaluate it: unchanged when it fits in n_ctx - 1 tokens."""
     full_limit = n_ctx - 1
     if n_ctx <= 1 or len(tokens) <= full_limit:
@@ -35,4 +37,4 @@ def fit_prompt(tokens: Sequence[T], n_ctx: int, num_keep: int = DEFAULT_NUM_KEEP
     n_keep = min(n_keep, full_limit)
     limit = prompt_limit(n_ctx, n_keep)
     discard = len(tokens) - limit
-    return [*tokens[:n_keep], *tokens[n_keep + discard:]]
+    return [*tokens[:n_keep], *tokens[n_keep + discard :]]

@@ -18,9 +18,10 @@ import datetime as dt
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from sentinel_exp.serve.engine import Engine, ModelEntry
 
@@ -53,8 +54,7 @@ class Admission:
 
 
 class ModelScheduler:
-    def __init__(self, engine: Engine, parallel: int = 1,
-                 default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> None:
+    def __init__(self, engine: Engine, parallel: int = 1, default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> None:
         self.engine = engine
         self.default_keep_alive_s = default_keep_alive_s
         self._slots = asyncio.Semaphore(parallel) if parallel > 0 else None
@@ -74,8 +74,9 @@ class ModelScheduler:
         return next((m for m in self.engine.models() if m.tag == tag), None)
 
     @asynccontextmanager
-    async def admit(self, tag: str, runner_options: dict[str, Any],
-                    keep_alive_s: float | None) -> AsyncIterator[Admission]:
+    async def admit(
+        self, tag: str, runner_options: dict[str, Any], keep_alive_s: float | None
+    ) -> AsyncIterator[Admission]:
         # As in Ollama: the model first (its wait and load are the request's load_duration),
         # then a generation slot (a wait in no duration but total_duration). A request holding
         # the model while it waits for a slot keeps a reload waiting, like Ollama's refCount.
@@ -95,8 +96,7 @@ class ModelScheduler:
         finally:
             await self._release()
 
-    async def load_only(self, tag: str, runner_options: dict[str, Any],
-                        keep_alive_s: float | None) -> bool:
+    async def load_only(self, tag: str, runner_options: dict[str, Any], keep_alive_s: float | None) -> bool:
         """The empty-prompt request: load (or refresh) the model; returns whether it loaded.
         It generates nothing, so it takes the model but never waits for a generation slot."""
         admission = await self._acquire_model(tag, runner_options, keep_alive_s)
@@ -115,8 +115,7 @@ class ModelScheduler:
             else:
                 resident.keep_alive_s = 0.0
 
-    async def _acquire_model(self, tag: str, runner_options: dict[str, Any],
-                             keep_alive_s: float | None) -> Admission:
+    async def _acquire_model(self, tag: str, runner_options: dict[str, Any], keep_alive_s: float | None) -> Admission:
         waited_ns = 0
         wants_reload = False  # whether this request counts in self._reloads_waiting
         async with self._state:
@@ -136,8 +135,7 @@ class ModelScheduler:
                         self._cancel_expiry()
                         if keep_alive_s is not None:
                             current.keep_alive_s = keep_alive_s
-                        return Admission(current, time.perf_counter_ns(), was_loaded=False,
-                                         blocked_until_ns=waited_ns)
+                        return Admission(current, time.perf_counter_ns(), was_loaded=False, blocked_until_ns=waited_ns)
                     # A newcomer does not overtake reloads already waiting for this moment.
                     if not fits and self._active == 0 and (wants_reload or self._reloads_waiting == 0):
                         break
@@ -152,12 +150,19 @@ class ModelScheduler:
                     self._state.notify_all()  # requests held back for this one may go now
             previous = self._resident
             if previous is not None:
-                await self._unload_locked(f"replaced by {tag}" if previous.tag != tag else
-                                          f"runner options changed: {_changed(previous.runner_options, runner_options)}")
+                await self._unload_locked(
+                    f"replaced by {tag}"
+                    if previous.tag != tag
+                    else f"runner options changed: {_changed(previous.runner_options, runner_options)}"
+                )
             started = time.perf_counter_ns()
             handle = await self.engine.load(tag, runner_options)
-            log.info("loaded %s in %.1f ms (runner options %s)", tag, (time.perf_counter_ns() - started) / 1e6,
-                     runner_options or "default")
+            log.info(
+                "loaded %s in %.1f ms (runner options %s)",
+                tag,
+                (time.perf_counter_ns() - started) / 1e6,
+                runner_options or "default",
+            )
             keep = self.default_keep_alive_s if keep_alive_s is None else keep_alive_s
             self._resident = Resident(tag, dict(runner_options), handle, keep, loaded_ns=time.perf_counter_ns())
             self._active += 1
@@ -174,8 +179,9 @@ class ModelScheduler:
                     await self._unload_locked("keep_alive 0")
                 elif math.isfinite(keep):
                     resident.expires_at_wall = time.time() + keep
-                    self._expiry = asyncio.get_running_loop().call_later(keep, self._on_expiry, resident,
-                                                                         self._expiry_generation)
+                    self._expiry = asyncio.get_running_loop().call_later(
+                        keep, self._on_expiry, resident, self._expiry_generation
+                    )
             self._state.notify_all()
 
     def _on_expiry(self, resident: Resident, generation: int) -> None:
@@ -211,10 +217,7 @@ class ModelScheduler:
     def ps_expires_at(self, resident: Resident) -> str:
         """RFC 3339 expiry as /api/ps shows it; far future for "forever" or in use."""
         far_future = dt.datetime(2318, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-        if resident.expires_at_wall is not None:
-            when = resident.expires_at_wall
-        else:
-            when = time.time() + resident.keep_alive_s
+        when = resident.expires_at_wall if resident.expires_at_wall is not None else time.time() + resident.keep_alive_s
         return dt.datetime.fromtimestamp(min(when, far_future), tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 

@@ -13,18 +13,46 @@ from typing import Any
 from sentinel_exp.serve.engine import Finished, ModelEntry
 
 # Ollama's option names and the JSON types it accepts for them (api/types.go Options/Runner).
+_INT_OPTIONS = (
+    "num_keep",
+    "seed",
+    "num_predict",
+    "top_k",
+    "repeat_last_n",
+    "mirostat",
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "num_thread",
+)
+_FLOAT_OPTIONS = (
+    "tfs_z",
+    "typical_p",
+    "top_p",
+    "min_p",
+    "temperature",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "mirostat_tau",
+    "mirostat_eta",
+)
+_BOOL_OPTIONS = ("penalize_newline", "numa", "low_vram", "f16_kv", "vocab_only", "use_mmap", "use_mlock")
 OPTION_TYPES: dict[str, type] = {
-    **{k: int for k in ("num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "mirostat",
-                        "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread")},
-    **{k: float for k in ("tfs_z", "typical_p", "top_p", "min_p", "temperature", "repeat_penalty",
-                          "presence_penalty", "frequency_penalty", "mirostat_tau", "mirostat_eta")},
-    **{k: bool for k in ("penalize_newline", "numa", "low_vram", "f16_kv", "vocab_only",
-                         "use_mmap", "use_mlock")},
+    **dict.fromkeys(_INT_OPTIONS, int),
+    **dict.fromkeys(_FLOAT_OPTIONS, float),
+    **dict.fromkeys(_BOOL_OPTIONS, bool),
     "stop": list,
 }
 
 RUNNER_DEFAULTS: dict[str, Any] = {
-    "num_ctx": 2048, "num_batch": 512, "num_gpu": -1, "main_gpu": 0, "num_thread": 0, "use_mmap": None,
+    "num_ctx": 2048,
+    "num_batch": 512,
+    "num_gpu": -1,
+    "main_gpu": 0,
+    "num_thread": 0,
+    "use_mmap": None,
 }
 
 _TYPE_WORDS = {int: "integer", float: "float32", bool: "boolean", list: "array"}
@@ -83,8 +111,12 @@ def durations(finished: Finished, load_ns: int, total_ns: int) -> dict[str, Any]
 
 
 def generate_chunk(model: str, text: str, thinking: bool = False) -> dict[str, Any]:
-    chunk: dict[str, Any] = {"model": model, "created_at": now_rfc3339(), "response": "" if thinking else text,
-                             "done": False}
+    chunk: dict[str, Any] = {
+        "model": model,
+        "created_at": now_rfc3339(),
+        "response": "" if thinking else text,
+        "done": False,
+    }
     if thinking:
         chunk["thinking"] = text
     return chunk
@@ -97,8 +129,9 @@ def chat_chunk(model: str, text: str, thinking: bool = False) -> dict[str, Any]:
     return {"model": model, "created_at": now_rfc3339(), "message": message, "done": False}
 
 
-def final_chunk(api: str, model: str, done_reason: str, timing: dict[str, Any] | None,
-                text: str = "") -> dict[str, Any]:
+def final_chunk(
+    api: str, model: str, done_reason: str, timing: dict[str, Any] | None, text: str = ""
+) -> dict[str, Any]:
     """The done:true object; `text` is the whole answer for stream:false responses."""
     chunk: dict[str, Any] = {"model": model, "created_at": now_rfc3339()}
     if api == "chat":
@@ -152,8 +185,10 @@ def show_response(entry: ModelEntry) -> dict[str, Any]:
 
 # --- OpenAI-compatible shapes (/v1/chat/completions) -------------------------------------
 
-def openai_chunk(request_id: str, created: int, model: str, delta: dict[str, Any],
-                 finish_reason: str | None) -> dict[str, Any]:
+
+def openai_chunk(
+    request_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None
+) -> dict[str, Any]:
     return {
         "id": request_id,
         "object": "chat.completion.chunk",

@@ -56,7 +56,7 @@ class SystemProbe:
             return None
         per_core: list[float] = []
         busy_sum = total_sum = 0.0
-        for (b0, t0), (b1, t1) in zip(prev, now):
+        for (b0, t0), (b1, t1) in zip(prev, now, strict=False):
             db, dt = max(0.0, b1 - b0), max(0.0, t1 - t0)
             busy_sum += db
             total_sum += dt
@@ -196,9 +196,7 @@ class ProcessTreeProbe:
         pct = None if not dt or dt <= 0 else 100.0 * cpu_delta / dt
         return ProcessTreeReading(pct, rss / _MB, len(seen))
 
-    def _cpu_delta(
-        self, key: tuple[int, float], cpu_s: float, born: float, wall: float, dt: float | None
-    ) -> float:
+    def _cpu_delta(self, key: tuple[int, float], cpu_s: float, born: float, wall: float, dt: float | None) -> float:
         prev = self._cpu_prev.get(key)
         if prev is not None:
             return max(0.0, cpu_s - prev)
@@ -211,9 +209,7 @@ class ProcessTreeProbe:
 
     # Each backend returns [((pid, start), cpu_seconds, rss_bytes, birth_wall_time)], or None
     # when the root is gone.
-    def _read_procfs(
-        self, discover: bool
-    ) -> list[tuple[tuple[int, float], float, int, float]] | None:
+    def _read_procfs(self, discover: bool) -> list[tuple[tuple[int, float], float, int, float]] | None:
         if discover:
             table = _scan_proc()
             kids: dict[int, list[int]] = {}
@@ -237,9 +233,7 @@ class ProcessTreeProbe:
             if st is not None
         ]
 
-    def _read_psutil(
-        self, discover: bool
-    ) -> list[tuple[tuple[int, float], float, int, float]] | None:
+    def _read_psutil(self, discover: bool) -> list[tuple[tuple[int, float], float, int, float]] | None:
         if discover:
             try:
                 root = self._members.get(self.pid) or psutil.Process(self.pid)

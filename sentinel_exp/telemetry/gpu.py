@@ -178,7 +178,7 @@ class GpuProbe:
             return ()
         return tuple(
             GpuReading(dev.index, **{f: self._field(dev.index, h, f) for f in _FIELDS})
-            for dev, h in zip(self.devices, self._handles)
+            for dev, h in zip(self.devices, self._handles, strict=False)
         )
 
     def _field(self, idx: int, handle: Any, field: str) -> Any:

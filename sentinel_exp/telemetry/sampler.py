@@ -80,9 +80,7 @@ class Sampler:
         self._own = OwnProcessProbe()
         self._n_cpus = psutil.cpu_count() or 1
         self._tree = (
-            ProcessTreeProbe(server_pid, clock=clock, discovery_budget=discovery_budget)
-            if server_pid
-            else None
+            ProcessTreeProbe(server_pid, clock=clock, discovery_budget=discovery_budget) if server_pid else None
         )
         self._lock = threading.Lock()
         self._stop_evt = threading.Event()

@@ -10,6 +10,7 @@ With one GPU all of these are simply that GPU's values.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, TypeGuard
@@ -40,9 +41,7 @@ def _select(samples: Iterable[Sample], phase: str | None) -> list[Sample]:
     return [s for s in samples if phase is None or s.phase == phase]
 
 
-def _agg(
-    gpus: Sequence[GpuReading], field: str, how: Callable[[list[float]], float]
-) -> float | None:
+def _agg(gpus: Sequence[GpuReading], field: str, how: Callable[[list[float]], float]) -> float | None:
     vals = [v for v in (getattr(g, field) for g in gpus) if _ok(v)]
     return how(vals) if vals else None
 
@@ -59,8 +58,15 @@ _GPU_AGG: tuple[tuple[str, str, Callable[[list[float]], float]], ...] = (
     ("gpu_temp_c", "temp_c", max),
     ("gpu_sm_clock_mhz", "sm_clock_mhz", _mean),
 )
-_HOST_SERIES = ("cpu_pct", "cpu_pct_max_core", "mem_used_mb", "server_cpu_pct", "server_rss_mb", "client_cpu_pct",
-                "other_cpu_pct")
+_HOST_SERIES = (
+    "cpu_pct",
+    "cpu_pct_max_core",
+    "mem_used_mb",
+    "server_cpu_pct",
+    "server_rss_mb",
+    "client_cpu_pct",
+    "other_cpu_pct",
+)
 
 
 def gpu_energy(samples: Sequence[Sample], phase: str | None = "measured") -> EnergyEstimate:
@@ -84,9 +90,7 @@ def gpu_energy(samples: Sequence[Sample], phase: str | None = "measured") -> Ene
             continue
         power = [(t, g.power_w) for t, g in points if _ok(g.power_w)]
         if len(power) >= 2:
-            total += sum(
-                (t1 - t0) * (p0 + p1) / 2.0 for (t0, p0), (t1, p1) in zip(power, power[1:])
-            )
+            total += sum((t1 - t0) * (p0 + p1) / 2.0 for (t0, p0), (t1, p1) in itertools.pairwise(power))
             methods.add("power_integral")
     if not methods:
         return EnergyEstimate(None, "none")
@@ -149,11 +153,9 @@ def series_points(samples: Sequence[Sample], phase: str | None = None) -> list[S
             values += [(stem, _agg(s.gpus, field, how)) for stem, field, how in _GPU_AGG]
             if multi:
                 values += [
-                    (f"gpu{g.index}{stem[3:]}", getattr(g, field))
-                    for g in s.gpus
-                    for stem, field, _ in _GPU_AGG
+                    (f"gpu{g.index}{stem[3:]}", getattr(g, field)) for g in s.gpus for stem, field, _ in _GPU_AGG
                 ]
-        ts = int(round(s.wall_time * 1000.0))
+        ts = round(s.wall_time * 1000.0)
         pts += [SeriesPoint(k, float(v), ts, s.index) for k, v in values if _ok(v)]
     return pts
 
@@ -184,10 +186,12 @@ def contention_warnings(metrics: Mapping[str, float], n_cpus: int) -> list[str]:
         warnings.append(
             f"the load generator used {client:.0f}% of a core on average while measuring: it may be the "
             "bottleneck, and its own queueing is inside the latencies (lower workload.concurrency or "
-            "workload.rate)")
+            "workload.rate)"
+        )
     other = metrics.get("other_cpu_pct_mean")
     if other is not None and other >= max(OTHER_BUSY_MIN_PCT, 100.0 * OTHER_BUSY_SHARE * n_cpus):
         warnings.append(
             f"other processes kept {other:.0f}% of a core busy on average (of {100 * n_cpus}% on "
-            f"{n_cpus} cores) while measuring: the latencies may include contention with them")
+            f"{n_cpus} cores) while measuring: the latencies may include contention with them"
+        )
     return warnings

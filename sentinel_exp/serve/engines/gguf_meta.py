@@ -20,17 +20,56 @@ from typing import Any
 GGUF_MAGIC = b"GGUF"
 
 # GGUF value type → struct format of one scalar (8 = string, 9 = array are handled apart).
-_SCALARS: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                            10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS: dict[int, str] = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 
 # llama.cpp's llama_ftype values, named as Ollama names them (fs/ggml FileType.String).
 FILE_TYPES: dict[int, str] = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
-    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
-    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4",
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4",
 }
 
 
@@ -106,7 +145,7 @@ class _Reader:
 
     def string(self) -> str:
         n = self.scalar("<Q")
-        raw = self.buf[self.pos:self.pos + n]
+        raw = self.buf[self.pos : self.pos + n]
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
@@ -160,9 +199,12 @@ def read_gguf(path: Path) -> GGUFInfo:
         except struct.error as exc:
             raise GGUFError(f"{path}: truncated GGUF header ({exc})") from None
     file_type = kv.get("general.file_type")
-    return GGUFInfo(architecture=str(kv.get("general.architecture", "unknown")),
-                    parameter_count=int(kv.get("general.parameter_count") or params),
-                    file_type=int(file_type) if file_type is not None else None, kv=kv)
+    return GGUFInfo(
+        architecture=str(kv.get("general.architecture", "unknown")),
+        parameter_count=int(kv.get("general.parameter_count") or params),
+        file_type=int(file_type) if file_type is not None else None,
+        kv=kv,
+    )
 
 
 def file_sha256(path: Path, chunk: int = 4 << 20) -> str:

