@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sentinel_exp import eventloop
 from sentinel_exp.clients import ollama
 from sentinel_exp.clients.common import send_request
-from sentinel_exp.records import MEASURED, RequestRecord
+from sentinel_exp.names import Phase
+from sentinel_exp.records import RequestRecord
 
 READY = "SENTINEL_SERVER_READY "
 MODEL = "smollm2:135m"
@@ -69,7 +70,7 @@ def start_server(ttft_ms: float, itl_ms: float) -> tuple[subprocess.Popen[str], 
 async def sentinel_one(client: httpx.AsyncClient, first_token_abs: list[int]) -> tuple[float, float]:
     """(read latency ms, ttft ms) for sentinel-exp's client."""
     spec = ollama.build_spec("chat", MODEL, "hello", 0, None, {"num_predict": 8}, None)
-    record = RequestRecord(index=0, phase=MEASURED, prompt_index=0, api="chat")
+    record = RequestRecord(index=0, phase=Phase.MEASURED, prompt_index=0, api="chat")
     stamps: dict[str, int] = {}
 
     async def consume(response: httpx.Response, times: object) -> None:

@@ -26,8 +26,9 @@ from sentinel_exp.config import config_problems, effective_options
 from sentinel_exp.errors import ConfigError, Interrupted, UserError
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
+from sentinel_exp.names import Phase, RunStatus
 from sentinel_exp.preflight import ModelFacts, placement, preflight
-from sentinel_exp.records import MEASURED, WARMUP, RecordWriter, RequestRecord
+from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
 from sentinel_exp.tracking import Tracker, config_hash, flatten
@@ -185,7 +186,7 @@ async def _measure(
     def sender(phase: str) -> Any:
         # The measured phase goes on through the prompts where warmup stopped: its first request
         # must not reuse the prompt the server has just cached (a prefill-free, flattering TTFT).
-        first_prompt = w.warmup if phase == MEASURED else 0
+        first_prompt = w.warmup if phase == Phase.MEASURED else 0
 
         async def send_one(index: int, arrival_ns: int, keep: OnRecord) -> None:
             spec = factory.spec(first_prompt + index)
@@ -203,18 +204,18 @@ async def _measure(
         out.records.append(record)
         progress.advance(record)
 
-    for phase, count in ((WARMUP, w.warmup), (MEASURED, w.requests)):
+    for phase, count in ((Phase.WARMUP, w.warmup), (Phase.MEASURED, w.requests)):
         if count <= 0 or stop.is_set():
             continue
         monitor.mark_phase(phase)
         progress.phase(phase, count)
         plan = PhasePlan(
-            requests=count, concurrency=w.concurrency, rate=w.rate if phase == MEASURED else None, seed=w.seed
+            requests=count, concurrency=w.concurrency, rate=w.rate if phase == Phase.MEASURED else None, seed=w.seed
         )
         duration_s = await run_phase(plan, sender(phase), on_record, stop)
-        if phase == MEASURED:
+        if phase == Phase.MEASURED:
             out.measured_s = duration_s
-    monitor.mark_phase("done")
+    monitor.mark_phase(Phase.DONE)
 
 
 async def run_async(cfg: DictConfig, ctx: RunContext) -> Outcome:
@@ -264,7 +265,7 @@ async def _tracked_run(
         **monitor.tags(),
     }
     run_id = tracker.start(run_name, tags) if tracker else None
-    status = "FAILED"
+    status = RunStatus.FAILED
     measurement = Measurement()
     metrics: dict[str, float] = {}
     warnings = list(factory.warnings)  # what may make these numbers mean less than they seem
@@ -282,7 +283,7 @@ async def _tracked_run(
             monitor.start()
             with ui.RunProgress(ui.want_progress(cfg.progress)) as progress:
                 await _measure(cfg, factory, client, writer, monitor, progress, signals.stop, measurement)
-            status = "KILLED" if signals.received else "FINISHED"
+            status = RunStatus.KILLED if signals.received else RunStatus.FINISHED
         finally:
             signals.uninstall()
             writer.close()

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-WARMUP = "warmup"
-MEASURED = "measured"
-CANCELLED = "Cancelled"
+from sentinel_exp.names import ErrorClass, Phase
 
 
 @dataclass
@@ -47,11 +45,11 @@ class RequestRecord:
 
     @property
     def measured(self) -> bool:
-        return self.phase == MEASURED
+        return self.phase == Phase.MEASURED
 
     @property
     def cancelled(self) -> bool:
-        return self.error_class == CANCELLED
+        return self.error_class == ErrorClass.CANCELLED
 
     def to_json(self) -> str:
         # vars(), not asdict(): no deep copy of chunk_times_ms on the event loop per record.

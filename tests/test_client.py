@@ -8,7 +8,8 @@ import pytest
 
 from sentinel_exp.clients import ollama, openai
 from sentinel_exp.clients.common import send_request
-from sentinel_exp.records import MEASURED, RequestRecord
+from sentinel_exp.names import Phase
+from sentinel_exp.records import RequestRecord
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ async def run_requests(url, api, count, concurrency=1, options=None, timeout_s=3
             else:
                 spec = ollama.build_spec(api, model, "why is the sky blue", 0, None, options, None)
                 consume = ollama.consume_ndjson
-            record = RequestRecord(index=i, phase=MEASURED, prompt_index=0, api=api)
+            record = RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=0, api=api)
             return await send_request(client, spec, record, consume)
 
         records = []
@@ -93,7 +94,7 @@ def test_cancellation_leaves_a_cancelled_record(sim_server_factory):
 
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url) as client:
-            record = RequestRecord(index=0, phase=MEASURED, prompt_index=0, api="chat")
+            record = RequestRecord(index=0, phase=Phase.MEASURED, prompt_index=0, api="chat")
             spec = ollama.build_spec("chat", "smollm2:135m", "x", 0, None, {"num_predict": 50}, None)
             task = asyncio.create_task(send_request(client, spec, record, ollama.consume_ndjson))
             await asyncio.sleep(0.3)
@@ -119,7 +120,7 @@ def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_f
 
             async def send_one(index, arrival_ns, keep):
                 spec = ollama.build_spec("chat", "smollm2:135m", "x", 0, None, {}, None)
-                record = RequestRecord(index=index, phase=MEASURED, prompt_index=0, api="chat")
+                record = RequestRecord(index=index, phase=Phase.MEASURED, prompt_index=0, api="chat")
                 await send_request(client, spec, record, ollama.consume_ndjson, arrival_ns)
                 keep(record)
 

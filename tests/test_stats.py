@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from sentinel_exp.records import MEASURED, WARMUP, RequestRecord
+from sentinel_exp.names import Phase
+from sentinel_exp.records import RequestRecord
 from sentinel_exp.stats import describe, error_breakdown, is_cold, open_loop_warnings, summarize
 
 
-def record(index, phase=MEASURED, ok=True, ttft=40.0, itl=5.0, tokens=5, load=0.1, error_class=None):
+def record(index, phase=Phase.MEASURED, ok=True, ttft=40.0, itl=5.0, tokens=5, load=0.1, error_class=None):
     chunk_times = [ttft + k * itl for k in range(tokens)] if ok else []
     e2e = chunk_times[-1] + 0.5 if ok else None
     return RequestRecord(
@@ -37,7 +38,7 @@ def test_describe_matches_numpy_percentiles():
 
 
 def test_warmup_failed_and_cancelled_requests_stay_out_of_latency():
-    records = [record(0, WARMUP, ttft=900.0, load=800.0), record(1, WARMUP, ttft=41.0)]
+    records = [record(0, Phase.WARMUP, ttft=900.0, load=800.0), record(1, Phase.WARMUP, ttft=41.0)]
     records += [record(i, ttft=40.0 + i) for i in range(10)]
     records += [record(10, ok=False, error_class="HTTP500"), record(11, ok=False, error_class="Cancelled")]
     m = summarize(records, measured_duration_s=2.0)
@@ -60,7 +61,7 @@ def test_warmup_failed_and_cancelled_requests_stay_out_of_latency():
 def test_cold_start_is_judged_on_server_load_duration():
     assert is_cold(record(0, load=300.0), 50.0) is True
     assert is_cold(record(0, load=2.0), 50.0) is False
-    assert is_cold(RequestRecord(index=0, phase=MEASURED, prompt_index=0, api="openai"), 50.0) is None
+    assert is_cold(RequestRecord(index=0, phase=Phase.MEASURED, prompt_index=0, api="openai"), 50.0) is None
     records = [record(0, load=300.0), record(1)]
     for r in records:
         r.cold = is_cold(r, 50.0)

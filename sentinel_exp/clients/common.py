@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 
-from sentinel_exp.records import CANCELLED, RequestRecord
+from sentinel_exp.names import ErrorClass
+from sentinel_exp.records import RequestRecord
 
 NS_PER_MS = 1_000_000
 
@@ -116,7 +117,7 @@ async def send_request(
             await consume(response, TokenTimes(record, t0))
             record.ok = record.e2e_ms is not None
             if not record.ok:
-                raise StreamFault("StreamCut", "stream ended before the final chunk")
+                raise StreamFault(ErrorClass.STREAM_CUT, "stream ended before the final chunk")
     except StreamFault as exc:
         record.error_class, record.error = exc.error_class, str(exc)
     except httpx.TimeoutException as exc:
@@ -125,10 +126,10 @@ async def send_request(
         record.error_class, record.error = type(exc).__name__, str(exc) or type(exc).__name__
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         # Well-formed JSON of the wrong shape (a list where an object belongs, a string duration).
-        record.error_class, record.error = "MalformedChunk", f"{type(exc).__name__}: {exc}"
+        record.error_class, record.error = ErrorClass.MALFORMED_CHUNK, f"{type(exc).__name__}: {exc}"
     except asyncio.CancelledError:
         record.ok = False
-        record.error_class, record.error = CANCELLED, "run stopped before the request finished"
+        record.error_class, record.error = ErrorClass.CANCELLED, "run stopped before the request finished"
         raise
     if record.error_class is not None:
         record.ok = False

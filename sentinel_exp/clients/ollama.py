@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, TokenTimes
+from sentinel_exp.names import ErrorClass
 
 
 def build_spec(
@@ -55,11 +56,11 @@ def _handle_line(line: bytes, arrived: int, times: TokenTimes) -> bool:
     try:
         chunk = json.loads(line)
     except json.JSONDecodeError:
-        raise StreamFault("MalformedChunk", f"not JSON: {line[:120]!r}") from None
+        raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not JSON: {line[:120]!r}") from None
     if not isinstance(chunk, dict):
-        raise StreamFault("MalformedChunk", f"not a JSON object: {line[:120]!r}")
+        raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not a JSON object: {line[:120]!r}")
     if "error" in chunk:
-        raise StreamFault("ServerError", str(chunk["error"]))
+        raise StreamFault(ErrorClass.SERVER_ERROR, str(chunk["error"]))
     times.token(_token_text(chunk), arrived)
     if chunk.get("done"):
         _apply_final(chunk, times)

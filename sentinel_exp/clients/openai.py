@@ -10,6 +10,7 @@ import httpx
 from httpx_sse import EventSource, SSEError
 
 from sentinel_exp.clients.common import RequestSpec, StreamFault, TokenTimes
+from sentinel_exp.names import ErrorClass
 
 _OPTION_TO_OPENAI = {
     "num_predict": "max_tokens",
@@ -61,12 +62,14 @@ async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
             try:
                 chunk = json.loads(event.data)
             except json.JSONDecodeError:
-                raise StreamFault("MalformedChunk", f"not JSON: {event.data[:120]!r}") from None
+                raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not JSON: {event.data[:120]!r}") from None
             if not isinstance(chunk, dict):
-                raise StreamFault("MalformedChunk", f"not a JSON object: {event.data[:120]!r}")
+                raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not a JSON object: {event.data[:120]!r}")
             if "error" in chunk:
                 err = chunk["error"]
-                raise StreamFault("ServerError", str(err.get("message", err) if isinstance(err, dict) else err))
+                raise StreamFault(
+                    ErrorClass.SERVER_ERROR, str(err.get("message", err) if isinstance(err, dict) else err)
+                )
             usage = chunk.get("usage")
             if usage:
                 record.prompt_eval_count = usage.get("prompt_tokens")
@@ -82,6 +85,6 @@ async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
                     record.done_reason = choice["finish_reason"]
                     finished_at = arrived
     except SSEError as exc:
-        raise StreamFault("MalformedChunk", str(exc)) from None
+        raise StreamFault(ErrorClass.MALFORMED_CHUNK, str(exc)) from None
     if finished_at:
         times.finished(finished_at)

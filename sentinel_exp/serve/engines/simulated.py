@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel_exp.names import FaultKind
 from sentinel_exp.serve.engine import (
     AbortConnection,
     EngineError,
@@ -28,7 +29,7 @@ from sentinel_exp.serve.engine import (
 from sentinel_exp.serve.engines.precise_timer import PreciseTimer
 
 DEFAULT_MODELS = ("smollm2:135m", "qwen2.5:0.5b", "llama3.2:1b", "tinyllama", "phi3:3.8b-mini-4k-instruct-q4_K_M")
-FAULTS = ("http_500", "http_503", "error_midstream", "cut_stream", "early_end", "malformed", "stall")
+FAULTS = tuple(FaultKind)
 # Faults that strike mid-stream do so after this many tokens, so a partial answer exists.
 FAULT_AFTER_TOKENS = 2
 _WORDS = (

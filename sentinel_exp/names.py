@@ -1,0 +1,69 @@
+"""The fixed vocabularies of sentinel-exp, as StrEnums: they compare equal to, print as and
+serialise as their plain string values, so records, tags and MLflow names are unchanged."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+
+class ServerKind(StrEnum):
+    """`server.kind`: AUTO resolves to one of the others before any request."""
+
+    AUTO = "auto"
+    OLLAMA = "ollama"
+    EMBEDDED = "embedded"
+    SIMULATED = "simulated"
+    OPENAI = "openai"
+
+
+class Api(StrEnum):
+    """The wire API a run speaks: Ollama's chat or generate, or OpenAI chat completions."""
+
+    CHAT = "chat"
+    GENERATE = "generate"
+    OPENAI = "openai"
+
+
+class Phase(StrEnum):
+    WARMUP = "warmup"
+    MEASURED = "measured"
+    DONE = "done"
+
+
+class ErrorClass(StrEnum):
+    """Error classes the client assigns itself; a failed request may also carry `HTTP<status>`
+    or the name of the httpx exception (ConnectError, ReadTimeout, ...)."""
+
+    STREAM_CUT = "StreamCut"
+    MALFORMED_CHUNK = "MalformedChunk"
+    SERVER_ERROR = "ServerError"
+    CANCELLED = "Cancelled"
+
+
+class FaultKind(StrEnum):
+    """Faults the simulated server can be scripted to inject."""
+
+    HTTP_500 = "http_500"
+    HTTP_503 = "http_503"
+    ERROR_MIDSTREAM = "error_midstream"
+    CUT_STREAM = "cut_stream"
+    EARLY_END = "early_end"
+    MALFORMED = "malformed"
+    STALL = "stall"
+
+
+class RunStatus(StrEnum):
+    """MLflow's terminal run statuses, as sentinel-exp sets them."""
+
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
