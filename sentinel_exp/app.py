@@ -12,7 +12,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
-from sentinel_exp.config import register_configs
+from sentinel_exp.cli_help import help_text, wants_help
+from sentinel_exp.config import register_configs, typed_config
 from sentinel_exp.errors import Interrupted, UserError
 
 
@@ -40,7 +41,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         overrides=list(hc.overrides.task),
     )
     try:
-        outcome = run(cfg, ctx)
+        outcome = run(typed_config(cfg), ctx)
     except UserError as exc:
         ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         if hc.mode != RunMode.MULTIRUN:
@@ -68,6 +69,11 @@ def _job_label(hc: Any) -> tuple[str, ...]:
 def main() -> None:
     register_configs()
     _stop_on_bad_overrides(sys.argv[1:])
+    if wants_help(sys.argv[1:]):
+        from sentinel_exp.overrides import command_line_overrides
+
+        print(help_text(config_dir(), command_line_overrides(sys.argv[1:])))
+        return
     _hydra_main()
     from sentinel_exp import console as ui
 

@@ -1,24 +1,58 @@
-"""Typed schema of the experiment config.
+"""Typed schema of the experiment config, its checks, and the one conversion from Hydra's tree.
 
-Hydra merges the YAML groups under conf/ onto these dataclasses, so a typo in a key or a
-value of the wrong type is rejected while composing, before any request is sent.
-Field names of `options` are Ollama option names, unchanged (DESIGN.md section 2).
+Hydra merges the YAML groups under conf/ onto these dataclasses, so a typo in a key or a value
+of the wrong type is rejected while composing. `typed_config` then converts the composed tree
+once into an `ExperimentConfig`; everything below the entry point takes these typed sections.
+Each section checks its own fields in `problems()`, next to their definitions. The string after
+each field is its one-line description, shown by `--help`. Field names of `options` are Ollama
+option names, unchanged.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import itertools
+import textwrap
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
-
+from sentinel_exp.errors import ConfigError
+from sentinel_exp.names import Api, ServerKind
 from sentinel_exp.serve.engines.simulated import FAULTS, SimSettings
+from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
+from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
 
-SERVER_KINDS = ("auto", "ollama", "embedded", "simulated", "openai")
-WORKLOAD_APIS = ("chat", "generate", "openai")
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+# OmegaConf's marker for a value that a config group must supply. OmegaConf itself is imported only
+# where Hydra's composed tree becomes typed objects (typed_config), so that the hardware check and
+# telemetry, which use these types, import without Hydra.
+MISSING = "???"
+
+# Free-form mappings are typed Any in the schema: a typed dict would make Hydra reject a whole new
+# mapping given on the command line (`server.sim.faults={3:http_500}`) as keys "not in struct".
+# `_mapping_problems` checks them instead.
+
+
+def _mapping_problems(path: str, value: Any) -> list[str]:
+    if value is not None and not isinstance(value, Mapping):
+        return [f"{path} must be a mapping like {{key: value}} (got {value!r})"]
+    return []
+
+
+def _keep_alive_problems(path: str, value: Any) -> list[str]:
+    try:
+        keep_alive_seconds(value)
+    except KeepAliveError as exc:
+        return [f"{path}: {exc}"]
+    return []
 
 
 @dataclass
@@ -27,117 +61,261 @@ class SimConfig:
 
     # Defaults are the server's own, so the runner and `python -m sentinel_exp.serve` agree.
     load_ms: float = SimSettings.load_ms
+    """Cold load time (first request, after keep_alive expiry, on a reload)."""
     ttft_ms: float = SimSettings.ttft_ms
+    """Warm time from request received to first token written."""
     itl_ms: float = SimSettings.itl_ms
+    """Time between tokens."""
     prefill_ms_per_token: float = SimSettings.prefill_ms_per_token
+    """Prefill time per uncached prompt token."""
     jitter_ms: float = SimSettings.jitter_ms
+    """Standard deviation of Gaussian noise on each delay; 0 = deterministic."""
     seed: int = SimSettings.seed
-    # Words per response when the request sets no num_predict.
+    """Seed of the jitter."""
     tokens: int = SimSettings.tokens
-    # Concurrent generations; 0 = unlimited (Ollama itself defaults to one slot).
+    """Answer length in tokens when the request sets no num_predict."""
     parallel: int = 0
-    # Scripted faults: generation request number (1-based, warmup included) -> fault kind.
-    # Typed Any (checked in config_problems) so that `server.sim.faults={3:http_500}` on the
-    # command line replaces the value; a typed dict would reject the new keys as "not in struct".
+    """Concurrent generations; 0 = unlimited (Ollama itself defaults to one slot)."""
     faults: Any = None
+    """Scripted faults: {request number (1-based, warmup included): fault kind}."""
+
+    def problems(self) -> list[str]:
+        problems = [
+            f"server.sim.{name} must be 0 or more"
+            for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms")
+            if getattr(self, name) < 0
+        ]
+        if self.tokens < 1:
+            problems.append(f"server.sim.tokens must be at least 1 (got {self.tokens})")
+        if self.parallel < 0:
+            problems.append(f"server.sim.parallel must be 0 (unlimited) or more (got {self.parallel})")
+        problems += _mapping_problems("server.sim.faults", self.faults)
+        for number, kind in (self.faults or {}).items() if isinstance(self.faults, Mapping) else ():
+            if not isinstance(number, int) or number < 1 or kind not in FAULTS:
+                problems.append(
+                    f"server.sim.faults: {number}: {kind} should be <request number>: one of {', '.join(FAULTS)}"
+                )
+        return problems
 
 
 @dataclass
 class ServerConfig:
-    kind: str = "auto"
-    # Base URL of an external server; null = resolve (OLLAMA_HOST for ollama, a free port for
-    # the servers that sentinel-exp starts itself).
+    kind: ServerKind = ServerKind.auto
+    """auto | ollama | embedded | simulated | openai (auto: Ollama if it answers, else embedded)."""
     url: str | None = None
+    """Base URL of an external server; null = OLLAMA_HOST for ollama, a free port for bundled servers."""
     startup_timeout_s: float = 60.0
-    # Extra GGUF files the embedded server can serve: {ollama_tag: path}.
-    models: Any = None  # Dict[str, str]; Any for the same reason as SimConfig.faults
-    # Process to watch for server CPU/RSS when the server is not ours (e.g. Ollama).
+    """Seconds a bundled server may take to start."""
+    models: Any = None
+    """Extra GGUF files the embedded server can serve: {ollama_tag: path}."""
     pid: int | None = None
-    api_key: str | None = None
-    # Default keep_alive of the bundled servers (embedded, simulated), for requests that send
-    # none: what OLLAMA_KEEP_ALIVE is to Ollama. A Go duration or seconds; null = Ollama's 5m.
-    keep_alive: Any | None = None
+    """Process to watch for server CPU/RSS when the server is not ours (null = found by its port)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key sent as a Bearer token (the key is never written)."""
+    keep_alive: Any = None
+    """Default keep_alive of the bundled servers, as OLLAMA_KEEP_ALIVE for Ollama; null = 5m."""
     sim: SimConfig = field(default_factory=SimConfig)
+
+    def problems(self) -> list[str]:
+        problems = self.sim.problems() + _mapping_problems("server.models", self.models)
+        try:
+            server_default_seconds(None if self.keep_alive is None else str(self.keep_alive))
+        except KeepAliveError as exc:
+            problems.append(f"server.keep_alive: {exc}")
+        if self.startup_timeout_s <= 0:
+            problems.append(f"server.startup_timeout_s must be positive (got {self.startup_timeout_s})")
+        if not self.api_key_env.strip():
+            problems.append("server.api_key_env is empty (the name of an environment variable, e.g. OPENAI_API_KEY)")
+        return problems
 
 
 @dataclass
 class ModelConfig:
-    # Ollama tag, e.g. "qwen2.5:0.5b".
     name: str = MISSING
+    """Ollama tag of the model, e.g. qwen2.5:0.5b."""
     description: str | None = None
+    """Free text, for people."""
+
+    def problems(self) -> list[str]:
+        return [] if self.name.strip() else ["model.name is empty"]
 
 
 @dataclass
 class OptionsConfig:
-    """Ollama `options`; null means "not sent", so the server's default applies."""
+    """Ollama `options`, every name Ollama knows (api/types.go); null means "not sent", so the
+    server's default applies."""
 
     num_ctx: int | None = None
+    """Context window in tokens (runner option: a change reloads the model)."""
     num_batch: int | None = None
+    """Prompt tokens processed per batch (runner option)."""
     num_predict: int | None = None
+    """Most tokens to generate; -1 = until the model stops."""
     num_thread: int | None = None
+    """CPU threads (runner option); more than the physical cores slows decoding."""
     num_gpu: int | None = None
+    """Layers offloaded to the GPU (runner option), not "use the GPU"; -1 = automatic."""
     main_gpu: int | None = None
+    """GPU for the layers that are not split (runner option)."""
     use_mmap: bool | None = None
+    """Memory-map the model file (runner option)."""
+    use_mlock: bool | None = None
+    """Lock the model in RAM (runner option)."""
+    numa: bool | None = None
+    """NUMA-aware placement (runner option)."""
+    low_vram: bool | None = None
+    """Save VRAM at some speed (runner option; older Ollama)."""
+    f16_kv: bool | None = None
+    """16-bit KV cache (older Ollama)."""
+    vocab_only: bool | None = None
+    """Load only the vocabulary (older Ollama)."""
+    num_keep: int | None = None
+    """Prompt tokens kept when the context overflows."""
     temperature: float | None = None
+    """Sampling temperature."""
     top_k: int | None = None
+    """Sample from the k most likely tokens."""
     top_p: float | None = None
+    """Nucleus sampling threshold."""
     min_p: float | None = None
+    """Minimum probability relative to the most likely token."""
+    typical_p: float | None = None
+    """Locally typical sampling."""
+    tfs_z: float | None = None
+    """Tail-free sampling (older Ollama)."""
     repeat_penalty: float | None = None
+    """Penalty on repeated tokens."""
+    repeat_last_n: int | None = None
+    """How far back the repeat penalty looks."""
+    presence_penalty: float | None = None
+    """Penalty on tokens already present."""
+    frequency_penalty: float | None = None
+    """Penalty by token frequency."""
+    penalize_newline: bool | None = None
+    """Apply the repeat penalty to newlines (older Ollama)."""
+    mirostat: int | None = None
+    """Mirostat sampling: 0 off, 1 or 2."""
+    mirostat_tau: float | None = None
+    """Mirostat target entropy."""
+    mirostat_eta: float | None = None
+    """Mirostat learning rate."""
     seed: int | None = None
+    """Sampling seed (reproducible answers)."""
     stop: list[str] | None = None
+    """Stop sequences."""
+
+    def chosen(self) -> dict[str, Any]:
+        """The options that are set (sent to the server)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass
 class HardwareConfig:
     name: str = "auto"
-    # null = no expectation; false = expect no GPU (cpu_only).
+    """Name of the expected-hardware profile."""
     expect_gpu: bool | None = None
+    """true = a GPU must be found, false = none may be (cpu_only), null = no expectation."""
     gpu_name_pattern: str | None = None
+    """Case-insensitive regex searched in the GPU's name."""
     min_vram_mb: int | None = None
-    # Options applied where the options group leaves them null.
-    recommended_options: Any = None  # Dict[str, Any]; see SimConfig.faults
+    """Least total VRAM in MiB, as NVML reports it."""
+    recommended_options: Any = None
+    """Ollama options applied where the options group leaves them null: {name: value}."""
+
+    def problems(self) -> list[str]:
+        problems = _mapping_problems("hardware.recommended_options", self.recommended_options)
+        if isinstance(self.recommended_options, Mapping):
+            recommended = dict(self.recommended_options)
+            problems += [
+                f"hardware.recommended_options.{name} is not an Ollama option"
+                for name in recommended
+                if name not in OPTION_TYPES
+            ]
+            try:
+                validate_options(recommended)
+            except OptionTypeError as exc:
+                problems.append(f"hardware.recommended_options: {exc}")
+        return problems
 
 
 @dataclass
 class WorkloadConfig:
-    api: str = "chat"
+    api: Api = Api.chat
+    """chat (/api/chat) | generate (/api/generate) | openai (/v1/chat/completions)."""
     requests: int = 20
+    """Requests in the measured phase."""
     warmup: int = 2
+    """Requests sent first and left out of the statistics."""
     concurrency: int = 1
-    # Requests per second (Poisson arrivals); null = closed loop.
+    """Requests in flight at once."""
     rate: float | None = None
+    """Requests per second with Poisson arrivals; null = closed loop."""
     prompts: list[str] = field(default_factory=lambda: ["Why is the sky blue? Answer briefly."])
+    """Prompts, cycled."""
     system: str | None = None
-    # Ollama keep_alive: seconds (number) or Go duration ("5m", "0", "-1"); null = not sent.
-    keep_alive: Any | None = None
+    """System prompt; null = none."""
+    keep_alive: Any = None
+    """Ollama keep_alive sent with each request: seconds or a Go duration; -1 = forever; null = not sent."""
     timeout_s: float = 120.0
-    # A request whose server load_duration exceeds this counts as a cold start.
+    """Read timeout of a request in seconds."""
     cold_load_ms: float = 50.0
+    """A request whose server load_duration exceeds this counts as a cold start."""
     seed: int = 0
+    """Seed of the Poisson arrivals."""
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.requests < 1:
+            problems.append(f"workload.requests must be at least 1 (got {self.requests})")
+        if self.warmup < 0:
+            problems.append(f"workload.warmup must be 0 or more (got {self.warmup})")
+        if self.concurrency < 1:
+            problems.append(f"workload.concurrency must be at least 1 (got {self.concurrency})")
+        if self.rate is not None and self.rate <= 0:
+            problems.append(f"workload.rate must be positive requests/s, or null for a closed loop (got {self.rate})")
+        if self.timeout_s <= 0:
+            problems.append(f"workload.timeout_s must be positive (got {self.timeout_s})")
+        if not self.prompts or any(not isinstance(p, str) or not p.strip() for p in self.prompts):
+            problems.append("workload.prompts must be a non-empty list of non-empty strings")
+        return problems + _keep_alive_problems("workload.keep_alive", self.keep_alive)
 
 
 @dataclass
 class TelemetryConfig:
     enabled: bool = True
+    """Sample CPU, memory and GPU during the run."""
     interval_s: float = 0.1
+    """Seconds between samples."""
     gpu: bool = True
-    # Write the raw samples as MLflow step metrics (batched).
+    """Sample the GPUs through NVML."""
     log_series: bool = True
+    """Write the raw samples as MLflow step metrics."""
+
+    def problems(self) -> list[str]:
+        return [] if self.interval_s > 0 else [f"telemetry.interval_s must be positive (got {self.interval_s})"]
 
 
 @dataclass
 class TrackingConfig:
     enabled: bool = True
+    """Log the run to MLflow."""
     uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI: a sqlite:/// store or an http(s):// tracking server."""
     experiment: str = "sentinel-exp"
-    # null = built from the config group choices.
+    """MLflow experiment name."""
     run_name: str | None = None
+    """Run name; null = named by what differs (the overrides) and the server."""
+
+    def problems(self) -> list[str]:
+        return [] if self.experiment.strip() else ["tracking.experiment is empty"]
 
 
 @dataclass
 class SweepConfig:
     name: str = "none"
+    """Name of the sweep preset."""
     description: str | None = None
+    """What the preset compares."""
 
 
 @dataclass
@@ -150,109 +328,112 @@ class ExperimentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    # Print progress bars; null = only when attached to a terminal and not in CI.
     progress: bool | None = None
+    """Progress bars; null = only on a terminal and not in CI."""
+
+    def problems(self) -> list[str]:
+        problems = self.server.problems() + self.model.problems() + self.hardware.problems()
+        problems += self.workload.problems() + self.telemetry.problems() + self.tracking.problems()
+        if self.server.kind == ServerKind.openai and self.workload.api == Api.generate:
+            problems.append("workload.api=generate needs an Ollama server; server=openai speaks /v1/chat/completions")
+        return problems
+
+    def effective_options(self) -> dict[str, Any]:
+        """Options sent to the server: the hardware profile's recommendations, overridden by every
+        option the options group sets (null = not sent)."""
+        return {**dict(self.hardware.recommended_options or {}), **self.options.chosen()}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (enums as their strings): for params, the config hash and config.yaml."""
+        return typing.cast("dict[str, Any]", _plain(dataclasses.asdict(self)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.value if isinstance(value, Enum) else value
+
+
+def to_yaml(plain: Mapping[str, Any]) -> str:
+    """config.yaml as OmegaConf writes it: keys in schema order, block style."""
+    import yaml
+
+    return str(yaml.safe_dump(dict(plain), sort_keys=False, allow_unicode=True, default_flow_style=False))
 
 
 def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name="experiment_schema", node=ExperimentConfig)
 
 
-def unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
+# Settings that would put a secret into params, config.yaml, Hydra's .hydra/ files and run names.
+SECRET_SETTINGS = {
+    "server.api_key": "server.api_key is not a setting: an API key is read only from the environment variable "
+    "named by server.api_key_env (default OPENAI_API_KEY), e.g. `export OPENAI_API_KEY=...`, so it is never "
+    "written to the run's files, MLflow or the console",
+}
+
+
+def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]:
     """Keys added with `+key=value` that the schema does not know (Hydra lets `+` add them)."""
+    from omegaconf import OmegaConf
+
     hints = typing.get_type_hints(schema)
     problems = []
     for key in node:
-        if key not in hints:
-            if schema is not OptionsConfig:  # options are checked against Ollama's names
-                problems.append(f"{prefix}{key} is not a known setting")
+        if f"{prefix}{key}" in SECRET_SETTINGS:
+            problems.append(SECRET_SETTINGS[f"{prefix}{key}"])
+        elif key not in hints:
+            known = "an Ollama option" if schema is OptionsConfig else "a known setting"
+            problems.append(f"{prefix}{key} is not {known}")
         elif dataclasses.is_dataclass(hints[key]) and OmegaConf.is_dict(node[key]):
             problems += unknown_keys(node[key], hints[key], f"{prefix}{key}.")
     return problems
 
 
-def effective_options(options: Any, hardware: Any) -> dict[str, Any]:
-    """Options sent to the server: the hardware profile's recommendations, overridden by every
-    option the options group sets (null = not sent)."""
-    merged = dict(OmegaConf.to_container(hardware.recommended_options)) if hardware.recommended_options else {}
-    chosen = OmegaConf.to_container(options) if OmegaConf.is_config(options) else dict(options)
-    merged.update({k: v for k, v in chosen.items() if v is not None})
-    return merged
+def typed_config(cfg: DictConfig) -> ExperimentConfig:
+    """The composed config as dataclasses, checked: every problem in one ConfigError (exit 2)."""
+    from omegaconf import OmegaConf
+
+    problems = unknown_keys(cfg, ExperimentConfig)
+    if not problems:
+        typed = OmegaConf.to_object(cfg)
+        assert isinstance(typed, ExperimentConfig)
+        problems = typed.problems()
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
+    return typed
 
 
-def config_problems(cfg: Any) -> list[str]:
-    """Semantic checks the type schema cannot express; empty when the config is usable."""
-    from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
-    from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
+@functools.cache
+def field_docs(schema: type) -> dict[str, str]:
+    """The one-line description written under each field of a config dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(schema)))
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for statement, following in itertools.pairwise(body):
+        if (
+            isinstance(statement, ast.AnnAssign)
+            and isinstance(statement.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[statement.target.id] = " ".join(following.value.value.split())
+    return docs
 
-    problems: list[str] = []
-    w = cfg.workload
-    if cfg.server.kind not in SERVER_KINDS:
-        problems.append(f"server.kind={cfg.server.kind!r} is not one of {', '.join(SERVER_KINDS)}")
-    problems += unknown_keys(cfg, ExperimentConfig)
-    for name in cfg.options:
-        if name not in OPTION_TYPES:
-            problems.append(f"options.{name} is not an Ollama option")
-    if w.api not in WORKLOAD_APIS:
-        problems.append(f"workload.api={w.api!r} is not one of {', '.join(WORKLOAD_APIS)}")
-    if cfg.server.kind == "openai" and w.api == "generate":
-        problems.append("workload.api=generate needs an Ollama server; server=openai speaks /v1/chat/completions")
-    if w.requests < 1:
-        problems.append(f"workload.requests must be at least 1 (got {w.requests})")
-    if w.warmup < 0:
-        problems.append(f"workload.warmup must be 0 or more (got {w.warmup})")
-    if w.concurrency < 1:
-        problems.append(f"workload.concurrency must be at least 1 (got {w.concurrency})")
-    if w.rate is not None and w.rate <= 0:
-        problems.append(f"workload.rate must be positive requests/s, or null for a closed loop (got {w.rate})")
-    if w.timeout_s <= 0:
-        problems.append(f"workload.timeout_s must be positive (got {w.timeout_s})")
-    if not w.prompts or any(not isinstance(p, str) or not p.strip() for p in w.prompts):
-        problems.append("workload.prompts must be a non-empty list of non-empty strings")
-    try:
-        keep_alive_seconds(w.keep_alive)
-    except KeepAliveError as exc:
-        problems.append(f"workload.keep_alive: {exc}")
-    try:
-        server_default_seconds(None if cfg.server.keep_alive is None else str(cfg.server.keep_alive))
-    except KeepAliveError as exc:
-        problems.append(f"server.keep_alive: {exc}")
-    if not cfg.model.name or not str(cfg.model.name).strip():
-        problems.append("model.name is empty")
-    if not str(cfg.tracking.experiment).strip():
-        problems.append("tracking.experiment is empty")
-    sim = cfg.server.sim
-    if sim.tokens < 1:
-        problems.append(f"server.sim.tokens must be at least 1 (got {sim.tokens})")
-    if sim.parallel < 0:
-        problems.append(f"server.sim.parallel must be 0 (unlimited) or more (got {sim.parallel})")
-    if cfg.telemetry.interval_s <= 0:
-        problems.append(f"telemetry.interval_s must be positive (got {cfg.telemetry.interval_s})")
-    for path, value in (
-        ("server.sim.faults", cfg.server.sim.faults),
-        ("server.models", cfg.server.models),
-        ("hardware.recommended_options", cfg.hardware.recommended_options),
-    ):
-        if value is not None and not OmegaConf.is_dict(value):
-            problems.append(f"{path} must be a mapping like {{key: value}} (got {value!r})")
-    if OmegaConf.is_dict(cfg.server.sim.faults):
-        for number, kind in cfg.server.sim.faults.items():
-            if not isinstance(number, int) or number < 1 or kind not in FAULTS:
-                problems.append(
-                    f"server.sim.faults: {number}: {kind} should be <request number>: one of {', '.join(FAULTS)}"
-                )
-    for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms"):
-        if getattr(cfg.server.sim, name) < 0:
-            problems.append(f"server.sim.{name} must be 0 or more")
-    if OmegaConf.is_dict(cfg.hardware.recommended_options):
-        recommended = OmegaConf.to_container(cfg.hardware.recommended_options)
-        problems += [
-            f"hardware.recommended_options.{name} is not an Ollama option"
-            for name in recommended
-            if name not in OPTION_TYPES
-        ]
-        try:
-            validate_options(recommended)
-        except OptionTypeError as exc:
-            problems.append(f"hardware.recommended_options: {exc}")
-    return problems
+
+def settings_help(schema: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str]]:
+    """(dot path, description) for every setting, in schema order."""
+    rows: list[tuple[str, str]] = []
+    docs = field_docs(schema)
+    for item in dataclasses.fields(schema):
+        hint = typing.get_type_hints(schema)[item.name]
+        if dataclasses.is_dataclass(hint):
+            rows += settings_help(typing.cast("type", hint), f"{prefix}{item.name}.")
+        else:
+            rows.append((f"{prefix}{item.name}", docs.get(item.name, "")))
+    return rows

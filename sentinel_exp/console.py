@@ -105,8 +105,7 @@ def summary_table(metrics: Mapping[str, float]) -> Table:
 def print_summary(
     metrics: Mapping[str, float],
     run_name: str,
-    run_id: str | None,
-    tracking_uri: str | None,
+    logged_to: str | None,
     output_dir: str,
     errors: Mapping[str, int],
     status: str,
@@ -133,11 +132,8 @@ def print_summary(
     for warning in warnings:
         stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
     stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
-    if run_id:
-        stdout.print(
-            escape(f"MLflow run {run_id} in {tracking_uri}  (browse: mlflow ui --backend-store-uri {tracking_uri})"),
-            soft_wrap=True,
-        )
+    if logged_to:
+        stdout.print(escape(logged_to), soft_wrap=True)
 
 
 def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) -> None:

@@ -9,21 +9,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from omegaconf import DictConfig, OmegaConf
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
 from sentinel_exp.clients import ollama as ollama_client
 from sentinel_exp.clients import openai as openai_client
 from sentinel_exp.clients.common import RequestSpec, send_request
-from sentinel_exp.config import config_problems, effective_options
-from sentinel_exp.errors import ConfigError, Interrupted, UserError
+from sentinel_exp.config import ExperimentConfig, to_yaml
+from sentinel_exp.errors import Interrupted, UserError
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.names import Phase, RunStatus
@@ -32,6 +33,7 @@ from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
 from sentinel_exp.tracking import Tracker, config_hash, flatten
+from sentinel_exp.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +46,34 @@ class RunContext:
     choices: dict[str, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
 
-    def run_name(self, cfg: DictConfig, server_kind: str) -> str:
+    swept: frozenset[str] = frozenset()  # keys a sweep varies: they lead the run name
+
+    def run_name(self, cfg: ExperimentConfig, server_kind: str) -> str:
+        """What differs first (the swept values, then other settings changed on the command line),
+        the model when no override names it, then the server: `options=low_ctx qwen2.5:0.5b @ollama`."""
         if cfg.tracking.run_name:
-            return str(cfg.tracking.run_name)
-        keys = {o: o.split("=", 1)[0].lstrip("+~") for o in self.overrides}
-        # A model named on the command line is what was measured, not the group it replaced.
-        model = cfg.model.name if "model.name" in keys.values() else self.choices.get("model", "?")
-        base = "-".join(
-            str(part) for part in (model, self.choices.get("options", "?"), self.choices.get("workload", "?"))
-        )
-        name = f"{base}@{server_kind}"
-        # Only what changes the measurement: not groups (in the base), not where or how it is shown.
-        shown_elsewhere = set(self.choices) | {"model.name", "progress"}
-        extra = [
-            o for o, key in keys.items() if key not in shown_elsewhere and not key.startswith(("tracking.", "hydra."))
-        ]
-        if extra:
-            name += " " + " ".join(extra)
-        return name[:250]
+            return cfg.tracking.run_name
+        changed = {_override_key(o): _unescape(o.lstrip("+~")) for o in self.overrides}
+        shown = {
+            key: text
+            for key, text in changed.items()
+            # The server shows as @kind; where and how results are shown changes no measurement.
+            if key not in ("server", "server.kind", "progress") and not key.startswith(("tracking.", "hydra."))
+        }
+        parts = [text for key, text in shown.items() if key in self.swept]
+        parts += [text for key, text in shown.items() if key not in self.swept]
+        if not any(key in ("model", "model.name") for key in changed):
+            parts.append(cfg.model.name)
+        return f"{' '.join(parts)} @{server_kind}"[:250]
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _unescape(override: str) -> str:
+    """Hydra escapes `:` and other grammar characters in the overrides it records (`http\\://`)."""
+    return re.sub(r"\\(.)", r"\1", override)
 
 
 @dataclass
@@ -69,18 +81,17 @@ class Outcome:
     run_id: str | None
     status: str
     metrics: dict[str, float]
-    records: list[RequestRecord]
 
 
 class RequestFactory:
     """Builds request `index` of a phase: prompts cycle, options and keep_alive as configured."""
 
-    def __init__(self, cfg: DictConfig, handle: ServerHandle) -> None:
+    def __init__(self, cfg: ExperimentConfig, handle: ServerHandle) -> None:
         self.api = "openai" if handle.kind == "openai" else cfg.workload.api
         self.model = cfg.model.name
         self.prompts = list(cfg.workload.prompts)
         self.system = cfg.workload.system
-        self.options = effective_options(cfg.options, cfg.hardware)
+        self.options = cfg.effective_options()
         self.keep_alive = cfg.workload.keep_alive
         self.consume = openai_client.consume_sse if self.api == "openai" else ollama_client.consume_ndjson
         # The OpenAI API cannot carry Ollama's runner options or keep_alive: they are named, and
@@ -111,16 +122,12 @@ class RequestFactory:
         )
 
 
-def check_config(cfg: DictConfig) -> None:
-    problems = config_problems(cfg)
-    if problems:
-        raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
-
-
-def _http_client(handle: ServerHandle, cfg: DictConfig) -> httpx.AsyncClient:
+def _http_client(handle: ServerHandle, cfg: ExperimentConfig) -> httpx.AsyncClient:
     connections = max(1, cfg.workload.concurrency)
-    headers = {"Authorization": f"Bearer {cfg.server.api_key}"} if cfg.server.api_key else None
-    loopback = handle.url.startswith(("http://127.", "http://localhost", "http://[::1]"))
+    # The key lives only in the environment and in this header: never in config, params or logs.
+    api_key = os.environ.get(cfg.server.api_key_env, "").strip()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    loopback = is_loopback_url(handle.url)
     return httpx.AsyncClient(
         base_url=handle.url,
         timeout=httpx.Timeout(connect=10.0, read=cfg.workload.timeout_s, write=30.0, pool=None),
@@ -172,7 +179,7 @@ class Measurement:
 
 
 async def _measure(
-    cfg: DictConfig,
+    cfg: ExperimentConfig,
     factory: RequestFactory,
     client: httpx.AsyncClient,
     writer: RecordWriter,
@@ -218,17 +225,15 @@ async def _measure(
     monitor.mark_phase(Phase.DONE)
 
 
-async def run_async(cfg: DictConfig, ctx: RunContext) -> Outcome:
-    check_config(cfg)
+async def run_async(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     if (ctx.output_dir / "requests.jsonl").exists():
         raise UserError(
             f"{ctx.output_dir} already holds the records of another run; give this run its "
             f"own folder (hydra.run.dir=...)"
         )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
-    (ctx.output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    resolved = cfg.as_dict()
+    (ctx.output_dir / "config.yaml").write_text(to_yaml(resolved), encoding="utf-8")
 
     # The store is opened first: a wrong tracking.uri fails before any server is started.
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
@@ -241,7 +246,7 @@ async def run_async(cfg: DictConfig, ctx: RunContext) -> Outcome:
 
 
 async def _tracked_run(
-    cfg: DictConfig,
+    cfg: ExperimentConfig,
     ctx: RunContext,
     resolved: dict[str, Any],
     handle: ServerHandle,
@@ -311,8 +316,7 @@ async def _tracked_run(
     ui.print_summary(
         metrics,
         run_name,
-        run_id,
-        cfg.tracking.uri if tracker else None,
+        tracker.where_logged() if tracker else None,
         str(ctx.output_dir),
         error_breakdown(measurement.records),
         status,
@@ -320,7 +324,7 @@ async def _tracked_run(
     )
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
-    return Outcome(run_id, status, metrics, measurement.records)
+    return Outcome(run_id, status, metrics)
 
 
 async def _summarise(
@@ -350,5 +354,5 @@ def _log_results(
         tracker.log_artifact(handle.log_path)
 
 
-def run(cfg: DictConfig, ctx: RunContext) -> Outcome:
+def run(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
     return eventloop.run(run_async(cfg, ctx))

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+from sentinel_exp.config import HardwareConfig
 from sentinel_exp.telemetry.gpu import GpuProbe
-
-
-@dataclass(frozen=True)
-class HardwareExpectation:
-    name: str = "auto"
-    expect_gpu: bool | None = None  # None: don't care, unless a pattern/VRAM floor implies a GPU
-    gpu_name_pattern: str | None = None  # case-insensitive regex searched in the NVML name
-    min_vram_mb: int | None = None  # MiB as NVML reports total memory
 
 
 @dataclass(frozen=True)
@@ -25,37 +17,7 @@ class HardwareCheck:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def _as_bool(v: Any) -> bool | None:
-    if v is None or isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("true", "yes", "1", "on"):
-        return True
-    if s in ("false", "no", "0", "off"):
-        return False
-    if s in ("", "null", "none", "auto"):
-        return None
-    raise ValueError(f"expect_gpu must be true/false/null, got {v!r}")
-
-
-def expectation_from_mapping(d: Mapping[str, Any] | None) -> HardwareExpectation:
-    """Build an expectation from a config mapping (dict or OmegaConf DictConfig) such as
-    conf/hardware/<name>.yaml; missing keys and nulls mean "don't check"."""
-    d = d or {}
-    name = str(d.get("name") or "auto")
-    vals: dict[str, Any] = {f.name: getattr(HardwareExpectation(name), f.name) for f in fields(HardwareExpectation)}
-    if "expect_gpu" in d:
-        vals["expect_gpu"] = _as_bool(d["expect_gpu"])
-    if "gpu_name_pattern" in d:
-        p = d["gpu_name_pattern"]
-        vals["gpu_name_pattern"] = str(p) if p not in (None, "") else None
-    if "min_vram_mb" in d:
-        v = d["min_vram_mb"]
-        vals["min_vram_mb"] = int(float(v)) if v not in (None, "") else None
-    return HardwareExpectation(**vals)
-
-
-def _describe_expected(e: HardwareExpectation) -> str:
+def _describe_expected(e: HardwareConfig) -> str:
     parts = ["a GPU"]
     if e.gpu_name_pattern:
         parts.append(f"whose name matches /{e.gpu_name_pattern}/")
@@ -71,7 +33,7 @@ def _describe_found(gpus: list[tuple[str, float]], reason: str | None) -> str:
 
 
 def check_hardware(
-    expected: HardwareExpectation,
+    expected: HardwareConfig,
     detected_gpus: Iterable[tuple[str, float]],
     gpu_available: bool,
     *,
@@ -118,7 +80,7 @@ def check_hardware(
     return _result(expected, ok, msg)
 
 
-def _result(expected: HardwareExpectation, ok: bool, msg: str) -> HardwareCheck:
+def _result(expected: HardwareConfig, ok: bool, msg: str) -> HardwareCheck:
     tags = {
         "sentinel.hardware_profile": expected.name,
         "sentinel.hardware_match": "true" if ok else "false",
@@ -127,7 +89,7 @@ def _result(expected: HardwareExpectation, ok: bool, msg: str) -> HardwareCheck:
     return HardwareCheck(ok, msg, tags)
 
 
-def check_with_probe(expected: HardwareExpectation, probe: GpuProbe) -> HardwareCheck:
+def check_with_probe(expected: HardwareConfig, probe: GpuProbe) -> HardwareCheck:
     """check_hardware fed from a GpuProbe (opened here if it is not yet)."""
     probe.open()
     return check_hardware(expected, probe.inventory(), probe.available, unavailable_reason=probe.reason)

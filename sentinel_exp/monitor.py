@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from sentinel_exp.hardware import check_with_probe, expectation_from_mapping
+from sentinel_exp.config import HardwareConfig, TelemetryConfig
+from sentinel_exp.hardware import check_with_probe
 from sentinel_exp.servers import ServerHandle
 from sentinel_exp.telemetry import (
     GpuProbe,
@@ -26,9 +27,9 @@ from sentinel_exp.telemetry import (
     series_points,
     summarize_telemetry,
 )
+from sentinel_exp.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def server_pid(handle: ServerHandle) -> int | None:
@@ -36,14 +37,14 @@ def server_pid(handle: ServerHandle) -> int | None:
     on the server's loopback port (e.g. Ollama)."""
     if handle.pid is not None:
         return handle.pid
-    parts = urlsplit(handle.url)
-    if parts.hostname not in _LOOPBACK:
+    if not is_loopback_url(handle.url):
         return None
-    return find_server_pid(parts.port or 80, name="ollama")
+    parts = urlsplit(handle.url)
+    return find_server_pid(parts.port or (443 if parts.scheme == "https" else 80), name="ollama")
 
 
 class RunMonitor:
-    def __init__(self, telemetry_cfg: Any, hardware_cfg: Any, handle: ServerHandle) -> None:
+    def __init__(self, telemetry_cfg: TelemetryConfig, hardware_cfg: HardwareConfig, handle: ServerHandle) -> None:
         self.cfg = telemetry_cfg
         self.hardware_cfg = hardware_cfg
         self.handle = handle
@@ -59,8 +60,7 @@ class RunMonitor:
 
     def check_hardware(self) -> None:
         """Compare the hardware profile with what is detected; a mismatch warns and is tagged."""
-        expected = expectation_from_mapping(self.hardware_cfg)
-        check = check_with_probe(expected, self.probe)
+        check = check_with_probe(self.hardware_cfg, self.probe)
         self._tags.update(check.tags)
         if not check.matches:
             log.warning("warning: %s The run is tagged sentinel.hardware_match=false.", check.message)

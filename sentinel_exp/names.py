@@ -15,22 +15,26 @@ else:  # pragma: no cover - Python 3.10
             return str(self.value)
 
 
-class ServerKind(StrEnum):
-    """`server.kind`: AUTO resolves to one of the others before any request."""
+# Enums that are config values have lower-case member names equal to their values: OmegaConf
+# reads an enum field by member name, so `server.kind=openai` and the YAML stay as users write them.
 
-    AUTO = "auto"
-    OLLAMA = "ollama"
-    EMBEDDED = "embedded"
-    SIMULATED = "simulated"
-    OPENAI = "openai"
+
+class ServerKind(StrEnum):
+    """`server.kind`: auto resolves to one of the others before any request."""
+
+    auto = "auto"
+    ollama = "ollama"
+    embedded = "embedded"
+    simulated = "simulated"
+    openai = "openai"
 
 
 class Api(StrEnum):
     """The wire API a run speaks: Ollama's chat or generate, or OpenAI chat completions."""
 
-    CHAT = "chat"
-    GENERATE = "generate"
-    OPENAI = "openai"
+    chat = "chat"
+    generate = "generate"
+    openai = "openai"
 
 
 class Phase(StrEnum):

@@ -11,16 +11,17 @@ import contextlib
 import dataclasses
 import difflib
 import io
+import types
 import typing
 from collections.abc import Iterable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sentinel_exp.config import ExperimentConfig
-from sentinel_exp.serve.wire import OPTION_TYPES as OLLAMA_OPTION_NAMES
+from sentinel_exp.config import SECRET_SETTINGS, ExperimentConfig
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -62,10 +63,16 @@ def override_problems(overrides: list[str], conf_dir: Path) -> list[str]:
         key = override.key_or_group
         if key.startswith("hydra") or override.package is not None or override.is_delete():
             continue
-        if key in groups:
+        if key in SECRET_SETTINGS:
+            problems.append(SECRET_SETTINGS[key])
+        elif key in groups:
             problems += _choice_problems(key, _values(override), groups[key])
-        elif not (override.is_add() or override.is_force_add()):  # `+key` is config_problems' job
+        elif not (override.is_add() or override.is_force_add()):
             problems += _setting_problems(key, _values(override))
+        elif override.is_add() and not _setting_problems(key, []):
+            # Hydra refuses to add what exists, with a traceback-like message.
+            problems.append(f"{key} is already a setting: write {key}=... without the +")
+        # Other `+key=...` name settings the schema lacks: typed_config reports those.
     return problems
 
 
@@ -97,8 +104,6 @@ def _setting_problems(key: str, values: list[Any]) -> list[str]:
         where = ".".join(parts[:depth])
         if part not in hints:
             name = f"{where}.{part}" if where else part
-            if where == "options" and part in OLLAMA_OPTION_NAMES:
-                return [f"{name} is an Ollama option that the options schema does not list; add it with +{name}=..."]
             known = [f"{where}.{k}" if where else k for k in hints]
             return [
                 f"{name} is not a setting{_did_you_mean(name, known)}"
@@ -122,13 +127,15 @@ def _value_problems(key: str, schema: Any, leaf: str, field_type: Any, values: l
             node[leaf] = value
         except OmegaConfBaseException:
             expected = _TYPE_WORDS.get(field_type, "a list" if typing.get_origin(field_type) is list else "")
+            if isinstance(field_type, type) and issubclass(field_type, Enum):
+                expected = "one of " + ", ".join(member.value for member in field_type)
             nullable = " (or null)" if _is_optional(typing.get_type_hints(schema)[leaf]) else ""
             return [f"{key}={value!r} is not valid: {key} takes {expected or field_type}{nullable}"]
     return []
 
 
 def _is_optional(hint: Any) -> bool:
-    return typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 def _unwrap_optional(hint: Any) -> Any:

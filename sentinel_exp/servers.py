@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 import sentinel_exp
+from sentinel_exp.config import ServerConfig
 from sentinel_exp.errors import ConfigError, ServerError
 from sentinel_exp.serve import READY_PREFIX
 from sentinel_exp.serve.engines import registry
@@ -69,7 +70,7 @@ def normalize_url(raw: str, source: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
-def configured_url(server_cfg: Any) -> str | None:
+def configured_url(server_cfg: ServerConfig) -> str | None:
     return normalize_url(str(server_cfg.url), "server.url") if server_cfg.url else None
 
 
@@ -224,7 +225,7 @@ def embedded_problem(model: str, extra_models: dict[str, str]) -> str | None:
 
 
 @contextmanager
-def resolve_server(server_cfg: Any, model: str, output_dir: Path) -> Iterator[ServerHandle]:
+def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> Iterator[ServerHandle]:
     kind = server_cfg.kind
     log_path = output_dir / "server.log"
     if kind == "auto":

@@ -98,6 +98,13 @@ def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+def browse_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to look at a run: the page itself on a tracking server, else the command that serves one."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"browse: mlflow ui --backend-store-uri {uri}"
+
+
 class Tracker:
     """A thin, explicit wrapper over MlflowClient: no global active-run state, so a sweep
     running jobs in one process, or the telemetry thread, cannot log into the wrong run."""
@@ -127,6 +134,12 @@ class Tracker:
             raise UserError(
                 f"cannot use the MLflow store tracking.uri={uri!r} with experiment {experiment!r}: {first_line}"
             ) from None
+
+    def where_logged(self) -> str | None:
+        """One line: the run, its store, and where to browse it."""
+        if self.run_id is None:
+            return None
+        return f"MLflow run {self.run_id} in {self.uri}  ({browse_hint(self.uri, self.experiment_id, self.run_id)})"
 
     def start(self, run_name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))

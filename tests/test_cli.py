@@ -437,7 +437,8 @@ def test_help_shows_usage_groups_and_settings(tmp_path):
     assert result.stdout.startswith("sentinel-exp: declarative latency experiments")
     assert "python -m sentinel_exp -m group=a,b" in result.stdout
     assert "options: default, low_ctx, seed_baseline" in result.stdout
-    assert "  concurrency: 1" in result.stdout  # the settings with their defaults
+    # Every setting with its value and its description from the typed config.
+    assert re.search(r"\n  workload\.concurrency: 1 +Requests in flight at once\.\n", result.stdout)
     assert not (tmp_path / "outputs").exists() and mlflow_runs(tmp_path) == []
 
 

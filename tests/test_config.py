@@ -6,7 +6,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from sentinel_exp.app import config_dir
-from sentinel_exp.config import config_problems, effective_options, register_configs
+from sentinel_exp.config import ExperimentConfig, register_configs, settings_help, typed_config
+from sentinel_exp.errors import ConfigError
+from sentinel_exp.names import Api, ServerKind
 
 register_configs()
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
@@ -25,15 +27,15 @@ def test_the_contract_groups_exist():
     ("group", "choice"), [(g, p.stem) for g in GROUPS for p in sorted((config_dir() / g).glob("*.yaml"))]
 )
 def test_each_choice_composes_and_validates(group, choice):
-    cfg = composed(f"{group}={choice}")
-    assert config_problems(cfg) == []
+    typed = typed_config(composed(f"{group}={choice}"))
+    assert isinstance(typed, ExperimentConfig)
 
 
 def test_defaults_match_the_design():
-    cfg = composed()
-    assert cfg.server.kind == "auto" and cfg.model.name == "smollm2:135m"
+    cfg = typed_config(composed())
+    assert cfg.server.kind is ServerKind.auto and cfg.workload.api is Api.chat and cfg.model.name == "smollm2:135m"
     assert cfg.tracking.uri == "sqlite:///mlflow.db" and cfg.sweep.name == "none"
-    assert effective_options(cfg.options, cfg.hardware) == {"seed": 42}
+    assert cfg.effective_options() == {"seed": 42}
 
 
 def test_seed_presets_carry_the_seed_users_numbers():
@@ -44,10 +46,8 @@ def test_seed_presets_carry_the_seed_users_numbers():
 
 
 def test_hardware_recommendations_apply_only_where_options_are_unset():
-    cpu = composed("hardware=cpu_only")
-    assert effective_options(cpu.options, cpu.hardware) == {"num_gpu": 0, "seed": 42}
-    chosen = composed("hardware=cpu_only", "options=low_ctx")
-    assert effective_options(chosen.options, chosen.hardware)["num_gpu"] == 1
+    assert typed_config(composed("hardware=cpu_only")).effective_options() == {"num_gpu": 0, "seed": 42}
+    assert typed_config(composed("hardware=cpu_only", "options=low_ctx")).effective_options()["num_gpu"] == 1
 
 
 def test_config_ships_next_to_the_package_or_in_the_checkout():
@@ -58,26 +58,60 @@ def test_config_ships_next_to_the_package_or_in_the_checkout():
     )
 
 
-def test_run_names_say_what_was_measured_and_leave_out_presentation():
+def test_run_names_lead_with_what_differs_and_leave_out_presentation():
     from sentinel_exp.experiment import RunContext
 
     overrides = [
         "model.name=gemma3:1b",
         "options=low_ctx",
         "workload.concurrency=4",
+        "server=ollama",
+        "server.url=http\\://127.0.0.1\\:11434",
         "progress=true",
         "tracking.uri=sqlite:///x.db",
         "hydra.run.dir=out",
     ]
-    cfg = composed(*(o for o in overrides if not o.startswith("hydra.")))
-    ctx = RunContext(
-        output_dir=Path("."),
-        overrides=overrides,
-        choices={"model": "smollm2_135m", "options": "low_ctx", "workload": "default"},
+    cfg = typed_config(composed(*(o for o in overrides if not o.startswith("hydra."))))
+    ctx = RunContext(output_dir=Path("."), overrides=overrides, swept=frozenset({"workload.concurrency"}))
+    # Swept first, Hydra's escaping undone, the server once (as @kind), no presentation settings.
+    assert ctx.run_name(cfg, "ollama") == (
+        "workload.concurrency=4 model.name=gemma3:1b options=low_ctx server.url=http://127.0.0.1:11434 @ollama"
     )
-    assert ctx.run_name(cfg, "ollama") == "gemma3:1b-low_ctx-default@ollama workload.concurrency=4"
-    named = composed("tracking.run_name=mine")
-    assert ctx.run_name(named, "ollama") == "mine"
+    assert RunContext(Path(".")).run_name(typed_config(composed()), "embedded") == "smollm2:135m @embedded"
+    assert ctx.run_name(typed_config(composed("tracking.run_name=mine")), "ollama") == "mine"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["workload.requests=0"], "workload.requests must be at least 1 (got 0)"),
+        (["workload.rate=-1"], "workload.rate must be positive requests/s"),
+        (["workload.keep_alive=forever"], "workload.keep_alive: invalid duration 'forever'"),
+        (["server.keep_alive=soon"], "server.keep_alive: invalid default keep_alive 'soon'"),
+        (["server.sim.tokens=0"], "server.sim.tokens must be at least 1 (got 0)"),
+        (["server.sim.faults={0:http_500}"], "server.sim.faults: 0: http_500 should be <request number>"),
+        (["server.models=5"], "server.models must be a mapping"),
+        (["telemetry.interval_s=0"], "telemetry.interval_s must be positive (got 0.0)"),
+        (["tracking.experiment=' '"], "tracking.experiment is empty"),
+        (
+            ["hardware.recommended_options={num_gpus:1}"],
+            "hardware.recommended_options.num_gpus is not an Ollama option",
+        ),
+        (["server=openai", "workload.api=generate"], "workload.api=generate needs an Ollama server"),
+        (["+workload.think=1"], "workload.think is not a known setting"),
+        (["+server.api_key=sk-123"], "server.api_key is not a setting: an API key is read only from the environment"),
+    ],
+)
+def test_each_section_reports_its_own_problems(overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        typed_config(composed(*overrides))
+    assert message in str(caught.value) and "sk-123" not in str(caught.value)
+
+
+def test_every_setting_has_a_one_line_description_for_help():
+    rows = settings_help()
+    assert len(rows) > 60 and ("workload.requests", "Requests in the measured phase.") in rows
+    assert [path for path, doc in rows if not doc] == []
 
 
 def test_sweep_jobs_are_named_by_what_differs_between_them():

@@ -7,18 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sentinel_exp.hardware import (
-    HardwareCheck,
-    HardwareExpectation,
-    check_hardware,
-    check_with_probe,
-    expectation_from_mapping,
-)
+from sentinel_exp.config import HardwareConfig
+from sentinel_exp.hardware import HardwareCheck, check_hardware, check_with_probe
 from sentinel_exp.telemetry import GpuProbe
 
 # The profiles under test are the shipped YAML files, so the check and the config cannot drift.
 _CONF = Path(__file__).resolve().parent.parent / "conf" / "hardware"
-PROFILES = {p.stem: expectation_from_mapping(yaml.safe_load(p.read_text())) for p in _CONF.glob("*.yaml")}
+PROFILES = {p.stem: HardwareConfig(**yaml.safe_load(p.read_text())) for p in _CONF.glob("*.yaml")}
 
 try:
     import fake_nvml
@@ -98,45 +93,32 @@ def test_auto_always_matches():
 
 
 def test_invalid_pattern_is_a_mismatch_not_a_crash():
-    e = HardwareExpectation("broken", True, "RTX (3060", None)
+    e = HardwareConfig("broken", True, "RTX (3060", None)
     r = check_hardware(e, [RTX3060], True)
     assert r.matches is False and "invalid gpu_name_pattern" in r.message
 
 
 def test_pattern_or_vram_alone_implies_a_gpu():
-    e = HardwareExpectation("custom", None, None, 40000)
+    e = HardwareConfig("custom", None, None, 40000)
     assert check_hardware(e, [], False).matches is False
     assert check_hardware(e, [H100], True).matches is True
     assert check_hardware(e, [RTX3060], True).matches is False
 
 
-def test_expectation_from_mapping():
-    assert expectation_from_mapping({}) == PROFILES["auto"]
-    assert expectation_from_mapping(None) == PROFILES["auto"]
-    # A name alone sets no expectation: what to expect lives in conf/hardware/<name>.yaml.
-    assert expectation_from_mapping({"name": "gtx1050_3gb"}) == HardwareExpectation("gtx1050_3gb")
-    custom = expectation_from_mapping({"name": "a100", "gpu_name_pattern": "A100", "min_vram_mb": "40000", "extra": 1})
-    assert custom == HardwareExpectation("a100", None, "A100", 40000)
-    h = expectation_from_mapping({"name": "h100", "expect_gpu": True, "gpu_name_pattern": None})
-    assert h == HardwareExpectation("h100", True, None, None)
-    assert expectation_from_mapping({"name": "x", "expect_gpu": "false"}).expect_gpu is False
-    assert expectation_from_mapping({"name": "x", "expect_gpu": None}).expect_gpu is None
-    with pytest.raises(ValueError):
-        expectation_from_mapping({"expect_gpu": "maybe"})
+def test_profiles_reach_the_check_as_composed():
+    from hydra import compose, initialize_config_dir
 
+    from sentinel_exp.app import config_dir
+    from sentinel_exp.config import register_configs, typed_config
 
-def test_expectation_from_omegaconf():
-    omegaconf = pytest.importorskip("omegaconf")
-    cfg = omegaconf.OmegaConf.create(
-        {
-            "name": "rtx3060_12gb",
-            "expect_gpu": True,
-            "gpu_name_pattern": "RTX 3060",
-            "min_vram_mb": 11000,
-        }
-    )
-    e = expectation_from_mapping(cfg)
-    assert e == HardwareExpectation("rtx3060_12gb", True, "RTX 3060", 11000)
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        for name, profile in PROFILES.items():
+            assert typed_config(compose("config", overrides=[f"hardware={name}"])).hardware == profile
+        # A name alone sets no expectation: what to expect lives in conf/hardware/<name>.yaml.
+        renamed = typed_config(compose("config", overrides=["hardware.name=gtx1050_3gb"])).hardware
+    assert renamed == HardwareConfig("gtx1050_3gb")
+    assert check_hardware(renamed, [], False).matches is True
 
 
 def test_check_with_probe():

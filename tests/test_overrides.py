@@ -30,7 +30,7 @@ def test_every_command_in_the_readme_passes_the_check() -> None:
     [
         ["-m", "model=qwen05,llama32_1b", "options=default,low_ctx"],
         ["server.models={mysmol\\:q4:/models/x.gguf}", "server.sim.faults={3:http_500}"],
-        ["+options.num_keep=8", "~options.seed", "hydra.run.dir=somewhere", "--cfg", "job"],
+        ["options.num_keep=8", "~options.seed", "hydra.run.dir=somewhere", "--cfg", "job"],
         ["workload.rate=null", "workload.keep_alive=5m", "options.stop=[a,b]", "workload.requests=range(1,4)"],
         ["hardware.recommended_options.num_gpu=0", "model.name=qwen2.5:0.5b", "progress=true"],
     ],
@@ -92,8 +92,25 @@ def test_lines_that_change_where_configs_come_from_are_left_to_hydra(args: list[
     assert command_line_overrides(args) == []
 
 
-def test_an_ollama_option_missing_from_the_schema_is_pointed_to_plus() -> None:
-    assert problems("options.num_keep=8") == [
-        "options.num_keep is an Ollama option that the options schema does not list; add it with +options.num_keep=..."
+def test_every_ollama_option_is_a_setting_and_plus_is_refused_for_it() -> None:
+    from sentinel_exp.config import OptionsConfig
+    from sentinel_exp.serve.wire import OPTION_TYPES
+
+    assert set(OptionsConfig.__dataclass_fields__) == set(OPTION_TYPES)
+    assert problems("options.num_keep=8", "options.mirostat=2") == []
+    assert problems("+options.num_keep=8") == [
+        "options.num_keep is already a setting: write options.num_keep=... without the +"
     ]
-    assert problems("+options.num_keep=8") == []
+
+
+def test_an_enum_setting_lists_its_values() -> None:
+    assert problems("workload.api=grpc") == [
+        "workload.api='grpc' is not valid: workload.api takes one of chat, generate, openai"
+    ]
+
+
+@pytest.mark.parametrize("arg", ["server.api_key=sk-secret", "+server.api_key=sk-secret", "server.api_key=${oc.env:K}"])
+def test_an_api_key_on_the_command_line_is_refused_and_the_variable_named(arg: str) -> None:
+    [message] = problems(arg)
+    assert message.startswith("server.api_key is not a setting: an API key is read only from the environment")
+    assert "server.api_key_env (default OPENAI_API_KEY)" in message and "sk-secret" not in message

@@ -21,7 +21,6 @@ from .summary import (
     SeriesPoint,
     contention_warnings,
     gpu_energy,
-    phase_windows,
     series_points,
     summarize_telemetry,
 )
@@ -44,7 +43,6 @@ __all__ = [
     "environment_fingerprint",
     "find_server_pid",
     "gpu_energy",
-    "phase_windows",
     "series_points",
     "summarize_telemetry",
 ]

@@ -160,15 +160,6 @@ def series_points(samples: Sequence[Sample], phase: str | None = None) -> list[S
     return pts
 
 
-def phase_windows(samples: Sequence[Sample]) -> dict[str, tuple[float, float]]:
-    """First and last sample wall time per phase, in order of first appearance."""
-    win: dict[str, tuple[float, float]] = {}
-    for s in samples:
-        first, last = win.get(s.phase, (s.wall_time, s.wall_time))
-        win[s.phase] = (min(first, s.wall_time), max(last, s.wall_time))
-    return win
-
-
 # Above these the latencies are not the server's alone (see contention_warnings). The client
 # runs its event loop on one core, so its limit is one core's; bystanders matter once they take
 # a real share of the machine (a quarter of it, and at least half a core): a browser's half core
