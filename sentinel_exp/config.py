@@ -2,7 +2,7 @@
 
 Hydra merges the YAML groups under conf/ onto these dataclasses, so a typo in a key or a
 value of the wrong type is rejected while composing, before any request is sent.
-Field names of `options` are Ollama option names, unchanged (DESIGN.md section 2).
+Field names of `options` are Ollama option names, unchanged (see docs/measurement.md, Ollama wire facts).
 """
 
 from __future__ import annotations
