@@ -97,7 +97,7 @@ def via_server(client: httpx.Client, prompt: str, options: dict[str, Any], model
 
     def trace(event: str, info: dict[str, Any]) -> None:
         nonlocal t0, sent
-        # The clock starts when the request goes onto the socket (DESIGN.md section 4); the
+        # The clock starts when the request goes onto the socket (see docs/measurement.md, Clock points); the
         # second stamp leaves out httpx's own work between sending the headers and the body.
         if event == "http11.send_request_headers.started":
             t0 = time.perf_counter_ns()
@@ -242,7 +242,7 @@ def main() -> int:
         )
     print(f"{'server, t0 = body sent':26}{p50([s.ttft_after_body_ms for s in server]):12.2f}")
     print(
-        f"adapter added TTFT p50: {added:+.2f} ms with t0 = request headers start (DESIGN.md 4), "
+        f"adapter added TTFT p50: {added:+.2f} ms with t0 = request headers start (docs/measurement.md), "
         f"{added_body:+.2f} ms with t0 = request body sent (goal < 2 ms)"
     )
     print(

@@ -5,7 +5,7 @@ of the wrong type is rejected while composing. `typed_config` then converts the 
 once into an `ExperimentConfig`; everything below the entry point takes these typed sections.
 Each section checks its own fields in `problems()`, next to their definitions. The string after
 each field is its one-line description, shown by `--help`. Field names of `options` are Ollama
-option names, unchanged.
+option names, unchanged (see docs/measurement.md, Ollama wire facts).
 """
 
 from __future__ import annotations

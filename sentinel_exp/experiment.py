@@ -1,4 +1,4 @@
-"""One experiment, as a straight line (DESIGN.md section 3):
+"""One experiment, as a straight line (see docs/architecture.md, A run, in a straight line):
 
 compose config -> resolve/start server -> preflight -> open MLflow run -> telemetry -> warmup
 -> measured phase (each record appended as it finishes) -> stop telemetry -> summarise -> log.

@@ -1,5 +1,5 @@
 """Telemetry for one run: the sampler, the hardware check and the environment fingerprint,
-tied to the run's phases and named for MLflow (DESIGN.md section 2).
+tied to the run's phases and named for MLflow (see docs/measurement.md, Telemetry metrics).
 
 One GpuProbe serves the fingerprint, the hardware check and the sampler, so NVML is
 initialised once; without a GPU or driver everything here degrades to "not available".

@@ -1,4 +1,4 @@
-"""Finding or starting the server an experiment talks to (DESIGN.md section 2, `server`).
+"""Finding or starting the server an experiment talks to (see docs/architecture.md, A run, in a straight line: step 4).
 
 The bundled servers run as child processes on 127.0.0.1 and a free port, so their CPU and
 memory are the server's and not the client's, and they are stopped on every way out.

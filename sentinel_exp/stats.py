@@ -1,4 +1,4 @@
-"""Summary statistics over request records: pure functions, no I/O (DESIGN.md sections 2, 4).
+"""Summary statistics over request records: pure functions, no I/O (see docs/measurement.md, Metrics).
 
 Only successful requests of the measured phase enter latency statistics; warmup and failed
 or cancelled requests are counted, never averaged in.

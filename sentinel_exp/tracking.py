@@ -1,4 +1,4 @@
-"""MLflow: one run per experiment, flat names (DESIGN.md section 2), batched writes."""
+"""MLflow: one run per experiment, flat names (see docs/measurement.md, Metrics), batched writes."""
 
 from __future__ import annotations
 

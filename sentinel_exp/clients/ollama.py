@@ -1,4 +1,4 @@
-"""Ollama's native streaming API: /api/chat and /api/generate, NDJSON (DESIGN.md section 5)."""
+"""Ollama's native streaming API: /api/chat and /api/generate, NDJSON (see docs/measurement.md, Ollama wire facts)."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
                 finished_at = finished_at and arrived
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
-                # The first delta carries only the role: not a token (DESIGN.md section 4).
+                # The first delta carries only the role: not a token (see docs/measurement.md, Clock points).
                 times.token(
                     delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or "", arrived
                 )

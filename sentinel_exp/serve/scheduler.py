@@ -2,7 +2,7 @@
 
 - One model is resident at a time. A request for another model, or for the same model with
   different runner options (num_ctx, num_batch, ...), waits for in-flight generations to end,
-  then reloads: the silent cold start that DESIGN.md section 5 warns about. As in Ollama's
+  then reloads: the silent cold start of docs/measurement.md, Ollama wire facts. As in Ollama's
   scheduler, a waiting reload holds back requests that arrive after it.
 - keep_alive: a number of seconds, a Go duration, negative = forever, 0 = unload when done;
   omitted keeps the value the model was last given (default 5 minutes).

@@ -1,4 +1,4 @@
-"""Ollama and OpenAI wire shapes, as pure functions (DESIGN.md section 5).
+"""Ollama and OpenAI wire shapes, as pure functions (see docs/measurement.md, Ollama and OpenAI wire facts).
 
 Kept apart from the HTTP handlers so that the streaming and the non-streaming paths, and the
 two engines, produce byte-for-byte the same field sets.
