@@ -59,6 +59,6 @@ def _shown(value: object) -> str:
     from omegaconf import OmegaConf
 
     if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value)  # type: ignore[arg-type]
+        value = OmegaConf.to_container(value)
     text = "null" if value is None else str(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -383,7 +383,7 @@ def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]:
 
     hints = typing.get_type_hints(schema)
     problems = []
-    for key in node:
+    for key in map(str, node):
         if f"{prefix}{key}" in SECRET_SETTINGS:
             problems.append(SECRET_SETTINGS[f"{prefix}{key}"])
         elif key not in hints:
@@ -401,11 +401,11 @@ def typed_config(cfg: DictConfig) -> ExperimentConfig:
     problems = unknown_keys(cfg, ExperimentConfig)
     if not problems:
         typed = OmegaConf.to_object(cfg)
-        assert isinstance(typed, ExperimentConfig)
+        assert isinstance(typed, ExperimentConfig)  # the schema is the root of config.yaml's defaults
         problems = typed.problems()
-    if problems:
-        raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
-    return typed
+        if not problems:
+            return typed
+    raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
 
 
 @functools.cache

@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sentinel_exp.records import RequestRecord
 
@@ -41,7 +42,7 @@ async def run_phase(plan: PhasePlan, send_one: SendOne, on_record: OnRecord, sto
 async def _until_stopped(stop: asyncio.Event, work: list[asyncio.Task[None]]) -> None:
     """Wait for the work, or cancel what is in flight as soon as `stop` is set. A bug inside
     a task is re-raised here rather than lost as an unretrieved task exception."""
-    stopper = asyncio.create_task(stop.wait())
+    stopper: asyncio.Task[Any] = asyncio.create_task(stop.wait())
     pending = set(work)
     try:
         while pending:
@@ -76,6 +77,7 @@ async def _poisson(plan: PhasePlan, send_one: SendOne, keep: OnRecord, stop: asy
     """Open loop: exponential gaps at `rate`, at most `concurrency` in flight (a client cap:
     an arrival that finds it full waits, and the wait is in its queue_ms, not hidden)."""
     assert plan.rate is not None and plan.rate > 0
+    rate = plan.rate
     rng = random.Random(plan.seed)
     slots = asyncio.Semaphore(max(1, plan.concurrency))
     tasks: list[asyncio.Task[None]] = []
@@ -90,7 +92,7 @@ async def _poisson(plan: PhasePlan, send_one: SendOne, keep: OnRecord, stop: asy
             if stop.is_set():
                 return
             tasks.append(asyncio.create_task(one(index, time.perf_counter_ns())))
-            due += rng.expovariate(plan.rate)
+            due += rng.expovariate(rate)
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -25,6 +25,7 @@ import httpx
 import sentinel_exp
 from sentinel_exp.config import ServerConfig
 from sentinel_exp.errors import ConfigError, ServerError
+from sentinel_exp.names import ServerKind
 from sentinel_exp.serve import READY_PREFIX
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE
@@ -245,7 +246,7 @@ def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> It
                 f"(or server=simulated for a model-free check of the tool itself)."
             )
         log.info("server=auto: no Ollama at %s; starting the embedded llama.cpp server", url)
-        kind = "embedded"
+        kind = ServerKind.embedded
     # Explicit, so a run does not depend on an OLLAMA_KEEP_ALIVE that its config does not show.
     # One argument with "=": argparse would take a negative duration ("-1m") for an option.
     keep_alive = [f"--keep-alive={DEFAULT_KEEP_ALIVE if server_cfg.keep_alive is None else server_cfg.keep_alive}"]
@@ -274,9 +275,9 @@ def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> It
             )
         yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid)
     elif kind == "openai":
-        url = configured_url(server_cfg)
-        if url is None:
+        openai_url = configured_url(server_cfg)
+        if openai_url is None:
             raise ServerError("server=openai needs server.url, e.g. server.url=http://127.0.0.1:8080")
-        yield ServerHandle(kind="openai", url=url, pid=server_cfg.pid)
+        yield ServerHandle(kind="openai", url=openai_url, pid=server_cfg.pid)
     else:
         raise ServerError(f"unknown server.kind {kind!r}")

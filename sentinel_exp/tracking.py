@@ -135,6 +135,12 @@ class Tracker:
                 f"cannot use the MLflow store tracking.uri={uri!r} with experiment {experiment!r}: {first_line}"
             ) from None
 
+    @property
+    def _started_run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("Tracker.start() first")  # a bug in the caller, not a user error
+        return self.run_id
+
     def where_logged(self) -> str | None:
         """One line: the run, its store, and where to browse it."""
         if self.run_id is None:
@@ -151,14 +157,14 @@ class Tracker:
 
         items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
         for i in range(0, len(items), _BATCH_PARAMS):
-            self.client.log_batch(self.run_id, tags=items[i : i + _BATCH_PARAMS])
+            self.client.log_batch(self._started_run, tags=items[i : i + _BATCH_PARAMS])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), _BATCH_PARAMS):
-            self.client.log_batch(self.run_id, params=items[i : i + _BATCH_PARAMS])
+            self.client.log_batch(self._started_run, params=items[i : i + _BATCH_PARAMS])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -177,14 +183,14 @@ class Tracker:
                 continue
             batch.append(Metric(key, value, timestamp, step))
             if len(batch) == _BATCH_METRICS:
-                self.client.log_batch(self.run_id, metrics=batch)
+                self.client.log_batch(self._started_run, metrics=batch)
                 batch = []
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self.client.log_batch(self._started_run, metrics=batch)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         if path.exists():
-            self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
+            self.client.log_artifact(self._started_run, str(path), artifact_path=subdir)
 
     def end(self, status: str) -> None:
         if self.run_id is not None:

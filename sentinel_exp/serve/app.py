@@ -11,8 +11,9 @@ import asyncio
 import itertools
 import json
 import time
+import typing
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -40,7 +41,7 @@ class BadRequest(Exception):
 class DeferredStream(Response):
     """Streams `rest` after `first`; stops generating when the client goes away."""
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], media_type: str) -> None:
+    def __init__(self, first: bytes, rest: AsyncGenerator[bytes, None], media_type: str) -> None:
         self.first = first
         self.rest = rest
         self.status_code = 200
@@ -222,7 +223,7 @@ class OllamaApp:
 
     async def _events(
         self, gen: GenerationRequest, runner: dict[str, Any], keep_alive_s: float | None, started_ns: int
-    ) -> AsyncIterator[tuple[Token | Finished | RawLine, dict[str, Any] | None]]:
+    ) -> AsyncGenerator[tuple[Token | Finished | RawLine, dict[str, Any] | None], None]:
         """Engine events; the Finished one comes with Ollama's duration fields."""
         async with self.scheduler.admit(gen.model, runner, keep_alive_s) as admission:
             load_ns = admission.ready_ns - started_ns
@@ -237,7 +238,7 @@ class OllamaApp:
                     else:
                         yield event, None
 
-    async def _stream_ollama(self, api: str, tag: str, events: AsyncIterator[Any]) -> Response:
+    async def _stream_ollama(self, api: str, tag: str, events: AsyncGenerator[Any, None]) -> Response:
         make_chunk = wire.chat_chunk if api == "chat" else wire.generate_chunk
 
         def encode(event: Any, timing: dict[str, Any] | None) -> bytes:
@@ -245,7 +246,7 @@ class OllamaApp:
                 return wire.dumps(make_chunk(tag, event.text, event.thinking)) + b"\n"
             if isinstance(event, Finished):
                 return wire.dumps(wire.final_chunk(api, tag, event.done_reason, timing)) + b"\n"
-            return event.data
+            return typing.cast("bytes", event.data)
 
         return await self._stream(
             events,
@@ -257,7 +258,7 @@ class OllamaApp:
 
     async def _stream(
         self,
-        events: AsyncIterator[Any],
+        events: AsyncGenerator[Any, None],
         encode: Callable[[Any, Any], bytes],
         media_type: str,
         error_line: Callable[[EngineError], bytes],
@@ -270,7 +271,7 @@ class OllamaApp:
             await events.aclose()
             return error_response(exc)
 
-        async def rest() -> AsyncIterator[bytes]:
+        async def rest() -> AsyncGenerator[bytes, None]:
             try:
                 async for event, timing in events:
                     yield encode(event, timing)
@@ -281,7 +282,7 @@ class OllamaApp:
 
         return DeferredStream(encode(event, timing), rest(), media_type)
 
-    async def _collect_ollama(self, api: str, tag: str, events: AsyncIterator[Any]) -> Response:
+    async def _collect_ollama(self, api: str, tag: str, events: AsyncGenerator[Any, None]) -> Response:
         text: list[str] = []
         try:
             async for event, timing in events:
@@ -360,7 +361,9 @@ class OllamaApp:
             error_response=lambda exc: JSONResponse(wire.openai_error(str(exc), "api_error"), status_code=exc.status),
         )
 
-    async def _collect_openai(self, events: AsyncIterator[Any], request_id: str, created: int, tag: str) -> Response:
+    async def _collect_openai(
+        self, events: AsyncGenerator[Any, None], request_id: str, created: int, tag: str
+    ) -> Response:
         text: list[str] = []
         try:
             async for event, _ in events:

@@ -7,7 +7,7 @@ this, so the two servers answer with exactly the same shapes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,5 +100,5 @@ class Engine(Protocol):
     def loaded_size(self, handle: Any) -> tuple[int, int]:
         """(size, size_vram) in bytes of a loaded model, as /api/ps reports."""
 
-    def generate(self, handle: Any, request: GenerationRequest) -> AsyncIterator[Event]:
+    def generate(self, handle: Any, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         """Stream tokens, then one Finished. Raises EngineError or AbortConnection."""
