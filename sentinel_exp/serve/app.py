@@ -8,6 +8,7 @@ the first token can still be a proper HTTP status.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import json
 import time
@@ -18,10 +19,11 @@ from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sentinel_exp.serve import wire
 from sentinel_exp.serve.engine import Engine, EngineError, Finished, GenerationRequest, RawLine, Token
@@ -392,12 +394,31 @@ class OllamaApp:
         return JSONResponse(wire.openai_error("generation ended without a result", "api_error"), status_code=500)
 
 
+class BearerAuth:
+    """Requests to the OpenAI routes must carry `Authorization: Bearer <key>`, as vLLM's and
+    llama.cpp's servers check with --api-key; Ollama's own routes stay open, as in Ollama."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                error = {"message": "invalid or missing API key", "type": "invalid_request_error", "code": 401}
+                await JSONResponse({"error": error}, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     engine: Engine,
     parallel: int = 1,
     version: str = "0.0.0",
     on_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
     default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
+    api_key: str | None = None,
 ) -> Starlette:
     api = OllamaApp(engine, parallel=parallel, version=version, default_keep_alive_s=default_keep_alive_s)
     routes = [
@@ -419,6 +440,7 @@ def create_app(
         for hook in on_shutdown or []:
             await hook()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(BearerAuth, key=api_key)] if api_key else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.ollama = api
     return app
