@@ -15,29 +15,19 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from sentinel_exp.serve.engines.simulated import FAULTS, SimSettings
+from sentinel_exp.serve.sim_settings import SimSettings
 
 SERVER_KINDS = ("auto", "ollama", "embedded", "simulated", "openai")
 WORKLOAD_APIS = ("chat", "generate", "openai")
 
 
 @dataclass
-class SimConfig:
-    """Latency model of the simulated server (milliseconds)."""
+class SimConfig(SimSettings):
+    """Latency model of the simulated server: the server's own settings type, so the runner and
+    `python -m sentinel_exp.serve` share its fields, defaults and checks."""
 
-    # Defaults are the server's own, so the runner and `python -m sentinel_exp.serve` agree.
-    load_ms: float = SimSettings.load_ms
-    ttft_ms: float = SimSettings.ttft_ms
-    itl_ms: float = SimSettings.itl_ms
-    prefill_ms_per_token: float = SimSettings.prefill_ms_per_token
-    jitter_ms: float = SimSettings.jitter_ms
-    seed: int = SimSettings.seed
-    # Words per response when the request sets no num_predict.
-    tokens: int = SimSettings.tokens
-    # Concurrent generations; 0 = unlimited (Ollama itself defaults to one slot).
-    parallel: int = 0
     # Scripted faults: generation request number (1-based, warmup included) -> fault kind.
-    # Typed Any (checked in config_problems) so that `server.sim.faults={3:http_500}` on the
+    # Typed Any (checked by SimSettings.problems) so that `server.sim.faults={3:http_500}` on the
     # command line replaces the value; a typed dict would reject the new keys as "not in struct".
     faults: Any = None
 
@@ -221,29 +211,15 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("model.name is empty")
     if not str(cfg.tracking.experiment).strip():
         problems.append("tracking.experiment is empty")
-    sim = cfg.server.sim
-    if sim.tokens < 1:
-        problems.append(f"server.sim.tokens must be at least 1 (got {sim.tokens})")
-    if sim.parallel < 0:
-        problems.append(f"server.sim.parallel must be 0 (unlimited) or more (got {sim.parallel})")
+    problems += SimSettings.from_values(cfg.server.sim).problems("server.sim.")
     if cfg.telemetry.interval_s <= 0:
         problems.append(f"telemetry.interval_s must be positive (got {cfg.telemetry.interval_s})")
     for path, value in (
-        ("server.sim.faults", cfg.server.sim.faults),
         ("server.models", cfg.server.models),
         ("hardware.recommended_options", cfg.hardware.recommended_options),
     ):
         if value is not None and not OmegaConf.is_dict(value):
             problems.append(f"{path} must be a mapping like {{key: value}} (got {value!r})")
-    if OmegaConf.is_dict(cfg.server.sim.faults):
-        for number, kind in cfg.server.sim.faults.items():
-            if not isinstance(number, int) or number < 1 or kind not in FAULTS:
-                problems.append(
-                    f"server.sim.faults: {number}: {kind} should be <request number>: one of {', '.join(FAULTS)}"
-                )
-    for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms"):
-        if getattr(cfg.server.sim, name) < 0:
-            problems.append(f"server.sim.{name} must be 0 or more")
     if OmegaConf.is_dict(cfg.hardware.recommended_options):
         recommended = OmegaConf.to_container(cfg.hardware.recommended_options)
         problems += [

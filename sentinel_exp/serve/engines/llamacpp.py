@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.engine import EngineError, Event, Finished, GenerationRequest, ModelEntry, Token
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.engines.gguf_meta import GGUFError, GGUFInfo, file_sha256, mtime_rfc3339, read_gguf
@@ -175,7 +176,7 @@ class _Channel:
 
 
 class LlamaCppEngine:
-    name = "llamacpp"
+    name: str = ServerKind.EMBEDDED
 
     def __init__(self, extra_models: dict[str, str] | None = None) -> None:
         self._llama_cpp = import_llama_cpp()
