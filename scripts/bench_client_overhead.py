@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,38 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sentinel_exp import eventloop
 from sentinel_exp.clients import ollama
 from sentinel_exp.clients.common import send_request
-from sentinel_exp.names import Phase
+from sentinel_exp.names import Phase, ServerKind
 from sentinel_exp.records import RequestRecord
+from sentinel_exp.serve.launch import running_server
+from sentinel_exp.serve.sim_settings import SimSettings
 
-READY = "SENTINEL_SERVER_READY "
 MODEL = "smollm2:135m"
-
-
-def start_server(ttft_ms: float, itl_ms: float) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sentinel_exp.serve",
-            "--engine",
-            "simulated",
-            "--port",
-            "0",
-            "--load-ms",
-            "0",
-            "--ttft-ms",
-            str(ttft_ms),
-            "--itl-ms",
-            str(itl_ms),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    return proc, json.loads(line[len(READY) :])["url"]
 
 
 async def sentinel_one(client: httpx.AsyncClient, first_token_abs: list[int]) -> tuple[float, float]:
@@ -127,8 +100,9 @@ def main() -> None:
     parser.add_argument("--itl-ms", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=4, help="alternations of the two clients")
     args = parser.parse_args()
-    proc, url = start_server(args.ttft_ms, args.itl_ms)
-    try:
+    sim = SimSettings(load_ms=0.0, ttft_ms=args.ttft_ms, itl_ms=args.itl_ms)
+    with running_server(ServerKind.simulated, sim.to_args()) as server:
+        url = server.url
         print(f"simulated server {url}: ttft {args.ttft_ms} ms, itl {args.itl_ms} ms; {os.cpu_count()} CPUs")
         print(
             f"{'concurrency':>11} {'client':>9} {'read p50':>9} {'read p99':>9} {'ttft-inj p50':>13} "
@@ -147,9 +121,6 @@ def main() -> None:
                     f"{concurrency:>11} {kind:>9} {np.percentile(lat, 50):9.3f} {np.percentile(lat, 99):9.3f} "
                     f"{np.percentile(err, 50):13.3f} {np.percentile(err, 99):13.3f}   n={len(lat)}"
                 )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What the embedded server adds on top of llama-cpp-python itself.
 
-Runs the same chat prompts through (a) `python -m sentinel_exp.serve --engine llamacpp` over
+Runs the same chat prompts through (a) `python -m sentinel_exp.serve --engine embedded` over
 loopback HTTP with an httpx streaming client and (b) llama-cpp-python in this process
 (`create_chat_completion(stream=True)`), alternating one request each, never at the same time,
 with the same GGUF, n_ctx, n_threads, max_tokens and greedy sampling. Both sides see the same
@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import select
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,11 +28,13 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from sentinel_exp.names import ServerKind  # noqa: E402
 from sentinel_exp.serve.engines import registry  # noqa: E402
 from sentinel_exp.serve.engines.llamacpp import import_llama_cpp, llama_kwargs, usable_cpus  # noqa: E402
+from sentinel_exp.serve.launch import running_server  # noqa: E402
+from sentinel_exp.serve.sim_settings import SimSettings  # noqa: E402
 from sentinel_exp.serve.wire import runner_options  # noqa: E402
 
-READY_PREFIX = "SENTINEL_SERVER_READY "
 PROMPTS = (
     "Write a long story about a dragon who guards a library.",
     "Explain in detail how a steam engine works.",
@@ -62,34 +60,6 @@ class Sample:
 
 def decode_rate(tokens: int, first_ns: int, last_ns: int) -> float:
     return (tokens - 1) / ((last_ns - first_ns) / 1e9) if tokens > 1 and last_ns > first_ns else float("nan")
-
-
-def start_server(*engine_args: str) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel_exp.serve", *engine_args, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    readable, _, _ = select.select([proc.stdout], [], [], 120)
-    line = proc.stdout.readline().decode() if readable else ""
-    if not line.startswith(READY_PREFIX):
-        stop_server(proc)
-        raise SystemExit(f"server did not start: {line!r}")
-    return proc, json.loads(line[len(READY_PREFIX) :])["url"]
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def via_server(client: httpx.Client, prompt: str, options: dict[str, Any], model: str = registry.BUNDLED_TAG) -> Sample:
@@ -167,17 +137,17 @@ def p50(values: list[float]) -> float:
 def http_floor(requests: int, pause_ms: float) -> tuple[float, float]:
     """TTFT the HTTP app and this client add by themselves: the simulated engine writes its first
     token exactly SIM_TTFT_MS after the request arrives; returns p50 excess for both clock starts."""
-    proc, url = start_server("--engine", "simulated", "--load-ms", "0", "--ttft-ms", str(SIM_TTFT_MS))
     samples: list[Sample] = []
-    try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            for i in range(requests + 3):
-                time.sleep(pause_ms / 1000)
-                sample = via_server(client, PROMPTS[0], {"num_predict": 2}, model="smollm2:135m")
-                if i >= 3:
-                    samples.append(sample)
-    finally:
-        stop_server(proc)
+    sim = SimSettings(load_ms=0.0, ttft_ms=SIM_TTFT_MS)
+    with (
+        running_server(ServerKind.simulated, sim.to_args(), timeout_s=120) as server,
+        httpx.Client(base_url=server.url, timeout=60) as client,
+    ):
+        for i in range(requests + 3):
+            time.sleep(pause_ms / 1000)
+            sample = via_server(client, PROMPTS[0], {"num_predict": 2}, model="smollm2:135m")
+            if i >= 3:
+                samples.append(sample)
     return (p50([s.ttft_ms for s in samples]) - SIM_TTFT_MS, p50([s.ttft_after_body_ms for s in samples]) - SIM_TTFT_MS)
 
 
@@ -199,11 +169,13 @@ def main() -> int:
     options = {**runner, "use_mmap": True, "num_predict": args.max_tokens, **SAMPLING}
     llm = llama_cpp.Llama(str(path), **llama_kwargs(runner))
 
-    proc, url = start_server("--engine", "llamacpp")
     server: list[Sample] = []
     local: list[Sample] = []
     try:
-        with httpx.Client(base_url=url, timeout=120) as client:
+        with (
+            running_server(ServerKind.embedded, timeout_s=120) as embedded,
+            httpx.Client(base_url=embedded.url, timeout=120) as client,
+        ):
             for i in range(args.warmup + args.requests):
                 prompt = PROMPTS[i % len(PROMPTS)]
                 # Alternate which side goes first so neither always follows the other's activity.
@@ -220,7 +192,6 @@ def main() -> int:
                     server.append(results["server"])
                     local.append(results["local"])
     finally:
-        stop_server(proc)
         llm.close()
 
     floor_headers, floor_body = http_floor(args.requests, args.pause_ms)

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import Api, ServerKind
-from sentinel_exp.serve.engines.simulated import FAULTS, SimSettings
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
+from sentinel_exp.serve.sim_settings import SimSettings
 from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
 
 if TYPE_CHECKING:
@@ -56,46 +56,19 @@ def _keep_alive_problems(path: str, value: Any) -> list[str]:
 
 
 @dataclass
-class SimConfig:
-    """Latency model of the simulated server (milliseconds)."""
+class SimConfig(SimSettings):
+    """Latency model of the simulated server: the server's own settings type, so the runner and
+    `python -m sentinel_exp.serve` share its fields, defaults and checks."""
 
-    # Defaults are the server's own, so the runner and `python -m sentinel_exp.serve` agree.
-    load_ms: float = SimSettings.load_ms
-    """Cold load time (first request, after keep_alive expiry, on a reload)."""
-    ttft_ms: float = SimSettings.ttft_ms
-    """Warm time from request received to first token written."""
-    itl_ms: float = SimSettings.itl_ms
-    """Time between tokens."""
-    prefill_ms_per_token: float = SimSettings.prefill_ms_per_token
-    """Prefill time per uncached prompt token."""
-    jitter_ms: float = SimSettings.jitter_ms
-    """Standard deviation of Gaussian noise on each delay; 0 = deterministic."""
-    seed: int = SimSettings.seed
-    """Seed of the jitter."""
-    tokens: int = SimSettings.tokens
-    """Answer length in tokens when the request sets no num_predict."""
-    parallel: int = 0
-    """Concurrent generations; 0 = unlimited (Ollama itself defaults to one slot)."""
+    # Scripted faults: generation request number (1-based, warmup included) -> fault kind.
+    # Typed Any (checked by SimSettings.problems) so that `server.sim.faults={3:http_500}` on the
+    # command line replaces the value; a typed dict would reject the new keys as "not in struct".
     faults: Any = None
     """Scripted faults: {request number (1-based, warmup included): fault kind}."""
 
-    def problems(self) -> list[str]:
-        problems = [
-            f"server.sim.{name} must be 0 or more"
-            for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms")
-            if getattr(self, name) < 0
-        ]
-        if self.tokens < 1:
-            problems.append(f"server.sim.tokens must be at least 1 (got {self.tokens})")
-        if self.parallel < 0:
-            problems.append(f"server.sim.parallel must be 0 (unlimited) or more (got {self.parallel})")
-        problems += _mapping_problems("server.sim.faults", self.faults)
-        for number, kind in (self.faults or {}).items() if isinstance(self.faults, Mapping) else ():
-            if not isinstance(number, int) or number < 1 or kind not in FAULTS:
-                problems.append(
-                    f"server.sim.faults: {number}: {kind} should be <request number>: one of {', '.join(FAULTS)}"
-                )
-        return problems
+    def settings(self) -> SimSettings:
+        """The plain server settings (faults null = none), as the serve command and engine take them."""
+        return SimSettings.from_values(vars(self))
 
 
 @dataclass
@@ -117,7 +90,7 @@ class ServerConfig:
     sim: SimConfig = field(default_factory=SimConfig)
 
     def problems(self) -> list[str]:
-        problems = self.sim.problems() + _mapping_problems("server.models", self.models)
+        problems = self.sim.settings().problems("server.sim.") + _mapping_problems("server.models", self.models)
         try:
             server_default_seconds(None if self.keep_alive is None else str(self.keep_alive))
         except KeepAliveError as exc:
@@ -410,8 +383,16 @@ def typed_config(cfg: DictConfig) -> ExperimentConfig:
 
 @functools.cache
 def field_docs(schema: type) -> dict[str, str]:
-    """The one-line description written under each field of a config dataclass."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(schema)))
+    """The one-line description of each field of a config dataclass: the string written under it,
+    or the `doc` in its metadata (the simulated server's settings carry theirs there, for argparse)."""
+    docs = {f.name: str(f.metadata["doc"]) for f in dataclasses.fields(schema) if "doc" in f.metadata}
+    for base in reversed(schema.__mro__[:-1]):
+        docs.update(_attribute_docstrings(base))
+    return docs
+
+
+def _attribute_docstrings(cls: type) -> dict[str, str]:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
     docs: dict[str, str] = {}
     for statement, following in itertools.pairwise(body):

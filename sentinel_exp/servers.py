@@ -6,29 +6,22 @@ memory are the server's and not the client's, and they are stopped on every way 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import queue
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-import sentinel_exp
 from sentinel_exp.config import ServerConfig
 from sentinel_exp.errors import ConfigError, ServerError
 from sentinel_exp.names import ServerKind
-from sentinel_exp.serve import READY_PREFIX
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE
+from sentinel_exp.serve.launch import ServerStartError, start_server
 
 log = logging.getLogger(__name__)
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
@@ -89,114 +82,19 @@ def probe_ollama(url: str, timeout_s: float = 1.0) -> str | None:
         return None
 
 
-def _sim_args(sim: Any) -> list[str]:
-    args = [
-        "--load-ms",
-        str(sim.load_ms),
-        "--ttft-ms",
-        str(sim.ttft_ms),
-        "--itl-ms",
-        str(sim.itl_ms),
-        "--prefill-ms-per-token",
-        str(sim.prefill_ms_per_token),
-        "--jitter-ms",
-        str(sim.jitter_ms),
-        "--seed",
-        str(sim.seed),
-        "--tokens",
-        str(sim.tokens),
-        "--parallel",
-        str(sim.parallel),
-    ]
-    for number, kind in (sim.faults or {}).items():
-        args += ["--fault", f"{number}:{kind}"]
-    return args
-
-
-def _await_ready(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
-    """The server's ready line. A thread reads stdout to its end, so the ready line is never
-    missed in a buffer and a chatty child can never block on a full pipe."""
-    found: queue.Queue[dict[str, Any] | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith(READY_PREFIX):
-                try:
-                    found.put(json.loads(line[len(READY_PREFIX) :]))
-                except json.JSONDecodeError:
-                    pass
-        found.put(None)  # the child closed stdout: it exited
-
-    threading.Thread(target=pump, name="server-stdout", daemon=True).start()
-    try:
-        ready = found.get(timeout=timeout_s)
-    except queue.Empty:
-        raise TimeoutError from None
-    if ready is None:
-        raise TimeoutError
-    return ready
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
 @contextmanager
 def start_bundled(
-    engine: str, extra_args: list[str], startup_timeout_s: float, log_path: Path
+    engine: ServerKind, extra_args: list[str], startup_timeout_s: float, log_path: Path
 ) -> Iterator[ServerHandle]:
     """Start `python -m sentinel_exp.serve` on a free loopback port; stop it on exit."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "sentinel_exp.serve",
-        "--engine",
-        engine,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--exit-with-parent",
-        str(os.getpid()),
-        *extra_args,
-    ]
-    env = dict(os.environ)
-    package_root = str(Path(sentinel_exp.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as server_log:
-        # A session of its own: a terminal Ctrl-C reaches only the runner, which then logs what
-        # finished and stops the server itself.
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=server_log, text=True, env=env, start_new_session=True
-        )
-        try:
-            try:
-                ready = _await_ready(proc, startup_timeout_s)
-            except TimeoutError:
-                _stop(proc)
-                tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:].strip()
-                raise ServerError(
-                    f"the {engine} server did not start within {startup_timeout_s:.0f} s "
-                    f"(exit code {proc.poll()}). Its log ({log_path}):\n{tail}"
-                ) from None
-            yield ServerHandle(
-                kind="embedded" if engine == "llamacpp" else engine,
-                url=ready["url"],
-                pid=int(ready["pid"]),
-                log_path=log_path,
-            )
-        finally:
-            _stop(proc)
+    try:
+        server = start_server(engine, extra_args, timeout_s=startup_timeout_s, log_path=log_path)
+    except ServerStartError as exc:
+        raise ServerError(str(exc)) from None
+    try:
+        yield ServerHandle(kind=engine, url=server.url, pid=server.pid, log_path=log_path)
+    finally:
+        server.stop()
 
 
 def embedded_hint() -> str:
@@ -252,8 +150,8 @@ def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> It
     keep_alive = [f"--keep-alive={DEFAULT_KEEP_ALIVE if server_cfg.keep_alive is None else server_cfg.keep_alive}"]
     if kind == "simulated":
         with start_bundled(
-            "simulated",
-            ["--model", model, *keep_alive, *_sim_args(server_cfg.sim)],
+            ServerKind.simulated,
+            ["--model", model, *keep_alive, *server_cfg.sim.settings().to_args()],
             server_cfg.startup_timeout_s,
             log_path,
         ) as handle:
@@ -263,7 +161,7 @@ def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> It
         if problem is not None:
             raise ServerError(f"server=embedded cannot serve model '{model}': {problem}.")
         args = [arg for tag, path in (server_cfg.models or {}).items() for arg in ("--model", f"{tag}={path}")]
-        with start_bundled("llamacpp", [*args, *keep_alive], server_cfg.startup_timeout_s, log_path) as handle:
+        with start_bundled(ServerKind.embedded, [*args, *keep_alive], server_cfg.startup_timeout_s, log_path) as handle:
             yield handle
     elif kind == "ollama":
         url = configured_url(server_cfg) or ollama_url_from_env()

@@ -2,63 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from sentinel_exp.names import ServerKind
+from sentinel_exp.serve.launch import BundledServer, start_server
+
 REPO = Path(__file__).resolve().parent.parent
-READY_PREFIX = "SENTINEL_SERVER_READY "
-
-
-@dataclass
-class ServerProcess:
-    url: str
-    pid: int
-    proc: subprocess.Popen[str]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
-def start_server(engine: str, *args: str, timeout_s: float = 120.0) -> ServerProcess:
-    """`python -m sentinel_exp.serve` on 127.0.0.1 and a free port; waits for its ready line."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel_exp.serve", "--engine", engine, "--host", "127.0.0.1", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith(READY_PREFIX):
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
-    ready = json.loads(line[len(READY_PREFIX) :])
-    return ServerProcess(ready["url"], ready["pid"], proc)
 
 
 @pytest.fixture
-def sim_server_factory() -> Iterator[object]:
-    started: list[ServerProcess] = []
+def sim_server_factory() -> Iterator[Callable[..., BundledServer]]:
+    """Start simulated servers with these `python -m sentinel_exp.serve` flags; all stop at the end."""
+    started: list[BundledServer] = []
 
-    def factory(*args: str) -> ServerProcess:
-        server = start_server("simulated", *args)
+    def factory(*args: str) -> BundledServer:
+        server = start_server(ServerKind.simulated, args, timeout_s=120.0)
         started.append(server)
         return server
 

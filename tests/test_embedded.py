@@ -1,4 +1,4 @@
-"""The embedded llama.cpp server end to end: a real `python -m sentinel_exp.serve --engine llamacpp`
+"""The embedded llama.cpp server end to end: a real `python -m sentinel_exp.serve --engine embedded`
 subprocess with the bundled SmolLM2-135M, driven over loopback HTTP as a client drives Ollama.
 
 Answers are kept short (num_predict 4-16) so the module takes seconds on 2 CPU cores. The server
@@ -11,13 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import select
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,15 +22,16 @@ import pytest
 pytest.importorskip("llama_cpp")
 httpx = pytest.importorskip("httpx")
 
+from sentinel_exp.names import ServerKind  # noqa: E402
 from sentinel_exp.serve.engines import registry  # noqa: E402
 from sentinel_exp.serve.engines.gguf_meta import file_sha256  # noqa: E402
 from sentinel_exp.serve.engines.llamacpp import THREADS_ENV  # noqa: E402
+from sentinel_exp.serve.launch import BundledServer, ServerStartError, running_server, start_server  # noqa: E402
 from sentinel_exp.serve.prompt_fit import DEFAULT_NUM_KEEP, prompt_limit  # noqa: E402
 
 pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
-READY_PREFIX = "SENTINEL_SERVER_READY "
 MODEL = registry.BUNDLED_TAG
 # Deterministic answers; the prompt asks for a long text so num_predict is what ends it.
 STORY = "Write a long story about a dragon who guards a library."
@@ -54,65 +49,20 @@ if registry.bundled_model_path() is None:
     pytest.skip(f"the bundled {MODEL} GGUF is not installed ({registry.EXTRA_HINT})", allow_module_level=True)
 
 
-class Server:
-    def __init__(self, url: str, proc: subprocess.Popen[bytes], stderr_path: Path) -> None:
-        self.url = url
-        self.proc = proc
-        self.stderr_path = stderr_path
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")[-4000:]
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", THREADS_ENV: "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    with tempfile.TemporaryDirectory() as tmp:
-        stderr_path = Path(tmp) / "server.stderr"
-        with open(stderr_path, "wb") as stderr:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "sentinel_exp.serve",
-                    "--engine",
-                    "llamacpp",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                cwd=REPO,
-                start_new_session=True,
-            )
-        try:
-            assert proc.stdout is not None
-            readable, _, _ = select.select([proc.stdout], [], [], 120)
-            line = proc.stdout.readline().decode() if readable else ""
-            if not line.startswith(READY_PREFIX):
-                pytest.fail(f"server did not start: {line!r}\n{stderr_path.read_text(errors='replace')}")
-            yield Server(json.loads(line[len(READY_PREFIX) :])["url"], proc, stderr_path)
-        finally:
-            _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)  # the session we started: the server and nothing else
+def server() -> Iterator[BundledServer]:
     try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+        started = start_server(ServerKind.embedded, timeout_s=120.0, env={THREADS_ENV: "1"}, cwd=REPO)
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 @pytest.fixture(scope="module")
-def client(server: Server) -> Iterator[httpx.Client]:
+def client(server: BundledServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=120) as c:
         yield c
 
@@ -328,7 +278,7 @@ def test_openai_stream_with_usage(client: httpx.Client) -> None:
     assert usage["usage"]["total_tokens"] == usage["usage"]["prompt_tokens"] + 10
 
 
-def test_over_long_prompt_is_truncated_as_ollama_does(client: httpx.Client, server: Server) -> None:
+def test_over_long_prompt_is_truncated_as_ollama_does(client: httpx.Client, server: BundledServer) -> None:
     # About 600 tokens against a 256-token window; Ollama keeps num_keep (4) + BOS tokens and the
     # tail (where the instruction is), leaving half of the rest free: 256 - (256 - 5) // 2 = 131.
     prompt = "The sky is blue today. " * 100 + STORY
@@ -345,12 +295,12 @@ def test_over_long_prompt_is_truncated_as_ollama_does(client: httpx.Client, serv
     body = reply.json()
     assert body["prompt_eval_count"] == prompt_limit(256, DEFAULT_NUM_KEEP + 1) == 131
     assert body["eval_count"] == 4 and body["done_reason"] == "length", body
-    assert server.proc.poll() is None
+    assert server.process.poll() is None
     _, final = chat(client)  # default num_ctx again: reloads and answers
     assert final["eval_count"] >= 1
 
 
-def test_client_disconnect_stops_generation(client: httpx.Client, server: Server) -> None:
+def test_client_disconnect_stops_generation(client: httpx.Client, server: BundledServer) -> None:
     chat(client)  # warm, so the long request below starts decoding at once
     body = {
         "model": MODEL,
@@ -369,4 +319,16 @@ def test_client_disconnect_stops_generation(client: httpx.Client, server: Server
     _, final = chat(client, num_predict=4)
     assert time.perf_counter() - started < 5.0, final
     assert final["eval_count"] == 4
-    assert server.proc.poll() is None
+    assert server.process.poll() is None
+
+
+def test_the_engine_is_named_embedded(client: httpx.Client, server: BundledServer) -> None:
+    assert client.get("/api/version").json()["version"].endswith("-sentinel-embedded")
+    assert "deprecated" not in server.log_tail()
+
+
+def test_llamacpp_still_starts_the_embedded_engine_with_a_warning() -> None:
+    with running_server("llamacpp", timeout_s=120.0, env={THREADS_ENV: "1"}) as old_name:
+        version = httpx.get(f"{old_name.url}/api/version", trust_env=False).json()["version"]
+        assert version.endswith("-sentinel-embedded")
+        assert "warning: --engine llamacpp is deprecated; use --engine embedded" in old_name.log_tail()

@@ -64,3 +64,13 @@ def test_server_default_reads_like_ollama_keep_alive_env(value, seconds):
 def test_server_default_rejects_what_ollama_would_silently_ignore(value):
     with pytest.raises(KeepAliveError, match="invalid default keep_alive"):
         server_default_seconds(value)
+
+
+def test_the_servers_default_is_ollamas_five_minutes_from_one_constant() -> None:
+    from sentinel_exp.serve.engines.simulated import SimulatedEngine
+    from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE, DEFAULT_KEEP_ALIVE_S
+    from sentinel_exp.serve.scheduler import ModelScheduler
+    from sentinel_exp.serve.sim_settings import SimSettings
+
+    assert DEFAULT_KEEP_ALIVE == "5m" and DEFAULT_KEEP_ALIVE_S == 300.0 == server_default_seconds("")
+    assert ModelScheduler(SimulatedEngine(SimSettings())).default_keep_alive_s == 300.0

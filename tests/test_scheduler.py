@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sentinel_exp.serve.engines.simulated import SimSettings, SimulatedEngine
+from sentinel_exp.serve.engines.simulated import SimulatedEngine
 from sentinel_exp.serve.scheduler import ModelScheduler
+from sentinel_exp.serve.sim_settings import SimSettings
 
 X = {"num_ctx": 2048}
 Y = {"num_ctx": 4096}  # another runner option: a reload

@@ -7,6 +7,9 @@ import time
 import httpx
 import pytest
 
+from sentinel_exp.names import ServerKind
+from sentinel_exp.serve.launch import ServerStartError, start_server
+
 pytestmark = pytest.mark.slow
 
 CHAT = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi there"}], "options": {"num_predict": 4}}
@@ -257,19 +260,7 @@ def test_a_negative_keep_alive_flag_means_forever(sim_server_factory):
 
 
 def test_a_bad_ollama_keep_alive_env_is_refused():
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    env = {**os.environ, "OLLAMA_KEEP_ALIVE": "soon", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "sentinel_exp.serve", "--engine", "simulated", "--port", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2
-    assert "invalid default keep_alive 'soon'" in done.stderr
+    with pytest.raises(ServerStartError) as refused:
+        start_server(ServerKind.simulated, env={"OLLAMA_KEEP_ALIVE": "soon"}, timeout_s=60)
+    assert refused.value.exit_code == 2
+    assert "invalid default keep_alive 'soon'" in refused.value.log_tail

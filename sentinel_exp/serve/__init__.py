@@ -1,4 +1,4 @@
 """The bundled Ollama-compatible servers (`python -m sentinel_exp.serve`)."""
 
-# The one stdout line a bundled server prints once it listens, followed by JSON {"url", "pid"}.
+# The one stdout line a bundled server prints once it listens, followed by JSON {"url", "pid", "engine"}.
 READY_PREFIX = "SENTINEL_SERVER_READY "

@@ -1,10 +1,12 @@
 """`python -m sentinel_exp.serve`: run a bundled Ollama-compatible server standalone.
 
     python -m sentinel_exp.serve --engine simulated --port 11500 --ttft-ms 40 --itl-ms 5
-    python -m sentinel_exp.serve --engine llamacpp --port 11500
+    python -m sentinel_exp.serve --engine embedded --port 11500
 
-With --port 0 a free port is chosen. One line `SENTINEL_SERVER_READY {"url": ..., "pid": ...}`
-is printed on stdout once the socket is listening, which is how the runner finds the port.
+`--engine embedded` is the llama.cpp server that `server=embedded` starts (`--engine llamacpp`,
+its former name, still works). With --port 0 a free port is chosen. One line
+`SENTINEL_SERVER_READY {"url": ..., "pid": ..., "engine": ...}` is printed on stdout once the
+socket is listening, which is how the runner finds the port.
 """
 
 from __future__ import annotations
@@ -19,40 +21,48 @@ import sys
 from typing import Any
 
 from sentinel_exp import __version__, eventloop
+from sentinel_exp.names import ServerKind
 from sentinel_exp.serve import READY_PREFIX
-from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, FAULTS, SimSettings, SimulatedEngine
-from sentinel_exp.serve.keepalive import server_default_seconds
+from sentinel_exp.serve.engine import Engine
+from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, SimulatedEngine
+from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE, server_default_seconds
+from sentinel_exp.serve.sim_settings import SimSettings
+
+ENGINES = (ServerKind.simulated, ServerKind.embedded)
+# The embedded engine's former name, kept for scripts that use it.
+DEPRECATED_ENGINE_NAMES = {"llamacpp": ServerKind.embedded}
+# Generation slots of the embedded engine unless --parallel says otherwise: Ollama's default.
+EMBEDDED_PARALLEL = 1
 
 
-def parse_faults(items: list[str]) -> dict[int, str]:
-    faults: dict[int, str] = {}
-    for item in items:
-        number, _, kind = item.partition(":")
-        if not number.isdigit() or kind not in FAULTS:
-            raise argparse.ArgumentTypeError(f"--fault expects N:KIND with KIND in {', '.join(FAULTS)}; got {item!r}")
-        faults[int(number)] = kind
-    return faults
+def engine_name(text: str) -> str:
+    """An --engine value, with a deprecated name replaced by the current one (and a warning)."""
+    if text in DEPRECATED_ENGINE_NAMES:
+        current = DEPRECATED_ENGINE_NAMES[text]
+        print(f"warning: --engine {text} is deprecated; use --engine {current}", file=sys.stderr)
+        return current
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sentinel_exp.serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--engine", choices=("simulated", "llamacpp"), required=True)
+    parser.add_argument(
+        "--engine",
+        type=engine_name,
+        choices=ENGINES,
+        required=True,
+        help="simulated: model-free, with known timing; embedded: GGUF models on llama.cpp (also: llamacpp)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434, help="0 = any free port")
-    parser.add_argument(
-        "--parallel",
-        type=int,
-        default=None,
-        help="generations at once; 0 = unlimited (default: 1 for llamacpp, 0 for simulated)",
-    )
     parser.add_argument(
         "--model",
         action="append",
         default=[],
         metavar="TAG[=GGUF]",
-        help="model to serve (repeatable); llamacpp takes TAG=path/to/model.gguf",
+        help="model to serve (repeatable); embedded takes TAG=path/to/model.gguf",
     )
     parser.add_argument(
         "--exit-with-parent",
@@ -62,58 +72,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop when process PID is gone (used by the runner)",
     )
     parser.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="require `Authorization: Bearer $VAR` on the OpenAI routes (/v1/...), as vLLM's --api-key; "
+        "the key is read from the environment variable VAR, never from the command line",
+    )
+    parser.add_argument(
         "--keep-alive",
         default=None,
         metavar="DURATION",
         help="keep_alive of requests that send none, as OLLAMA_KEEP_ALIVE sets it for "
         "Ollama: a Go duration ('5m', '30s') or seconds, negative = forever "
-        "(default: $OLLAMA_KEEP_ALIVE, else 5m)",
+        f"(default: $OLLAMA_KEEP_ALIVE, else {DEFAULT_KEEP_ALIVE})",
     )
-    sim = parser.add_argument_group("simulated engine")
-    sim.add_argument("--load-ms", type=float, default=SimSettings.load_ms)
-    sim.add_argument("--ttft-ms", type=float, default=SimSettings.ttft_ms)
-    sim.add_argument("--itl-ms", type=float, default=SimSettings.itl_ms)
-    sim.add_argument("--prefill-ms-per-token", type=float, default=SimSettings.prefill_ms_per_token)
-    sim.add_argument("--jitter-ms", type=float, default=SimSettings.jitter_ms)
-    sim.add_argument("--seed", type=int, default=SimSettings.seed)
-    sim.add_argument("--tokens", type=int, default=SimSettings.tokens, help="answer length when num_predict is not set")
-    sim.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        metavar="N:KIND",
-        help=f"make generation request N fail; KIND in {', '.join(FAULTS)}",
-    )
+    SimSettings.add_arguments(parser, "simulated engine (--parallel applies to both)")
     return parser
 
 
-def build_engine(args: argparse.Namespace) -> tuple[Any, int]:
-    if args.engine == "simulated":
-        settings = SimSettings(
-            load_ms=args.load_ms,
-            ttft_ms=args.ttft_ms,
-            itl_ms=args.itl_ms,
-            prefill_ms_per_token=args.prefill_ms_per_token,
-            jitter_ms=args.jitter_ms,
-            seed=args.seed,
-            tokens=args.tokens,
-            faults=parse_faults(args.fault),
-        )
+def build_engine(args: argparse.Namespace) -> tuple[Engine, int]:
+    """The engine and its number of generation slots (0 = unlimited)."""
+    if args.engine == ServerKind.simulated:
+        settings = SimSettings.from_args(args)
         tags = [m.partition("=")[0] for m in args.model] or list(DEFAULT_MODELS)
-        return SimulatedEngine(settings, tags), 0 if args.parallel is None else args.parallel
+        return SimulatedEngine(settings, tags), settings.parallel
     from sentinel_exp.serve.engines.llamacpp import EngineUnavailable, LlamaCppEngine
 
     extra = {}
     for item in args.model:
         tag, sep, path = item.partition("=")
         if not sep:
-            raise SystemExit(f"--model for llamacpp needs TAG=path/to/file.gguf, got {item!r}")
+            raise SystemExit(f"--model for {ServerKind.embedded} needs TAG=path/to/file.gguf, got {item!r}")
         extra[tag] = path
     try:
         engine = LlamaCppEngine(extra_models=extra)
     except EngineUnavailable as exc:
         raise SystemExit(f"error: {exc}") from None
-    return engine, 1 if args.parallel is None else args.parallel
+    parallel: int = getattr(args, "parallel", EMBEDDED_PARALLEL)  # unset flags stay out of args
+    return engine, parallel
 
 
 async def _watch_parent(pid: int, server: Any) -> None:
@@ -157,6 +153,15 @@ def _join_negative_durations(argv: list[str]) -> list[str]:
     return out
 
 
+def _api_key(variable: str | None) -> str | None:
+    if variable is None:
+        return None
+    key = os.environ.get(variable, "").strip()
+    if not key:
+        raise ValueError(f"--api-key-env {variable}: the environment variable {variable} is empty or not set")
+    return key
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_durations(sys.argv[1:] if argv is None else argv))
     try:
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         keep_alive_s = server_default_seconds(
             args.keep_alive if args.keep_alive is not None else os.environ.get("OLLAMA_KEEP_ALIVE")
         )
-    except (ValueError, argparse.ArgumentTypeError) as exc:  # KeepAliveError is a ValueError
+        api_key = _api_key(args.api_key_env)
+    except ValueError as exc:  # KeepAliveError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -183,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
 
     app = create_app(
-        engine, parallel=parallel, version=f"{__version__}-sentinel-{engine.name}", default_keep_alive_s=keep_alive_s
+        engine,
+        parallel=parallel,
+        version=f"{__version__}-sentinel-{engine.name}",
+        default_keep_alive_s=keep_alive_s,
+        api_key=api_key,
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)

@@ -27,8 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sentinel_exp.serve import wire
 from sentinel_exp.serve.engine import Engine, EngineError, Finished, GenerationRequest, RawLine, Token
-from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds
-from sentinel_exp.serve.scheduler import DEFAULT_KEEP_ALIVE_S, ModelScheduler
+from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE_S, KeepAliveError, keep_alive_seconds
+from sentinel_exp.serve.scheduler import ModelScheduler
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"

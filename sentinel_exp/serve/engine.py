@@ -11,9 +11,6 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# Options Ollama fixes when the model is loaded; a request with other values reloads it.
-RUNNER_OPTION_KEYS = ("num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap")
-
 
 @dataclass(frozen=True)
 class ModelEntry:

@@ -71,6 +71,7 @@ def keep_alive_seconds(value: Any) -> float | None:
     return FOREVER if seconds < 0 else seconds
 
 
+# Ollama's default keep_alive (envconfig.KeepAlive), as OLLAMA_KEEP_ALIVE would spell it.
 DEFAULT_KEEP_ALIVE = "5m"
 
 
@@ -90,3 +91,6 @@ def server_default_seconds(text: str | None) -> float:
                 f"'30s', or whole seconds; negative = forever)"
             ) from None
     return FOREVER if seconds < 0 else seconds
+
+
+DEFAULT_KEEP_ALIVE_S = server_default_seconds(None)

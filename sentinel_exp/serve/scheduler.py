@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sentinel_exp.serve.engine import Engine, ModelEntry
-
-DEFAULT_KEEP_ALIVE_S = 300.0
+from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE_S
 
 # Loads and unloads go to the server's log (server.log beside a run): they explain cold starts.
 log = logging.getLogger("sentinel_exp.serve")
@@ -47,7 +46,6 @@ class Admission:
 
     resident: Resident
     ready_ns: int
-    was_loaded: bool
     # Until when the request could not have started: the end of a queue wait or of a load
     # (its own or one it arrived during); 0 when nothing held it up.
     blocked_until_ns: int = 0
@@ -96,12 +94,11 @@ class ModelScheduler:
         finally:
             await self._release()
 
-    async def load_only(self, tag: str, runner_options: dict[str, Any], keep_alive_s: float | None) -> bool:
-        """The empty-prompt request: load (or refresh) the model; returns whether it loaded.
-        It generates nothing, so it takes the model but never waits for a generation slot."""
-        admission = await self._acquire_model(tag, runner_options, keep_alive_s)
+    async def load_only(self, tag: str, runner_options: dict[str, Any], keep_alive_s: float | None) -> None:
+        """The empty-prompt request: load (or refresh) the model. It generates nothing, so it
+        takes the model but never waits for a generation slot."""
+        await self._acquire_model(tag, runner_options, keep_alive_s)
         await self._release()
-        return admission.was_loaded
 
     async def unload_now(self, tag: str) -> None:
         """The empty-prompt request with keep_alive 0. As in Ollama, it answers at once: an idle
@@ -135,7 +132,7 @@ class ModelScheduler:
                         self._cancel_expiry()
                         if keep_alive_s is not None:
                             current.keep_alive_s = keep_alive_s
-                        return Admission(current, time.perf_counter_ns(), was_loaded=False, blocked_until_ns=waited_ns)
+                        return Admission(current, time.perf_counter_ns(), blocked_until_ns=waited_ns)
                     # A newcomer does not overtake reloads already waiting for this moment.
                     if not fits and self._active == 0 and (wants_reload or self._reloads_waiting == 0):
                         break
@@ -166,7 +163,7 @@ class ModelScheduler:
             keep = self.default_keep_alive_s if keep_alive_s is None else keep_alive_s
             self._resident = Resident(tag, dict(runner_options), handle, keep, loaded_ns=time.perf_counter_ns())
             self._active += 1
-            return Admission(self._resident, self._resident.loaded_ns, was_loaded=True)
+            return Admission(self._resident, self._resident.loaded_ns)
 
     async def _release(self) -> None:
         """The keep_alive that counts is the one the resident model was last given (at admission)."""

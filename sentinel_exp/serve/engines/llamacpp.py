@@ -21,12 +21,13 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.engine import EngineError, Event, Finished, GenerationRequest, ModelEntry, Token
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.engines.gguf_meta import GGUFError, GGUFInfo, file_sha256, mtime_rfc3339, read_gguf
@@ -175,7 +176,7 @@ class _Channel:
 
 
 class LlamaCppEngine:
-    name = "llamacpp"
+    name: str = ServerKind.embedded
 
     def __init__(self, extra_models: dict[str, str] | None = None) -> None:
         self._llama_cpp = import_llama_cpp()
@@ -272,7 +273,7 @@ class LlamaCppEngine:
 
     # --- generation ---------------------------------------------------------------------------
 
-    async def generate(self, handle: _Loaded, request: GenerationRequest) -> AsyncIterator[Event]:
+    async def generate(self, handle: _Loaded, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         channel = _Channel(asyncio.get_running_loop())
         job = self._worker.submit(self._generate_job, handle, request, channel)
         try:

@@ -11,11 +11,11 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
-from sentinel_exp.names import FaultKind
+from sentinel_exp.names import FaultKind, ServerKind
 from sentinel_exp.serve.engine import (
     AbortConnection,
     EngineError,
@@ -27,9 +27,9 @@ from sentinel_exp.serve.engine import (
     Token,
 )
 from sentinel_exp.serve.engines.precise_timer import PreciseTimer
+from sentinel_exp.serve.sim_settings import SimSettings
 
 DEFAULT_MODELS = ("smollm2:135m", "qwen2.5:0.5b", "llama3.2:1b", "tinyllama", "phi3:3.8b-mini-4k-instruct-q4_K_M")
-FAULTS = tuple(FaultKind)
 # Faults that strike mid-stream do so after this many tokens, so a partial answer exists.
 FAULT_AFTER_TOKENS = 2
 _WORDS = (
@@ -51,26 +51,6 @@ _WORDS = (
     ".",
 )
 _TEMPLATE_TOKENS_PER_MESSAGE = 4
-
-
-@dataclass
-class SimSettings:
-    load_ms: float = 300.0
-    ttft_ms: float = 40.0
-    itl_ms: float = 5.0
-    prefill_ms_per_token: float = 0.0
-    jitter_ms: float = 0.0
-    seed: int = 0
-    tokens: int = 32
-    faults: dict[int, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for number, kind in self.faults.items():
-            if kind not in FAULTS:
-                raise ValueError(f"unknown simulated fault {kind!r} for request {number}; choose from {FAULTS}")
-        for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
 
 
 def prompt_words(messages: list[dict[str, Any]]) -> list[str]:
@@ -99,9 +79,10 @@ class _Loaded:
 
 
 class SimulatedEngine:
-    name = "simulated"
+    name: str = ServerKind.simulated
 
     def __init__(self, settings: SimSettings, model_tags: tuple[str, ...] | list[str] = DEFAULT_MODELS) -> None:
+        settings.check()
         self.settings = settings
         self._rng = random.Random(settings.seed)
         self._cached_prompt: list[str] = []
@@ -142,20 +123,20 @@ class SimulatedEngine:
     def loaded_size(self, handle: Any) -> tuple[int, int]:
         return 100 * 2**20, 0
 
-    async def generate(self, handle: Any, request: GenerationRequest) -> AsyncIterator[Event]:
+    async def generate(self, handle: Any, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         fault = self.settings.faults.get(request.request_number)
-        if fault == "http_500":
+        if fault == FaultKind.HTTP_500:
             raise EngineError("simulated server failure", status=500)
-        if fault == "http_503":
+        if fault == FaultKind.HTTP_503:
             raise EngineError("server busy, please try again. maximum pending requests exceeded", status=503)
 
         ready = request.clock_start_ns / 1e9 if request.clock_start_ns else time.perf_counter()
         words = prompt_words(request.messages)
         uncached = len(words) - common_prefix(words, self._cached_prompt)
         self._cached_prompt = words
-        num_predict = request.options.get("num_predict")
+        num_predict: int | None = request.options.get("num_predict")  # the wire layer checked its type
         limited = num_predict is not None and num_predict > 0
-        count = num_predict if limited else self.settings.tokens
+        count = num_predict if num_predict is not None and limited else self.settings.tokens
 
         # Mid-stream faults strike after a few tokens, or before the last one of a short answer.
         strike_at = min(FAULT_AFTER_TOKENS, max(count - 1, 0))
@@ -167,9 +148,9 @@ class SimulatedEngine:
             await self._timer.sleep_until(deadline)
             if k == strike_at and fault is not None:
                 await self._strike(fault)
-                if fault == "early_end":
+                if fault == FaultKind.EARLY_END:
                     return  # a clean end of the HTTP body, but no final done:true chunk
-                if fault == "malformed":
+                if fault == FaultKind.MALFORMED:
                     yield RawLine(b'{"model": "broken\n')
             last = time.perf_counter()
             if k == 0:
@@ -185,9 +166,9 @@ class SimulatedEngine:
 
     @staticmethod
     async def _strike(fault: str) -> None:
-        if fault == "error_midstream":
+        if fault == FaultKind.ERROR_MIDSTREAM:
             raise EngineError("simulated failure mid-stream")
-        if fault == "cut_stream":
+        if fault == FaultKind.CUT_STREAM:
             raise AbortConnection("simulated cut stream")
-        if fault == "stall":
+        if fault == FaultKind.STALL:
             await asyncio.sleep(3600)

@@ -1,0 +1,187 @@
+"""Starting a bundled server, `python -m sentinel_exp.serve`, as a child process: the one way the
+runner, the tests and the scripts in scripts/ start one.
+
+The child listens on 127.0.0.1 and a free port, runs in a session of its own (a terminal's Ctrl-C
+reaches only the parent, which then stops the server itself), exits when the parent is gone
+(--exit-with-parent), and writes its stderr to a log file. Its ready line is read on a thread
+that drains stdout to the end, so the line is never missed in a buffer and a chatty child never
+blocks on a full pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sentinel_exp.serve import READY_PREFIX
+
+# The folder that holds the sentinel_exp package, put on the child's PYTHONPATH so the child
+# runs this very code, installed or not and from any working directory.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+LOG_TAIL_CHARS = 2000
+STOP_TIMEOUT_S = 10.0
+
+
+class ServerStartError(RuntimeError):
+    """The server exited, or printed no ready line in time; the message ends with its log's tail."""
+
+    def __init__(self, message: str, exit_code: int | None, log_tail: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.log_tail = log_tail
+
+
+@dataclass
+class BundledServer:
+    """A started server: its URL and pid as its ready line gave them, and its process."""
+
+    engine: str
+    url: str
+    pid: int
+    process: subprocess.Popen[str]
+    log_path: Path
+    # A log file made for this server (no log_path was given): removed when it stops.
+    temporary_log: bool = False
+
+    def log_tail(self, chars: int = LOG_TAIL_CHARS) -> str:
+        return _tail(self.log_path, chars)
+
+    def stop(self) -> None:
+        """Terminate the server, kill it if it has not exited within STOP_TIMEOUT_S."""
+        stop_process(self.process)
+        if self.temporary_log:
+            self.log_path.unlink(missing_ok=True)
+
+
+def start_server(
+    engine: str,
+    args: Sequence[str] = (),
+    *,
+    timeout_s: float = 60.0,
+    log_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> BundledServer:
+    """Start `python -m sentinel_exp.serve --engine ENGINE ARGS` and wait for its ready line.
+
+    `env` is added to this process's environment; the server's stderr goes to `log_path` (a
+    temporary file when None). Raises ServerStartError, with the log's tail, if the server exits
+    first or is not ready within `timeout_s`. The caller stops it (`stop`), or uses `running_server`.
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "sentinel_exp.serve",
+        "--engine",
+        str(engine),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--exit-with-parent",
+        str(os.getpid()),
+        *args,
+    ]
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), child_env.get("PYTHONPATH")) if p)
+    temporary_log = log_path is None
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix=f"sentinel-{engine}-server-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    else:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=child_env, cwd=cwd, start_new_session=True
+        )
+    exit_code: int | None = None
+    try:
+        ready = _await_ready(process, timeout_s)
+        if ready is None:  # stdout closed: the child is exiting, and its code says why
+            exit_code = process.wait(timeout=5)
+    except (TimeoutError, subprocess.TimeoutExpired):
+        ready = None
+    except BaseException:  # e.g. Ctrl-C while waiting: leave nothing behind
+        stop_process(process)
+        if temporary_log:
+            log_path.unlink(missing_ok=True)
+        raise
+    if ready is None:
+        stop_process(process)
+        tail = _tail(log_path, LOG_TAIL_CHARS)
+        where = "" if temporary_log else f" ({log_path})"
+        if temporary_log:
+            log_path.unlink(missing_ok=True)
+        how = f"exited with code {exit_code}" if exit_code is not None else f"was not ready within {timeout_s:g} s"
+        raise ServerStartError(f"the {engine} server did not start: it {how}. Its log{where}:\n{tail}", exit_code, tail)
+    return BundledServer(str(engine), str(ready["url"]), int(ready["pid"]), process, log_path, temporary_log)
+
+
+@contextmanager
+def running_server(
+    engine: str,
+    args: Sequence[str] = (),
+    *,
+    timeout_s: float = 60.0,
+    log_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[BundledServer]:
+    """`start_server` for a `with` block: the server is stopped on every way out of it."""
+    server = start_server(engine, args, timeout_s=timeout_s, log_path=log_path, env=env, cwd=cwd)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """Terminate, then kill if it has not exited within STOP_TIMEOUT_S."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def _await_ready(process: subprocess.Popen[str], timeout_s: float) -> dict[str, Any] | None:
+    """The ready line's JSON ({"url", "pid", "engine"}); None if the child closed stdout first (it
+    is exiting). Raises TimeoutError when `timeout_s` passes first."""
+    found: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:  # to the end, after the ready line too: the pipe never fills
+            if line.startswith(READY_PREFIX):
+                try:
+                    found.put(json.loads(line[len(READY_PREFIX) :]))
+                except json.JSONDecodeError:
+                    pass
+        found.put(None)
+
+    threading.Thread(target=pump, name="server-stdout", daemon=True).start()
+    try:
+        return found.get(timeout=timeout_s)
+    except queue.Empty:
+        raise TimeoutError from None
+
+
+def _tail(path: Path, chars: int) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-chars:].strip()
+    except FileNotFoundError:
+        return ""

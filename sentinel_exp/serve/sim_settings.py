@@ -1,0 +1,170 @@
+"""The simulated server's settings: one type for the experiment config (`server.sim`), the flags
+of `python -m sentinel_exp.serve --engine simulated`, the engine and the runner.
+
+Each field carries a one-line description (its `doc`), which is also the flag's `--help`. The
+flags are generated from the fields (`add_arguments`, `from_args`), the runner turns a settings
+object back into those flags (`to_args`), and `problems` is the one place the ranges are checked.
+Standard library only, so the config layer imports it without the server's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sentinel_exp.names import FaultKind
+
+FAULTS = tuple(FaultKind)
+_T = TypeVar("_T")
+
+
+def setting(default: _T, doc: str) -> _T:
+    """A field with its default and its one-line description."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class SimSettings:
+    """Latency model of the simulated server (milliseconds) and its scripted faults."""
+
+    load_ms: float = setting(300.0, "cold load in ms: first request, after keep_alive expiry, on a reload")
+    ttft_ms: float = setting(40.0, "warm time to first token in ms, from request received to first token written")
+    itl_ms: float = setting(5.0, "time between tokens in ms")
+    prefill_ms_per_token: float = setting(0.0, "ms added to the time to first token per prompt word not in the cache")
+    jitter_ms: float = setting(0.0, "standard deviation in ms of Gaussian noise on each delay; 0 = deterministic")
+    seed: int = setting(0, "seed of the jitter")
+    tokens: int = setting(32, "answer length in words when the request sets no num_predict")
+    parallel: int = setting(0, "generations at once; 0 = unlimited (for the embedded engine the default is 1)")
+    faults: dict[int, str] = field(
+        default_factory=dict,
+        metadata={
+            "doc": f"make generation request N (1-based, warmup included) fail; KIND in {', '.join(FAULTS)}",
+            "flag": "fault",
+            "metavar": "N:KIND",
+        },
+    )
+
+    def problems(self, prefix: str = "") -> list[str]:
+        """Each setting out of range, one line each, named `prefix` + field; empty when usable."""
+        found = [
+            f"{prefix}{name} must be 0 or more (got {getattr(self, name)})"
+            for name in ("load_ms", "ttft_ms", "itl_ms", "prefill_ms_per_token", "jitter_ms")
+            if getattr(self, name) < 0
+        ]
+        if self.tokens < 1:
+            found.append(f"{prefix}tokens must be at least 1 (got {self.tokens})")
+        if self.parallel < 0:
+            found.append(f"{prefix}parallel must be 0 (unlimited) or more (got {self.parallel})")
+        faults: object = self.faults  # from a config, any value a user typed
+        if not isinstance(faults, Mapping):
+            found.append(f"{prefix}faults must be a mapping like {{3: http_500}} (got {faults!r})")
+        else:
+            found += [
+                f"{prefix}faults: {number}: {kind} should be <request number>: one of {', '.join(FAULTS)}"
+                for number, kind in faults.items()
+                if isinstance(number, bool) or not isinstance(number, int) or number < 1 or kind not in FAULTS
+            ]
+        return found
+
+    def check(self) -> None:
+        """Raise ValueError naming every problem, for the engine and the serve command."""
+        found = self.problems()
+        if found:
+            raise ValueError("; ".join(found))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> SimSettings:
+        """The settings in a mapping that holds these fields (the `server.sim` config node), unchecked;
+        other keys are left out and faults null means none."""
+        given = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
+        faults = given.get("faults")
+        if faults is None:
+            given.pop("faults", None)
+        elif isinstance(faults, Mapping):
+            given["faults"] = dict(faults.items())
+        return cls(**given)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, title: str = "simulated engine") -> None:
+        """One flag per field: `load_ms` is `--load-ms`; a mapping field is a repeatable KEY:VALUE flag.
+        Unset flags stay out of the namespace, so `from_args` takes the defaults from the fields."""
+        group = parser.add_argument_group(title)
+        hints = _field_types()
+        for f in dataclasses.fields(cls):
+            doc = f.metadata["doc"]
+            if _is_mapping(hints[f.name]):
+                key_type, value_type = typing.get_args(hints[f.name])
+                group.add_argument(
+                    _flag(f),
+                    dest=f.name,
+                    action="append",
+                    type=_pair_parser(key_type, value_type, f.metadata["metavar"]),
+                    default=argparse.SUPPRESS,
+                    metavar=f.metadata["metavar"],
+                    help=f"{doc} (repeatable)",
+                )
+            else:
+                group.add_argument(
+                    _flag(f),
+                    dest=f.name,
+                    type=hints[f.name],
+                    default=argparse.SUPPRESS,
+                    help=f"{doc} (default: {f.default})",
+                )
+
+    @classmethod
+    def from_args(cls, namespace: argparse.Namespace) -> SimSettings:
+        """The settings from flags that `add_arguments` defined; unchecked (see `check`)."""
+        hints = _field_types()
+        given: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if hasattr(namespace, f.name):
+                value = getattr(namespace, f.name)
+                given[f.name] = dict(value) if _is_mapping(hints[f.name]) else value
+        return cls(**given)
+
+    def to_args(self) -> list[str]:
+        """The flags that `from_args` reads back into equal settings (the runner starts the server with them)."""
+        hints = _field_types()
+        args: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if _is_mapping(hints[f.name]):
+                args += [f"{_flag(f)}={key}:{item}" for key, item in (value or {}).items()]
+            else:
+                # One argument with "=": argparse would take a negative value for an option.
+                args.append(f"{_flag(f)}={value}")
+        return args
+
+
+def _field_types() -> dict[str, Any]:  # Any: typing forms such as dict[int, str], not only classes
+    # SimSettings' own, also for a subclass that retypes a field (the config's `faults: Any`).
+    return typing.get_type_hints(SimSettings)
+
+
+def _flag(f: dataclasses.Field[Any]) -> str:
+    return "--" + str(f.metadata.get("flag", f.name)).replace("_", "-")
+
+
+def _is_mapping(hint: Any) -> bool:  # Any: a typing form such as dict[int, str], not a class
+    return typing.get_origin(hint) is dict
+
+
+def _pair_parser(key_type: type, value_type: type, metavar: str) -> Callable[[str], tuple[Any, Any]]:
+    """KEY:VALUE, converted to the mapping's key and value types; whether they are in range is for
+    `problems` to say."""
+
+    def parse(text: str) -> tuple[Any, Any]:
+        key, sep, value = text.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            return key_type(key), value_type(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {metavar}, got {text!r}") from None
+
+    return parse
