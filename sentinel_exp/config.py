@@ -138,6 +138,10 @@ class TrackingConfig:
 class SweepConfig:
     name: str = "none"
     description: str | None = None
+    # The metric each job returns to the sweeper (an optimizer such as Optuna's seeks it).
+    objective: str = "ttft_ms_p50"
+    # minimize | maximize: a job without the metric returns +inf or -inf, the worst either way.
+    direction: str = "minimize"
 
 
 @dataclass
@@ -182,6 +186,7 @@ def effective_options(options: Any, hardware: Any) -> dict[str, Any]:
 
 def config_problems(cfg: Any) -> list[str]:
     """Semantic checks the type schema cannot express; empty when the config is usable."""
+    from sentinel_exp.names import Direction
     from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
     from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
 
@@ -221,6 +226,11 @@ def config_problems(cfg: Any) -> list[str]:
         problems.append("model.name is empty")
     if not str(cfg.tracking.experiment).strip():
         problems.append("tracking.experiment is empty")
+    if not str(cfg.sweep.objective).strip():
+        problems.append("sweep.objective is empty (a metric name, e.g. ttft_ms_p50)")
+    directions = [d.value for d in Direction]
+    if cfg.sweep.direction not in directions:
+        problems.append(f"sweep.direction={cfg.sweep.direction!r} is not one of {', '.join(directions)}")
     sim = cfg.server.sim
     if sim.tokens < 1:
         problems.append(f"server.sim.tokens must be at least 1 (got {sim.tokens})")

@@ -78,18 +78,3 @@ def test_run_names_say_what_was_measured_and_leave_out_presentation():
     assert ctx.run_name(cfg, "ollama") == "gemma3:1b-low_ctx-default@ollama workload.concurrency=4"
     named = composed("tracking.run_name=mine")
     assert ctx.run_name(named, "ollama") == "mine"
-
-
-def test_sweep_jobs_are_named_by_what_differs_between_them():
-    from sentinel_exp.app import distinguishing_labels
-
-    jobs = [
-        ("#0", "model=qwen05", "workload.concurrency=1", "server=simulated"),
-        ("#1", "model=qwen05", "workload.concurrency=4", "server=simulated"),
-        ("#2", "model=llama32_1b", "workload.concurrency=1", "server=simulated"),
-    ]
-    assert distinguishing_labels(jobs) == [
-        "#0 model=qwen05 concurrency=1",
-        "#1 model=qwen05 concurrency=4",
-        "#2 model=llama32_1b concurrency=1",
-    ]
