@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +16,11 @@ from sentinel_exp.cli_help import help_text, wants_help
 from sentinel_exp.config import register_configs, typed_config
 from sentinel_exp.errors import Interrupted, UserError
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sentinel_exp.experiment import RunContext
+
 
 def config_dir() -> Path:
     """conf/ ships inside the wheel as sentinel_exp/conf; in a checkout it is ../conf."""
@@ -23,47 +28,51 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
-# Sweep jobs that stopped on a user error, and every job's outcome for the closing table
-# (Hydra's basic launcher runs the jobs in this process, one after another).
-_failed_jobs: list[str] = []
-_sweep_jobs: list[tuple[tuple[str, ...], dict[str, float] | None]] = []
-
-
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float:
     from sentinel_exp import console as ui
-    from sentinel_exp.experiment import RunContext, run
+    from sentinel_exp.experiment import run
+    from sentinel_exp.sweep import objective_value
 
-    hc = HydraConfig.get()
-    ctx = RunContext(
-        output_dir=Path(hc.runtime.output_dir),
-        choices={k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
-        overrides=list(hc.overrides.task),
-    )
+    ctx = _run_context()
     try:
-        outcome = run(typed_config(cfg), ctx)
+        metrics: Mapping[str, float] | None = run(typed_config(cfg), ctx).metrics
     except UserError as exc:
-        ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        if hc.mode != RunMode.MULTIRUN:
-            sys.exit(exc.exit_code)
-        # In a sweep, one unusable combination (a model not pulled, say) must not cost the
-        # others; the sweep still ends with a non-zero status (see main).
-        _failed_jobs.append(f"#{hc.job.num} {' '.join(hc.overrides.task)}: {exc}")
-        _sweep_jobs.append((_job_label(hc), None))
-        return None
+        _user_error(exc, ctx)  # exits, except in a sweep
+        metrics = None
     except Interrupted as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         ui.stderr.print("[yellow]interrupted[/]")
         sys.exit(130)
-    if hc.mode == RunMode.MULTIRUN:
-        _sweep_jobs.append((_job_label(hc), outcome.metrics))
-    # The objective a Hydra sweeper (e.g. Optuna) minimises.
-    return outcome.metrics.get("ttft_ms_p50")
+    # What a Hydra sweeper (e.g. Optuna) optimises; a single run's value goes nowhere.
+    return objective_value(metrics, cfg.sweep.objective, cfg.sweep.direction)
 
 
-def _job_label(hc: Any) -> tuple[str, ...]:
-    return (f"#{hc.job.num}", *hc.overrides.task)
+def _run_context() -> RunContext:
+    from sentinel_exp.experiment import RunContext
+    from sentinel_exp.sweep import swept_keys
+
+    hc = HydraConfig.get()
+    return RunContext(
+        output_dir=Path(hc.runtime.output_dir),
+        choices={k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
+        overrides=list(hc.overrides.task),
+        swept=swept_keys(Path(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else frozenset(),
+    )
+
+
+def _user_error(exc: UserError, ctx: RunContext) -> None:
+    """A single run exits with the error's status. In a sweep, one unusable combination (a model
+    not pulled, say) must not cost the others: the job is recorded as failed and the sweep goes
+    on; it still ends with exit status 2 (sweep.SweepSummary)."""
+    from sentinel_exp import console as ui
+    from sentinel_exp.sweep import record_error
+
+    ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(exc.exit_code)
+    record_error(ctx.output_dir, str(exc))
 
 
 def main() -> None:
@@ -75,16 +84,6 @@ def main() -> None:
         print(help_text(config_dir(), command_line_overrides(sys.argv[1:])))
         return
     _hydra_main()
-    from sentinel_exp import console as ui
-
-    if len(_sweep_jobs) > 1:
-        labels = distinguishing_labels([label for label, _ in _sweep_jobs])
-        ui.print_sweep_table([(name, metrics) for name, (_, metrics) in zip(labels, _sweep_jobs, strict=False)])
-    if _failed_jobs:
-        ui.stderr.print(f"[bold red]{len(_failed_jobs)} sweep job(s) failed:[/]", soft_wrap=True)
-        for line in _failed_jobs:
-            ui.stderr.print("  " + escape(line), soft_wrap=True)
-        sys.exit(UserError.exit_code)
 
 
 def _stop_on_bad_overrides(argv: list[str]) -> None:
@@ -97,22 +96,3 @@ def _stop_on_bad_overrides(argv: list[str]) -> None:
         for problem in problems:
             ui.stderr.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)
         sys.exit(UserError.exit_code)
-
-
-def distinguishing_labels(jobs: list[tuple[str, ...]]) -> list[str]:
-    """Each job named by its number and the overrides that differ between jobs (the swept ones)."""
-    values: dict[str, set[str]] = {}
-    for _, *overrides in jobs:
-        for override in overrides:
-            key, _, value = override.partition("=")
-            values.setdefault(key, set()).add(value)
-    swept = {key for key, seen in values.items() if len(seen) > 1}
-
-    def short(override: str) -> str:  # workload.concurrency=4 -> concurrency=4: the table is narrow
-        key, _, value = override.partition("=")
-        return f"{key.rsplit('.', 1)[-1]}={value}"
-
-    return [
-        " ".join([number, *(short(o) for o in overrides if o.partition("=")[0] in swept)])
-        for number, *overrides in jobs
-    ]

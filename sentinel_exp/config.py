@@ -23,7 +23,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from sentinel_exp.errors import ConfigError
-from sentinel_exp.names import Api, ServerKind
+from sentinel_exp.names import Api, Direction, ServerKind
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
 from sentinel_exp.serve.sim_settings import SimSettings
 from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
@@ -289,6 +289,13 @@ class SweepConfig:
     """Name of the sweep preset."""
     description: str | None = None
     """What the preset compares."""
+    objective: str = "ttft_ms_p50"
+    """The metric each job returns to the sweeper (an optimizer such as Optuna's seeks it)."""
+    direction: Direction = Direction.minimize
+    """minimize | maximize; a job without the metric returns the worst value (+inf or -inf)."""
+
+    def problems(self) -> list[str]:
+        return [] if self.objective.strip() else ["sweep.objective is empty (a metric name, e.g. ttft_ms_p50)"]
 
 
 @dataclass
@@ -307,6 +314,7 @@ class ExperimentConfig:
     def problems(self) -> list[str]:
         problems = self.server.problems() + self.model.problems() + self.hardware.problems()
         problems += self.workload.problems() + self.telemetry.problems() + self.tracking.problems()
+        problems += self.sweep.problems()
         if self.server.kind == ServerKind.openai and self.workload.api == Api.generate:
             problems.append("workload.api=generate needs an Ollama server; server=openai speaks /v1/chat/completions")
         return problems

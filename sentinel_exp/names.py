@@ -71,3 +71,10 @@ class RunStatus(StrEnum):
     FINISHED = "FINISHED"
     FAILED = "FAILED"
     KILLED = "KILLED"
+
+
+class Direction(StrEnum):
+    """`sweep.direction`: whether a sweeper seeks the lowest or the highest `sweep.objective`."""
+
+    minimize = "minimize"
+    maximize = "maximize"

@@ -431,6 +431,51 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     assert run.data.metrics["requests_ok"] == 2
 
 
+def test_a_joblib_sweep_reports_every_job_from_worker_processes(tmp_path, sim_server_factory):
+    # Jobs run in joblib's worker processes: the closing table and the failed-job list can only
+    # come from what each job left in its folder.
+    server = sim_server_factory("--model", "qwen2.5:0.5b", "--model", "llama3.2:1b", "--load-ms", "0")
+    result = run_cli(
+        tmp_path,
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "server=ollama",
+        f"server.url={server.url}",
+        "workload=quick",
+        "model.name=nope:1b,qwen2.5:0.5b,llama3.2:1b",
+    )
+    assert result.returncode == 2, result.output
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout  # Hydra logs to stdout
+    # The closing table: a row per job, named by its swept value (Hydra writes a swept value's
+    # ':' escaped, nope\\:1b, in the job's overrides).
+    rows = {
+        name.replace("\\:", ":"): [cell.strip() for cell in cells.split("│")]
+        for name, cells in re.findall(r"^│ (#\d name=\S+)\s+│(.*)│$", result.stdout, re.M)
+    }
+    assert list(rows) == ["#0 name=nope:1b", "#1 name=qwen2.5:0.5b", "#2 name=llama3.2:1b"], result.stdout
+    assert rows["#0 name=nope:1b"] == ["-", "-", "-", "-", "-", "not run"]
+    assert "1 sweep job(s) failed:" in result.stderr
+    assert re.search(r"^  #0 .*model\.name=nope\\?:1b: model 'nope:1b' is not available", result.stderr, re.M)
+    runs = mlflow_runs(tmp_path)
+    assert sorted(r.data.params["model.name"] for r in runs) == ["llama3.2:1b", "qwen2.5:0.5b"]
+    assert all(r.info.status == "FINISHED" and r.data.metrics["requests_ok"] == 5 for r in runs)
+    ttft = {r.data.params["model.name"]: r.data.metrics["ttft_ms_p50"] for r in runs}
+    # Two jobs at once swap the server's one loaded model: how many cold starts is timing.
+    cold = {r.data.params["model.name"]: int(r.data.metrics["cold_starts"]) for r in runs}
+    for model, num in (("qwen2.5:0.5b", 1), ("llama3.2:1b", 2)):
+        cells = rows[f"#{num} name={model}"]
+        assert cells[0] == f"{ttft[model]:.1f} ms" and cells[-2:] == [str(cold[model]), "0"], cells
+    # Each job handed the sweeper its TTFT p50 (sweep.objective); the failed one nothing finite.
+    outcomes = {}
+    for path in tmp_path.glob("multirun/*/*/*/sweep_job.json"):
+        outcome = json.loads(path.read_text())
+        outcomes[outcome["num"]] = outcome
+    assert outcomes[1]["objective"] == pytest.approx(ttft["qwen2.5:0.5b"])
+    assert outcomes[2]["objective"] == pytest.approx(ttft["llama3.2:1b"])
+    assert "objective" not in outcomes[0]
+
+
 def test_help_shows_usage_groups_and_settings(tmp_path):
     result = run_cli(tmp_path, "--help")
     assert result.returncode == 0, result.output

@@ -112,18 +112,3 @@ def test_every_setting_has_a_one_line_description_for_help():
     rows = settings_help()
     assert len(rows) > 60 and ("workload.requests", "Requests in the measured phase.") in rows
     assert [path for path, doc in rows if not doc] == []
-
-
-def test_sweep_jobs_are_named_by_what_differs_between_them():
-    from sentinel_exp.app import distinguishing_labels
-
-    jobs = [
-        ("#0", "model=qwen05", "workload.concurrency=1", "server=simulated"),
-        ("#1", "model=qwen05", "workload.concurrency=4", "server=simulated"),
-        ("#2", "model=llama32_1b", "workload.concurrency=1", "server=simulated"),
-    ]
-    assert distinguishing_labels(jobs) == [
-        "#0 model=qwen05 concurrency=1",
-        "#1 model=qwen05 concurrency=4",
-        "#2 model=llama32_1b concurrency=1",
-    ]
