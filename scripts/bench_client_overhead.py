@@ -31,13 +31,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sentinel_exp import eventloop
-from sentinel_exp.clients import ollama
-from sentinel_exp.clients.common import send_request
-from sentinel_exp.names import Phase
+from sentinel_exp.clients import send_request, wire_api
+from sentinel_exp.names import Api, Phase
 from sentinel_exp.records import RequestRecord
 
 READY = "SENTINEL_SERVER_READY "
 MODEL = "smollm2:135m"
+CHAT = wire_api(Api.CHAT)
 
 
 def start_server(ttft_ms: float, itl_ms: float) -> tuple[subprocess.Popen[str], str]:
@@ -69,14 +69,14 @@ def start_server(ttft_ms: float, itl_ms: float) -> tuple[subprocess.Popen[str], 
 
 async def sentinel_one(client: httpx.AsyncClient, first_token_abs: list[int]) -> tuple[float, float]:
     """(read latency ms, ttft ms) for sentinel-exp's client."""
-    spec = ollama.build_spec("chat", MODEL, "hello", 0, None, {"num_predict": 8}, None)
+    spec = CHAT.build_request(MODEL, "hello", 0, None, {"num_predict": 8}, None)
     record = RequestRecord(index=0, phase=Phase.MEASURED, prompt_index=0, api="chat")
     stamps: dict[str, int] = {}
 
     async def consume(response: httpx.Response, times: object) -> None:
         stamps["server"] = int(response.headers["x-sentinel-first-chunk-ns"])
         stamps["t0"] = times.t0  # type: ignore[attr-defined]
-        await ollama.consume_ndjson(response, times)  # type: ignore[arg-type]
+        await CHAT.consume(response, times)  # type: ignore[arg-type]
 
     await send_request(client, spec, record, consume)
     first_abs = stamps["t0"] + int(record.ttft_ms * 1e6)

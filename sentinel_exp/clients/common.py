@@ -1,6 +1,6 @@
 """Timing and fault handling shared by the Ollama and OpenAI streaming clients.
 
-Clock points come from httpx's `trace` extension (DESIGN.md section 4): t0 when the request
+Clock points come from httpx's `trace` extension (docs/measurement.md): t0 when the request
 headers start going onto the socket, TTFB when the response headers have arrived. NDJSON token
 chunks are stamped when their bytes arrive, before any JSON parsing; SSE events as soon as
 httpx-sse has split them off, before JSON parsing.
