@@ -239,19 +239,7 @@ async def _tracked_run(
 ) -> Outcome:
     factory = RequestFactory(cfg, handle)
     run_name = ctx.run_name(cfg, handle.kind)
-    tags = {
-        "sentinel.version": __version__,
-        "sentinel.server_kind": handle.kind,
-        "sentinel.server_url": handle.url,
-        "sentinel.config_hash": config_hash(resolved),
-        "sentinel.output_dir": str(ctx.output_dir),
-        "sentinel.api": factory.api,
-        **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
-        **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
-        **facts.tags(),
-        **monitor.tags(),
-    }
-    run_id = tracker.start(run_name, tags) if tracker else None
+    run_id = tracker.start(run_name, _run_tags(ctx, resolved, handle, factory, facts, monitor)) if tracker else None
     status = RunStatus.FAILED
     measurement = Measurement()
     metrics: dict[str, float] = {}
@@ -307,6 +295,29 @@ async def _tracked_run(
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
     return Outcome(run_id, status, metrics)
+
+
+def _run_tags(
+    ctx: RunContext,
+    resolved: dict[str, Any],
+    handle: ServerHandle,
+    factory: RequestFactory,
+    facts: ModelFacts,
+    monitor: RunMonitor,
+) -> dict[str, str]:
+    """What a run is known by in MLflow: the tool, the server, the config and the environment."""
+    return {
+        "sentinel.version": __version__,
+        "sentinel.server_kind": handle.kind,
+        "sentinel.server_url": handle.url,
+        "sentinel.config_hash": config_hash(resolved),
+        "sentinel.output_dir": str(ctx.output_dir),
+        "sentinel.api": factory.api,
+        **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
+        **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
+        **facts.tags(),
+        **monitor.tags(),
+    }
 
 
 async def _summarise(
