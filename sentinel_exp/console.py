@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sentinel_exp.comparison import Comparison
 from sentinel_exp.records import RequestRecord
 
 stdout = Console(highlight=False)
@@ -133,6 +134,47 @@ def print_summary(
     stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
     if logged_to:
         stdout.print(escape(logged_to), soft_wrap=True)
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """metric | baseline | candidate | change | 95% CI | verdict, the objective first and bold."""
+    table = Table(
+        title=f"{comparison.candidate} vs {comparison.baseline}",
+        title_justify="left",
+        show_header=True,
+        header_style="bold",
+    )
+    table.add_column("metric")
+    for label in (comparison.baseline, comparison.candidate, "change", "95% CI"):
+        table.add_column(escape(label), justify="right", overflow="fold")
+    table.add_column("verdict")
+    colours = {"improved": "green", "worse": "red"}
+    for row in comparison.rows:
+        name = f"{row.label} ({row.unit})"
+        change = "n/a" if row.change_pct is None else f"{row.change_pct:+.1f} {row.change_unit}"
+        ci = "-" if row.ci_low is None or row.ci_high is None else f"[{row.ci_low:+.1f}, {row.ci_high:+.1f}]"
+        verdict = str(row.verdict)
+        shown = f"[{colours[verdict]}]{verdict}[/]" if verdict in colours else verdict
+        table.add_row(
+            f"[bold]{escape(name)}[/] (objective)" if row.primary else escape(name),
+            _fmt(row.baseline, ""),
+            _fmt(row.candidate, ""),
+            change,
+            ci,
+            shown,
+        )
+    return table
+
+
+def print_comparisons(comparisons: Sequence[Comparison]) -> None:
+    """The sweep's verdicts: one table per candidate against the baseline, then the notes."""
+    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
+    for comparison in comparisons:
+        out.print(comparison_table(comparison))
+        for note in comparison.notes:
+            out.print("  " + escape(note), soft_wrap=True)
+    if comparisons:
+        out.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
 
 
 def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) -> None:

@@ -44,6 +44,8 @@ class RunContext:
     overrides: list[str] = field(default_factory=list)
 
     swept: frozenset[str] = frozenset()  # keys a sweep varies: they lead the run name
+    sweep_id: str | None = None
+    parent_run_id: str | None = None  # the sweep's MLflow run: this run is one of its children
 
     def run_name(self, cfg: ExperimentConfig, server_kind: str) -> str:
         """What differs first (the swept values, then other settings changed on the command line),
@@ -317,6 +319,8 @@ def _run_tags(
         **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
         **facts.tags(),
         **monitor.tags(),
+        **({"sentinel.sweep_id": ctx.sweep_id} if ctx.sweep_id else {}),
+        **({"mlflow.parentRunId": ctx.parent_run_id} if ctx.parent_run_id else {}),
     }
 
 

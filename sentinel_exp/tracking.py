@@ -40,7 +40,7 @@ def param_value(value: Any) -> str:
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
     """Identity of what was measured: everything but where results are written."""
-    relevant = {k: v for k, v in resolved.items() if k not in ("tracking", "progress")}
+    relevant = {k: v for k, v in resolved.items() if k not in ("tracking", "progress", "sweep", "compare")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
