@@ -325,6 +325,8 @@ class ExperimentConfig:
     compare: CompareConfig = field(default_factory=CompareConfig)
     progress: bool | None = None
     """Progress bars; null = only on a terminal and not in CI."""
+    plots: bool = True
+    """Write latency CDF and timeline PNGs and report.md for each run (about 2 s after measuring)."""
 
     def problems(self) -> list[str]:
         problems = self.server.problems() + self.model.problems() + self.hardware.problems()

@@ -11,12 +11,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from sentinel_exp.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, compare
 from sentinel_exp.errors import UserError
-from sentinel_exp.records import read_records
+from sentinel_exp.plots import BarRow
+from sentinel_exp.records import RequestRecord, read_records
+from sentinel_exp.stats import latency_samples
 
 # Overrides that run a configuration again rather than change it.
 REPEAT_KEYS = frozenset({"repeat", "chunk"})
+BAR_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -103,3 +108,42 @@ def load_run(folder: Path, metrics: dict[str, float]) -> RunResult | None:
     if not path.is_file():
         return None
     return RunResult(records=tuple(read_records(path)), metrics=metrics)
+
+
+def arm_records(arm: Arm) -> list[RequestRecord]:
+    """Every record of an arm's runs, for plots that pool its repeats."""
+    return [record for run in arm.runs for record in run.records]
+
+
+def percentile_rows(configurations: Sequence[Arm], metric: str = "ttft", seed: int = 0) -> list[BarRow]:
+    """p50 and p95 of `metric` per configuration with a 95% percentile-bootstrap CI (requests pooled
+    over repeats), for the sweep's bar chart."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for arm in configurations:
+        values = np.asarray(latency_samples(arm_records(arm))[metric], dtype=float)
+        if values.size < 2:
+            continue
+        draws = rng.choice(values, size=(BAR_RESAMPLES, values.size), replace=True)
+        low_high = np.percentile(np.percentile(draws, [50, 95], axis=1), [2.5, 97.5], axis=1)
+        p50, p95 = (float(v) for v in np.percentile(values, [50, 95]))
+        rows.append(
+            BarRow(
+                arm.name,
+                p50,
+                p95,
+                (float(low_high[0][0]), float(low_high[1][0])),
+                (float(low_high[0][1]), float(low_high[1][1])),
+            )
+        )
+    return rows
+
+
+def verdict_line(comparison: Comparison) -> str:
+    """The decisive row in words: `options=low_ctx vs options=default: TTFT p50 +12.3% [+8.1, +16.0], worse`."""
+    row = next((r for r in comparison.rows if r.primary), None)
+    if row is None:
+        return f"{comparison.candidate} vs {comparison.baseline}: no objective row ({'; '.join(comparison.notes)})"
+    change = "n/a" if row.change_pct is None else f"{row.change_pct:+.1f}{row.change_unit}"
+    ci = "" if row.ci_low is None or row.ci_high is None else f" [{row.ci_low:+.1f}, {row.ci_high:+.1f}]"
+    return f"{comparison.candidate} vs {comparison.baseline}: {row.label} {change}{ci}, {row.verdict}"

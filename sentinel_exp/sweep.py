@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -23,6 +23,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sentinel_exp.names import Direction, RunStatus
+
+if TYPE_CHECKING:
+    from sentinel_exp.comparison import Arm, Comparison
 
 OUTCOME_FILE = "sweep_job.json"
 SUMMARY_FILE = "summary.json"
@@ -143,7 +146,7 @@ class SweepSummary(Callback):
             compared = _compare(config, jobs, sweep_dir)
         except UserError as exc:
             ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            compared = None
+            compared = []
         failed = [job for job in jobs if job.error is not None]
         if failed:
             ui.stderr.print(f"[bold red]{len(failed)} sweep job(s) failed:[/]", soft_wrap=True)
@@ -154,14 +157,14 @@ class SweepSummary(Callback):
             # Hydra passes SystemExit through (it catches only Exception around callbacks).
             sys.exit(UserError.exit_code)
 
-    def _close_parent(self, status: RunStatus, compared: Path | None) -> None:
+    def _close_parent(self, status: RunStatus, compared: list[Path]) -> None:
         from sentinel_exp import console as ui
 
         if self._parent is None:
             return
         try:
-            if compared is not None:
-                self._parent.log_artifact(compared)
+            for path in compared:
+                self._parent.log_artifact(path)
             self._parent.end(status)
             line = self._parent.where_logged()
             if line:
@@ -214,8 +217,9 @@ def _open_parent_run(config: DictConfig, sweep_id: str) -> Any:
     return tracker
 
 
-def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> Path | None:
-    """Compare the configurations that measured something; compare.md in the sweep folder."""
+def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> list[Path]:
+    """Compare the configurations that measured something: compare.md, report.md and plots in the
+    sweep folder (their paths returned, for the parent run)."""
     from sentinel_exp import console as ui
     from sentinel_exp.comparison import to_markdown
     from sentinel_exp.study import MeasuredJob, arms, compare_arms, load_run
@@ -225,18 +229,42 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> Pat
         run = None if job.folder is None or job.metrics is None else load_run(job.folder, job.metrics)
         if run is not None:
             measured.append(MeasuredJob(job.num, tuple(job.overrides), run))
+    configurations = arms(measured)
     comparisons = compare_arms(
-        arms(measured),
+        configurations,
         baseline=None if config.compare.baseline is None else str(config.compare.baseline),
         objective=str(config.sweep.objective),
         min_effect_pct=float(config.compare.min_effect_pct),
     )
     if not comparisons:
-        return None
+        return []
     ui.print_comparisons(comparisons)
     path = sweep_dir / COMPARE_FILE
-    path.write_text(to_markdown(comparisons), encoding="utf-8")
-    return path
+    table = to_markdown(comparisons)
+    path.write_text(table, encoding="utf-8")
+    return [path, *_sweep_report(config, sweep_dir, configurations, comparisons, table)]
+
+
+def _sweep_report(
+    config: DictConfig, sweep_dir: Path, configurations: list[Arm], comparisons: list[Comparison], table: str
+) -> list[Path]:
+    """report.md of the sweep with its CDFs and percentile bars; a failure costs only the pictures."""
+    from sentinel_exp import console as ui
+    from sentinel_exp.report import write_sweep_report
+    from sentinel_exp.study import arm_records, percentile_rows, verdict_line
+
+    try:
+        return write_sweep_report(
+            sweep_dir,
+            f"Sweep {config.sweep.name}: {' '.join(str(o) for o in config.hydra.overrides.task)}",
+            table,
+            [verdict_line(comparison) for comparison in comparisons],
+            {arm.name: arm_records(arm) for arm in configurations},
+            percentile_rows(configurations),
+        )
+    except Exception as exc:
+        ui.stderr.print(f"warning: could not draw the sweep's plots: {type(exc).__name__}: {exc}", markup=False)
+        return []
 
 
 def read_outcomes(sweep_dir: Path, sweep_id: str | None) -> list[JobOutcome]:

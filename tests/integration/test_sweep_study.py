@@ -29,7 +29,10 @@ def test_a_sweep_is_a_parent_run_whose_comparison_finds_the_injected_slowdown(tm
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["compare.md"]
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert parent_files == {"compare.md", "report.md", "ttft_cdfs.png", "ttft_percentiles.png"}
+    child_files = {a.path for a in client.list_artifacts(children[0].info.run_id)}
+    assert {"report.md", "latency_cdf.png", "timeline.png", "requests.jsonl"} <= child_files
 
 
 def test_a_sweep_with_a_failed_job_leaves_its_parent_failed(tmp_path):
