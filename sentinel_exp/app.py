@@ -80,6 +80,10 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["compare"]:  # `sentinel-exp compare ...` is `python -m sentinel_exp.compare ...`
+        from sentinel_exp.compare import main as compare_main
+
+        sys.exit(compare_main(sys.argv[2:]))
     register_configs()
     _stop_on_bad_overrides(sys.argv[1:])
     if wants_help(sys.argv[1:]):

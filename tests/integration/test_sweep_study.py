@@ -34,6 +34,22 @@ def test_a_sweep_is_a_parent_run_whose_comparison_finds_the_injected_slowdown(tm
     child_files = {a.path for a in client.list_artifacts(children[0].info.run_id)}
     assert {"report.md", "latency_cdf.png", "timeline.png", "requests.jsonl"} <= child_files
 
+    # The same comparison afterwards, from the folder, from the sweep's MLflow run, and from run ids
+    # with the slower configuration as the baseline (so the faster one is the improvement).
+    uri = f"--tracking-uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    from_folder = run_cli(tmp_path, str(compare_md.parent), module="sentinel_exp.compare")
+    assert from_folder.returncode == 0 and "ttft_ms=48 vs ttft_ms=40" in from_folder.stdout
+    from_parent = run_cli(tmp_path, "--sweep", parent.info.run_id, uri, module="sentinel_exp.compare")
+    assert from_parent.returncode == 0 and "ttft_ms=48.0 vs ttft_ms=40.0" in from_parent.stdout
+    slow = next(c for c in children if c.data.params["server.sim.ttft_ms"] == "48.0").info.run_id
+    ids = [c.info.run_id for c in children]
+    flipped = run_cli(tmp_path, *ids, "--baseline", slow, uri, "--out", "flip.md", module="sentinel_exp.compare")
+    assert flipped.returncode == 0, flipped.output
+    [objective] = [line for line in (tmp_path / "flip.md").read_text().splitlines() if "(objective)" in line]
+    assert "| improved" in objective and "ttft_ms=40.0 vs ttft_ms=48.0" in (tmp_path / "flip.md").read_text()
+    nothing = run_cli(tmp_path, "--experiment", "nope", uri, module="sentinel_exp.compare")
+    assert nothing.returncode == 2 and "no experiment named 'nope'" in nothing.stderr
+
 
 def test_a_sweep_with_a_failed_job_leaves_its_parent_failed(tmp_path):
     result = run_cli(tmp_path, "-m", *SIM, "workload.requests=0,2")
