@@ -99,11 +99,25 @@ def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def browse_hint(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where to look at a run: the page itself on a tracking server, else the command that serves one."""
+def runs_table_path(experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment, a sweep's children nested under its parent.
+
+    MLflow 3 opens an experiment on its GenAI overview (traces, none here); `workflowType`
+    switches its sidebar to model training, whose first page is this table. MLflow 2 ignores it.
+    """
+    return f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def browse_hint(uri: str, experiment_id: str) -> str:
+    """Where to look at runs: the runs table on a tracking server, else how to serve one and where to open it.
+
+    The table rather than the run's own page: a sweep's jobs sit there, nested under its parent.
+    """
     if uri.startswith(("http://", "https://")):
-        return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"browse: mlflow ui --backend-store-uri {uri}"
+        return f"open {uri.rstrip('/')}{runs_table_path(experiment_id)}"
+    return (
+        f"browse: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000{runs_table_path(experiment_id)}"
+    )
 
 
 class Tracker:
@@ -146,7 +160,7 @@ class Tracker:
         """One line: the run, its store, and where to browse it."""
         if self.run_id is None:
             return None
-        return f"MLflow run {self.run_id} in {self.uri}  ({browse_hint(self.uri, self.experiment_id, self.run_id)})"
+        return f"MLflow run {self.run_id} in {self.uri}  ({browse_hint(self.uri, self.experiment_id)})"
 
     def start(self, run_name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))

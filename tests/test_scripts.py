@@ -56,6 +56,14 @@ def test_sampler_overhead_takes_the_expected_number_of_samples(tmp_path: Path) -
     assert 0 < number(r"sampler thread CPU : [\d.]+ s over [\d.]+ s = ([\d.]+)% of one core", result.stdout) < 10
 
 
+def test_ui_screenshot_parses_its_arguments_without_starting_anything(tmp_path: Path) -> None:
+    # The script itself needs Chromium and a minute; its page actions are what test_mlflow_ui.py checks.
+    shown = run_script("ui_screenshot.py", "--help", cwd=tmp_path)
+    assert shown.returncode == 0 and all(flag in shown.stdout for flag in ("--out", "--width", "--height", "--keep"))
+    wrong = run_script("ui_screenshot.py", "--width", "wide", cwd=tmp_path)
+    assert wrong.returncode == 2 and "invalid int value: 'wide'" in wrong.stderr
+
+
 def test_gpu_check_without_torch_or_cuda_says_so_and_exits_2(tmp_path: Path) -> None:
     if importlib.util.find_spec("torch") is not None:
         import torch
