@@ -30,26 +30,26 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sentinel_exp import eventloop
-from sentinel_exp.clients import ollama
-from sentinel_exp.clients.common import send_request
-from sentinel_exp.names import Phase, ServerKind
+from sentinel_exp.clients import send_request, wire_api
+from sentinel_exp.names import Api, Phase, ServerKind
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.serve.launch import running_server
 from sentinel_exp.serve.sim_settings import SimSettings
 
 MODEL = "smollm2:135m"
+CHAT = wire_api(Api.chat)
 
 
 async def sentinel_one(client: httpx.AsyncClient, first_token_abs: list[int]) -> tuple[float, float]:
     """(read latency ms, ttft ms) for sentinel-exp's client."""
-    spec = ollama.build_spec("chat", MODEL, "hello", 0, None, {"num_predict": 8}, None)
+    spec = CHAT.build_request(MODEL, "hello", 0, None, {"num_predict": 8}, None)
     record = RequestRecord(index=0, phase=Phase.MEASURED, prompt_index=0, api="chat")
     stamps: dict[str, int] = {}
 
     async def consume(response: httpx.Response, times: object) -> None:
         stamps["server"] = int(response.headers["x-sentinel-first-chunk-ns"])
         stamps["t0"] = times.t0  # type: ignore[attr-defined]
-        await ollama.consume_ndjson(response, times)  # type: ignore[arg-type]
+        await CHAT.consume(response, times)  # type: ignore[arg-type]
 
     await send_request(client, spec, record, consume)
     first_abs = stamps["t0"] + int(record.ttft_ms * 1e6)

@@ -36,9 +36,10 @@ if TYPE_CHECKING:
 # telemetry, which use these types, import without Hydra.
 MISSING = "???"
 
-# Free-form mappings are typed Any in the schema: a typed dict would make Hydra reject a whole new
-# mapping given on the command line (`server.sim.faults={3:http_500}`) as keys "not in struct".
-# `_mapping_problems` checks them instead.
+# Two kinds of field are typed Any in the schema, and checked in problems() instead:
+# - free-form mappings: a typed dict would make Hydra reject a whole new mapping given on the command
+#   line (`server.sim.faults={3:http_500}`) as keys "not in struct" (`_mapping_problems`);
+# - keep_alive, which is a number of seconds or a Go duration string: OmegaConf has no union types.
 
 
 def _mapping_problems(path: str, value: Any) -> list[str]:

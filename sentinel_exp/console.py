@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sentinel_exp.records import RequestRecord
@@ -42,7 +41,7 @@ class RunProgress:
             if enabled
             else None
         )
-        self._task: Any = None
+        self._task: TaskID | None = None
         self._failed = 0
 
     def __enter__(self) -> RunProgress:

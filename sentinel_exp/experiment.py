@@ -20,15 +20,12 @@ import httpx
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
-from sentinel_exp.clients import ollama as ollama_client
-from sentinel_exp.clients import openai as openai_client
-from sentinel_exp.clients.common import RequestSpec, send_request
+from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
 from sentinel_exp.config import ExperimentConfig, to_yaml
 from sentinel_exp.errors import Interrupted, UserError
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.names import Phase, RunStatus
-from sentinel_exp.preflight import ModelFacts, placement, preflight
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
@@ -87,38 +84,23 @@ class RequestFactory:
     """Builds request `index` of a phase: prompts cycle, options and keep_alive as configured."""
 
     def __init__(self, cfg: ExperimentConfig, handle: ServerHandle) -> None:
-        self.api = "openai" if handle.kind == "openai" else cfg.workload.api
+        self.wire, self.server_wire = run_apis(handle.kind, cfg.workload.api)
+        self.api = self.wire.name
         self.model = cfg.model.name
         self.prompts = list(cfg.workload.prompts)
         self.system = cfg.workload.system
         self.options = cfg.effective_options()
         self.keep_alive = cfg.workload.keep_alive
-        self.consume = openai_client.consume_sse if self.api == "openai" else ollama_client.consume_ndjson
-        # The OpenAI API cannot carry Ollama's runner options or keep_alive: they are named, and
-        # only what goes on the wire is logged as sent.
-        self.unsent: list[str] = []
-        if self.api == "openai":
-            self.unsent = openai_client.unsendable_options(self.options)
-            if self.keep_alive is not None:
-                self.unsent.append("keep_alive")
-            self.options = {k: v for k, v in self.options.items() if k not in self.unsent}
-
-    @property
-    def warnings(self) -> list[str]:
-        if not self.unsent:
-            return []
-        return [
-            f"the OpenAI API has no field for {', '.join(self.unsent)}: not sent, the server used its own "
-            f"settings (use an Ollama API, workload.api=chat or generate, to send them)"
-        ]
+        self.consume = self.wire.consume
+        # What the API cannot carry is named, and only what goes on the wire is logged as sent.
+        self.unsent = self.wire.unsendable(self.options, self.keep_alive)
+        self.warnings = [unsent_warning(self.wire, self.unsent, self.options, self.keep_alive)] if self.unsent else []
+        self.options = {k: v for k, v in self.options.items() if k not in self.unsent}
 
     def spec(self, index: int) -> RequestSpec:
         prompt_index = index % len(self.prompts)
-        prompt = self.prompts[prompt_index]
-        if self.api == "openai":
-            return openai_client.build_spec(self.model, prompt, prompt_index, self.system, self.options)
-        return ollama_client.build_spec(
-            self.api, self.model, prompt, prompt_index, self.system, self.options, self.keep_alive
+        return self.wire.build_request(
+            self.model, self.prompts[prompt_index], prompt_index, self.system, self.options, self.keep_alive
         )
 
 
@@ -239,7 +221,7 @@ async def run_async(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
     with resolve_server(cfg.server, cfg.model.name, ctx.output_dir) as handle:
         async with _http_client(handle, cfg) as client:
-            facts = await preflight(client, handle, cfg.model.name)
+            facts = await run_apis(handle.kind, cfg.workload.api).server.preflight(client, handle, cfg.model.name)
             monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
             monitor.check_hardware()
             return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor, tracker)
@@ -257,19 +239,7 @@ async def _tracked_run(
 ) -> Outcome:
     factory = RequestFactory(cfg, handle)
     run_name = ctx.run_name(cfg, handle.kind)
-    tags = {
-        "sentinel.version": __version__,
-        "sentinel.server_kind": handle.kind,
-        "sentinel.server_url": handle.url,
-        "sentinel.config_hash": config_hash(resolved),
-        "sentinel.output_dir": str(ctx.output_dir),
-        "sentinel.api": factory.api,
-        **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
-        **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
-        **facts.tags(),
-        **monitor.tags(),
-    }
-    run_id = tracker.start(run_name, tags) if tracker else None
+    run_id = tracker.start(run_name, _run_tags(ctx, resolved, handle, factory, facts, monitor)) if tracker else None
     status = RunStatus.FAILED
     measurement = Measurement()
     metrics: dict[str, float] = {}
@@ -294,7 +264,7 @@ async def _tracked_run(
             writer.close()
             monitor.stop()
             # Whatever happened, what was measured is summarised, written and logged.
-            metrics = await _summarise(measurement, client, handle, cfg.model.name, monitor)
+            metrics = await _summarise(measurement, client, factory.server_wire, cfg.model.name, monitor)
             warnings += open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency) + monitor.warnings
             summary = {
                 "run_id": run_id,
@@ -327,15 +297,37 @@ async def _tracked_run(
     return Outcome(run_id, status, metrics)
 
 
+def _run_tags(
+    ctx: RunContext,
+    resolved: dict[str, Any],
+    handle: ServerHandle,
+    factory: RequestFactory,
+    facts: ModelFacts,
+    monitor: RunMonitor,
+) -> dict[str, str]:
+    """What a run is known by in MLflow: the tool, the server, the config and the environment."""
+    return {
+        "sentinel.version": __version__,
+        "sentinel.server_kind": handle.kind,
+        "sentinel.server_url": handle.url,
+        "sentinel.config_hash": config_hash(resolved),
+        "sentinel.output_dir": str(ctx.output_dir),
+        "sentinel.api": factory.api,
+        **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
+        **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
+        **facts.tags(),
+        **monitor.tags(),
+    }
+
+
 async def _summarise(
-    measurement: Measurement, client: httpx.AsyncClient, handle: ServerHandle, model: str, monitor: RunMonitor
+    measurement: Measurement, client: httpx.AsyncClient, server_wire: WireApi, model: str, monitor: RunMonitor
 ) -> dict[str, float]:
     """The run's metrics. The server's model placement and the telemetry are extras: a failure
     there is noted and costs only those metrics, never the latency summary."""
     metrics = summarize(measurement.records, measurement.measured_s)
     try:
-        if handle.kind != "openai":
-            metrics.update(await placement(client, model))
+        metrics.update(await server_wire.placement(client, model))
         metrics.update(monitor.metrics(int(metrics.get("output_tokens_total", 0))))
     except Exception as exc:
         log.warning("warning: could not summarise placement/telemetry: %s: %s", type(exc).__name__, exc)

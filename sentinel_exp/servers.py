@@ -29,7 +29,7 @@ DEFAULT_OLLAMA = "http://127.0.0.1:11434"
 
 @dataclass
 class ServerHandle:
-    kind: str  # resolved: ollama | embedded | simulated | openai
+    kind: ServerKind  # resolved: never auto
     url: str
     pid: int | None = None  # process to watch for server telemetry (ours, or given)
     log_path: Path | None = None
@@ -132,7 +132,7 @@ def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> It
         version = probe_ollama(url)
         if version is not None:
             log.info("server=auto: Ollama %s answers at %s", version, url)
-            yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid)
+            yield ServerHandle(kind=ServerKind.ollama, url=url, pid=server_cfg.pid)
             return
         problem = embedded_problem(model, dict(server_cfg.models or {}))
         if problem is not None:
@@ -171,11 +171,11 @@ def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> It
                 f"Ollama does not answer at {url} (GET /api/version). Start it with `ollama serve`, "
                 f"set OLLAMA_HOST or server.url if it listens elsewhere, or use server=embedded."
             )
-        yield ServerHandle(kind="ollama", url=url, pid=server_cfg.pid)
+        yield ServerHandle(kind=ServerKind.ollama, url=url, pid=server_cfg.pid)
     elif kind == "openai":
         openai_url = configured_url(server_cfg)
         if openai_url is None:
             raise ServerError("server=openai needs server.url, e.g. server.url=http://127.0.0.1:8080")
-        yield ServerHandle(kind="openai", url=openai_url, pid=server_cfg.pid)
+        yield ServerHandle(kind=ServerKind.openai, url=openai_url, pid=server_cfg.pid)
     else:
         raise ServerError(f"unknown server.kind {kind!r}")

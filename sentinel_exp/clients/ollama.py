@@ -4,35 +4,22 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from sentinel_exp.clients.base import KeepAlive, Options, WireApi
 from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, TokenTimes
-from sentinel_exp.names import ErrorClass
+from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
+from sentinel_exp.errors import ServerError
+from sentinel_exp.names import Api, ErrorClass
+
+if TYPE_CHECKING:
+    from sentinel_exp.servers import ServerHandle
 
 
-def build_spec(
-    api: str, model: str, prompt: str, prompt_index: int, system: str | None, options: dict[str, Any], keep_alive: Any
-) -> RequestSpec:
-    body: dict[str, Any] = {"model": model, "stream": True}
-    if api == "chat":
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt})
-        body["messages"] = messages
-        path = "/api/chat"
-    else:
-        body["prompt"] = prompt
-        if system:
-            body["system"] = system
-        path = "/api/generate"
-    if options:
-        body["options"] = options
-    if keep_alive is not None:
-        body["keep_alive"] = keep_alive
-    return RequestSpec(path, body, prompt_index)
-
-
+# Any: a parsed NDJSON chunk; its fields are read with .get and checked where it matters.
 def _token_text(chunk: dict[str, Any]) -> str:
     message = chunk.get("message")
     if isinstance(message, dict):
@@ -69,16 +56,100 @@ def _handle_line(line: bytes, arrived: int, times: TokenTimes) -> bool:
     return False
 
 
-async def consume_ndjson(response: httpx.Response, times: TokenTimes) -> None:
-    pending = b""
-    arrived = 0
-    async for data in response.aiter_bytes():
-        arrived = time.perf_counter_ns()
-        pending += data
-        while (newline := pending.find(b"\n")) >= 0:
-            line, pending = pending[:newline], pending[newline + 1 :]
-            if line.strip() and _handle_line(line, arrived, times):
-                return
-    # A last line without its newline still counts (the body ended, so it is complete).
-    if pending.strip():
-        _handle_line(pending, arrived, times)
+class OllamaApi(WireApi):
+    """What /api/chat and /api/generate share: every option and keep_alive go on the wire, the
+    stream is NDJSON with server durations in its final chunk, and the server answers
+    /api/version, /api/tags, /api/show and /api/ps about its models."""
+
+    family = "Ollama"
+    reports_server_durations = True
+
+    @abstractmethod
+    def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None) -> None:
+        """Add the prompt (and system prompt) to `body` the way this endpoint takes them."""
+
+    def build_request(
+        self, model: str, prompt: str, prompt_index: int, system: str | None, options: Options, keep_alive: KeepAlive
+    ) -> RequestSpec:
+        body: dict[str, Any] = {"model": model, "stream": True}
+        self._put_prompt(body, prompt, system)
+        if options:
+            body["options"] = options
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        return RequestSpec(self.path, body, prompt_index)
+
+    def unsendable(self, options: Options, keep_alive: KeepAlive) -> list[str]:
+        return []
+
+    async def consume(self, response: httpx.Response, times: TokenTimes) -> None:
+        pending = b""
+        arrived = 0
+        async for data in response.aiter_bytes():
+            arrived = time.perf_counter_ns()
+            pending += data
+            while (newline := pending.find(b"\n")) >= 0:
+                line, pending = pending[:newline], pending[newline + 1 :]
+                if line.strip() and _handle_line(line, arrived, times):
+                    return
+        # A last line without its newline still counts (the body ended, so it is complete).
+        if pending.strip():
+            _handle_line(pending, arrived, times)
+
+    async def preflight(self, client: httpx.AsyncClient, handle: ServerHandle, model: str) -> ModelFacts:
+        facts = ModelFacts(tag=model)
+        version = await get_json(client, "GET", "/api/version", handle)
+        if not isinstance(version, dict):
+            raise ServerError(f"{handle.url} does not answer like an Ollama server (GET /api/version failed)")
+        facts.server_version = str(version.get("version"))
+        tags = await get_json(client, "GET", "/api/tags", handle) or {}
+        listed = [m for m in tags.get("models", []) if isinstance(m, dict)]
+        entry = next((m for m in listed if names_match(model, str(m.get("name", m.get("model"))))), None)
+        if entry is None:
+            raise missing_model(handle, model, [str(m.get("name")) for m in listed])
+        facts.digest = entry.get("digest")
+        facts.size_bytes = entry.get("size")
+        show = await get_json(client, "POST", "/api/show", handle, json={"model": model}) or {}
+        details = show.get("details") or entry.get("details") or {}
+        facts.family = details.get("family")
+        facts.parameter_size = details.get("parameter_size")
+        facts.quantization_level = details.get("quantization_level")
+        info = show.get("model_info") or {}
+        facts.context_length = next((v for k, v in info.items() if k.endswith(".context_length")), None)
+        return facts
+
+    async def placement(self, client: httpx.AsyncClient, model: str) -> dict[str, float]:
+        """From /api/ps: size, size_vram and the fraction on the GPU."""
+        try:
+            response = await client.get("/api/ps")
+            models = response.json().get("models", []) if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return {}
+        for entry in models:
+            if names_match(model, str(entry.get("name", entry.get("model")))):
+                size, size_vram = entry.get("size") or 0, entry.get("size_vram") or 0
+                out = {"model_size_mb": size / 2**20, "model_size_vram_mb": size_vram / 2**20}
+                if size:
+                    out["gpu_offload_fraction"] = size_vram / size
+                return out
+        return {}
+
+
+class OllamaChat(OllamaApi):
+    name = Api.chat
+    path = "/api/chat"
+
+    def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None) -> None:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        body["messages"] = messages
+
+
+class OllamaGenerate(OllamaApi):
+    name = Api.generate
+    path = "/api/generate"
+
+    def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None) -> None:
+        body["prompt"] = prompt
+        if system:
+            body["system"] = system

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from httpx_sse import EventSource, SSEError
 
+from sentinel_exp.clients.base import KeepAlive, Options, WireApi
 from sentinel_exp.clients.common import RequestSpec, StreamFault, TokenTimes
-from sentinel_exp.names import ErrorClass
+from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
+from sentinel_exp.names import Api, ErrorClass
 
+if TYPE_CHECKING:
+    from sentinel_exp.servers import ServerHandle
+
+# The Ollama options that have an OpenAI field; runner options (num_ctx, num_gpu, ...) have none.
 _OPTION_TO_OPENAI = {
     "num_predict": "max_tokens",
     "temperature": "temperature",
@@ -23,68 +29,81 @@ _OPTION_TO_OPENAI = {
 }
 
 
-def unsendable_options(options: dict[str, Any]) -> list[str]:
-    """Ollama options the OpenAI API has no field for (runner options such as num_ctx among them)."""
-    return sorted(name for name in options if name not in _OPTION_TO_OPENAI)
+class OpenAIChat(WireApi):
+    name = Api.openai
+    path = "/v1/chat/completions"
+    family = "OpenAI"
+    reports_server_durations = False  # only token counts, in the `usage` chunk
 
+    def build_request(
+        self, model: str, prompt: str, prompt_index: int, system: str | None, options: Options, keep_alive: KeepAlive
+    ) -> RequestSpec:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        for name, value in options.items():
+            if name in _OPTION_TO_OPENAI:
+                body[_OPTION_TO_OPENAI[name]] = value
+        return RequestSpec(self.path, body, prompt_index)
 
-def build_spec(
-    model: str,
-    prompt: str,
-    prompt_index: int,
-    system: str | None,
-    options: dict[str, Any],
-    path: str = "/v1/chat/completions",
-) -> RequestSpec:
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": prompt})
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    for name, value in options.items():
-        if name in _OPTION_TO_OPENAI:
-            body[_OPTION_TO_OPENAI[name]] = value
-    return RequestSpec(path, body, prompt_index)
+    def unsendable(self, options: Options, keep_alive: KeepAlive) -> list[str]:
+        unsent = sorted(name for name in options if name not in _OPTION_TO_OPENAI)
+        if keep_alive is not None:
+            unsent.append("keep_alive")
+        return unsent
 
+    async def consume(self, response: httpx.Response, times: TokenTimes) -> None:
+        record = times.record
+        finished_at = 0  # arrival of the chunk with finish_reason (or usage), for servers without [DONE]
+        try:
+            async for event in EventSource(response).aiter_sse():
+                arrived = time.perf_counter_ns()
+                if event.data == "[DONE]":
+                    times.finished(arrived)
+                    return
+                try:
+                    chunk = json.loads(event.data)
+                except json.JSONDecodeError:
+                    raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not JSON: {event.data[:120]!r}") from None
+                if not isinstance(chunk, dict):
+                    raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not a JSON object: {event.data[:120]!r}")
+                if "error" in chunk:
+                    err = chunk["error"]
+                    raise StreamFault(
+                        ErrorClass.SERVER_ERROR, str(err.get("message", err) if isinstance(err, dict) else err)
+                    )
+                usage = chunk.get("usage")
+                if usage:
+                    record.prompt_eval_count = usage.get("prompt_tokens")
+                    record.eval_count = usage.get("completion_tokens")
+                    finished_at = finished_at and arrived
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    # The first delta carries only the role: not a token (docs/measurement.md).
+                    times.token(
+                        delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or "", arrived
+                    )
+                    if choice.get("finish_reason"):
+                        record.done_reason = choice["finish_reason"]
+                        finished_at = arrived
+        except SSEError as exc:
+            raise StreamFault(ErrorClass.MALFORMED_CHUNK, str(exc)) from None
+        if finished_at:
+            times.finished(finished_at)
 
-async def consume_sse(response: httpx.Response, times: TokenTimes) -> None:
-    record = times.record
-    finished_at = 0  # arrival of the chunk with finish_reason (or usage), for servers without [DONE]
-    try:
-        async for event in EventSource(response).aiter_sse():
-            arrived = time.perf_counter_ns()
-            if event.data == "[DONE]":
-                times.finished(arrived)
-                return
-            try:
-                chunk = json.loads(event.data)
-            except json.JSONDecodeError:
-                raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not JSON: {event.data[:120]!r}") from None
-            if not isinstance(chunk, dict):
-                raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not a JSON object: {event.data[:120]!r}")
-            if "error" in chunk:
-                err = chunk["error"]
-                raise StreamFault(
-                    ErrorClass.SERVER_ERROR, str(err.get("message", err) if isinstance(err, dict) else err)
-                )
-            usage = chunk.get("usage")
-            if usage:
-                record.prompt_eval_count = usage.get("prompt_tokens")
-                record.eval_count = usage.get("completion_tokens")
-                finished_at = finished_at and arrived
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                # The first delta carries only the role: not a token (see docs/measurement.md, Clock points).
-                times.token(
-                    delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or "", arrived
-                )
-                if choice.get("finish_reason"):
-                    record.done_reason = choice["finish_reason"]
-                    finished_at = arrived
-    except SSEError as exc:
-        raise StreamFault(ErrorClass.MALFORMED_CHUNK, str(exc)) from None
-    if finished_at:
-        times.finished(finished_at)
+    async def preflight(self, client: httpx.AsyncClient, handle: ServerHandle, model: str) -> ModelFacts:
+        """/v1/models names the models, nothing more; a server that does not list them is trusted."""
+        models = await get_json(client, "GET", "/v1/models", handle)
+        if isinstance(models, dict) and isinstance(models.get("data"), list):
+            ids = [str(m.get("id")) for m in models["data"] if isinstance(m, dict)]
+            if ids and not any(names_match(model, i) for i in ids):
+                raise missing_model(handle, model, ids)
+        return ModelFacts(tag=model)
+
+    async def placement(self, client: httpx.AsyncClient, model: str) -> dict[str, float]:
+        return {}  # the OpenAI API has no counterpart of /api/ps

@@ -73,6 +73,7 @@ class GpuProbe:
     queried again, and listed once in `notes`/`unsupported`.
     """
 
+    # nvml is the pynvml module (untyped) or a test's stand-in with the same functions.
     def __init__(self, nvml: Any | None = None) -> None:
         self._nvml = nvml
         self._handles: list[Any] = []

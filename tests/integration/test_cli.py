@@ -580,6 +580,26 @@ def test_openai_server_gets_what_its_api_can_carry_and_the_rest_is_named(tmp_pat
     assert warning in result.stderr and warning in result.stdout.split("TTFT", 1)[1]
 
 
+@pytest.mark.parametrize("api", ["generate", "openai"])
+def test_an_ollama_server_spoken_to_in_generate_or_openai_still_says_what_the_model_is(tmp_path, api):
+    result = run_cli(
+        tmp_path, *SIM, f"workload.api={api}", "workload=quick", "options=low_ctx", "options.num_predict=6"
+    )
+    assert result.returncode == 0, result.output
+    [run] = mlflow_runs(tmp_path)
+    m, tags = run.data.metrics, run.data.tags
+    assert m["requests_ok"] == 5 and m["output_tokens_total"] == 5 * 6
+    assert abs(m["ttft_ms_p50"] - 40) <= 3
+    assert tags["sentinel.api"] == api
+    # Model facts and placement come from the server's own API whichever API the requests speak.
+    assert tags["sentinel.model_digest"] and tags["sentinel.ollama_version"].endswith("simulated")
+    assert m["model_size_mb"] > 0 and "gpu_offload_fraction" in m
+    records = read_records(output_dirs(tmp_path)[0] / "requests.jsonl")
+    assert {r.api for r in records} == {api}
+    assert all(r.total_duration_ms is not None for r in records) == (api == "generate")
+    assert ("sentinel.options_not_sent" in tags) == (api == "openai")
+
+
 def test_an_open_loop_that_outruns_its_clients_is_flagged(tmp_path):
     result = run_cli(
         tmp_path,

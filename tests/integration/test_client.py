@@ -6,9 +6,8 @@ import statistics
 import httpx
 import pytest
 
-from sentinel_exp.clients import ollama, openai
-from sentinel_exp.clients.common import send_request
-from sentinel_exp.names import Phase
+from sentinel_exp.clients import send_request, wire_api
+from sentinel_exp.names import Api, Phase
 from sentinel_exp.records import RequestRecord
 
 pytestmark = pytest.mark.slow
@@ -19,16 +18,12 @@ async def run_requests(url, api, count, concurrency=1, options=None, timeout_s=3
     async with httpx.AsyncClient(
         base_url=url, timeout=httpx.Timeout(10.0, read=timeout_s), limits=httpx.Limits(max_connections=concurrency)
     ) as client:
+        wire = wire_api(api)
 
         async def one(i):
-            if api == "openai":
-                spec = openai.build_spec(model, "why is the sky blue", 0, None, options)
-                consume = openai.consume_sse
-            else:
-                spec = ollama.build_spec(api, model, "why is the sky blue", 0, None, options, None)
-                consume = ollama.consume_ndjson
+            spec = wire.build_request(model, "why is the sky blue", 0, None, options, None)
             record = RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=0, api=api)
-            return await send_request(client, spec, record, consume)
+            return await send_request(client, spec, record, wire.consume)
 
         records = []
         for start in range(0, count, concurrency):
@@ -54,7 +49,7 @@ def test_timings_match_the_injected_latency(sim_server_factory, api):
         assert r.done_reason == "length"
     assert statistics.median(r.e2e_ms for r in records) <= 40 + 15 * 5 + 4
     assert statistics.median(r.queue_ms for r in records) < 3  # warm keep-alive connections
-    if api != "openai":
+    if wire_api(api).reports_server_durations:
         assert all(r.total_duration_ms <= r.e2e_ms for r in records)
         assert statistics.median(r.load_duration_ms for r in records) < 2
 
@@ -95,8 +90,9 @@ def test_cancellation_leaves_a_cancelled_record(sim_server_factory):
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url) as client:
             record = RequestRecord(index=0, phase=Phase.MEASURED, prompt_index=0, api="chat")
-            spec = ollama.build_spec("chat", "smollm2:135m", "x", 0, None, {"num_predict": 50}, None)
-            task = asyncio.create_task(send_request(client, spec, record, ollama.consume_ndjson))
+            chat = wire_api(Api.chat)
+            spec = chat.build_request("smollm2:135m", "x", 0, None, {"num_predict": 50}, None)
+            task = asyncio.create_task(send_request(client, spec, record, chat.consume))
             await asyncio.sleep(0.3)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -116,12 +112,13 @@ def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_f
 
     async def scenario():
         records = []
+        chat = wire_api(Api.chat)
         async with httpx.AsyncClient(base_url=server.url) as client:
 
             async def send_one(index, arrival_ns, keep):
-                spec = ollama.build_spec("chat", "smollm2:135m", "x", 0, None, {}, None)
+                spec = chat.build_request("smollm2:135m", "x", 0, None, {}, None)
                 record = RequestRecord(index=index, phase=Phase.MEASURED, prompt_index=0, api="chat")
-                await send_request(client, spec, record, ollama.consume_ndjson, arrival_ns)
+                await send_request(client, spec, record, chat.consume, arrival_ns)
                 keep(record)
 
             duration = await run_phase(

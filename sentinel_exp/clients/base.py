@@ -1,0 +1,58 @@
+"""One interface per wire API: what a request looks like, what it cannot carry, how its stream
+is read, and what the server says about the model through it (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+
+from sentinel_exp.clients.common import RequestSpec, TokenTimes
+from sentinel_exp.clients.facts import ModelFacts
+from sentinel_exp.names import Api
+
+if TYPE_CHECKING:
+    from sentinel_exp.servers import ServerHandle
+
+# Ollama's keep_alive: a duration string ("5m"), seconds, or a negative number for "forever".
+KeepAlive = str | float | None
+
+# Any: options are JSON values (numbers, strings, lists for `stop`) sent as given.
+Options = dict[str, Any]
+
+
+class WireApi(ABC):
+    """A wire API the client speaks. Instances are stateless and shared by every request."""
+
+    name: ClassVar[Api]
+    path: ClassVar[str]
+    family: ClassVar[str]  # the API family as users name it in messages: "Ollama", "OpenAI"
+    # Whether the final chunk carries the server's own load/prefill/decode durations.
+    reports_server_durations: ClassVar[bool]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name}: {self.path})"
+
+    @abstractmethod
+    def build_request(
+        self, model: str, prompt: str, prompt_index: int, system: str | None, options: Options, keep_alive: KeepAlive
+    ) -> RequestSpec:
+        """The request for one prompt; options and keep_alive this API cannot carry are left out."""
+
+    @abstractmethod
+    def unsendable(self, options: Options, keep_alive: KeepAlive) -> list[str]:
+        """The names of the options (and keep_alive) this API has no field for, in report order."""
+
+    @abstractmethod
+    async def consume(self, response: httpx.Response, times: TokenTimes) -> None:
+        """Read the streamed body into `times`: each chunk stamped on arrival, before parsing.
+        Raises StreamFault for an error in the stream or a chunk that is not JSON."""
+
+    @abstractmethod
+    async def preflight(self, client: httpx.AsyncClient, handle: ServerHandle, model: str) -> ModelFacts:
+        """Check the server answers and has `model`, and read what it says about it."""
+
+    @abstractmethod
+    async def placement(self, client: httpx.AsyncClient, model: str) -> dict[str, float]:
+        """Where the loaded model lives (sizes, GPU fraction); {} when this API cannot tell."""
