@@ -4,13 +4,13 @@ import json
 import math
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from support.compose import composed
 
 from sentinel_exp.app import config_dir
-from sentinel_exp.config import register_configs, typed_config
+from sentinel_exp.config import typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.overrides import override_problems
 from sentinel_exp.sweep import (
@@ -42,10 +42,8 @@ def test_a_job_returns_its_objective_or_the_worst_value(metrics, objective, dire
 
 
 def test_objective_and_direction_are_checked():
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        default = compose("config")
-        bad = compose("config", overrides=["sweep.objective= "])
+    default = composed()
+    bad = composed("sweep.objective= ")
     assert (default.sweep.objective, default.sweep.direction) == ("ttft_ms_p50", "minimize")
     with pytest.raises(ConfigError, match=r"sweep\.objective is empty \(a metric name, e\.g\. ttft_ms_p50\)"):
         typed_config(bad)
