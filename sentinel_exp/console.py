@@ -13,6 +13,8 @@ from rich.table import Table
 
 from sentinel_exp.comparison import Comparison
 from sentinel_exp.records import RequestRecord
+from sentinel_exp.report import SUMMARY_ROWS, count_parts, rate_parts
+from sentinel_exp.report import fmt_ms as _fmt
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -69,29 +71,13 @@ class RunProgress:
         self._progress.update(self._task, advance=1, status=ttft + failed)
 
 
-def _fmt(value: float | None, unit: str = "ms") -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.1f} {unit}" if unit else f"{value:,.1f}"
-
-
 def summary_table(metrics: Mapping[str, float]) -> Table:
     table = Table(show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("p50", justify="right")
     table.add_column("p95", justify="right")
     table.add_column("max", justify="right")
-    for name, label in (
-        ("ttfb", "TTFB"),
-        ("ttft", "TTFT"),
-        ("itl", "ITL"),
-        ("e2e", "E2E"),
-        ("server_load", "server load"),
-        ("server_prefill", "server prefill"),
-        ("server_queue", "server queue"),
-        ("queue", "client queue"),
-        ("client_overhead", "E2E − server total"),
-    ):
+    for name, label in SUMMARY_ROWS:
         if f"{name}_ms_p50" in metrics:
             table.add_row(
                 label,
@@ -113,20 +99,8 @@ def print_summary(
 ) -> None:
     stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
     stdout.print(summary_table(metrics))
-    ok = int(metrics.get("requests_ok", 0))
-    failed = int(metrics.get("requests_failed", 0))
-    parts = [f"requests ok {ok}", f"failed {failed}"]
-    if errors:
-        parts[-1] += " (" + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + ")"
-    if metrics.get("requests_cancelled"):
-        parts.append(f"cancelled {int(metrics['requests_cancelled'])}")
-    parts.append(f"cold starts {int(metrics.get('cold_starts', 0))}")
-    stdout.print("  ".join(parts), soft_wrap=True)
-    rates = []
-    if "output_tokens_per_s" in metrics:
-        rates.append(f"decode {metrics['output_tokens_per_s']:.1f} tok/s per request (median)")
-    if "throughput_tokens_per_s" in metrics:
-        rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
+    stdout.print(escape("  ".join(count_parts(metrics, errors))), soft_wrap=True)
+    rates = rate_parts(metrics)
     if rates:
         stdout.print("  ".join(rates))
     for warning in warnings:
