@@ -51,14 +51,18 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def _run_context() -> RunContext:
     from sentinel_exp.experiment import RunContext
-    from sentinel_exp.sweep import swept_keys
+    from sentinel_exp.sweep import sweep_record, swept_keys
 
     hc = HydraConfig.get()
+    in_sweep = hc.mode == RunMode.MULTIRUN
+    sweep_id, parent_run_id = sweep_record(Path(hc.sweep.dir)) if in_sweep else (None, None)
     return RunContext(
         output_dir=Path(hc.runtime.output_dir),
         choices={k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
         overrides=list(hc.overrides.task),
-        swept=swept_keys(Path(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else frozenset(),
+        swept=swept_keys(Path(hc.sweep.dir)) if in_sweep else frozenset(),
+        sweep_id=sweep_id,
+        parent_run_id=parent_run_id,
     )
 
 
@@ -76,6 +80,10 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["compare"]:  # `sentinel-exp compare ...` is `python -m sentinel_exp.compare ...`
+        from sentinel_exp.compare import main as compare_main
+
+        sys.exit(compare_main(sys.argv[2:]))
     register_configs()
     _stop_on_bad_overrides(sys.argv[1:])
     if wants_help(sys.argv[1:]):
@@ -83,7 +91,14 @@ def main() -> None:
 
         print(help_text(config_dir(), command_line_overrides(sys.argv[1:])))
         return
-    _hydra_main()
+    try:
+        _hydra_main()
+    except (KeyboardInterrupt, SystemExit):
+        # A sweep stopped midway (Ctrl-C, SIGTERM): what finished is still compared and logged.
+        from sentinel_exp.sweep import finish_interrupted_sweep
+
+        finish_interrupted_sweep()
+        raise
 
 
 def _stop_on_bad_overrides(argv: list[str]) -> None:

@@ -15,26 +15,15 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 
 import numpy as np
 from numpy.typing import NDArray
 
-from sentinel_exp.names import Direction
+from sentinel_exp.names import Direction, StrEnum
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.stats import inter_token_latencies, output_tokens, successful, time_per_output_token
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - Python 3.10
-
-    class StrEnum(str, Enum):
-        def __str__(self) -> str:
-            return str(self.value)
-
 
 CI_METHOD = "percentile"  # percentile bootstrap: the 2.5th and 97.5th percentiles of the replicates
 CONFIDENCE = 0.95

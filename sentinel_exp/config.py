@@ -300,6 +300,19 @@ class SweepConfig:
 
 
 @dataclass
+class CompareConfig:
+    min_effect_pct: float = 2.0
+    """A change smaller than this many percent is never called improved or worse."""
+    baseline: str | None = None
+    """The configuration the others are compared with, by a swept value (options=default); null = the first."""
+
+    def problems(self) -> list[str]:
+        if self.min_effect_pct < 0:
+            return [f"compare.min_effect_pct must be 0 or more (got {self.min_effect_pct})"]
+        return []
+
+
+@dataclass
 class ExperimentConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -309,13 +322,16 @@ class ExperimentConfig:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     progress: bool | None = None
     """Progress bars; null = only on a terminal and not in CI."""
+    plots: bool = True
+    """Write latency CDF and timeline PNGs and report.md for each run (about 2 s after measuring)."""
 
     def problems(self) -> list[str]:
         problems = self.server.problems() + self.model.problems() + self.hardware.problems()
         problems += self.workload.problems() + self.telemetry.problems() + self.tracking.problems()
-        problems += self.sweep.problems()
+        problems += self.sweep.problems() + self.compare.problems()
         if self.server.kind == ServerKind.openai and self.workload.api == Api.generate:
             problems.append("workload.api=generate needs an Ollama server; server=openai speaks /v1/chat/completions")
         return problems

@@ -11,7 +11,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sentinel_exp.comparison import Comparison
 from sentinel_exp.records import RequestRecord
+from sentinel_exp.report import SUMMARY_ROWS, count_parts, rate_parts
+from sentinel_exp.report import fmt_ms as _fmt
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -68,29 +71,13 @@ class RunProgress:
         self._progress.update(self._task, advance=1, status=ttft + failed)
 
 
-def _fmt(value: float | None, unit: str = "ms") -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.1f} {unit}" if unit else f"{value:,.1f}"
-
-
 def summary_table(metrics: Mapping[str, float]) -> Table:
     table = Table(show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("p50", justify="right")
     table.add_column("p95", justify="right")
     table.add_column("max", justify="right")
-    for name, label in (
-        ("ttfb", "TTFB"),
-        ("ttft", "TTFT"),
-        ("itl", "ITL"),
-        ("e2e", "E2E"),
-        ("server_load", "server load"),
-        ("server_prefill", "server prefill"),
-        ("server_queue", "server queue"),
-        ("queue", "client queue"),
-        ("client_overhead", "E2E − server total"),
-    ):
+    for name, label in SUMMARY_ROWS:
         if f"{name}_ms_p50" in metrics:
             table.add_row(
                 label,
@@ -112,20 +99,8 @@ def print_summary(
 ) -> None:
     stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
     stdout.print(summary_table(metrics))
-    ok = int(metrics.get("requests_ok", 0))
-    failed = int(metrics.get("requests_failed", 0))
-    parts = [f"requests ok {ok}", f"failed {failed}"]
-    if errors:
-        parts[-1] += " (" + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + ")"
-    if metrics.get("requests_cancelled"):
-        parts.append(f"cancelled {int(metrics['requests_cancelled'])}")
-    parts.append(f"cold starts {int(metrics.get('cold_starts', 0))}")
-    stdout.print("  ".join(parts), soft_wrap=True)
-    rates = []
-    if "output_tokens_per_s" in metrics:
-        rates.append(f"decode {metrics['output_tokens_per_s']:.1f} tok/s per request (median)")
-    if "throughput_tokens_per_s" in metrics:
-        rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
+    stdout.print(escape("  ".join(count_parts(metrics, errors))), soft_wrap=True)
+    rates = rate_parts(metrics)
     if rates:
         stdout.print("  ".join(rates))
     for warning in warnings:
@@ -133,6 +108,47 @@ def print_summary(
     stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
     if logged_to:
         stdout.print(escape(logged_to), soft_wrap=True)
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """metric | baseline | candidate | change | 95% CI | verdict, the objective first and bold."""
+    table = Table(
+        title=f"{comparison.candidate} vs {comparison.baseline}",
+        title_justify="left",
+        show_header=True,
+        header_style="bold",
+    )
+    table.add_column("metric")
+    for label in (comparison.baseline, comparison.candidate, "change", "95% CI"):
+        table.add_column(escape(label), justify="right", overflow="fold")
+    table.add_column("verdict")
+    colours = {"improved": "green", "worse": "red"}
+    for row in comparison.rows:
+        name = f"{row.label} ({row.unit})"
+        change = "n/a" if row.change_pct is None else f"{row.change_pct:+.1f} {row.change_unit}"
+        ci = "-" if row.ci_low is None or row.ci_high is None else f"[{row.ci_low:+.1f}, {row.ci_high:+.1f}]"
+        verdict = str(row.verdict)
+        shown = f"[{colours[verdict]}]{verdict}[/]" if verdict in colours else verdict
+        table.add_row(
+            f"[bold]{escape(name)}[/] (objective)" if row.primary else escape(name),
+            _fmt(row.baseline, ""),
+            _fmt(row.candidate, ""),
+            change,
+            ci,
+            shown,
+        )
+    return table
+
+
+def print_comparisons(comparisons: Sequence[Comparison]) -> None:
+    """The sweep's verdicts: one table per candidate against the baseline, then the notes."""
+    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
+    for comparison in comparisons:
+        out.print(comparison_table(comparison))
+        for note in comparison.notes:
+            out.print("  " + escape(note), soft_wrap=True)
+    if comparisons:
+        out.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
 
 
 def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) -> None:

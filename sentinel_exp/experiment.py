@@ -44,6 +44,8 @@ class RunContext:
     overrides: list[str] = field(default_factory=list)
 
     swept: frozenset[str] = frozenset()  # keys a sweep varies: they lead the run name
+    sweep_id: str | None = None
+    parent_run_id: str | None = None  # the sweep's MLflow run: this run is one of its children
 
     def run_name(self, cfg: ExperimentConfig, server_kind: str) -> str:
         """What differs first (the swept values, then other settings changed on the command line),
@@ -278,8 +280,9 @@ async def _tracked_run(
                 "warnings": warnings,
             }
             (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+            reports = _write_report(ctx, measurement, monitor, summary) if cfg.plots else []
             if tracker:
-                _log_results(tracker, ctx, metrics, monitor, handle)
+                _log_results(tracker, ctx, metrics, monitor, handle, reports)
     finally:
         if tracker:
             tracker.end(status)
@@ -317,6 +320,8 @@ def _run_tags(
         **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
         **facts.tags(),
         **monitor.tags(),
+        **({"sentinel.sweep_id": ctx.sweep_id} if ctx.sweep_id else {}),
+        **({"mlflow.parentRunId": ctx.parent_run_id} if ctx.parent_run_id else {}),
     }
 
 
@@ -334,8 +339,26 @@ async def _summarise(
     return metrics
 
 
+def _write_report(
+    ctx: RunContext, measurement: Measurement, monitor: RunMonitor, summary: dict[str, Any]
+) -> list[Path]:
+    """report.md with the latency CDFs and the timeline; a failure here costs only the pictures."""
+    from sentinel_exp.report import write_run_artifacts
+
+    try:
+        return write_run_artifacts(ctx.output_dir, measurement.records, monitor.samples, summary)
+    except Exception as exc:
+        log.warning("warning: could not draw the run's plots: %s: %s", type(exc).__name__, exc)
+        return []
+
+
 def _log_results(
-    tracker: Tracker, ctx: RunContext, metrics: dict[str, float], monitor: RunMonitor, handle: ServerHandle
+    tracker: Tracker,
+    ctx: RunContext,
+    metrics: dict[str, float],
+    monitor: RunMonitor,
+    handle: ServerHandle,
+    reports: list[Path],
 ) -> None:
     tracker.log_metrics(metrics)
     tracker.log_series(monitor.series())
@@ -344,6 +367,8 @@ def _log_results(
         tracker.log_artifact(ctx.output_dir / name)
     if handle.log_path is not None:
         tracker.log_artifact(handle.log_path)
+    for path in reports:
+        tracker.log_artifact(path)
 
 
 def run(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:

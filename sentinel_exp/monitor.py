@@ -19,6 +19,7 @@ from sentinel_exp.hardware import check_with_probe
 from sentinel_exp.servers import ServerHandle
 from sentinel_exp.telemetry import (
     GpuProbe,
+    Sample,
     Sampler,
     contention_warnings,
     environment_fingerprint,
@@ -95,6 +96,11 @@ class RunMonitor:
             self._sampler.stop()
             self._notes.extend(self._sampler.notes)
         self.probe.close()
+
+    @property
+    def samples(self) -> Sequence[Sample]:
+        """Every telemetry sample of the run (none when telemetry is off)."""
+        return () if self._sampler is None else self._sampler.samples
 
     def metrics(self, output_tokens: int) -> dict[str, float]:
         if self._sampler is None:

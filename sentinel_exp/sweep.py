@@ -15,17 +15,22 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentinel_exp.names import Direction
+from sentinel_exp.names import Direction, RunStatus
+
+if TYPE_CHECKING:
+    from sentinel_exp.comparison import Arm, Comparison
 
 OUTCOME_FILE = "sweep_job.json"
 SUMMARY_FILE = "summary.json"
+SWEEP_FILE = "sweep.json"  # in the sweep folder: the sweep's id and its MLflow parent run
+COMPARE_FILE = "compare.md"
 
 
 def failed_value(direction: str) -> float:
@@ -55,6 +60,7 @@ class JobOutcome:
     error: str | None
     # None: the job wrote no summary (it stopped before measuring).
     metrics: dict[str, float] | None
+    folder: Path | None = None
 
     @property
     def label(self) -> tuple[str, ...]:
@@ -64,14 +70,29 @@ class JobOutcome:
 class SweepSummary(Callback):
     """Registered under hydra.callbacks in conf/config.yaml. The instance is created in the main
     process; a launcher that runs jobs elsewhere pickles it along, so what on_multirun_start sets
-    reaches every job's on_job_end, but nothing goes back the other way."""
+    reaches every job's on_job_end, but nothing goes back the other way.
+
+    The sweep is one MLflow parent run: opened before the first job, its id left in the sweep
+    folder (SWEEP_FILE) where every job finds it and names it as its parent, and closed at the end
+    with the comparison of the configurations among its artifacts."""
 
     def __init__(self) -> None:
         # Tells this sweep's outcome files from those a reused hydra.sweep.dir still holds.
         self.sweep_id: str | None = None
+        self._config: DictConfig | None = None
+        self._parent: Any = None  # a tracking.Tracker with the parent run started, or None
+        self._finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_id = uuid.uuid4().hex
+        self._config = config
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        self._parent = _open_parent_run(config, self.sweep_id)
+        parent_id = None if self._parent is None else self._parent.run_id
+        record = {"sweep_id": self.sweep_id, "parent_run_id": parent_id}
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(record), encoding="utf-8")
+        _ACTIVE.append(self)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -91,13 +112,25 @@ class SweepSummary(Callback):
         path.write_text(json.dumps(outcome, indent=2), encoding="utf-8")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.finish(interrupted=False)
+
+    def finish(self, interrupted: bool) -> None:
+        """The closing table, the comparison, the failed jobs; the parent run closed. Called at the
+        end of the sweep, or by the entry point when the sweep was stopped (what finished is still
+        compared)."""
+        if self._finished or self._config is None:
+            return
+        self._finished = True
+        _ACTIVE.remove(self)
+        config = self._config
         from rich.markup import escape
 
         from sentinel_exp import console as ui
         from sentinel_exp.errors import UserError
 
         # Resolved as the launcher resolved it: `${now:...}` is cached in the config.
-        jobs = read_outcomes(Path(str(config.hydra.sweep.dir)), self.sweep_id)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = read_outcomes(sweep_dir, self.sweep_id)
         if len(jobs) > 1:
             labels = distinguishing_labels([job.label for job in jobs])
             ui.print_sweep_table([(name, job.metrics) for name, job in zip(labels, jobs, strict=True)])
@@ -109,13 +142,129 @@ class SweepSummary(Callback):
                 f"{', '.join(unmeasured)}: the sweeper got {failed_value(str(config.sweep.direction))} for them",
                 soft_wrap=True,
             )
+        try:
+            compared = _compare(config, jobs, sweep_dir)
+        except UserError as exc:
+            ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            compared = []
         failed = [job for job in jobs if job.error is not None]
         if failed:
             ui.stderr.print(f"[bold red]{len(failed)} sweep job(s) failed:[/]", soft_wrap=True)
             for job in failed:
                 ui.stderr.print("  " + escape(f"{' '.join(job.label)}: {job.error}"), soft_wrap=True)
+        self._close_parent(_sweep_status(interrupted, bool(failed)), compared)
+        if failed and not interrupted:
             # Hydra passes SystemExit through (it catches only Exception around callbacks).
             sys.exit(UserError.exit_code)
+
+    def _close_parent(self, status: RunStatus, compared: list[Path]) -> None:
+        from sentinel_exp import console as ui
+
+        if self._parent is None:
+            return
+        try:
+            for path in compared:
+                self._parent.log_artifact(path)
+            self._parent.end(status)
+            line = self._parent.where_logged()
+            if line:
+                ui.stdout.print(f"sweep: {line}", soft_wrap=True, markup=False)
+        except Exception as exc:  # the store went away: the sweep folder still has everything
+            ui.stderr.print(f"warning: could not close the sweep's MLflow run: {exc}", markup=False)
+
+
+def _sweep_status(interrupted: bool, any_failed: bool) -> RunStatus:
+    if interrupted:
+        return RunStatus.KILLED
+    return RunStatus.FAILED if any_failed else RunStatus.FINISHED
+
+
+# The sweep this process is running, so the entry point can close it when the sweep is stopped.
+_ACTIVE: list[SweepSummary] = []
+
+
+def finish_interrupted_sweep() -> None:
+    """Compare what finished and close the parent run as KILLED, if a sweep was stopped midway."""
+    for sweep in list(_ACTIVE):
+        sweep.finish(interrupted=True)
+
+
+def _open_parent_run(config: DictConfig, sweep_id: str) -> Any:
+    """The sweep's MLflow parent run, or None when tracking is off or the store cannot be used
+    (each job then reports the store's problem itself)."""
+    if not config.tracking.enabled:
+        return None
+    from sentinel_exp import console as ui
+    from sentinel_exp.errors import UserError
+    from sentinel_exp.tracking import Tracker
+
+    swept = " ".join(str(o) for o in config.hydra.overrides.task)
+    name = str(config.sweep.name) if config.sweep.name != "none" else "sweep"
+    try:
+        tracker = Tracker(str(config.tracking.uri), str(config.tracking.experiment))
+        tracker.start(
+            f"{name}: {swept}"[:250],
+            {
+                "sentinel.role": "sweep",
+                "sentinel.sweep_id": sweep_id,
+                "sentinel.sweep_overrides": swept,
+                "sentinel.objective": f"{config.sweep.objective} ({config.sweep.direction})",
+            },
+        )
+    except UserError as exc:
+        ui.stderr.print(f"warning: no MLflow parent run for this sweep: {exc}", markup=False, soft_wrap=True)
+        return None
+    return tracker
+
+
+def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> list[Path]:
+    """Compare the configurations that measured something: compare.md, report.md and plots in the
+    sweep folder (their paths returned, for the parent run)."""
+    from sentinel_exp import console as ui
+    from sentinel_exp.comparison import to_markdown
+    from sentinel_exp.study import MeasuredJob, arms, compare_arms, load_run
+
+    measured = []
+    for job in jobs:
+        run = None if job.folder is None or job.metrics is None else load_run(job.folder, job.metrics)
+        if run is not None:
+            measured.append(MeasuredJob(job.num, tuple(job.overrides), run))
+    configurations = arms(measured)
+    comparisons = compare_arms(
+        configurations,
+        baseline=None if config.compare.baseline is None else str(config.compare.baseline),
+        objective=str(config.sweep.objective),
+        min_effect_pct=float(config.compare.min_effect_pct),
+    )
+    if not comparisons:
+        return []
+    ui.print_comparisons(comparisons)
+    path = sweep_dir / COMPARE_FILE
+    table = to_markdown(comparisons)
+    path.write_text(table, encoding="utf-8")
+    return [path, *_sweep_report(config, sweep_dir, configurations, comparisons, table)]
+
+
+def _sweep_report(
+    config: DictConfig, sweep_dir: Path, configurations: list[Arm], comparisons: list[Comparison], table: str
+) -> list[Path]:
+    """report.md of the sweep with its CDFs and percentile bars; a failure costs only the pictures."""
+    from sentinel_exp import console as ui
+    from sentinel_exp.report import write_sweep_report
+    from sentinel_exp.study import arm_records, percentile_rows, verdict_line
+
+    try:
+        return write_sweep_report(
+            sweep_dir,
+            f"Sweep {config.sweep.name}: {' '.join(str(o) for o in config.hydra.overrides.task)}",
+            table,
+            [verdict_line(comparison) for comparison in comparisons],
+            {arm.name: arm_records(arm) for arm in configurations},
+            percentile_rows(configurations),
+        )
+    except Exception as exc:
+        ui.stderr.print(f"warning: could not draw the sweep's plots: {type(exc).__name__}: {exc}", markup=False)
+        return []
 
 
 def read_outcomes(sweep_dir: Path, sweep_id: str | None) -> list[JobOutcome]:
@@ -134,6 +283,7 @@ def read_outcomes(sweep_dir: Path, sweep_id: str | None) -> list[JobOutcome]:
                 overrides=[str(o) for o in outcome["overrides"]],
                 error=None if error is None else str(error),
                 metrics=None if error is not None or summary is None else dict(summary["metrics"]),
+                folder=path.parent,
             )
         )
     return sorted(jobs, key=lambda job: job.num)
@@ -164,6 +314,13 @@ def distinguishing_labels(jobs: list[tuple[str, ...]]) -> list[str]:
         " ".join([number, *(short(o) for o in overrides if o.partition("=")[0] in swept)])
         for number, *overrides in jobs
     ]
+
+
+def sweep_record(sweep_dir: Path) -> tuple[str | None, str | None]:
+    """(sweep id, parent run id) that on_multirun_start left in the sweep folder for the jobs."""
+    record = _read_json(sweep_dir / SWEEP_FILE) or {}
+    sweep_id, parent = record.get("sweep_id"), record.get("parent_run_id")
+    return (None if sweep_id is None else str(sweep_id)), (None if parent is None else str(parent))
 
 
 def swept_keys(sweep_dir: Path) -> frozenset[str]:

@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def param_value(value: Any) -> str:
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
     """Identity of what was measured: everything but where results are written."""
-    relevant = {k: v for k, v in resolved.items() if k not in ("tracking", "progress")}
+    relevant = {k: v for k, v in resolved.items() if k not in ("tracking", "progress", "sweep", "compare")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -195,3 +196,80 @@ class Tracker:
     def end(self, status: str) -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status)
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A finished run read back from an MLflow store."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+class RunStore:
+    """Reading runs back for a comparison: by parent (a sweep), experiment and filter, or id."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        check_server_answers(uri)
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def _stored(self, run: Any) -> StoredRun:
+        return StoredRun(
+            run.info.run_id,
+            run.info.run_name or run.info.run_id,
+            run.info.status,
+            int(run.info.start_time or 0),
+            dict(run.data.params),
+            dict(run.data.metrics),
+            dict(run.data.tags),
+        )
+
+    def experiment_ids(self, name: str | None) -> list[str]:
+        if name is None:
+            return [e.experiment_id for e in self.client.search_experiments()]
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            raise UserError(f"no experiment named {name!r} in {self.uri}")
+        return [found.experiment_id]
+
+    def search(self, experiment: str | None, filter_string: str = "") -> list[StoredRun]:
+        """Runs in start order, sweep parents left out (they measured nothing themselves)."""
+        try:
+            runs = self.client.search_runs(
+                self.experiment_ids(experiment), filter_string=filter_string, max_results=5000, order_by=["start_time"]
+            )
+        except Exception as exc:
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(f"MLflow cannot search {self.uri} with {filter_string!r}: {exc}") from None
+        return [self._stored(run) for run in runs if run.data.tags.get("sentinel.role") != "sweep"]
+
+    def children(self, parent_run_id: str) -> list[StoredRun]:
+        parent = self.get(parent_run_id)
+        experiment = self.client.get_experiment(self.client.get_run(parent.run_id).info.experiment_id).name
+        return self.search(experiment, f"tags.mlflow.parentRunId = '{parent.run_id}'")
+
+    def get(self, run_id: str) -> StoredRun:
+        try:
+            return self._stored(self.client.get_run(run_id))
+        except Exception:
+            raise UserError(f"no run {run_id!r} in {self.uri}") from None
+
+    def records_file(self, run_id: str, into: Path) -> Path | None:
+        """The run's requests.jsonl, downloaded into `into`; None when the run logged none."""
+        try:
+            return Path(self.client.download_artifacts(run_id, "requests.jsonl", str(into)))
+        except Exception:
+            return None
+
+    def log_artifact(self, run_id: str, path: Path) -> None:
+        self.client.log_artifact(run_id, str(path))

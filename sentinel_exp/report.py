@@ -1,0 +1,215 @@
+"""report.md for a run or a sweep: pure functions from the summary to markdown, and
+`write_run_artifacts` to put the figures and the report into a run's folder.
+
+The report says what the console summary says (the same rows, numbers formatted alike), with the
+figures of `sentinel_exp.plots` embedded by relative links, so the folder can be read as it is or
+from MLflow's artifact view.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# plots imports matplotlib only inside its functions: importing it here costs nothing.
+from sentinel_exp.plots import METRIC_LABELS, BarRow
+
+if TYPE_CHECKING:
+    from sentinel_exp.records import RequestRecord
+    from sentinel_exp.telemetry.sampler import Sample
+
+LATENCY_CDF_PNG = "latency_cdf.png"
+TIMELINE_PNG = "timeline.png"
+REPORT_MD = "report.md"
+
+# The rows of the summary table, in the console (console.summary_table) and in report.md.
+SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
+    ("ttfb", "TTFB"),
+    ("ttft", "TTFT"),
+    ("itl", "ITL"),
+    ("e2e", "E2E"),
+    ("server_load", "server load"),
+    ("server_prefill", "server prefill"),
+    ("server_queue", "server queue"),
+    ("queue", "client queue"),
+    ("client_overhead", "E2E − server total"),
+)
+
+# Alt text of the figures write_run_artifacts writes; any other image is named by its file.
+PLOT_CAPTIONS: Mapping[str, str] = {
+    LATENCY_CDF_PNG: "TTFT and E2E CDFs",
+    TIMELINE_PNG: "Requests and telemetry over time",
+}
+
+# What could turn free text (a run name, a warning) into markup: emphasis, code, links, HTML.
+# `_` inside a word (`low_ctx`, `queue_ms`) is no emphasis in CommonMark and is left as written.
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>])")
+
+
+def md_escape(text: str) -> str:
+    """Free text that markdown shows as written."""
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def fmt_ms(value: float | None, unit: str = "ms") -> str:
+    """A number as the console prints it: thousands separated, one decimal, `-` when absent."""
+    if value is None:
+        return "-"
+    return f"{value:,.1f} {unit}" if unit else f"{value:,.1f}"
+
+
+def summary_table_md(metrics: Mapping[str, float]) -> str:
+    """p50/p95/max of each latency the run has, as the console's summary table."""
+    lines = ["| metric | p50 | p95 | max |", "|---|--:|--:|--:|"]
+    for name, label in SUMMARY_ROWS:
+        if f"{name}_ms_p50" in metrics:
+            cells = (fmt_ms(metrics.get(f"{name}_ms_{stat}")) for stat in ("p50", "p95", "max"))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return "No successful measured requests: no latency to report."
+    return "\n".join(lines)
+
+
+def count_parts(metrics: Mapping[str, float], errors: Mapping[str, int]) -> list[str]:
+    """`requests ok N`, `failed N (classes)`, `cancelled N`, `cold starts N`: the console's line too."""
+    ok = int(metrics.get("requests_ok", 0))
+    failed = int(metrics.get("requests_failed", 0))
+    parts = [f"requests ok {ok}", f"failed {failed}"]
+    if errors:
+        parts[-1] += " (" + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + ")"
+    if metrics.get("requests_cancelled"):
+        parts.append(f"cancelled {int(metrics['requests_cancelled'])}")
+    parts.append(f"cold starts {int(metrics.get('cold_starts', 0))}")
+    return parts
+
+
+def rate_parts(metrics: Mapping[str, float]) -> list[str]:
+    rates = []
+    if "output_tokens_per_s" in metrics:
+        rates.append(f"decode {metrics['output_tokens_per_s']:.1f} tok/s per request (median)")
+    if "throughput_tokens_per_s" in metrics:
+        rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
+    return rates
+
+
+def counts_line(metrics: Mapping[str, float], errors: Mapping[str, int]) -> str:
+    return md_escape(" · ".join(count_parts(metrics, errors)))
+
+
+def rates_line(metrics: Mapping[str, float]) -> str | None:
+    return " · ".join(rate_parts(metrics)) or None
+
+
+def image_links(plots: Sequence[str]) -> list[str]:
+    """Markdown images for figures next to the report (paths relative to it)."""
+    out = []
+    for plot in plots:
+        name = Path(plot).name
+        caption = PLOT_CAPTIONS.get(name) or _sweep_caption(Path(plot).stem)
+        out.append(f"![{caption}]({Path(plot).as_posix()})")
+    return out
+
+
+def _sweep_caption(stem: str) -> str:
+    metric, _, kind = stem.rpartition("_")
+    label = METRIC_LABELS.get(metric, metric)
+    if kind == "cdfs":
+        return f"{label} CDFs by configuration"
+    if kind == "percentiles":
+        return f"{label} p50 and p95 by configuration"
+    return stem.replace("_", " ")
+
+
+def _bullets(items: Sequence[object]) -> list[str]:
+    return [f"- {md_escape(str(item))}" for item in items]
+
+
+def _run_facts(summary: Mapping[str, Any]) -> str:
+    facts = [f"status **{md_escape(str(summary.get('status', 'unknown')))}**"]
+    model = summary.get("model")
+    if isinstance(model, Mapping) and model.get("tag"):
+        facts.append(f"model `{model['tag']}`")
+    server = summary.get("server")
+    if isinstance(server, Mapping) and server.get("kind"):
+        where = f" at {server['url']}" if server.get("url") else ""
+        facts.append(f"server {md_escape(str(server['kind']))}{md_escape(where)}")
+    if summary.get("run_id"):
+        facts.append(f"MLflow run `{summary['run_id']}`")
+    return " · ".join(facts)
+
+
+def run_report(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
+    """report.md of one run, from what summary.json holds (experiment._tracked_run writes it)."""
+    metrics: Mapping[str, float] = summary.get("metrics") or {}
+    errors: Mapping[str, int] = summary.get("errors") or {}
+    name = str(summary.get("run_name") or summary.get("run_id") or "run")
+    lines = [f"# {md_escape(name)}", "", _run_facts(summary), "", "## Latency", "", summary_table_md(metrics), ""]
+    lines += [counts_line(metrics, errors), ""]
+    rates = rates_line(metrics)
+    if rates:
+        lines += [rates, ""]
+    warnings: Sequence[str] = summary.get("warnings") or ()
+    if warnings:
+        lines += ["## Warnings", "", *_bullets(warnings), ""]
+    notes: Sequence[str] = summary.get("telemetry_notes") or ()
+    if notes:
+        lines += ["## Telemetry notes", "", *_bullets(notes), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        for link in image_links(plots):
+            lines += [link, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def sweep_report(title: str, table_markdown: str, verdict_lines: Sequence[str], plots: Sequence[str]) -> str:
+    """report.md of a sweep: the compare table (markdown made elsewhere), the verdicts, the plots."""
+    lines = [f"# {md_escape(title)}", "", table_markdown.strip(), ""]
+    if verdict_lines:
+        lines += ["## Verdict", "", *(f"- {line}" for line in verdict_lines), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        for link in image_links(plots):
+            lines += [link, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_run_artifacts(
+    output_dir: Path, records: Sequence[RequestRecord], samples: Sequence[Sample], summary: Mapping[str, Any]
+) -> list[Path]:
+    """latency_cdf.png, timeline.png and report.md in the run's folder; returns their paths for
+    the tracker to log. Call it after the measurement: it imports matplotlib (about a second)."""
+    from sentinel_exp import plots
+
+    output_dir = Path(output_dir)
+    title = str(summary.get("run_name") or "run")
+    cdf = plots.latency_cdfs(records, title)
+    written = [plots.save_png(cdf, output_dir / LATENCY_CDF_PNG)]
+    written.append(plots.save_png(plots.timeline(records, samples, title), output_dir / TIMELINE_PNG))
+    report = output_dir / REPORT_MD
+    report.write_text(run_report(summary, [p.name for p in written]), encoding="utf-8")
+    return [*written, report]
+
+
+def write_sweep_report(
+    output_dir: Path,
+    title: str,
+    table_markdown: str,
+    verdict_lines: Sequence[str],
+    arms: Mapping[str, Sequence[RequestRecord]],
+    rows: Sequence[BarRow],
+    metric: str = "ttft",
+) -> list[Path]:
+    """`<metric>_cdfs.png`, `<metric>_percentiles.png` (when there are `rows`) and
+    report.md of a sweep in `output_dir`; returns their paths."""
+    from sentinel_exp import plots
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = [plots.save_png(plots.overlaid_cdfs(arms, metric), output_dir / f"{metric}_cdfs.png")]
+    if rows:
+        written.append(plots.save_png(plots.percentile_bars(rows, metric), output_dir / f"{metric}_percentiles.png"))
+    report = output_dir / REPORT_MD
+    report.write_text(sweep_report(title, table_markdown, verdict_lines, [p.name for p in written]), encoding="utf-8")
+    return [*written, report]

@@ -1,0 +1,45 @@
+"""A sweep's jobs grouped into configurations, named by what differs, compared with a baseline."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel_exp.comparison import RunResult
+from sentinel_exp.errors import UserError
+from sentinel_exp.study import MeasuredJob, arm_names, arms, configuration, pick_baseline
+
+EMPTY = RunResult(records=())
+
+
+def job(num: int, *overrides: str) -> MeasuredJob:
+    return MeasuredJob(num, overrides, EMPTY)
+
+
+def test_repeats_of_one_configuration_are_the_runs_of_one_arm():
+    jobs = [
+        job(0, "server=simulated", "options=default", "+repeat=1"),
+        job(1, "server=simulated", "options=low_ctx", "+repeat=1"),
+        job(2, "server=simulated", "options=default", "+repeat=2"),
+        job(3, "server=simulated", "options=low_ctx", "+repeat=2"),
+        job(4, "server=simulated", "options=default", "repeat=3"),
+    ]
+    grouped = arms(jobs)
+    assert [(arm.name, len(arm.runs)) for arm in grouped] == [("options=default", 3), ("options=low_ctx", 2)]
+    assert configuration(("a=1", "chunk=2", "~b")) == ("a=1", "~b")
+
+
+def test_names_keep_only_the_swept_values_with_short_keys_and_no_escapes():
+    configurations = [
+        ("server=simulated", "workload.keep_alive=null", "server.url=http\\://x\\:1"),
+        ("server=simulated", "workload.keep_alive=-1", "server.url=http\\://x\\:1"),
+    ]
+    assert arm_names(configurations) == ["keep_alive=null", "keep_alive=-1"]
+    assert arm_names([("a=1",), ("a=1",)]) == ["(all)", "(all)"]
+
+
+def test_the_baseline_is_named_by_a_swept_value_or_is_the_first():
+    grouped = arms([job(0, "options=low_ctx"), job(1, "options=default"), job(2, "options=seed_baseline")])
+    assert pick_baseline(grouped, None) == 0
+    assert pick_baseline(grouped, "options=default") == 1
+    with pytest.raises(UserError, match=r"compare.baseline=options=nope matches none of the configurations"):
+        pick_baseline(grouped, "options=nope")
