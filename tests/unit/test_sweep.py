@@ -65,6 +65,11 @@ def _job_config(output_dir, num, overrides):
     )
 
 
+def _sweep_config(sweep_dir):
+    # Tracking off: the sweep's MLflow parent run is tested through the CLI (test_sweep_study.py).
+    return OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "tracking": {"enabled": False}})
+
+
 def _job_return(status, value):
     ret = JobReturn()
     ret.status = status
@@ -77,7 +82,7 @@ def test_job_outcomes_travel_through_the_sweep_folder(tmp_path):
     (tmp_path / "7").mkdir()
     (tmp_path / "7" / OUTCOME_FILE).write_text(json.dumps({"sweep_id": "old", "num": 7, "overrides": []}))
     summary = SweepSummary()
-    summary.on_multirun_start(OmegaConf.create())
+    summary.on_multirun_start(_sweep_config(tmp_path))
     jobs = [(tmp_path / "0", ["model.name=a:1b"]), (tmp_path / "1", ["model.name=nope:1b"])]
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "summary.json").write_text(json.dumps({"metrics": METRICS}))
@@ -99,7 +104,7 @@ def test_job_outcomes_travel_through_the_sweep_folder(tmp_path):
 
 def test_an_unexpected_exception_is_the_jobs_error(tmp_path):
     summary = SweepSummary()
-    summary.on_multirun_start(OmegaConf.create())
+    summary.on_multirun_start(_sweep_config(tmp_path))
     (tmp_path / "0").mkdir()  # Hydra makes each job's folder before the job starts
     summary.on_job_end(_job_config(tmp_path / "0", 0, ["x=1"]), _job_return(JobStatus.FAILED, KeyError("boom")))
     [job] = read_outcomes(tmp_path, summary.sweep_id)
