@@ -32,11 +32,14 @@ def config_dir() -> Path:
 def _hydra_main(cfg: DictConfig) -> float:
     from sentinel_exp import console as ui
     from sentinel_exp.experiment import run
-    from sentinel_exp.sweep import objective_value
+    from sentinel_exp.sweep import objective_value, record_reused
 
     ctx = _run_context()
     try:
-        metrics: Mapping[str, float] | None = run(typed_config(cfg), ctx).metrics
+        outcome = run(typed_config(cfg), ctx)
+        metrics: Mapping[str, float] | None = outcome.metrics
+        if outcome.reused and outcome.run_id is not None:
+            record_reused(ctx.output_dir, outcome.run_id)
     except UserError as exc:
         _user_error(exc, ctx)  # exits, except in a sweep
         metrics = None
@@ -59,6 +62,7 @@ def _run_context() -> RunContext:
         choices={k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
         overrides=list(hc.overrides.task),
         swept=swept_keys(Path(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else frozenset(),
+        resume=hc.mode == RunMode.MULTIRUN,
     )
 
 

@@ -11,7 +11,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
+from sentinel_exp.slo import SloResult
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -109,6 +111,7 @@ def print_summary(
     errors: Mapping[str, int],
     status: str,
     warnings: Sequence[str] = (),
+    slo: SloResult | None = None,
 ) -> None:
     stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
     stdout.print(summary_table(metrics))
@@ -128,11 +131,31 @@ def print_summary(
         rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
     if rates:
         stdout.print("  ".join(rates))
+    if slo is not None and slo.any:
+        stdout.print(escape(slo_line(slo)), soft_wrap=True)
     for warning in warnings:
         stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
     stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
     if logged_to:
         stdout.print(escape(logged_to), soft_wrap=True)
+
+
+def slo_line(slo: SloResult) -> str:
+    """Each target with the run's value and its verdict, then the per-request goodput."""
+    parts = []
+    for v in slo.targets:
+        value = "-" if v.value is None else f"{v.value:,.4g}"
+        sign = "≤" if v.direction == Direction.minimize else "≥"
+        parts.append(f"{v.metric} {value} {sign} {v.limit:g} {'pass' if v.passed else 'FAIL'}")
+    line = "SLO: " + ", ".join(parts)
+    if slo.requests is not None:
+        r = slo.requests
+        limits = ", ".join(f"{name} ≤ {limit:g}" for name, limit in r.limits.items())
+        share = f" ({100.0 * r.met / r.finished:.1f}%)" if r.finished else ""
+        goodput = r.metrics().get("goodput_requests_per_s")
+        rate = f", goodput {goodput:.2f} req/s" if goodput is not None else ""
+        line += ("; " if parts else "") + f"per request ({limits}): {r.met} of {r.finished} met{share}{rate}"
+    return line
 
 
 def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) -> None:
