@@ -12,9 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from sentinel_exp.comparison import Comparison
+from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report import SUMMARY_ROWS, count_parts, rate_parts
 from sentinel_exp.report import fmt_ms as _fmt
+from sentinel_exp.slo import SloResult
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -96,6 +98,7 @@ def print_summary(
     errors: Mapping[str, int],
     status: str,
     warnings: Sequence[str] = (),
+    slo: SloResult | None = None,
 ) -> None:
     stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
     stdout.print(summary_table(metrics))
@@ -103,6 +106,8 @@ def print_summary(
     rates = rate_parts(metrics)
     if rates:
         stdout.print("  ".join(rates))
+    if slo is not None and slo.any:
+        stdout.print(escape(slo_line(slo)), soft_wrap=True)
     for warning in warnings:
         stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
     stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
@@ -149,6 +154,24 @@ def print_comparisons(comparisons: Sequence[Comparison]) -> None:
             out.print("  " + escape(note), soft_wrap=True)
     if comparisons:
         out.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
+
+
+def slo_line(slo: SloResult) -> str:
+    """Each target with the run's value and its verdict, then the per-request goodput."""
+    parts = []
+    for v in slo.targets:
+        value = "-" if v.value is None else f"{v.value:,.4g}"
+        sign = "≤" if v.direction == Direction.minimize else "≥"
+        parts.append(f"{v.metric} {value} {sign} {v.limit:g} {'pass' if v.passed else 'FAIL'}")
+    line = "SLO: " + ", ".join(parts)
+    if slo.requests is not None:
+        r = slo.requests
+        limits = ", ".join(f"{name} ≤ {limit:g}" for name, limit in r.limits.items())
+        share = f" ({100.0 * r.met / r.finished:.1f}%)" if r.finished else ""
+        goodput = r.metrics().get("goodput_requests_per_s")
+        rate = f", goodput {goodput:.2f} req/s" if goodput is not None else ""
+        line += ("; " if parts else "") + f"per request ({limits}): {r.met} of {r.finished} met{share}{rate}"
+    return line
 
 
 def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) -> None:
