@@ -17,6 +17,11 @@ from support.cli import REPO, SIM, cli_env, mlflow_runs, output_dirs, run_cli
 from sentinel_exp.records import read_records
 
 
+def job_runs(cwd):
+    """A sweep's job runs, without the sweep's own parent run (tagged sentinel.role=sweep)."""
+    return [run for run in mlflow_runs(cwd) if run.data.tags.get("sentinel.role") != "sweep"]
+
+
 def test_a_command_line_run_on_the_simulated_server_prints_and_logs(tmp_path):
     # The README's quickstart on the simulated server, and what the CLI adds around the run:
     # Hydra's run folder and log file, the group choices and overrides in the run's tags and name.
@@ -176,6 +181,7 @@ def test_the_installed_wheel_runs_from_any_directory(tmp_path):
 
 
 @pytest.mark.embedded
+@pytest.mark.timing
 def test_the_default_run_benchmarks_the_embedded_model(tmp_path):
     pytest.importorskip("llama_cpp")
     result = run_cli(tmp_path, "workload=quick", timeout_s=600)
@@ -184,7 +190,8 @@ def test_the_default_run_benchmarks_the_embedded_model(tmp_path):
     m, tags = run.data.metrics, run.data.tags
     assert run.info.status == "FINISHED" and tags["sentinel.server_kind"] == "embedded"
     assert m["requests_ok"] == 5 and m["requests_failed"] == 0
-    assert 1 < m["ttft_ms_p50"] < m["e2e_ms_p50"] and m["output_tokens_per_s"] > 10
+    # Tokens per second is CPU speed: 4.3 was seen with other jobs keeping both cores busy.
+    assert 1 < m["ttft_ms_p50"] < m["e2e_ms_p50"] and m["output_tokens_per_s"] > 2
     assert m["output_tokens_total"] >= 5 and m["server_prefill_ms_p50"] > 0
     assert tags["sentinel.model_quantization"] == "Q4_1" and len(tags["sentinel.model_digest"]) == 64
     # Real inference: the server child's threads burn CPU and hold the model in memory.
@@ -195,7 +202,7 @@ def test_the_default_run_benchmarks_the_embedded_model(tmp_path):
 def test_sweeps_run_every_job_under_multirun(tmp_path):
     result = run_cli(tmp_path, "sweep=keep_alive_ab", *SIM, "workload=quick")
     assert result.returncode == 0, result.output
-    runs = mlflow_runs(tmp_path)
+    runs = job_runs(tmp_path)
     assert sorted(r.data.params["workload.keep_alive"] for r in runs) == ["-1", "null"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len(list(tmp_path.glob("multirun/*/*/*/requests.jsonl"))) == 2
@@ -219,7 +226,7 @@ def test_keep_alive_ab_shows_the_cold_starts_that_keep_alive_saves(tmp_path):
         "server.keep_alive=0.15s",
     )
     assert result.returncode == 0, result.output
-    cold = {r.data.params["workload.keep_alive"]: r.data.metrics["cold_starts"] for r in mlflow_runs(tmp_path)}
+    cold = {r.data.params["workload.keep_alive"]: r.data.metrics["cold_starts"] for r in job_runs(tmp_path)}
     assert cold["-1"] == 0 and cold["null"] >= 2, cold
     # The closing table puts the two jobs side by side, named by what was swept.
     rows = {
@@ -243,7 +250,7 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
     ok = run_cli(tmp_path, "-m", *SIM, "workload=quick", "workload.requests=0,2")
     assert ok.returncode == 2 and "1 sweep job(s) failed" in ok.stderr
     assert re.search(r"│ #0 requests=0\s+│.*│ not run │", ok.stdout) and re.search(r"│ #1 requests=2\s+│", ok.stdout)
-    [run] = mlflow_runs(tmp_path)
+    [run] = job_runs(tmp_path)
     assert run.data.metrics["requests_ok"] == 2
 
 
@@ -273,7 +280,7 @@ def test_a_joblib_sweep_reports_every_job_from_worker_processes(tmp_path, sim_se
     assert rows["#0 name=nope:1b"] == ["-", "-", "-", "-", "-", "not run"]
     assert "1 sweep job(s) failed:" in result.stderr
     assert re.search(r"^  #0 .*model\.name=nope\\?:1b: model 'nope:1b' is not available", result.stderr, re.M)
-    runs = mlflow_runs(tmp_path)
+    runs = job_runs(tmp_path)
     assert sorted(r.data.params["model.name"] for r in runs) == ["llama3.2:1b", "qwen2.5:0.5b"]
     assert all(r.info.status == "FINISHED" and r.data.metrics["requests_ok"] == 5 for r in runs)
     ttft = {r.data.params["model.name"]: r.data.metrics["ttft_ms_p50"] for r in runs}

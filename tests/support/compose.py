@@ -15,15 +15,15 @@ from sentinel_exp.app import config_dir
 from sentinel_exp.config import register_configs
 
 
-def composed(*overrides: str) -> DictConfig:
-    """The composed config (without the hydra node); a copy, so a test may change it."""
-    return copy.deepcopy(_composed(overrides))
+def composed(*overrides: str, hydra: bool = False) -> DictConfig:
+    """The composed config, with the hydra node if `hydra`; a copy, so a test may change it."""
+    return copy.deepcopy(_composed(overrides, hydra))
 
 
 @functools.cache
-def _composed(overrides: tuple[str, ...]) -> DictConfig:
+def _composed(overrides: tuple[str, ...], hydra: bool) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
