@@ -12,14 +12,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support.cli import REPO, SIM, cli_env, mlflow_runs, output_dirs, run_cli
+from support.cli import REPO, SIM, cli_env, job_runs, mlflow_runs, output_dirs, run_cli
 
 from sentinel_exp.records import read_records
-
-
-def job_runs(cwd):
-    """A sweep's job runs, without the sweep's own parent run (tagged sentinel.role=sweep)."""
-    return [run for run in mlflow_runs(cwd) if run.data.tags.get("sentinel.role") != "sweep"]
 
 
 def test_a_command_line_run_on_the_simulated_server_prints_and_logs(tmp_path):

@@ -71,6 +71,11 @@ def mlflow_runs(cwd: Path, experiment: str = "sentinel-exp") -> list[Run]:
     return list(client.search_runs([exp.experiment_id], max_results=1000))
 
 
+def job_runs(cwd: Path) -> list[Run]:
+    """A sweep's job runs, without the sweep's own parent run (tagged sentinel.role=sweep)."""
+    return [run for run in mlflow_runs(cwd) if run.data.tags.get("sentinel.role") != "sweep"]
+
+
 def output_dirs(cwd: Path) -> list[Path]:
     return sorted(p.parent for p in cwd.glob("outputs/*/*/config.yaml"))
 
