@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import mlflow_runs, run_cli
+from support.cli import mlflow_runs, run_cli
 
 from sentinel_exp.records import read_records
 

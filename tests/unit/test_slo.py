@@ -2,7 +2,7 @@
 `slo` config section as the command line writes it."""
 
 import pytest
-from hydra import compose, initialize_config_dir
+from support.compose import composed
 
 from sentinel_exp.app import config_dir
 from sentinel_exp.config import register_configs, typed_config
@@ -14,11 +14,6 @@ from sentinel_exp.records import RequestRecord
 from sentinel_exp.slo import judge, judge_requests, judge_targets, meets, metric_direction
 
 register_configs()
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@ jobs (sentinel_exp/sweeper.py) and what makes runs repeats of one configuration.
 import importlib.util
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
+from support.compose import composed
 
 from sentinel_exp.app import config_dir
 from sentinel_exp.config import register_configs, typed_config
@@ -18,11 +18,6 @@ register_configs()
 HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
 PRESETS = sorted(p.stem for p in (config_dir() / "sweep").glob("*.yaml") if p.stem != "none")
 OURS = "hydra_plugins.sentinel_exp_sweeper.sentinel_sweeper.SentinelSweeper"
-
-
-def composed(*overrides: str, hydra: bool = False):
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def jobs(overrides: list[str]) -> list[list[str]]:

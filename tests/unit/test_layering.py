@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = REPO / "sentinel_exp"
 
 SERVE = "sentinel_exp.serve"
