@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.cli import mlflow_runs, run_cli
+from support.cli import job_runs, mlflow_runs, run_cli
 
 from sentinel_exp.records import read_records
 
@@ -67,7 +67,7 @@ def test_repeat3_then_a_rerun_resumes_and_force_measures_again(tmp_path):
     sweep = ["-m", "options=default,low_ctx", "sweep=repeat3", *SIM, *QUICK]
     first = run_cli(tmp_path, *sweep, timeout_s=400)
     assert first.returncode == 0, first.output
-    runs = mlflow_runs(tmp_path)
+    runs = job_runs(tmp_path)
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
     by_hash: dict[str, list[str]] = {}
     for r in runs:
@@ -84,7 +84,7 @@ def test_repeat3_then_a_rerun_resumes_and_force_measures_again(tmp_path):
 
     again = run_cli(tmp_path, *sweep, timeout_s=400)
     assert again.returncode == 0, again.output
-    assert len(mlflow_runs(tmp_path)) == 6  # nothing measured again
+    assert len(job_runs(tmp_path)) == 6  # nothing measured again
     done = re.findall(r"^already done \((\w+)\)", again.stdout, re.M)
     assert sorted(done) == sorted(r.info.run_id for r in runs)
     rerun_jobs = job_dirs(tmp_path)[6:]
@@ -103,7 +103,7 @@ def test_repeat3_then_a_rerun_resumes_and_force_measures_again(tmp_path):
     forced = run_cli(tmp_path, "-m", "options=default", "sweep=repeat3", *SIM, *QUICK, "force=true", timeout_s=400)
     assert forced.returncode == 0, forced.output
     assert "already done" not in forced.stdout
-    runs = mlflow_runs(tmp_path)
+    runs = job_runs(tmp_path)
     assert len(runs) == 9
     assert Counter(r.data.tags["sentinel.config_hash"] for r in runs).most_common(1)[0][1] == 6
 
@@ -131,7 +131,7 @@ def test_interleaved_order_alternates_the_arms_in_chunks(tmp_path):
     assert options == ["options=default", "options=low_ctx"] * 3
     # Each chunk measured its share, 5/3 rounded up, and the chunks are repeats of one configuration.
     assert all(len(read_records(d / "requests.jsonl")) == 2 for d in jobs)
-    runs = mlflow_runs(tmp_path)
+    runs = job_runs(tmp_path)
     assert all(r.data.params["workload.requests"] == "2" for r in runs)
     repeats: dict[str, list[str]] = {}
     for r in runs:
@@ -149,7 +149,7 @@ def test_interleaved_order_alternates_the_arms_in_chunks(tmp_path):
 def test_optuna_preset_runs_its_trials_and_names_the_best(tmp_path):
     result = run_cli(tmp_path, "sweep=optuna", "hydra.sweeper.n_trials=4", *SIM, *QUICK, timeout_s=400)
     assert result.returncode == 0, result.output
-    runs = mlflow_runs(tmp_path)
+    runs = job_runs(tmp_path)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     best = re.search(r"Best parameters: (\{.*\})", result.output)
     assert best and "options.num_ctx" in best.group(1), result.output
