@@ -32,11 +32,14 @@ def config_dir() -> Path:
 def _hydra_main(cfg: DictConfig) -> float:
     from sentinel_exp import console as ui
     from sentinel_exp.experiment import run
-    from sentinel_exp.sweep import objective_value
+    from sentinel_exp.sweep import objective_value, record_reused
 
     ctx = _run_context()
     try:
-        metrics: Mapping[str, float] | None = run(typed_config(cfg), ctx).metrics
+        outcome = run(typed_config(cfg), ctx)
+        metrics: Mapping[str, float] | None = outcome.metrics
+        if outcome.reused and outcome.run_id is not None:
+            record_reused(ctx.output_dir, outcome.run_id)
     except UserError as exc:
         _user_error(exc, ctx)  # exits, except in a sweep
         metrics = None
@@ -63,6 +66,7 @@ def _run_context() -> RunContext:
         swept=swept_keys(Path(hc.sweep.dir)) if in_sweep else frozenset(),
         sweep_id=sweep_id,
         parent_run_id=parent_run_id,
+        resume=in_sweep,
     )
 
 

@@ -23,7 +23,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from sentinel_exp.errors import ConfigError
-from sentinel_exp.names import Api, Direction, ServerKind
+from sentinel_exp.names import Api, Direction, ServerKind, SweepOrder
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
 from sentinel_exp.serve.sim_settings import SimSettings
 from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
@@ -295,8 +295,75 @@ class SweepConfig:
     direction: Direction = Direction.minimize
     """minimize | maximize; a job without the metric returns the worst value (+inf or -inf)."""
 
+    order: SweepOrder = SweepOrder.sequential
+    """sequential: a configuration's runs back to back; interleaved: the arms alternate, in chunks."""
+    chunks: int = 4
+    """interleaved: jobs a configuration is split into (repeat 0..chunks-1), each measuring requests/chunks."""
+
     def problems(self) -> list[str]:
-        return [] if self.objective.strip() else ["sweep.objective is empty (a metric name, e.g. ttft_ms_p50)"]
+        problems = [] if self.objective.strip() else ["sweep.objective is empty (a metric name, e.g. ttft_ms_p50)"]
+        if self.chunks < 1:
+            problems.append(f"sweep.chunks must be at least 1 (got {self.chunks})")
+        return problems
+
+
+@dataclass
+class RequestSloConfig:
+    """Per-request targets: a measured request meets them when it succeeded within every limit set."""
+
+    ttft_ms: float | None = None
+    """Most ms to a request's first token; null = no target."""
+    e2e_ms: float | None = None
+    """Most ms for a request's whole answer; null = no target."""
+    itl_ms: float | None = None
+    """Most ms between tokens, on average over a request's answer; null = no target."""
+
+    def limits(self) -> dict[str, float]:
+        """The limits that are set, by measure name (slo.REQUEST_MEASURES)."""
+        return {k: float(v) for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def problems(self) -> list[str]:
+        return [f"slo.request.{k} must be positive ms (got {v:g})" for k, v in self.limits().items() if v <= 0]
+
+
+@dataclass
+class SloConfig:
+    """Service-level targets. A run-level target is a key of its own, `slo.<metric>: <limit>`, for
+    any metric whose better direction is known (slo.METRIC_DIRECTIONS); `request` holds the
+    per-request targets. The `slo` node is open (register_configs), so `slo.ttft_ms_p50=300` needs
+    no `+`, and OmegaConf.to_object sets those keys as attributes: `targets()` reads them back."""
+
+    request: RequestSloConfig = field(default_factory=RequestSloConfig)
+
+    def targets(self) -> dict[str, Any]:
+        """The run-level targets as given (null = no target)."""
+        return {k: v for k, v in vars(self).items() if k != "request" and v is not None}
+
+    def run_targets(self) -> dict[str, float]:
+        """The run-level targets as numbers: {metric: limit}."""
+        return {k: float(v) for k, v in self.targets().items() if _is_number(v)}
+
+    def problems(self) -> list[str]:
+        from sentinel_exp.slo import metric_direction
+
+        problems = self.request.problems()
+        for metric, limit in self.targets().items():
+            if metric_direction(metric) is None:
+                problems.append(f"slo.{metric}: {SLO_METRIC_HINT}")
+            elif not _is_number(limit):
+                problems.append(f"slo.{metric} must be a number, the limit (got {limit!r})")
+        return problems
+
+
+SLO_METRIC_HINT = (
+    "not a metric with a known better direction: lower is better for *_ms_* (e.g. ttft_ms_p50), "
+    "error_rate, cold_starts, requests_failed, cpu and energy; higher for *_tokens_per_s, "
+    "requests_per_s and goodput_requests_per_s"
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -323,6 +390,11 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
+    repeat: int = 0
+    """Repeat index of this configuration (sweep=repeat3 sweeps it); not part of the config hash."""
+    force: bool = False
+    """In a sweep, measure even a configuration and repeat already FINISHED in the MLflow experiment."""
     progress: bool | None = None
     """Progress bars; null = only on a terminal and not in CI."""
     plots: bool = True
@@ -331,7 +403,9 @@ class ExperimentConfig:
     def problems(self) -> list[str]:
         problems = self.server.problems() + self.model.problems() + self.hardware.problems()
         problems += self.workload.problems() + self.telemetry.problems() + self.tracking.problems()
-        problems += self.sweep.problems() + self.compare.problems()
+        problems += self.sweep.problems() + self.compare.problems() + self.slo.problems()
+        if self.repeat < 0:
+            problems.append(f"repeat must be 0 or more (got {self.repeat})")
         if self.server.kind == ServerKind.openai and self.workload.api == Api.generate:
             problems.append("workload.api=generate needs an Ollama server; server=openai speaks /v1/chat/completions")
         return problems
@@ -343,7 +417,18 @@ class ExperimentConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (enums as their strings): for params, the config hash and config.yaml."""
-        return typing.cast("dict[str, Any]", _plain(dataclasses.asdict(self)))
+        plain = typing.cast("dict[str, Any]", _plain(dataclasses.asdict(self)))
+        plain["slo"].update(_plain(self.slo.targets()))  # keys asdict does not see: not fields
+        return plain
+
+    def job_share(self) -> ExperimentConfig:
+        """What one job measures. Under sweep.order=interleaved a configuration is split into
+        sweep.chunks jobs (repeat 0..chunks-1, sweeper.py), each measuring workload.requests/chunks
+        rounded up: every chunk is the same measurement, so the chunks compare as repeats."""
+        if self.sweep.order != SweepOrder.interleaved or self.sweep.chunks == 1:
+            return self
+        requests = -(-self.workload.requests // self.sweep.chunks)
+        return dataclasses.replace(self, workload=dataclasses.replace(self.workload, requests=requests))
 
 
 def _plain(value: Any) -> Any:
@@ -363,8 +448,13 @@ def to_yaml(plain: Mapping[str, Any]) -> str:
 
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
-    ConfigStore.instance().store(name="experiment_schema", node=ExperimentConfig)
+    schema = OmegaConf.structured(ExperimentConfig)
+    # Run-level SLO targets are keys named after metrics (`slo.ttft_ms_p50=300`): an open node takes
+    # them without a `+`, and SloConfig.problems() checks them instead of the schema.
+    OmegaConf.set_struct(schema.slo, False)
+    ConfigStore.instance().store(name="experiment_schema", node=schema)
 
 
 # Settings that would put a secret into params, config.yaml, Hydra's .hydra/ files and run names.
@@ -384,6 +474,8 @@ def unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> list[str]:
     for key in map(str, node):
         if f"{prefix}{key}" in SECRET_SETTINGS:
             problems.append(SECRET_SETTINGS[f"{prefix}{key}"])
+        elif key not in hints and schema is SloConfig:
+            continue  # a run-level target, checked by SloConfig.problems()
         elif key not in hints:
             known = "an Ollama option" if schema is OptionsConfig else "a known setting"
             problems.append(f"{prefix}{key} is not {known}")

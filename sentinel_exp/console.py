@@ -12,7 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from sentinel_exp.comparison import Comparison
+from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
+from sentinel_exp.report import SUMMARY_ROWS, count_parts, rate_parts
+from sentinel_exp.report import fmt_ms as _fmt
+from sentinel_exp.slo import SloResult
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -69,29 +73,13 @@ class RunProgress:
         self._progress.update(self._task, advance=1, status=ttft + failed)
 
 
-def _fmt(value: float | None, unit: str = "ms") -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.1f} {unit}" if unit else f"{value:,.1f}"
-
-
 def summary_table(metrics: Mapping[str, float]) -> Table:
     table = Table(show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("p50", justify="right")
     table.add_column("p95", justify="right")
     table.add_column("max", justify="right")
-    for name, label in (
-        ("ttfb", "TTFB"),
-        ("ttft", "TTFT"),
-        ("itl", "ITL"),
-        ("e2e", "E2E"),
-        ("server_load", "server load"),
-        ("server_prefill", "server prefill"),
-        ("server_queue", "server queue"),
-        ("queue", "client queue"),
-        ("client_overhead", "E2E − server total"),
-    ):
+    for name, label in SUMMARY_ROWS:
         if f"{name}_ms_p50" in metrics:
             table.add_row(
                 label,
@@ -110,25 +98,16 @@ def print_summary(
     errors: Mapping[str, int],
     status: str,
     warnings: Sequence[str] = (),
+    slo: SloResult | None = None,
 ) -> None:
     stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
     stdout.print(summary_table(metrics))
-    ok = int(metrics.get("requests_ok", 0))
-    failed = int(metrics.get("requests_failed", 0))
-    parts = [f"requests ok {ok}", f"failed {failed}"]
-    if errors:
-        parts[-1] += " (" + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + ")"
-    if metrics.get("requests_cancelled"):
-        parts.append(f"cancelled {int(metrics['requests_cancelled'])}")
-    parts.append(f"cold starts {int(metrics.get('cold_starts', 0))}")
-    stdout.print("  ".join(parts), soft_wrap=True)
-    rates = []
-    if "output_tokens_per_s" in metrics:
-        rates.append(f"decode {metrics['output_tokens_per_s']:.1f} tok/s per request (median)")
-    if "throughput_tokens_per_s" in metrics:
-        rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
+    stdout.print(escape("  ".join(count_parts(metrics, errors))), soft_wrap=True)
+    rates = rate_parts(metrics)
     if rates:
         stdout.print("  ".join(rates))
+    if slo is not None and slo.any:
+        stdout.print(escape(slo_line(slo)), soft_wrap=True)
     for warning in warnings:
         stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
     stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
@@ -175,6 +154,24 @@ def print_comparisons(comparisons: Sequence[Comparison]) -> None:
             out.print("  " + escape(note), soft_wrap=True)
     if comparisons:
         out.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
+
+
+def slo_line(slo: SloResult) -> str:
+    """Each target with the run's value and its verdict, then the per-request goodput."""
+    parts = []
+    for v in slo.targets:
+        value = "-" if v.value is None else f"{v.value:,.4g}"
+        sign = "≤" if v.direction == Direction.minimize else "≥"
+        parts.append(f"{v.metric} {value} {sign} {v.limit:g} {'pass' if v.passed else 'FAIL'}")
+    line = "SLO: " + ", ".join(parts)
+    if slo.requests is not None:
+        r = slo.requests
+        limits = ", ".join(f"{name} ≤ {limit:g}" for name, limit in r.limits.items())
+        share = f" ({100.0 * r.met / r.finished:.1f}%)" if r.finished else ""
+        goodput = r.metrics().get("goodput_requests_per_s")
+        rate = f", goodput {goodput:.2f} req/s" if goodput is not None else ""
+        line += ("; " if parts else "") + f"per request ({limits}): {r.met} of {r.finished} met{share}{rate}"
+    return line
 
 
 def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) -> None:

@@ -28,8 +28,9 @@ from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.names import Phase, RunStatus
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.servers import ServerHandle, resolve_server
+from sentinel_exp.slo import SloResult, judge
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
-from sentinel_exp.tracking import Tracker, config_hash, flatten
+from sentinel_exp.tracking import FinishedRun, Tracker, config_hash, flatten
 from sentinel_exp.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class RunContext:
     swept: frozenset[str] = frozenset()  # keys a sweep varies: they lead the run name
     sweep_id: str | None = None
     parent_run_id: str | None = None  # the sweep's MLflow run: this run is one of its children
+    # In a sweep, a configuration and repeat already FINISHED in the experiment is not measured
+    # again (a rerun resumes where the sweep stopped); a single run always measures.
+    resume: bool = False
 
     def run_name(self, cfg: ExperimentConfig, server_kind: str) -> str:
         """What differs first (the swept values, then other settings changed on the command line),
@@ -80,6 +84,7 @@ class Outcome:
     run_id: str | None
     status: str
     metrics: dict[str, float]
+    reused: bool = False  # run_id is an earlier FINISHED run of this configuration: nothing was measured
 
 
 class RequestFactory:
@@ -210,6 +215,16 @@ async def _measure(
 
 
 async def run_async(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
+    share = cfg.job_share()
+    if share is not cfg:
+        log.info(
+            "sweep.order=interleaved: chunk %d of %d, %d of workload.requests=%d",
+            cfg.repeat + 1,
+            cfg.sweep.chunks,
+            share.workload.requests,
+            cfg.workload.requests,
+        )
+    cfg = share
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     if (ctx.output_dir / "requests.jsonl").exists():
         raise UserError(
@@ -221,12 +236,26 @@ async def run_async(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
 
     # The store is opened first: a wrong tracking.uri fails before any server is started.
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
+    if tracker and ctx.resume and not cfg.force:
+        done = tracker.finished_run(config_hash(resolved), cfg.repeat)
+        if done is not None:
+            return _already_done(ctx, done)
     with resolve_server(cfg.server, cfg.model.name, ctx.output_dir) as handle:
         async with _http_client(handle, cfg) as client:
             facts = await run_apis(handle.kind, cfg.workload.api).server.preflight(client, handle, cfg.model.name)
             monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
             monitor.check_hardware()
             return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor, tracker)
+
+
+def _already_done(ctx: RunContext, done: FinishedRun) -> Outcome:
+    """This configuration and repeat FINISHED before: the job stands for that run. Its summary
+    goes into this job's folder, so the sweep's table and comparison see its numbers."""
+    summary = {**done.summary, "run_id": done.run_id, "status": RunStatus.FINISHED, "metrics": done.metrics}
+    summary["already_done"] = True
+    (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    ui.stdout.print(f"already done ({done.run_id}): not measured again; force=true measures it anew", soft_wrap=True)
+    return Outcome(done.run_id, RunStatus.FINISHED, done.metrics, reused=True)
 
 
 async def _tracked_run(
@@ -267,6 +296,7 @@ async def _tracked_run(
             monitor.stop()
             # Whatever happened, what was measured is summarised, written and logged.
             metrics = await _summarise(measurement, client, factory.server_wire, cfg.model.name, monitor)
+            slo = _judge_slo(cfg, metrics, measurement)
             warnings += open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency) + monitor.warnings
             summary = {
                 "run_id": run_id,
@@ -278,10 +308,12 @@ async def _tracked_run(
                 "model": facts.__dict__,
                 "telemetry_notes": monitor.notes(),
                 "warnings": warnings,
+                **({"slo": slo.as_dict()} if slo.any else {}),
             }
             (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
             reports = _write_report(ctx, measurement, monitor, summary) if cfg.plots else []
             if tracker:
+                tracker.set_tags(slo.tags())
                 _log_results(tracker, ctx, metrics, monitor, handle, reports)
     finally:
         if tracker:
@@ -294,6 +326,7 @@ async def _tracked_run(
         error_breakdown(measurement.records),
         status,
         warnings,
+        slo,
     )
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
@@ -314,6 +347,7 @@ def _run_tags(
         "sentinel.server_kind": handle.kind,
         "sentinel.server_url": handle.url,
         "sentinel.config_hash": config_hash(resolved),
+        "sentinel.repeat": str(resolved["repeat"]),
         "sentinel.output_dir": str(ctx.output_dir),
         "sentinel.api": factory.api,
         **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
@@ -350,6 +384,13 @@ def _write_report(
     except Exception as exc:
         log.warning("warning: could not draw the run's plots: %s: %s", type(exc).__name__, exc)
         return []
+
+
+def _judge_slo(cfg: ExperimentConfig, metrics: dict[str, float], measurement: Measurement) -> SloResult:
+    """The SLO verdicts, added to `metrics` (goodput, slo_request_fraction, slo_<metric>_pass)."""
+    slo = judge(cfg.slo.run_targets(), cfg.slo.request.limits(), metrics, measurement.records, measurement.measured_s)
+    metrics.update(slo.metrics())
+    return slo
 
 
 def _log_results(

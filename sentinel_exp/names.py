@@ -78,3 +78,10 @@ class Direction(StrEnum):
 
     minimize = "minimize"
     maximize = "maximize"
+
+
+class SweepOrder(StrEnum):
+    """`sweep.order`: whether a configuration's runs go back to back, or alternate with the other arms'."""
+
+    sequential = "sequential"
+    interleaved = "interleaved"

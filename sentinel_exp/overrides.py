@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sentinel_exp.config import SECRET_SETTINGS, ExperimentConfig
+from sentinel_exp.config import SECRET_SETTINGS, SLO_METRIC_HINT, ExperimentConfig, SloConfig
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -102,6 +102,8 @@ def _setting_problems(key: str, values: list[Any]) -> list[str]:
     for depth, part in enumerate(parts):
         hints = typing.get_type_hints(schema)
         where = ".".join(parts[:depth])
+        if part not in hints and schema is SloConfig and depth == len(parts) - 1:
+            return _slo_target_problems(key, part, values)
         if part not in hints:
             name = f"{where}.{part}" if where else part
             known = [f"{where}.{k}" if where else k for k in hints]
@@ -116,6 +118,19 @@ def _setting_problems(key: str, values: list[Any]) -> list[str]:
             return []  # inside a free-form mapping (server.models, sim.faults, ...)
         schema = field_type
     return []
+
+
+def _slo_target_problems(key: str, metric: str, values: list[Any]) -> list[str]:
+    """`slo.<metric>=<limit>`: a run-level target, for a metric whose better direction is known."""
+    from sentinel_exp.slo import metric_direction
+
+    if metric_direction(metric) is None:
+        return [f"{key}: {SLO_METRIC_HINT}"]
+    return [
+        f"{key}={value!r} is not valid: {key} takes a number (the limit) or null"
+        for value in values
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)))
+    ]
 
 
 def _value_problems(key: str, schema: Any, leaf: str, field_type: Any, values: list[Any]) -> list[str]:

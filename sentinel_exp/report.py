@@ -24,7 +24,7 @@ LATENCY_CDF_PNG = "latency_cdf.png"
 TIMELINE_PNG = "timeline.png"
 REPORT_MD = "report.md"
 
-# The rows of the console's summary table (console.summary_table), in its order.
+# The rows of the summary table, in the console (console.summary_table) and in report.md.
 SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
     ("ttfb", "TTFB"),
     ("ttft", "TTFT"),
@@ -72,25 +72,34 @@ def summary_table_md(metrics: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
-def counts_line(metrics: Mapping[str, float], errors: Mapping[str, int]) -> str:
+def count_parts(metrics: Mapping[str, float], errors: Mapping[str, int]) -> list[str]:
+    """`requests ok N`, `failed N (classes)`, `cancelled N`, `cold starts N`: the console's line too."""
     ok = int(metrics.get("requests_ok", 0))
     failed = int(metrics.get("requests_failed", 0))
     parts = [f"requests ok {ok}", f"failed {failed}"]
     if errors:
-        parts[-1] += " (" + ", ".join(f"{md_escape(str(k))} {v}" for k, v in sorted(errors.items())) + ")"
+        parts[-1] += " (" + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + ")"
     if metrics.get("requests_cancelled"):
         parts.append(f"cancelled {int(metrics['requests_cancelled'])}")
     parts.append(f"cold starts {int(metrics.get('cold_starts', 0))}")
-    return " · ".join(parts)
+    return parts
 
 
-def rates_line(metrics: Mapping[str, float]) -> str | None:
+def rate_parts(metrics: Mapping[str, float]) -> list[str]:
     rates = []
     if "output_tokens_per_s" in metrics:
         rates.append(f"decode {metrics['output_tokens_per_s']:.1f} tok/s per request (median)")
     if "throughput_tokens_per_s" in metrics:
         rates.append(f"throughput {metrics['throughput_tokens_per_s']:.1f} tok/s")
-    return " · ".join(rates) if rates else None
+    return rates
+
+
+def counts_line(metrics: Mapping[str, float], errors: Mapping[str, int]) -> str:
+    return md_escape(" · ".join(count_parts(metrics, errors)))
+
+
+def rates_line(metrics: Mapping[str, float]) -> str | None:
+    return " · ".join(rate_parts(metrics)) or None
 
 
 def image_links(plots: Sequence[str]) -> list[str]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sentinel_exp.comparison import Arm, Comparison
 
 OUTCOME_FILE = "sweep_job.json"
+REUSED = "reused_run_id"  # outcome field: the FINISHED run a job reused instead of measuring again
 SUMMARY_FILE = "summary.json"
 SWEEP_FILE = "sweep.json"  # in the sweep folder: the sweep's id and its MLflow parent run
 COMPARE_FILE = "compare.md"
@@ -51,6 +52,12 @@ def record_error(output_dir: Path, message: str) -> None:
     (output_dir / OUTCOME_FILE).write_text(json.dumps({"error": message}), encoding="utf-8")
 
 
+def record_reused(output_dir: Path, run_id: str) -> None:
+    """Leave the finished run that a job stood in for (its configuration and repeat were done)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / OUTCOME_FILE).write_text(json.dumps({REUSED: run_id}), encoding="utf-8")
+
+
 @dataclass
 class JobOutcome:
     """One job of a sweep, as read back from its output folder."""
@@ -61,6 +68,8 @@ class JobOutcome:
     # None: the job wrote no summary (it stopped before measuring).
     metrics: dict[str, float] | None
     folder: Path | None = None
+    # The finished run whose measurements the job reused (`already done`); None: it measured.
+    reused_run_id: str | None = None
 
     @property
     def label(self) -> tuple[str, ...]:
@@ -284,6 +293,7 @@ def read_outcomes(sweep_dir: Path, sweep_id: str | None) -> list[JobOutcome]:
                 error=None if error is None else str(error),
                 metrics=None if error is not None or summary is None else dict(summary["metrics"]),
                 folder=path.parent,
+                reused_run_id=outcome.get(REUSED),
             )
         )
     return sorted(jobs, key=lambda job: job.num)

@@ -39,9 +39,14 @@ def param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
 
 
+# Settings that change how results are shown, judged, organised or repeated, not what is measured:
+# runs that differ only in these are runs of one configuration (repeats compare as such).
+NOT_MEASURED = ("tracking", "progress", "sweep", "compare", "slo", "repeat", "force", "plots")
+
+
 def config_hash(resolved: Mapping[str, Any]) -> str:
-    """Identity of what was measured: everything but where results are written."""
-    relevant = {k: v for k, v in resolved.items() if k not in ("tracking", "progress", "sweep", "compare")}
+    """Identity of what was measured: everything but NOT_MEASURED."""
+    relevant = {k: v for k, v in resolved.items() if k not in NOT_MEASURED}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -120,6 +125,20 @@ def browse_hint(uri: str, experiment_id: str) -> str:
     )
 
 
+@dataclass
+class FinishedRun:
+    """A finished run of a configuration, as a sweep that meets it again reuses it."""
+
+    run_id: str
+    summary: dict[str, Any]  # its summary.json; empty when the artifact could not be read
+    logged_metrics: dict[str, float]  # MLflow's latest value of each metric
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        metrics = self.summary.get("metrics")
+        return dict(metrics) if isinstance(metrics, dict) else self.logged_metrics
+
+
 class Tracker:
     """A thin, explicit wrapper over MlflowClient: no global active-run state, so a sweep
     running jobs in one process, or the telemetry thread, cannot log into the wrong run."""
@@ -161,6 +180,32 @@ class Tracker:
         if self.run_id is None:
             return None
         return f"MLflow run {self.run_id} in {self.uri}  ({browse_hint(self.uri, self.experiment_id)})"
+
+    def finished_run(self, config_hash: str, repeat: int) -> FinishedRun | None:
+        """The latest FINISHED run of this configuration and repeat in the experiment, if any
+        (a run without a `sentinel.repeat` tag is repeat 0)."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`sentinel.config_hash` = '{config_hash}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=100,
+        )
+        for run in found:
+            if run.data.tags.get("sentinel.repeat", "0") == str(repeat):
+                return FinishedRun(run.info.run_id, self._summary_of(run.info.run_id) or {}, dict(run.data.metrics))
+        return None
+
+    def _summary_of(self, run_id: str) -> dict[str, Any] | None:
+        """The summary.json a run logged, the exact per-run metrics (MLflow's latest values would
+        mix in the last point of each telemetry series)."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(self.client.download_artifacts(run_id, "summary.json", tmp))
+                summary = json.loads(path.read_text(encoding="utf-8"))
+        except Exception as exc:  # a store without the artifact, or unreachable artifacts: the metrics stand in
+            log.debug("no summary.json for run %s: %s", run_id, exc)
+            return None
+        return summary if isinstance(summary, dict) else None
 
     def start(self, run_name: str, tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))

@@ -1,20 +1,14 @@
-"""Shared fixtures: real servers on loopback, the real CLI in a subprocess, a real MLflow store."""
+"""Fixtures both levels see. Helpers to import live in tests/support/ (a conftest is not importable
+by name once tests/unit and tests/integration have their own)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.launch import BundledServer, start_server
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -30,61 +24,3 @@ def sim_server_factory() -> Iterator[Callable[..., BundledServer]]:
     yield factory
     for server in started:
         server.stop()
-
-
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-    cwd: Path
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CI": "true"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    # No test may find a real Ollama on this machine by accident: port 9 (discard) never answers.
-    env["OLLAMA_HOST"] = "127.0.0.1:9"
-    env.update(extra)
-    return env
-
-
-def run_cli(
-    cwd: Path,
-    *overrides: str,
-    timeout_s: float = 180.0,
-    module: str = "sentinel_exp",
-    env: dict[str, str] | None = None,
-) -> CliResult:
-    """The real `python -m sentinel_exp` in a subprocess, from `cwd` (where mlflow.db lands)."""
-    done = subprocess.run(
-        [sys.executable, "-m", module, *overrides],
-        cwd=cwd,
-        env=env or cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    return CliResult(done.returncode, done.stdout, done.stderr, cwd)
-
-
-def mlflow_runs(cwd: Path, experiment: str = "sentinel-exp") -> list:
-    """All runs in the sqlite store under `cwd` (empty when there is no store or experiment)."""
-    db = cwd / "mlflow.db"
-    if not db.exists():
-        return []
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return client.search_runs([exp.experiment_id], max_results=1000)
-
-
-def output_dirs(cwd: Path) -> list[Path]:
-    return sorted(p.parent for p in cwd.glob("outputs/*/*/config.yaml"))

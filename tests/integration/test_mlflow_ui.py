@@ -12,7 +12,7 @@ import re
 import sys
 
 import pytest
-from conftest import REPO, mlflow_runs, run_cli
+from support.cli import REPO, mlflow_runs, run_cli
 
 sys.path.insert(0, str(REPO / "scripts"))
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
-from conftest import mlflow_runs, run_cli
+import pytest
+from support.cli import mlflow_runs, run_cli
 
 SIM = ("server=simulated", "workload=quick", "workload.warmup=1", "server.sim.jitter_ms=3", "server.sim.load_ms=0")
 
 
+@pytest.mark.timing
 def test_a_sweep_is_a_parent_run_whose_comparison_finds_the_injected_slowdown(tmp_path):
     result = run_cli(tmp_path, "-m", *SIM, "workload.requests=40", "server.sim.ttft_ms=40,48")
     assert result.returncode == 0, result.output

@@ -29,9 +29,9 @@ from sentinel_exp.serve.engines.llamacpp import THREADS_ENV  # noqa: E402
 from sentinel_exp.serve.launch import BundledServer, ServerStartError, running_server, start_server  # noqa: E402
 from sentinel_exp.serve.prompt_fit import DEFAULT_NUM_KEEP, prompt_limit  # noqa: E402
 
-pytestmark = [pytest.mark.embedded, pytest.mark.slow]
+pytestmark = pytest.mark.embedded
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = registry.BUNDLED_TAG
 # Deterministic answers; the prompt asks for a long text so num_predict is what ends it.
 STORY = "Write a long story about a dragon who guards a library."
@@ -99,6 +99,7 @@ def assert_cold_and_warm(cold: dict, warm: dict) -> None:
     assert cold["load_duration"] > 5 * warm["load_duration"], (cold, warm)
 
 
+@pytest.mark.timing
 def test_first_request_is_cold_then_warm(client: httpx.Client) -> None:
     if client.get("/api/ps").json()["models"]:  # another test ran first (-k, reordering)
         unload(client)
@@ -122,6 +123,7 @@ def test_first_request_is_cold_then_warm(client: httpx.Client) -> None:
     assert warm["prompt_eval_count"] == cold["prompt_eval_count"]
 
 
+@pytest.mark.timing
 def test_keep_alive_zero_unloads_and_next_request_is_cold(client: httpx.Client) -> None:
     chat(client, keep_alive=0)
     assert client.get("/api/ps").json()["models"] == []
@@ -131,6 +133,7 @@ def test_keep_alive_zero_unloads_and_next_request_is_cold(client: httpx.Client) 
     assert_cold_and_warm(cold, warm)
 
 
+@pytest.mark.timing
 def test_changing_num_ctx_reloads(client: httpx.Client) -> None:
     chat(client)  # resident with the default num_ctx (2048)
     _, warm = chat(client)
@@ -300,6 +303,7 @@ def test_over_long_prompt_is_truncated_as_ollama_does(client: httpx.Client, serv
     assert final["eval_count"] >= 1
 
 
+@pytest.mark.timing
 def test_client_disconnect_stops_generation(client: httpx.Client, server: BundledServer) -> None:
     chat(client)  # warm, so the long request below starts decoding at once
     body = {

@@ -6,12 +6,9 @@ from __future__ import annotations
 import secrets
 
 import httpx
-import pytest
-from conftest import cli_env, mlflow_runs, run_cli
+from support.cli import cli_env, mlflow_runs, run_cli
 
 from sentinel_exp.serve.launch import running_server
-
-pytestmark = pytest.mark.slow
 
 
 def test_the_key_reaches_the_server_and_is_written_nowhere(tmp_path):

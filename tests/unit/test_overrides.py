@@ -11,7 +11,7 @@ import pytest
 from sentinel_exp.app import config_dir
 from sentinel_exp.overrides import command_line_overrides, override_problems
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def problems(*args: str) -> list[str]:

@@ -1,4 +1,9 @@
-"""The simulated server over real loopback HTTP: Ollama's wire shapes and semantics."""
+"""The simulated server over real loopback HTTP: Ollama's wire shapes and semantics.
+
+Tests marked `timing` read the durations the server reports. A duration cannot come in under what
+the server injects (its sleeps), so those floors stay; a busy machine wakes the server late, so the
+ceilings leave several ms (tens for a load) above the injected figure.
+"""
 
 import asyncio
 import json
@@ -9,8 +14,6 @@ import pytest
 
 from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.launch import ServerStartError, start_server
-
-pytestmark = pytest.mark.slow
 
 CHAT = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi there"}], "options": {"num_predict": 4}}
 
@@ -24,6 +27,7 @@ def sim(sim_server_factory):
     return sim_server_factory("--load-ms", "200", "--ttft-ms", "20", "--itl-ms", "2", "--parallel", "1")
 
 
+@pytest.mark.timing
 def test_streamed_chat_has_ollama_shape_and_durations(sim):
     with httpx.Client(base_url=sim.url) as client:
         chunks = ndjson(client.post("/api/chat", json=CHAT))
@@ -36,9 +40,9 @@ def test_streamed_chat_has_ollama_shape_and_durations(sim):
     for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
         assert isinstance(final[key], int)
     # Cold: the first request loaded the model (200 ms), then 20 ms to the first token, 3 gaps of 2 ms.
-    assert 195e6 <= final["load_duration"] <= 260e6
-    assert 19e6 <= final["prompt_eval_duration"] <= 26e6
-    assert 5.5e6 <= final["eval_duration"] <= 9e6
+    assert 195e6 <= final["load_duration"] <= 300e6
+    assert 19e6 <= final["prompt_eval_duration"] <= 30e6
+    assert 5.5e6 <= final["eval_duration"] <= 15e6
     assert final["total_duration"] >= final["load_duration"] + final["prompt_eval_duration"] + final["eval_duration"]
 
 
@@ -49,6 +53,7 @@ def test_generate_streams_response_field_and_stop_reason(sim):
     assert chunks[-1]["done_reason"] == "stop" and chunks[-1]["eval_count"] == len(chunks) - 1 == 32
 
 
+@pytest.mark.timing
 def test_keep_alive_zero_unloads_and_next_request_is_cold(sim):
     with httpx.Client(base_url=sim.url) as client:
         first = ndjson(client.post("/api/chat", json=CHAT))[-1]
@@ -56,9 +61,10 @@ def test_keep_alive_zero_unloads_and_next_request_is_cold(sim):
         assert client.get("/api/ps").json()["models"] == []
         cold = ndjson(client.post("/api/chat", json=CHAT))[-1]
     assert first["load_duration"] > 190e6 and cold["load_duration"] > 190e6
-    assert warm["load_duration"] < 10e6
+    assert warm["load_duration"] < 50e6  # no load: well under the 190 ms of one
 
 
+@pytest.mark.timing
 def test_keep_alive_expiry_makes_the_next_request_cold(sim):
     with httpx.Client(base_url=sim.url) as client:
         ndjson(client.post("/api/chat", json={**CHAT, "keep_alive": "500ms"}))
@@ -69,13 +75,14 @@ def test_keep_alive_expiry_makes_the_next_request_cold(sim):
     assert after["load_duration"] > 190e6
 
 
+@pytest.mark.timing
 def test_changing_a_runner_option_reloads(sim):
     with httpx.Client(base_url=sim.url) as client:
         ndjson(client.post("/api/chat", json=CHAT))
         same = ndjson(client.post("/api/chat", json={**CHAT, "options": {"num_predict": 4, "temperature": 0.1}}))[-1]
         other = ndjson(client.post("/api/chat", json={**CHAT, "options": {"num_predict": 4, "num_ctx": 512}}))[-1]
         ps = client.get("/api/ps").json()["models"][0]
-    assert same["load_duration"] < 10e6  # sampling options do not reload
+    assert same["load_duration"] < 50e6  # sampling options do not reload (a reload takes 200 ms)
     assert other["load_duration"] > 190e6
     assert ps["context_length"] == 512 and ps["size_vram"] == 0 and ps["expires_at"].endswith("Z")
 
@@ -146,6 +153,7 @@ def test_openai_stream_shape(sim):
     assert chunks[5]["choices"] == [] and chunks[5]["usage"]["completion_tokens"] == 3
 
 
+@pytest.mark.timing
 def test_one_slot_queues_the_second_request_outside_load_and_prefill(sim):
     long = {**CHAT, "options": {"num_predict": 100}}  # 20 ms + 99 x 2 ms of generation
 
@@ -158,7 +166,7 @@ def test_one_slot_queues_the_second_request_outside_load_and_prefill(sim):
     first, second = asyncio.run(two_at_once())
     # As in Ollama, the model was ready for both (no load), and the prefill clock starts with the
     # slot: the second one's wait for the first (~218 ms) shows in total_duration alone.
-    assert first["load_duration"] < 20e6 and second["load_duration"] < 20e6
+    assert first["load_duration"] < 50e6 and second["load_duration"] < 50e6
     assert 18e6 <= second["prompt_eval_duration"] <= 40e6
     waited = (
         second["total_duration"] - second["load_duration"] - second["prompt_eval_duration"] - second["eval_duration"]
@@ -186,6 +194,7 @@ def test_scripted_midstream_error_line_and_cut(sim_server_factory):
     assert not any(c.get("done") for c in chunks)
 
 
+@pytest.mark.timing
 def test_requests_arriving_during_a_cold_load_start_their_clock_when_it_ends(sim_server_factory):
     server = sim_server_factory("--load-ms", "300", "--ttft-ms", "40", "--itl-ms", "5", "--parallel", "0")
     body = {**CHAT, "options": {"num_predict": 8}}
@@ -201,6 +210,7 @@ def test_requests_arriving_during_a_cold_load_start_their_clock_when_it_ends(sim
         assert final["eval_duration"] >= 7 * 5e6 * 0.9  # and tokens 5 ms apart, not one burst
 
 
+@pytest.mark.timing
 def test_a_waiting_reload_holds_back_later_requests_for_the_resident_model(sim_server_factory):
     # Ollama schedules in arrival order: once a request needs a reload, later requests for the
     # model still resident queue behind it instead of keeping the old model busy for ever.

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def run_script(name: str, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -33,6 +31,7 @@ def number(pattern: str, text: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.timing
 def test_client_overhead_reports_both_clients_above_the_injected_ttft(tmp_path: Path) -> None:
     result = run_script(
         "bench_client_overhead.py", "--requests", "10", "--rounds", "1", "--concurrency", "1", cwd=tmp_path
@@ -48,11 +47,12 @@ def test_client_overhead_reports_both_clients_above_the_injected_ttft(tmp_path: 
         assert 0 < read_p50 <= read_p99 and 0 < over_p50 <= over_p99 < 20
 
 
+@pytest.mark.timing
 def test_sampler_overhead_takes_the_expected_number_of_samples(tmp_path: Path) -> None:
     result = run_script("bench_sampler_overhead.py", "--seconds", "1", "--interval", "0.1", cwd=tmp_path)
     assert result.returncode in (0, 1), result.stderr  # 1: the goal judged on a 1 s leg
     taken = number(r"samples: (\d+) \(expected ~10\)", result.stdout)
-    assert 8 <= taken <= 11
+    assert 6 <= taken <= 11  # a sampler thread woken late skips ticks (never bunches them)
     assert 0 < number(r"sampler thread CPU : [\d.]+ s over [\d.]+ s = ([\d.]+)% of one core", result.stdout) < 10
 
 
@@ -78,6 +78,7 @@ def test_gpu_check_without_torch_or_cuda_says_so_and_exits_2(tmp_path: Path) -> 
 
 
 @pytest.mark.embedded
+@pytest.mark.timing
 def test_embedded_adapter_benchmark_compares_both_sides(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     result = run_script(

@@ -6,19 +6,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import fake_nvml
+from support.compose import composed
 
 from sentinel_exp.config import HardwareConfig
 from sentinel_exp.hardware import HardwareCheck, check_hardware, check_with_probe
 from sentinel_exp.telemetry import GpuProbe
 
 # The profiles under test are the shipped YAML files, so the check and the config cannot drift.
-_CONF = Path(__file__).resolve().parent.parent / "conf" / "hardware"
+_CONF = Path(__file__).resolve().parents[2] / "conf" / "hardware"
 PROFILES = {p.stem: HardwareConfig(**yaml.safe_load(p.read_text())) for p in _CONF.glob("*.yaml")}
 
-try:
-    import fake_nvml
-except ImportError:
-    from tests import fake_nvml  # type: ignore[no-redef]
 
 H100 = ("NVIDIA H100 80GB HBM3", 81559)
 GTX1050 = ("NVIDIA GeForce GTX 1050", 3019)
@@ -106,17 +104,12 @@ def test_pattern_or_vram_alone_implies_a_gpu():
 
 
 def test_profiles_reach_the_check_as_composed():
-    from hydra import compose, initialize_config_dir
+    from sentinel_exp.config import typed_config
 
-    from sentinel_exp.app import config_dir
-    from sentinel_exp.config import register_configs, typed_config
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        for name, profile in PROFILES.items():
-            assert typed_config(compose("config", overrides=[f"hardware={name}"])).hardware == profile
-        # A name alone sets no expectation: what to expect lives in conf/hardware/<name>.yaml.
-        renamed = typed_config(compose("config", overrides=["hardware.name=gtx1050_3gb"])).hardware
+    for name, profile in PROFILES.items():
+        assert typed_config(composed(f"hardware={name}")).hardware == profile
+    # A name alone sets no expectation: what to expect lives in conf/hardware/<name>.yaml.
+    renamed = typed_config(composed("hardware.name=gtx1050_3gb")).hardware
     assert renamed == HardwareConfig("gtx1050_3gb")
     assert check_hardware(renamed, [], False).matches is True
 

@@ -1,9 +1,15 @@
-"""Admission order of the bundled servers' scheduler, driven directly with the simulated engine."""
+"""Admission order of the bundled servers' scheduler, driven directly with the simulated engine.
+
+Real asyncio sleeps set the scene. Tests marked `timing` also bound how long something took: the
+bounds sit well below the hold that would be waited out if the order were wrong, with room for a
+busy machine's late wake-ups."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import pytest
 
 from sentinel_exp.serve.engines.simulated import SimulatedEngine
 from sentinel_exp.serve.scheduler import ModelScheduler
@@ -13,6 +19,7 @@ X = {"num_ctx": 2048}
 Y = {"num_ctx": 4096}  # another runner option: a reload
 
 
+@pytest.mark.timing
 def test_waiters_for_the_reloaded_model_go_in_arrival_order() -> None:
     # A(X) generates; D(Y) and E(Y) wait to reload; G(Y) arrives during the wait. When D has
     # loaded Y, E (earlier) must not wait behind G's whole generation.
@@ -41,7 +48,8 @@ def test_waiters_for_the_reloaded_model_go_in_arrival_order() -> None:
     admitted = asyncio.run(scenario())
     # Y is loaded at ~0.15 + 0.05 s; D, E and G are all admitted then, G's 0.3 s hold included.
     assert admitted["D"] >= 0.19
-    assert admitted["E"] - admitted["D"] < 0.1 and admitted["G"] - admitted["D"] < 0.1, admitted
+    # E behind G's whole hold would be 0.3 s later.
+    assert admitted["E"] - admitted["D"] < 0.2 and admitted["G"] - admitted["D"] < 0.2, admitted
 
 
 def test_a_newcomer_does_not_overtake_a_waiting_reload() -> None:
@@ -73,6 +81,7 @@ def test_a_newcomer_does_not_overtake_a_waiting_reload() -> None:
     assert asyncio.run(scenario()) == ["A", "R", "N"]
 
 
+@pytest.mark.timing
 def test_keep_alive_zero_answers_at_once_and_unloads_when_the_model_is_free() -> None:
     async def scenario() -> tuple[float, bool, bool]:
         scheduler = ModelScheduler(SimulatedEngine(SimSettings(load_ms=10)), parallel=1)
@@ -91,9 +100,10 @@ def test_keep_alive_zero_answers_at_once_and_unloads_when_the_model_is_free() ->
         return answered_s, still_loaded, scheduler.resident is None
 
     answered_s, still_loaded, unloaded = asyncio.run(scenario())
-    assert answered_s < 0.05 and still_loaded and unloaded
+    assert answered_s < 0.15 and still_loaded and unloaded  # waiting would take 0.2 s and more
 
 
+@pytest.mark.timing
 def test_a_load_only_request_does_not_wait_for_a_generation_slot() -> None:
     async def scenario() -> float:
         scheduler = ModelScheduler(SimulatedEngine(SimSettings(load_ms=10)), parallel=1)
@@ -111,4 +121,4 @@ def test_a_load_only_request_does_not_wait_for_a_generation_slot() -> None:
         await scheduler.shutdown()
         return waited
 
-    assert asyncio.run(scenario()) < 0.05
+    assert asyncio.run(scenario()) < 0.15  # waiting for the slot would take 0.25 s

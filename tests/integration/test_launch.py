@@ -13,8 +13,6 @@ from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.__main__ import build_parser
 from sentinel_exp.serve.launch import ServerStartError, running_server, start_server
 
-pytestmark = pytest.mark.slow
-
 
 def serve_children() -> list[psutil.Process]:
     found = []

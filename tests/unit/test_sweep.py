@@ -4,13 +4,13 @@ import json
 import math
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from support.compose import composed
 
 from sentinel_exp.app import config_dir
-from sentinel_exp.config import register_configs, typed_config
+from sentinel_exp.config import typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.overrides import override_problems
 from sentinel_exp.sweep import (
@@ -42,10 +42,8 @@ def test_a_job_returns_its_objective_or_the_worst_value(metrics, objective, dire
 
 
 def test_objective_and_direction_are_checked():
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        default = compose("config")
-        bad = compose("config", overrides=["sweep.objective= "])
+    default = composed()
+    bad = composed("sweep.objective= ")
     assert (default.sweep.objective, default.sweep.direction) == ("ttft_ms_p50", "minimize")
     with pytest.raises(ConfigError, match=r"sweep\.objective is empty \(a metric name, e\.g\. ttft_ms_p50\)"):
         typed_config(bad)
@@ -67,6 +65,11 @@ def _job_config(output_dir, num, overrides):
     )
 
 
+def _sweep_config(sweep_dir):
+    # Tracking off: the sweep's MLflow parent run is tested through the CLI (test_sweep_study.py).
+    return OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "tracking": {"enabled": False}})
+
+
 def _job_return(status, value):
     ret = JobReturn()
     ret.status = status
@@ -79,7 +82,7 @@ def test_job_outcomes_travel_through_the_sweep_folder(tmp_path):
     (tmp_path / "7").mkdir()
     (tmp_path / "7" / OUTCOME_FILE).write_text(json.dumps({"sweep_id": "old", "num": 7, "overrides": []}))
     summary = SweepSummary()
-    summary.on_multirun_start(OmegaConf.create())
+    summary.on_multirun_start(_sweep_config(tmp_path))
     jobs = [(tmp_path / "0", ["model.name=a:1b"]), (tmp_path / "1", ["model.name=nope:1b"])]
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "summary.json").write_text(json.dumps({"metrics": METRICS}))
@@ -101,7 +104,7 @@ def test_job_outcomes_travel_through_the_sweep_folder(tmp_path):
 
 def test_an_unexpected_exception_is_the_jobs_error(tmp_path):
     summary = SweepSummary()
-    summary.on_multirun_start(OmegaConf.create())
+    summary.on_multirun_start(_sweep_config(tmp_path))
     (tmp_path / "0").mkdir()  # Hydra makes each job's folder before the job starts
     summary.on_job_end(_job_config(tmp_path / "0", 0, ["x=1"]), _job_return(JobStatus.FAILED, KeyError("boom")))
     [job] = read_outcomes(tmp_path, summary.sweep_id)

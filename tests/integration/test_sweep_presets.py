@@ -1,0 +1,156 @@
+"""Sweep presets through the real CLI against the simulated server (exactly known latency):
+SLO verdicts and goodput, repeats, resuming a finished sweep, the interleaved order, Optuna."""
+
+import importlib.util
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from support.cli import job_runs, mlflow_runs, run_cli
+
+from sentinel_exp.records import read_records
+
+pytestmark = pytest.mark.slow
+
+SIM = [
+    "server=simulated",
+    "server.sim.jitter_ms=0",
+    "server.sim.load_ms=50",
+    "server.sim.ttft_ms=40",
+    "server.sim.itl_ms=5",
+    "server.sim.tokens=4",
+    "telemetry.enabled=false",
+]
+QUICK = ["workload=quick", "workload.requests=2", "workload.warmup=0"]
+
+
+def job_dirs(cwd: Path) -> list[Path]:
+    """The job folders of the sweeps under `cwd`, sweep by sweep, in job order."""
+    return sorted((p.parent for p in cwd.glob("multirun/*/*/*/sweep_job.json")), key=lambda p: (p.parent, int(p.name)))
+
+
+def test_slo_targets_give_verdicts_and_goodput(tmp_path):
+    # 10 measured requests after 2 warmup; generation request 5 (the 3rd measured) fails.
+    run = [*SIM, "workload.requests=10", "workload.warmup=2", "server.sim.faults={5:http_500}"]
+    met = run_cli(tmp_path, *run, "slo.request.ttft_ms=150", "slo.ttft_ms_p50=150", "slo.error_rate=0")
+    assert met.returncode == 0, met.output
+    none = run_cli(tmp_path, *run, "slo.request.ttft_ms=35", "tracking.experiment=strict")
+    assert none.returncode == 0, none.output
+
+    [ok] = mlflow_runs(tmp_path)
+    m = ok.data.metrics
+    assert m["requests_ok"] == 9 and m["requests_failed"] == 1
+    # Every successful request came within 150 ms (the server takes 40); the failed one met nothing.
+    assert m["slo_request_fraction"] == pytest.approx(0.9)
+    assert m["goodput_requests_per_s"] == pytest.approx(9 / m["measured_duration_s"])
+    assert m["goodput_requests_per_s"] == pytest.approx(m["requests_per_s"])
+    assert m["slo_ttft_ms_p50_pass"] == 1 and m["slo_error_rate_pass"] == 0
+    assert ok.data.tags["sentinel.slo"] == "fail" and ok.data.params["slo.ttft_ms_p50"] == "150"
+    line = re.search(r"^SLO: .*$", met.stdout, re.M)
+    assert line, met.stdout
+    assert re.fullmatch(
+        r"SLO: ttft_ms_p50 4\d\.\d+ ≤ 150 pass, error_rate 0\.1 ≤ 0 FAIL; "
+        r"per request \(ttft_ms ≤ 150\): 9 of 10 met \(90\.0%\), goodput \d+\.\d\d req/s",
+        line.group(0),
+    ), line.group(0)
+
+    # The server cannot answer in 35 ms what takes it 40: no request meets that target.
+    [strict] = mlflow_runs(tmp_path, "strict")
+    assert strict.data.metrics["slo_request_fraction"] == 0 and strict.data.metrics["goodput_requests_per_s"] == 0
+    assert "sentinel.slo" not in strict.data.tags  # no run-level target, no run-level verdict
+    assert "per request (ttft_ms ≤ 35): 0 of 10 met (0.0%), goodput 0.00 req/s" in none.stdout
+
+
+def test_repeat3_then_a_rerun_resumes_and_force_measures_again(tmp_path):
+    sweep = ["-m", "options=default,low_ctx", "sweep=repeat3", *SIM, *QUICK]
+    first = run_cli(tmp_path, *sweep, timeout_s=400)
+    assert first.returncode == 0, first.output
+    runs = job_runs(tmp_path)
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    by_hash: dict[str, list[str]] = {}
+    for r in runs:
+        by_hash.setdefault(r.data.tags["sentinel.config_hash"], []).append(r.data.tags["sentinel.repeat"])
+    # Two configurations, each measured three times as repeats 0, 1 and 2 of one config hash.
+    assert sorted(sorted(repeats) for repeats in by_hash.values()) == [["0", "1", "2"]] * 2
+    # Sequential order: a configuration's repeats back to back, each in its own folder.
+    jobs = job_dirs(tmp_path)
+    assert [json.loads((d / "sweep_job.json").read_text())["overrides"][0] for d in jobs] == ["options=default"] * 3 + [
+        "options=low_ctx"
+    ] * 3
+    assert len(set(jobs)) == 6 and all((d / "requests.jsonl").exists() for d in jobs)
+    measured = {r.data.tags["sentinel.output_dir"]: r for r in runs}
+
+    again = run_cli(tmp_path, *sweep, timeout_s=400)
+    assert again.returncode == 0, again.output
+    assert len(job_runs(tmp_path)) == 6  # nothing measured again
+    done = re.findall(r"^already done \((\w+)\)", again.stdout, re.M)
+    assert sorted(done) == sorted(r.info.run_id for r in runs)
+    rerun_jobs = job_dirs(tmp_path)[6:]
+    for old, new in zip(jobs, rerun_jobs, strict=True):
+        outcome = json.loads((new / "sweep_job.json").read_text())
+        finished = measured[str(old)]
+        # The job points at the finished run and hands the sweeper that run's objective.
+        assert outcome["reused_run_id"] == finished.info.run_id
+        assert outcome["objective"] == pytest.approx(finished.data.metrics["ttft_ms_p50"])
+        summary = json.loads((new / "summary.json").read_text())
+        assert summary["run_id"] == finished.info.run_id and summary["already_done"] is True
+        assert not (new / "requests.jsonl").exists()
+    # The closing table still shows every job with its numbers.
+    assert len(re.findall(r"^│ #\d options=\S+ repeat=\d\s+│\s+\d+\.\d ms", again.stdout, re.M)) == 6
+
+    forced = run_cli(tmp_path, "-m", "options=default", "sweep=repeat3", *SIM, *QUICK, "force=true", timeout_s=400)
+    assert forced.returncode == 0, forced.output
+    assert "already done" not in forced.stdout
+    runs = job_runs(tmp_path)
+    assert len(runs) == 9
+    assert Counter(r.data.tags["sentinel.config_hash"] for r in runs).most_common(1)[0][1] == 6
+
+
+def test_interleaved_order_alternates_the_arms_in_chunks(tmp_path):
+    result = run_cli(
+        tmp_path,
+        "-m",
+        "options=default,low_ctx",
+        "sweep.order=interleaved",
+        "sweep.chunks=3",
+        *SIM,
+        "workload=quick",
+        "workload.requests=5",
+        "workload.warmup=0",
+        timeout_s=400,
+    )
+    assert result.returncode == 0, result.output
+    jobs = job_dirs(tmp_path)
+    # In the order the jobs measured (their first request's wall clock), the arms alternate.
+    started = sorted(jobs, key=lambda d: read_records(d / "requests.jsonl")[0].started_at)
+    assert started == jobs
+    arms = [json.loads((d / "sweep_job.json").read_text())["overrides"] for d in started]
+    options = [next(o for o in job if o.startswith("options=")) for job in arms]
+    assert options == ["options=default", "options=low_ctx"] * 3
+    # Each chunk measured its share, 5/3 rounded up, and the chunks are repeats of one configuration.
+    assert all(len(read_records(d / "requests.jsonl")) == 2 for d in jobs)
+    runs = job_runs(tmp_path)
+    assert all(r.data.params["workload.requests"] == "2" for r in runs)
+    repeats: dict[str, list[str]] = {}
+    for r in runs:
+        repeats.setdefault(r.data.tags["sentinel.config_hash"], []).append(r.data.tags["sentinel.repeat"])
+    assert sorted(sorted(v) for v in repeats.values()) == [["0", "1", "2"]] * 2
+
+    clash = run_cli(tmp_path, "-m", "sweep=repeat3", "sweep.order=interleaved", *SIM, *QUICK)
+    assert clash.returncode == 2 and "cannot set repeat as well" in clash.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    reason="the optuna extra is not installed (pip install -e '.[optuna]')",
+)
+def test_optuna_preset_runs_its_trials_and_names_the_best(tmp_path):
+    result = run_cli(tmp_path, "sweep=optuna", "hydra.sweeper.n_trials=4", *SIM, *QUICK, timeout_s=400)
+    assert result.returncode == 0, result.output
+    runs = job_runs(tmp_path)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    best = re.search(r"Best parameters: (\{.*\})", result.output)
+    assert best and "options.num_ctx" in best.group(1), result.output
+    assert re.search(r"Best value: \d+\.\d+", result.output)

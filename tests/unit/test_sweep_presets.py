@@ -1,0 +1,148 @@
+"""The sweep presets (conf/sweep/), the ablation arms (conf/ablation/), the order of a sweep's
+jobs (sentinel_exp/sweeper.py) and what makes runs repeats of one configuration."""
+
+import importlib.util
+
+import pytest
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from support.compose import composed
+
+from sentinel_exp.app import config_dir
+from sentinel_exp.config import register_configs, typed_config
+from sentinel_exp.sweeper import InterleaveError, arrange
+from sentinel_exp.tracking import config_hash
+
+register_configs()
+HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+PRESETS = sorted(p.stem for p in (config_dir() / "sweep").glob("*.yaml") if p.stem != "none")
+OURS = "hydra_plugins.sentinel_exp_sweeper.sentinel_sweeper.SentinelSweeper"
+
+
+def jobs(overrides: list[str]) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper launches for these overrides, in launch order."""
+    return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+
+
+def preset_params(name: str) -> list[str]:
+    params = composed(f"sweep={name}", hydra=True).hydra.sweeper.params
+    return [f"{key}={value}" for key, value in params.items()]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_each_preset_is_a_named_multirun(name):
+    if name == "optuna" and not HAS_OPTUNA:
+        pytest.skip("the optuna extra is not installed")
+    cfg = composed(f"sweep={name}", hydra=True)
+    assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.hydra.sweeper.params
+    assert cfg.sweep.name == name and cfg.sweep.description
+    assert (cfg.hydra.sweeper._target_ == OURS) is (name != "optuna")
+
+
+def test_a_plain_sweep_gets_the_ordering_sweeper_too():
+    assert composed(hydra=True).hydra.sweeper._target_ == OURS
+
+
+def test_models_is_the_seeds_plan():
+    assert [job[0] for job in jobs(preset_params("models"))] == [
+        "model=qwen05",
+        "model=tinyllama",
+        "model=phi3_mini_q4",
+        "model=llama32_1b",
+    ]
+    for job in jobs(preset_params("models")):
+        assert typed_config(composed(*job)).model.name
+
+
+def test_options_grid_is_three_contexts_by_three_batches():
+    grid = []
+    for job in jobs(preset_params("options_grid")):
+        options = typed_config(composed("sweep=options_grid", *job)).options
+        grid.append((options.num_ctx, options.num_batch))
+    assert grid == [(c, b) for c in (512, 1024, 2048) for b in (64, 128, 512)]
+
+
+def test_repeat3_runs_each_configuration_three_times_one_after_another():
+    args = ["options=default,low_ctx"]
+    ordered = jobs(arrange(preset_params("repeat3") + args, "sequential", 4))
+    assert ordered == [[f"options={o}", f"repeat={r}"] for o in ("default", "low_ctx") for r in range(3)]
+    # Interleaved, the repeats cannot come from the preset: the chunks are the repeats.
+    with pytest.raises(InterleaveError, match="cannot set repeat as well"):
+        arrange(preset_params("repeat3") + args, "interleaved", 4)
+
+
+def test_interleaved_alternates_the_arms_in_chunks():
+    ordered = jobs(arrange(["options=default,low_ctx", "workload.concurrency=1"], "interleaved", 3))
+    assert [(job[0], job[1]) for job in ordered] == [
+        (f"repeat={r}", f"options={o}") for r in range(3) for o in ("default", "low_ctx")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "order", "expected"),
+    [
+        (["a=1,2"], "sequential", ["a=1,2"]),
+        (["repeat=range(0,3)", "a=1,2"], "sequential", ["a=1,2", "repeat=range(0,3)"]),
+        (["repeat=range(0,3)", "a=1,2", "repeat=0,1"], "sequential", ["a=1,2", "repeat=0,1"]),  # the last wins
+        (["a=1,2", "b=x"], "interleaved", ["repeat=range(0,4)", "a=1,2", "b=x"]),
+    ],
+)
+def test_arrange_puts_the_repeat_where_the_order_wants_it(overrides, order, expected):
+    assert arrange(overrides, order, 4) == expected
+
+
+def test_an_interleaved_job_measures_its_share_of_the_requests():
+    def share(*overrides):
+        return typed_config(composed("workload.requests=10", *overrides)).job_share().workload.requests
+
+    assert share() == 10
+    assert share("sweep.order=interleaved", "sweep.chunks=4") == 3  # rounded up: all chunks alike
+    assert share("sweep.order=interleaved", "sweep.chunks=1") == 10
+    assert share("sweep.order=interleaved", "sweep.chunks=5") == 2
+
+
+ABLATION_ARMS = ["baseline", "num_ctx", "num_batch", "num_predict", "num_thread", "num_gpu", "all"]
+
+
+def test_proposal_ablation_changes_one_setting_of_the_proposal_at_a_time():
+    assert [job[0] for job in jobs(preset_params("proposal_ablation"))] == [f"ablation={a}" for a in ABLATION_ARMS]
+    base = typed_config(composed("options=seed_baseline")).effective_options()
+    proposal = typed_config(composed("options=low_ctx")).effective_options()
+    changes = {k for k in proposal.keys() | base.keys() if proposal.get(k) != base.get(k)}
+    assert changes == {"num_ctx", "num_batch", "num_predict", "num_thread", "num_gpu"}
+    for arm in ABLATION_ARMS:
+        options = typed_config(composed("sweep=proposal_ablation", f"ablation={arm}")).effective_options()
+        changed = {k for k in options.keys() | base.keys() if options.get(k) != base.get(k)}
+        expected = {"baseline": set(), "all": changes}.get(arm, {arm})
+        assert changed == expected, arm
+        assert all(options[k] == proposal[k] for k in changed)
+
+
+def test_repeats_and_judgements_are_one_configuration_and_options_are_not():
+    def digest(*overrides):
+        return config_hash(typed_config(composed(*overrides)).as_dict())
+
+    base = digest()
+    for same in (
+        ["repeat=2"],
+        ["force=true"],
+        ["slo.ttft_ms_p50=300", "slo.request.ttft_ms=50"],
+        ["sweep=repeat3"],
+        ["tracking.experiment=other"],
+    ):
+        assert digest(*same) == base, same
+    assert digest("options=low_ctx") != base and digest("workload.requests=7") != base
+
+
+@pytest.mark.skipif(not HAS_OPTUNA, reason="the optuna extra is not installed")
+def test_optuna_searches_the_runner_options_for_the_objective():
+    cfg = composed("sweep=optuna", "sweep.direction=maximize", "sweep.objective=output_tokens_per_s", hydra=True)
+    assert set(cfg.hydra.sweeper.params) == {
+        "options.num_ctx",
+        "options.num_batch",
+        "options.num_thread",
+        "options.num_gpu",
+    }
+    assert cfg.hydra.sweeper.n_trials == 20 and cfg.hydra.sweeper.direction == "maximize"
+    assert cfg.hydra.sweeper.storage is None
