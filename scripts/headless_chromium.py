@@ -76,7 +76,7 @@ class Chromium:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=wire_fds,  # only moves fds: safe after fork, takes no lock
-            pass_fds=(3, 4),
+            pass_fds=(3, 4),  # kept past close_fds; open here (the pipes above take them if nothing else does)
         )
         os.close(to_browser_r)
         os.close(from_browser_w)

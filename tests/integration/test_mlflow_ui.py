@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 if find_chromium() is None and os.environ.get("CI") != "true":
     pytest.skip(
-        "no Chromium on PATH (apt-get install chromium); outside CI only, in CI (CI=true) this test must run",
+        "no Chromium on PATH (apt-get install chromium); skipped outside CI only: with CI=true this test must run",
         allow_module_level=True,
     )
 
@@ -35,6 +35,7 @@ JOB_FILES = {"report.md", "latency_cdf.png", "timeline.png", "requests.jsonl", "
 
 
 def test_the_runs_table_nests_a_sweeps_jobs_under_its_parent_and_the_parent_shows_its_report(tmp_path):
+    assert find_chromium(), "CI=true and no Chromium on PATH: .ci/run installs Debian's chromium"
     result = run_cli(tmp_path, *SWEEP)
     assert result.returncode == 0, result.output
     runs = mlflow_runs(tmp_path)
