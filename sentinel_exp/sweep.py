@@ -182,6 +182,12 @@ class SweepSummary(Callback):
             ui.stderr.print(f"warning: could not close the sweep's MLflow run: {exc}", markup=False)
 
 
+def _sweep_title(config: DictConfig) -> str:
+    """`Sweep keep_alive_ab: ...` for a preset, `Sweep: ...` for an ad-hoc `-m` sweep."""
+    name = "" if config.sweep.name == "none" else f" {config.sweep.name}"
+    return f"Sweep{name}: {' '.join(str(o) for o in config.hydra.overrides.task)}"
+
+
 def _sweep_status(interrupted: bool, any_failed: bool) -> RunStatus:
     if interrupted:
         return RunStatus.KILLED
@@ -265,7 +271,7 @@ def _sweep_report(
     try:
         return write_sweep_report(
             sweep_dir,
-            f"Sweep {config.sweep.name}: {' '.join(str(o) for o in config.hydra.overrides.task)}",
+            _sweep_title(config),
             table,
             [verdict_line(comparison) for comparison in comparisons],
             {arm.name: arm_records(arm) for arm in configurations},
