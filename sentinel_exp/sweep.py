@@ -156,22 +156,36 @@ class SweepSummary(Callback):
         except UserError as exc:
             ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             compared = []
+        best = best_job(jobs, objective, str(config.sweep.direction))
+        if best is not None:
+            value = (best.metrics or {})[objective]
+            ui.stdout.print(
+                escape(f"best: {' '.join(best.label)} ({objective} {value:,.2f}, {config.sweep.direction})"),
+                soft_wrap=True,
+            )
         failed = [job for job in jobs if job.error is not None]
         if failed:
             ui.stderr.print(f"[bold red]{len(failed)} sweep job(s) failed:[/]", soft_wrap=True)
             for job in failed:
                 ui.stderr.print("  " + escape(f"{' '.join(job.label)}: {job.error}"), soft_wrap=True)
-        self._close_parent(_sweep_status(interrupted, bool(failed)), compared)
+        self._close_parent(_sweep_status(interrupted, bool(failed)), compared, best, objective)
         if failed and not interrupted:
             # Hydra passes SystemExit through (it catches only Exception around callbacks).
             sys.exit(UserError.exit_code)
 
-    def _close_parent(self, status: RunStatus, compared: list[Path]) -> None:
+    def _close_parent(self, status: RunStatus, compared: list[Path], best: JobOutcome | None, objective: str) -> None:
         from sentinel_exp import console as ui
 
         if self._parent is None:
             return
         try:
+            if best is not None:
+                self._parent.set_tags(
+                    {
+                        "sentinel.best_job": " ".join(best.label),
+                        "sentinel.best_objective": f"{objective}={(best.metrics or {})[objective]:.6g}",
+                    }
+                )
             for path in compared:
                 self._parent.log_artifact(path)
             self._parent.end(status)
@@ -180,6 +194,15 @@ class SweepSummary(Callback):
                 ui.stdout.print(f"sweep: {line}", soft_wrap=True, markup=False)
         except Exception as exc:  # the store went away: the sweep folder still has everything
             ui.stderr.print(f"warning: could not close the sweep's MLflow run: {exc}", markup=False)
+
+
+def best_job(jobs: list[JobOutcome], objective: str, direction: str) -> JobOutcome | None:
+    """The job with the best `objective` (lowest when minimising), among those that measured it."""
+    measured = [job for job in jobs if job.metrics is not None and objective in job.metrics]
+    if not measured:
+        return None
+    sign = 1.0 if direction == Direction.minimize else -1.0
+    return min(measured, key=lambda job: sign * (job.metrics or {})[objective])
 
 
 def _sweep_title(config: DictConfig) -> str:

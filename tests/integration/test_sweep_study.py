@@ -23,6 +23,8 @@ def test_a_sweep_is_a_parent_run_whose_comparison_finds_the_injected_slowdown(tm
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and len(children) == 2 and len(runs) == 3
     assert parent.data.tags["sentinel.sweep_overrides"].endswith("server.sim.ttft_ms=40,48")
+    assert parent.data.tags["sentinel.best_job"].endswith("server.sim.ttft_ms=40")  # the faster one
+    assert "best: #0 " in result.stdout
     assert {child.data.tags["sentinel.sweep_id"] for child in children} == {parent.data.tags["sentinel.sweep_id"]}
     [compare_md] = tmp_path.glob("multirun/*/*/compare.md")
     text = compare_md.read_text()
