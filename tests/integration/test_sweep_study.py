@@ -61,3 +61,35 @@ def test_a_sweep_with_a_failed_job_leaves_its_parent_failed(tmp_path):
     assert "1 sweep job(s) failed" in result.stderr
     [parent] = [run for run in mlflow_runs(tmp_path) if run.data.tags.get("sentinel.role") == "sweep"]
     assert parent.info.status == "FAILED"
+
+
+def test_ctrl_c_during_a_sweep_compares_what_finished_and_closes_the_parent_as_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from support.cli import cli_env, job_runs
+
+    args = [*SIM, "workload.requests=20", "plots=false", "server.sim.ttft_ms=40,48,56"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", "-m", *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A terminal's Ctrl-C finds SIGINT at its default; a background job would inherit it ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(tmp_path.glob("multirun/*/*/2/requests.jsonl"))) == 0:
+        time.sleep(0.1)
+    assert list(tmp_path.glob("multirun/*/*/2/requests.jsonl")), "the third job never started"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "ttft_ms=48 vs ttft_ms=40" in stdout  # the two finished jobs, compared
+    [parent] = [run for run in mlflow_runs(tmp_path) if run.data.tags.get("sentinel.role") == "sweep"]
+    assert parent.info.status == "KILLED"
+    assert sorted(run.info.status for run in job_runs(tmp_path)) == ["FINISHED", "FINISHED", "KILLED"]
