@@ -50,7 +50,8 @@ def test_timings_match_the_injected_latency(sim_server_factory, api):
         assert r.e2e_ms >= 40 + 15 * 5
         assert r.done_reason == "length"
     assert statistics.median(r.e2e_ms for r in records) <= 40 + 15 * 5 + 16
-    assert statistics.median(r.queue_ms for r in records) < 3  # warm keep-alive connections
+    # Warm keep-alive connections: no connect per request. The bound leaves room for a busy machine.
+    assert statistics.median(r.queue_ms for r in records) < 8
     if wire_api(api).reports_server_durations:
         assert all(r.total_duration_ms <= r.e2e_ms for r in records)
         assert statistics.median(r.load_duration_ms for r in records) < 2
