@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from support import fake_nvml
-from support.compose import composed
+from support.compose import variant
 
 from sentinel_exp.config import HardwareConfig
 from sentinel_exp.hardware import HardwareCheck, check_hardware, check_with_probe
@@ -107,9 +107,9 @@ def test_profiles_reach_the_check_as_composed():
     from sentinel_exp.config import typed_config
 
     for name, profile in PROFILES.items():
-        assert typed_config(composed(f"hardware={name}")).hardware == profile
+        assert typed_config(variant(f"hardware={name}")).hardware == profile
     # A name alone sets no expectation: what to expect lives in conf/hardware/<name>.yaml.
-    renamed = typed_config(composed("hardware.name=gtx1050_3gb")).hardware
+    renamed = typed_config(variant("hardware.name=gtx1050_3gb")).hardware
     assert renamed == HardwareConfig("gtx1050_3gb")
     assert check_hardware(renamed, [], False).matches is True
 

@@ -9,6 +9,7 @@ and an exception that no longer happens must be removed, so the list stays the t
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,9 +102,17 @@ def imports_of(source: str, module: str, is_package: bool, known: frozenset[str]
 
 
 def module_imports() -> Iterator[tuple[str, Import]]:
-    for module, path in MODULES.items():
-        for imp in imports_of(path.read_text(encoding="utf-8"), module, path.name == "__init__.py", set(MODULES)):
-            yield module, imp
+    yield from _parsed_imports()
+
+
+@functools.cache
+def _parsed_imports() -> tuple[tuple[str, Import], ...]:
+    """Parsed once: each rule's test walks the same imports."""
+    return tuple(
+        (module, imp)
+        for module, path in MODULES.items()
+        for imp in imports_of(path.read_text(encoding="utf-8"), module, path.name == "__init__.py", set(MODULES))
+    )
 
 
 def inside(name: str, package: str) -> bool:

@@ -2,7 +2,7 @@
 `slo` config section as the command line writes it."""
 
 import pytest
-from support.compose import composed
+from support.compose import variant
 
 from sentinel_exp.app import config_dir
 from sentinel_exp.config import register_configs, typed_config
@@ -136,7 +136,7 @@ def test_the_console_line_shows_the_per_request_verdict():
 def test_targets_are_written_without_a_plus_on_the_command_line():
     overrides = ["slo.ttft_ms_p50=300", "slo.output_tokens_per_s=20.5", "slo.request.ttft_ms=500"]
     assert override_problems(overrides, config_dir()) == []
-    cfg = typed_config(composed(*overrides))
+    cfg = typed_config(variant(*overrides))
     assert cfg.slo.run_targets() == {"ttft_ms_p50": 300.0, "output_tokens_per_s": 20.5}
     assert cfg.slo.request.limits() == {"ttft_ms": 500.0}
     # config.yaml, the params and --help see the targets like any setting.
@@ -145,8 +145,8 @@ def test_targets_are_written_without_a_plus_on_the_command_line():
         "ttft_ms_p50": 300,
         "output_tokens_per_s": 20.5,
     }
-    assert typed_config(composed()).slo.run_targets() == {}
-    assert typed_config(composed("slo.ttft_ms_p50=null")).slo.run_targets() == {}
+    assert typed_config(variant()).slo.run_targets() == {}
+    assert typed_config(variant("slo.ttft_ms_p50=null")).slo.run_targets() == {}
 
 
 @pytest.mark.parametrize(
@@ -173,4 +173,4 @@ def test_a_wrong_target_stops_before_hydra_with_one_line(override, message):
 )
 def test_the_config_check_names_a_wrong_target(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        typed_config(composed(*overrides))
+        typed_config(variant(*overrides))

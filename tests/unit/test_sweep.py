@@ -7,7 +7,7 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
-from support.compose import composed
+from support.compose import composed, variant
 
 from sentinel_exp.app import config_dir
 from sentinel_exp.config import typed_config
@@ -43,7 +43,7 @@ def test_a_job_returns_its_objective_or_the_worst_value(metrics, objective, dire
 
 def test_objective_and_direction_are_checked():
     default = composed()
-    bad = composed("sweep.objective= ")
+    bad = variant("sweep.objective= ")
     assert (default.sweep.objective, default.sweep.direction) == ("ttft_ms_p50", "minimize")
     with pytest.raises(ConfigError, match=r"sweep\.objective is empty \(a metric name, e\.g\. ttft_ms_p50\)"):
         typed_config(bad)

@@ -1,13 +1,12 @@
 """The sweep presets (conf/sweep/), the ablation arms (conf/ablation/), the order of a sweep's
-jobs (sentinel_exp/sweeper.py) and what makes runs repeats of one configuration."""
-
-import importlib.util
+jobs (sentinel_exp/sweeper.py) and what makes runs repeats of one configuration.
+(tests/integration/test_composition.py composes each preset through Hydra itself.)"""
 
 import pytest
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.types import RunMode
-from support.compose import composed
+from omegaconf import OmegaConf
+from support.compose import composed, variant
 
 from sentinel_exp.app import config_dir
 from sentinel_exp.config import register_configs, typed_config
@@ -15,9 +14,6 @@ from sentinel_exp.sweeper import InterleaveError, arrange
 from sentinel_exp.tracking import config_hash
 
 register_configs()
-HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
-PRESETS = sorted(p.stem for p in (config_dir() / "sweep").glob("*.yaml") if p.stem != "none")
-OURS = "hydra_plugins.sentinel_exp_sweeper.sentinel_sweeper.SentinelSweeper"
 
 
 def jobs(overrides: list[str]) -> list[list[str]]:
@@ -26,22 +22,8 @@ def jobs(overrides: list[str]) -> list[list[str]]:
 
 
 def preset_params(name: str) -> list[str]:
-    params = composed(f"sweep={name}", hydra=True).hydra.sweeper.params
+    params = OmegaConf.load(config_dir() / "sweep" / f"{name}.yaml").hydra.sweeper.params
     return [f"{key}={value}" for key, value in params.items()]
-
-
-@pytest.mark.parametrize("name", PRESETS)
-def test_each_preset_is_a_named_multirun(name):
-    if name == "optuna" and not HAS_OPTUNA:
-        pytest.skip("the optuna extra is not installed")
-    cfg = composed(f"sweep={name}", hydra=True)
-    assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.hydra.sweeper.params
-    assert cfg.sweep.name == name and cfg.sweep.description
-    assert (cfg.hydra.sweeper._target_ == OURS) is (name != "optuna")
-
-
-def test_a_plain_sweep_gets_the_ordering_sweeper_too():
-    assert composed(hydra=True).hydra.sweeper._target_ == OURS
 
 
 def test_models_is_the_seeds_plan():
@@ -52,13 +34,13 @@ def test_models_is_the_seeds_plan():
         "model=llama32_1b",
     ]
     for job in jobs(preset_params("models")):
-        assert typed_config(composed(*job)).model.name
+        assert typed_config(variant(*job)).model.name
 
 
 def test_options_grid_is_three_contexts_by_three_batches():
     grid = []
     for job in jobs(preset_params("options_grid")):
-        options = typed_config(composed("sweep=options_grid", *job)).options
+        options = typed_config(variant(*job)).options
         grid.append((options.num_ctx, options.num_batch))
     assert grid == [(c, b) for c in (512, 1024, 2048) for b in (64, 128, 512)]
 
@@ -94,7 +76,7 @@ def test_arrange_puts_the_repeat_where_the_order_wants_it(overrides, order, expe
 
 def test_an_interleaved_job_measures_its_share_of_the_requests():
     def share(*overrides):
-        return typed_config(composed("workload.requests=10", *overrides)).job_share().workload.requests
+        return typed_config(variant("workload.requests=10", *overrides)).job_share().workload.requests
 
     assert share() == 10
     assert share("sweep.order=interleaved", "sweep.chunks=4") == 3  # rounded up: all chunks alike
@@ -107,12 +89,12 @@ ABLATION_ARMS = ["baseline", "num_ctx", "num_batch", "num_predict", "num_thread"
 
 def test_proposal_ablation_changes_one_setting_of_the_proposal_at_a_time():
     assert [job[0] for job in jobs(preset_params("proposal_ablation"))] == [f"ablation={a}" for a in ABLATION_ARMS]
-    base = typed_config(composed("options=seed_baseline")).effective_options()
-    proposal = typed_config(composed("options=low_ctx")).effective_options()
+    base = typed_config(variant("options=seed_baseline")).effective_options()
+    proposal = typed_config(variant("options=low_ctx")).effective_options()
     changes = {k for k in proposal.keys() | base.keys() if proposal.get(k) != base.get(k)}
     assert changes == {"num_ctx", "num_batch", "num_predict", "num_thread", "num_gpu"}
     for arm in ABLATION_ARMS:
-        options = typed_config(composed("sweep=proposal_ablation", f"ablation={arm}")).effective_options()
+        options = typed_config(variant(f"ablation={arm}", base=("sweep=proposal_ablation",))).effective_options()
         changed = {k for k in options.keys() | base.keys() if options.get(k) != base.get(k)}
         expected = {"baseline": set(), "all": changes}.get(arm, {arm})
         assert changed == expected, arm
@@ -121,7 +103,8 @@ def test_proposal_ablation_changes_one_setting_of_the_proposal_at_a_time():
 
 def test_repeats_and_judgements_are_one_configuration_and_options_are_not():
     def digest(*overrides):
-        return config_hash(typed_config(composed(*overrides)).as_dict())
+        cfg = composed(*overrides) if any(o.startswith("sweep=") for o in overrides) else variant(*overrides)
+        return config_hash(typed_config(cfg).as_dict())
 
     base = digest()
     for same in (
@@ -133,16 +116,3 @@ def test_repeats_and_judgements_are_one_configuration_and_options_are_not():
     ):
         assert digest(*same) == base, same
     assert digest("options=low_ctx") != base and digest("workload.requests=7") != base
-
-
-@pytest.mark.skipif(not HAS_OPTUNA, reason="the optuna extra is not installed")
-def test_optuna_searches_the_runner_options_for_the_objective():
-    cfg = composed("sweep=optuna", "sweep.direction=maximize", "sweep.objective=output_tokens_per_s", hydra=True)
-    assert set(cfg.hydra.sweeper.params) == {
-        "options.num_ctx",
-        "options.num_batch",
-        "options.num_thread",
-        "options.num_gpu",
-    }
-    assert cfg.hydra.sweeper.n_trials == 20 and cfg.hydra.sweeper.direction == "maximize"
-    assert cfg.hydra.sweeper.storage is None
