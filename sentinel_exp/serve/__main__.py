@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp.names import ServerKind
-from sentinel_exp.serve import READY_PREFIX
+from sentinel_exp.serve import DEFAULT_MAX_BODY_BYTES, READY_PREFIX
 from sentinel_exp.serve.engine import Engine
 from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, SimulatedEngine
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE, server_default_seconds
@@ -55,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="simulated: model-free, with known timing; embedded: GGUF models on llama.cpp (also: llamacpp)",
     )
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; beyond loopback a warning says so: the Ollama routes have no authentication",
+    )
     parser.add_argument("--port", type=int, default=11434, help="0 = any free port")
     parser.add_argument(
         "--model",
@@ -63,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="TAG[=GGUF]",
         help="model to serve (repeatable); embedded takes TAG=path/to/model.gguf",
+    )
+    parser.add_argument(
+        "--max-body-kb",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES // 1024,
+        metavar="KB",
+        help="refuse request bodies larger than this with 413 (default: %(default)s)",
     )
     parser.add_argument(
         "--exit-with-parent",
@@ -153,6 +165,13 @@ def _join_negative_durations(argv: list[str]) -> list[str]:
     return out
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _api_key(variable: str | None) -> str | None:
     if variable is None:
         return None
@@ -187,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sock.listen(2048)
     host, port = sock.getsockname()[:2]
+    if not _is_loopback(host):
+        print(
+            f"warning: listening on {host}:{port}, beyond loopback: this server has no authentication on its "
+            f"Ollama routes (/api/...): anyone who can reach the address can use it",
+            file=sys.stderr,
+            flush=True,
+        )
 
     app = create_app(
         engine,
@@ -194,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         version=f"{__version__}-sentinel-{engine.name}",
         default_keep_alive_s=keep_alive_s,
         api_key=api_key,
+        max_body_bytes=args.max_body_kb * 1024,
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)

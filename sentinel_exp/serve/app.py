@@ -23,9 +23,9 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sentinel_exp.serve import wire
+from sentinel_exp.serve import DEFAULT_MAX_BODY_BYTES, wire
 from sentinel_exp.serve.engine import Engine, EngineError, Finished, GenerationRequest, RawLine, Token
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE_S, KeepAliveError, keep_alive_seconds
 from sentinel_exp.serve.scheduler import ModelScheduler
@@ -89,11 +89,29 @@ async def read_json(request: Request) -> dict[str, Any]:
     body = await request.body()
     try:
         data = json.loads(body or b"{}")
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
+
+
+def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> None:
+    """A field of the wrong JSON type is a 400, as Go's json.Unmarshal makes it in Ollama."""
+    if key in data and data[key] is not None and not isinstance(data[key], kind):
+        raise BadRequest(f"{key} must be {what} (got {type(data[key]).__name__})")
+
+
+def _checked_messages(messages: Any, allow_empty: bool) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("messages must be an array of objects")
+    if not messages and not allow_empty:
+        raise BadRequest("messages must be a non-empty array of objects")
+    for message in messages:
+        for key in ("role", "content"):
+            if key in message and message[key] is not None and not isinstance(message[key], str):
+                raise BadRequest(f"messages: {key} must be a string (got {type(message[key]).__name__})")
+    return messages
 
 
 class OllamaApp:
@@ -121,9 +139,12 @@ class OllamaApp:
         return JSONResponse({"models": [wire.tags_entry(m) for m in self.engine.models()]})
 
     async def show(self, request: Request) -> Response:
-        data = await read_json(request)
+        try:
+            data = await read_json(request)
+        except BadRequest as exc:
+            return error_json(str(exc), exc.status)
         tag = data.get("model") or data.get("name")
-        entry = self.scheduler.model_entry(str(tag)) if tag else None
+        entry = self.scheduler.model_entry(tag) if isinstance(tag, str) and tag else None
         if entry is None:
             return error_json(f"model '{tag}' not found", 404)
         return JSONResponse(wire.show_response(entry))
@@ -168,6 +189,9 @@ class OllamaApp:
         tag = data.get("model")
         if not tag or not isinstance(tag, str):
             raise BadRequest("model is required")
+        _typed(data, "stream", bool, "true or false")
+        _typed(data, "raw", bool, "true or false")
+        _typed(data, "options", dict, "an object")
         try:
             keep_alive_s = keep_alive_seconds(data.get("keep_alive"))
         except KeepAliveError as exc:
@@ -186,12 +210,12 @@ class OllamaApp:
             data = await read_json(request)
             tag, options, keep_alive_s = self._parse_common(data)
             if api == "chat":
-                messages = data.get("messages") or []
-                if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-                    raise BadRequest("messages must be an array of objects")
+                messages = _checked_messages(data.get("messages") or [], allow_empty=True)
                 empty = not messages
                 gen = GenerationRequest(tag, messages=messages, options=options)
             else:
+                _typed(data, "prompt", str, "a string")
+                _typed(data, "system", str, "a string")
                 prompt = data.get("prompt") or ""
                 empty = prompt == ""
                 messages = [{"role": "system", "content": data["system"]}] if data.get("system") else []
@@ -305,9 +329,9 @@ class OllamaApp:
                 raise BadRequest("model is required")
             if self.scheduler.model_entry(tag) is None:
                 raise BadRequest(f'model "{tag}" not found, try pulling it first', status=404)
-            messages = data.get("messages")
-            if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-                raise BadRequest("messages must be a non-empty array of objects")
+            messages = _checked_messages(data.get("messages"), allow_empty=False)
+            _typed(data, "stream", bool, "true or false")
+            _typed(data, "stream_options", dict, "an object")
             options = wire.validate_options(
                 {
                     "num_predict": data.get("max_completion_tokens", data.get("max_tokens")),
@@ -394,6 +418,60 @@ class OllamaApp:
         return JSONResponse(wire.openai_error("generation ended without a result", "api_error"), status_code=500)
 
 
+class BodyLimit:
+    """Refuses a request body over `max_bytes` with 413 before a route reads it: by its
+    Content-Length, or while reading a chunked one. The body read here is replayed to the route."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body larger than {self.max_bytes} bytes"
+        body = wire.openai_error(message) if scope["path"].startswith("/v1/") else {"error": message}
+        await JSONResponse(body, status_code=413)(scope, receive, send)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    # Still a 500, but in the error shape a client parses, not Starlette's plain text.
+    message = f"internal error: {type(exc).__name__}: {exc}"
+    if request.url.path.startswith("/v1/"):
+        return JSONResponse(wire.openai_error(message, "api_error"), status_code=500)
+    return error_json(message, 500)
+
+
 class BearerAuth:
     """Requests to the OpenAI routes must carry `Authorization: Bearer <key>`, as vLLM's and
     llama.cpp's servers check with --api-key; Ollama's own routes stay open, as in Ollama."""
@@ -419,6 +497,7 @@ def create_app(
     on_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
     default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
     api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     api = OllamaApp(engine, parallel=parallel, version=version, default_keep_alive_s=default_keep_alive_s)
     routes = [
@@ -440,7 +519,11 @@ def create_app(
         for hook in on_shutdown or []:
             await hook()
 
-    middleware = [Middleware(BearerAuth, key=api_key)] if api_key else []
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    middleware = [Middleware(BodyLimit, max_bytes=max_body_bytes)]
+    if api_key:
+        middleware.append(Middleware(BearerAuth, key=api_key))
+    app = Starlette(
+        routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={Exception: _unexpected_error}
+    )
     app.state.ollama = api
     return app

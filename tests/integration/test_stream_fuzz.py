@@ -1,0 +1,145 @@
+"""The stream parsers under fuzz: NDJSON (Ollama) and SSE (OpenAI) bodies split at arbitrary byte
+boundaries, with junk, very long lines and invalid UTF-8. No crash and no hang: every request
+comes back as a record, a failed one with an error class; a valid stream gives the same tokens
+wherever its bytes are split.
+
+The bytes go through httpx's own in-memory transport (no socket) into `send_request`, the path
+every measured request takes. Pure, but a fuzz takes its time: it sits with the slow tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sentinel_exp.clients import send_request
+from sentinel_exp.clients.base import WireApi
+from sentinel_exp.clients.ollama import OllamaChat
+from sentinel_exp.clients.openai import OpenAIChat
+from sentinel_exp.records import RequestRecord
+
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+class Chunks(httpx.AsyncByteStream):
+    def __init__(self, parts: Sequence[bytes]) -> None:
+        self.parts = parts
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            yield part
+
+
+def split(body: bytes, cuts: Sequence[int]) -> list[bytes]:
+    points = sorted({c % (len(body) + 1) for c in cuts})
+    return [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True) if body[a:b]]
+
+
+def fetch(wire: WireApi, parts: Sequence[bytes]) -> RequestRecord:
+    media = "application/x-ndjson" if wire.family == "Ollama" else "text/event-stream"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": media}, stream=Chunks(parts))
+
+    async def one() -> RequestRecord:
+        record = RequestRecord(index=0, phase="measured", prompt_index=0, api=wire.name)
+        spec = wire.build_request("m", "hi", 0, None, {}, None)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://fuzz") as client:
+            # A parser that loops on some input would hang the run: a bound says so instead.
+            return await asyncio.wait_for(send_request(client, spec, record, wire.consume), timeout=10)
+
+    return asyncio.run(one())
+
+
+def ndjson(tokens: Sequence[str]) -> bytes:
+    lines = [{"model": "m", "message": {"role": "assistant", "content": t}, "done": False} for t in tokens]
+    final = {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"}
+    final |= {"eval_count": len(tokens), "prompt_eval_count": 3, "load_duration": 1000, "eval_duration": 5000}
+    return b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in [*lines, final])
+
+
+def sse(tokens: Sequence[str]) -> bytes:
+    def event(data: object) -> bytes:
+        return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    deltas = [{"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]} for t in tokens]
+    end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": len(tokens)}}
+    return b"".join(event(e) for e in [role, *deltas, end, usage]) + b"data: [DONE]\n\n"
+
+
+TOKENS = st.lists(st.text(min_size=1, max_size=12).filter(lambda t: t.strip(" ") == t or t.strip()), max_size=30)
+CUTS = st.lists(st.integers(min_value=0, max_value=10_000), max_size=40)
+
+
+@FUZZ
+@given(tokens=TOKENS, cuts=CUTS)
+def test_a_valid_ndjson_stream_parses_to_the_same_tokens_wherever_it_is_split(tokens, cuts):
+    body = ndjson(tokens)
+    record = fetch(OllamaChat(), split(body, cuts))
+    assert record.ok and record.error_class is None
+    assert record.output_chars == sum(len(t) for t in tokens)
+    assert len(record.chunk_times_ms) == len(tokens) and record.eval_count == len(tokens)
+
+
+@FUZZ
+@given(tokens=TOKENS, cuts=CUTS)
+def test_a_valid_sse_stream_parses_to_the_same_tokens_wherever_it_is_split(tokens, cuts):
+    record = fetch(OpenAIChat(), split(sse(tokens), cuts))
+    assert record.ok and record.error_class is None
+    assert record.output_chars == sum(len(t) for t in tokens)
+    assert len(record.chunk_times_ms) == len(tokens) and record.eval_count == len(tokens)
+
+
+JUNK = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from(
+        [b"\xff\xfe\xfd", b"\xc3\x28", b"{", b"[]", b"null", b"data: {\n", b"data: [1]\n\n", b"\n\n\n", b"\r\n"]
+    ),
+    st.integers(min_value=1, max_value=2_000_000).map(lambda n: b"x" * n),  # a very long line
+)
+
+
+def garbled(body: bytes, junk: list[bytes], where: list[int]) -> bytes:
+    out = body
+    for piece, at in zip(junk, where, strict=False):
+        at %= len(out) + 1
+        out = out[:at] + piece + out[at:]
+    return out
+
+
+@FUZZ
+@given(
+    tokens=TOKENS,
+    junk=st.lists(JUNK, min_size=1, max_size=4),
+    where=st.lists(st.integers(min_value=0), min_size=1, max_size=4),
+    cuts=CUTS,
+)
+def test_junk_in_an_ndjson_stream_gives_a_record_never_a_crash(tokens, junk, where, cuts):
+    record = fetch(OllamaChat(), split(garbled(ndjson(tokens), junk, where), cuts))
+    assert record.ok or (record.error_class and record.error)
+
+
+@FUZZ
+@given(
+    tokens=TOKENS,
+    junk=st.lists(JUNK, min_size=1, max_size=4),
+    where=st.lists(st.integers(min_value=0), min_size=1, max_size=4),
+    cuts=CUTS,
+)
+def test_junk_in_an_sse_stream_gives_a_record_never_a_crash(tokens, junk, where, cuts):
+    record = fetch(OpenAIChat(), split(garbled(sse(tokens), junk, where), cuts))
+    assert record.ok or (record.error_class and record.error)
+
+
+@FUZZ
+@given(body=st.binary(max_size=4096), cuts=CUTS)
+def test_any_bytes_at_all_give_a_failed_record_with_a_class(body, cuts):
+    for wire in (OllamaChat(), OpenAIChat()):
+        record = fetch(wire, split(body, cuts))
+        assert record.ok or (record.error_class and record.error)
