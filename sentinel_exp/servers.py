@@ -64,6 +64,13 @@ def normalize_url(raw: str, source: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
+def openai_base_url(url: str) -> str:
+    """Users of vLLM, llama.cpp's server and LM Studio write the base URL as the OpenAI SDK's
+    base_url, with its /v1 (http://host:8000/v1); the client's paths carry /v1 themselves, so
+    both spellings name the same server."""
+    return url.removesuffix("/v1")
+
+
 def configured_url(server_cfg: ServerConfig) -> str | None:
     return normalize_url(str(server_cfg.url), "server.url") if server_cfg.url else None
 
@@ -176,6 +183,6 @@ def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> It
         openai_url = configured_url(server_cfg)
         if openai_url is None:
             raise ServerError("server=openai needs server.url, e.g. server.url=http://127.0.0.1:8080")
-        yield ServerHandle(kind=ServerKind.openai, url=openai_url, pid=server_cfg.pid)
+        yield ServerHandle(kind=ServerKind.openai, url=openai_base_url(openai_url), pid=server_cfg.pid)
     else:
         raise ServerError(f"unknown server.kind {kind!r}")

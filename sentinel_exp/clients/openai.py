@@ -12,6 +12,7 @@ from httpx_sse import EventSource, SSEError
 from sentinel_exp.clients.base import KeepAlive, Options, WireApi
 from sentinel_exp.clients.common import RequestSpec, StreamFault, TokenTimes
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
+from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api, ErrorClass
 
 if TYPE_CHECKING:
@@ -97,13 +98,27 @@ class OpenAIChat(WireApi):
             times.finished(finished_at)
 
     async def preflight(self, client: httpx.AsyncClient, handle: ServerHandle, model: str) -> ModelFacts:
-        """/v1/models names the models, nothing more; a server that does not list them is trusted."""
+        """/v1/models names the models, nothing more; a server that does not list them is trusted,
+        unless the chat path itself is not there (a wrong server.url: every request would 404)."""
         models = await get_json(client, "GET", "/v1/models", handle)
         if isinstance(models, dict) and isinstance(models.get("data"), list):
             ids = [str(m.get("id")) for m in models["data"] if isinstance(m, dict)]
             if ids and not any(names_match(model, i) for i in ids):
                 raise missing_model(handle, model, ids)
+        elif await self._path_missing(client, handle):
+            raise ServerError(
+                f"no OpenAI API at {handle.url}: POST {self.path} answers 404 Not Found. server.url is the "
+                f"server's base URL, with or without /v1 (e.g. http://127.0.0.1:8000 or http://127.0.0.1:8000/v1)"
+            )
         return ModelFacts(tag=model)
+
+    async def _path_missing(self, client: httpx.AsyncClient, handle: ServerHandle) -> bool:
+        # An empty body generates nothing: a server with the route answers 400/422, one without 404.
+        try:
+            response = await client.post(self.path, json={})
+        except httpx.HTTPError as exc:
+            raise ServerError(f"the openai server at {handle.url} did not answer POST {self.path}: {exc}") from None
+        return response.status_code in (404, 405)
 
     async def placement(self, client: httpx.AsyncClient, model: str) -> dict[str, float]:
         return {}  # the OpenAI API has no counterpart of /api/ps

@@ -338,3 +338,19 @@ def test_an_invalid_setting_is_a_config_error(tmp_path, run_experiment):
     with pytest.raises(ConfigError, match=r"workload\.requests must be at least 1") as caught:
         run_experiment(tmp_path, *SIM, "workload.requests=0")
     assert caught.value.exit_code == 2 and not (tmp_path / "outputs").exists()
+
+
+def test_an_openai_base_url_with_its_v1_reaches_the_same_server(tmp_path, run_experiment, sim_server_factory):
+    # As the OpenAI SDK's base_url is written for vLLM, llama.cpp's server and LM Studio.
+    server = sim_server_factory("--load-ms", "0", "--ttft-ms", "1", "--itl-ms", "0")
+    run_experiment(tmp_path, "server=openai", f"server.url={server.url}/v1/", "workload=quick")
+    [run] = mlflow_runs(tmp_path)
+    assert run.data.metrics["requests_ok"] == 5 and run.data.metrics["error_rate"] == 0
+    assert run.data.tags["sentinel.server_url"] == server.url
+
+
+def test_a_wrong_openai_path_stops_in_preflight_before_any_request(tmp_path, run_experiment, sim_server_factory):
+    server = sim_server_factory("--load-ms", "0", "--ttft-ms", "1", "--itl-ms", "0")
+    with pytest.raises(ServerError, match=r"POST /v1/chat/completions answers 404 Not Found\. server.url is"):
+        run_experiment(tmp_path, "server=openai", f"server.url={server.url}/openai/v2", "workload=quick")
+    assert mlflow_runs(tmp_path) == [] and not list(tmp_path.glob("outputs/*/*/requests.jsonl"))
