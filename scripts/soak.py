@@ -123,7 +123,8 @@ def main() -> int:
     print(f"  wall time          {wall_s:8.1f} s")
     print(f"  ok / failed        {ok:,} / {failed:,}  (sent {args.requests:,}, on disk {len(measured):,})")
     print(f"  failures by class  {json.dumps(by_class, sort_keys=True)}")
-    print(f"  runner RSS (MB)    start of measured phase {rss_at_start or 0:.1f}, end {rss_last:.1f}, peak {rss_peak:.1f}")
+    start_mb = rss_at_start or 0.0
+    print(f"  runner RSS (MB)    measured phase start {start_mb:.1f}, end {rss_last:.1f}, peak {rss_peak:.1f}")
     print(f"  requests/s         {summary.get('metrics', {}).get('requests_per_s', 0):.0f}")
     for name, passed in checks.items():
         print(f"  {'PASS' if passed else 'FAIL'}  {name}")
