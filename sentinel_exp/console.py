@@ -14,7 +14,7 @@ from rich.table import Table
 from sentinel_exp.comparison import Comparison
 from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.report import SUMMARY_ROWS, count_parts, rate_parts
+from sentinel_exp.report import count_parts, rate_parts, summary_rows
 from sentinel_exp.report import fmt_ms as _fmt
 from sentinel_exp.slo import SloResult
 
@@ -79,14 +79,8 @@ def summary_table(metrics: Mapping[str, float]) -> Table:
     table.add_column("p50", justify="right")
     table.add_column("p95", justify="right")
     table.add_column("max", justify="right")
-    for name, label in SUMMARY_ROWS:
-        if f"{name}_ms_p50" in metrics:
-            table.add_row(
-                label,
-                _fmt(metrics.get(f"{name}_ms_p50")),
-                _fmt(metrics.get(f"{name}_ms_p95")),
-                _fmt(metrics.get(f"{name}_ms_max")),
-            )
+    for row in summary_rows(metrics):
+        table.add_row(*row)
     return table
 
 
@@ -99,9 +93,12 @@ def print_summary(
     status: str,
     warnings: Sequence[str] = (),
     slo: SloResult | None = None,
+    verdict: Sequence[str] = (),
 ) -> None:
     stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
     stdout.print(summary_table(metrics))
+    for line in verdict:
+        stdout.print(escape(line), soft_wrap=True)
     stdout.print(escape("  ".join(count_parts(metrics, errors))), soft_wrap=True)
     rates = rate_parts(metrics)
     if rates:
@@ -190,7 +187,7 @@ def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) ->
             _fmt(metrics.get("ttft_ms_p95")),
             _fmt(metrics.get("e2e_ms_p50")),
             _fmt(metrics.get("output_tokens_per_s"), ""),
-            f"{int(metrics.get('cold_starts', 0))}",
+            f"{int(metrics['cold_starts'])}" if "cold_starts" in metrics else "-",
             f"{int(metrics.get('requests_failed', 0))}",
         )
     # Not a terminal (a log, CI): rich would assume 80 columns and cut the table's right side.

@@ -22,6 +22,13 @@ from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
 from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
 from sentinel_exp.config import ExperimentConfig, to_yaml
+from sentinel_exp.diagnosis import (
+    classify_cold_starts,
+    cold_start_warnings,
+    diagnose,
+    keep_alive_in_force,
+    parse_unloads,
+)
 from sentinel_exp.errors import Interrupted, UserError
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
@@ -296,8 +303,11 @@ async def _tracked_run(
             monitor.stop()
             # Whatever happened, what was measured is summarised, written and logged.
             metrics = await _summarise(measurement, client, factory.server_wire, cfg.model.name, monitor)
+            verdict = diagnose(measurement.records, metrics)
+            metrics.update(verdict.metrics())
             slo = _judge_slo(cfg, metrics, measurement)
             warnings += open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency) + monitor.warnings
+            warnings += _cold_start_warnings(cfg, handle, measurement.records)
             summary = {
                 "run_id": run_id,
                 "run_name": run_name,
@@ -308,12 +318,15 @@ async def _tracked_run(
                 "model": facts.__dict__,
                 "telemetry_notes": monitor.notes(),
                 "warnings": warnings,
+                "verdict": verdict.lines(),
                 **({"slo": slo.as_dict()} if slo.any else {}),
             }
             (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
             reports = _write_report(ctx, measurement, monitor, summary) if cfg.plots else []
             if tracker:
                 tracker.set_tags(slo.tags())
+                if verdict.text():
+                    tracker.set_tags({"sentinel.verdict": verdict.text()})
                 _log_results(tracker, ctx, metrics, monitor, handle, reports)
     finally:
         if tracker:
@@ -327,6 +340,7 @@ async def _tracked_run(
         status,
         warnings,
         slo,
+        verdict.lines(),
     )
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
@@ -371,6 +385,19 @@ async def _summarise(
     except Exception as exc:
         log.warning("warning: could not summarise placement/telemetry: %s: %s", type(exc).__name__, exc)
     return metrics
+
+
+def _cold_start_warnings(cfg: ExperimentConfig, handle: ServerHandle, records: list[RequestRecord]) -> list[str]:
+    """Cold measured requests after the model had been loaded, by likely cause. A bundled server's
+    log says why it unloaded the model; for other servers the idle gaps and keep_alive tell."""
+    lines: list[str] = []
+    if handle.log_path is not None:
+        try:
+            lines = handle.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            log.warning("warning: could not read the server log %s: %s", handle.log_path, exc)
+    keep_alive_s = keep_alive_in_force(cfg.workload.keep_alive, cfg.server.keep_alive)
+    return cold_start_warnings(classify_cold_starts(records, keep_alive_s, parse_unloads(lines), cfg.model.name))
 
 
 def _write_report(

@@ -29,12 +29,20 @@ SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
     ("ttfb", "TTFB"),
     ("ttft", "TTFT"),
     ("itl", "ITL"),
+    ("tpot", "TPOT"),
     ("e2e", "E2E"),
     ("server_load", "server load"),
     ("server_prefill", "server prefill"),
+    ("server_decode", "server decode"),
     ("server_queue", "server queue"),
     ("queue", "client queue"),
     ("client_overhead", "E2E − server total"),
+)
+
+# Rows in other units after the latencies: label, the metric in each column (p50, p95, max), unit.
+OTHER_ROWS: tuple[tuple[str, tuple[str | None, str | None, str | None], str], ...] = (
+    ("output tokens", ("output_tokens_p50", "output_tokens_p95", "output_tokens_max"), "tok"),
+    ("prefill rate", ("prefill_tokens_per_s", None, None), "tok/s"),
 )
 
 # Alt text of the figures write_run_artifacts writes; any other image is named by its file.
@@ -60,13 +68,31 @@ def fmt_ms(value: float | None, unit: str = "ms") -> str:
     return f"{value:,.1f} {unit}" if unit else f"{value:,.1f}"
 
 
+def summary_rows(metrics: Mapping[str, float]) -> list[tuple[str, str, str, str]]:
+    """label, p50, p95, max of each row the run has: the console's summary table and report.md's."""
+    rows = [
+        (
+            label,
+            fmt_ms(metrics.get(f"{name}_ms_p50")),
+            fmt_ms(metrics.get(f"{name}_ms_p95")),
+            fmt_ms(metrics.get(f"{name}_ms_max")),
+        )
+        for name, label in SUMMARY_ROWS
+        if f"{name}_ms_p50" in metrics
+    ]
+    if rows:
+        for label, names, unit in OTHER_ROWS:
+            if names[0] in metrics:
+                p50, p95, top = (fmt_ms(metrics.get(n) if n else None, unit) for n in names)
+                rows.append((label, p50, p95, top))
+    return rows
+
+
 def summary_table_md(metrics: Mapping[str, float]) -> str:
     """p50/p95/max of each latency the run has, as the console's summary table."""
     lines = ["| metric | p50 | p95 | max |", "|---|--:|--:|--:|"]
-    for name, label in SUMMARY_ROWS:
-        if f"{name}_ms_p50" in metrics:
-            cells = (fmt_ms(metrics.get(f"{name}_ms_{stat}")) for stat in ("p50", "p95", "max"))
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for row in summary_rows(metrics):
+        lines.append("| " + " | ".join(row) + " |")
     if len(lines) == 2:
         return "No successful measured requests: no latency to report."
     return "\n".join(lines)
@@ -81,7 +107,8 @@ def count_parts(metrics: Mapping[str, float], errors: Mapping[str, int]) -> list
         parts[-1] += " (" + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + ")"
     if metrics.get("requests_cancelled"):
         parts.append(f"cancelled {int(metrics['requests_cancelled'])}")
-    parts.append(f"cold starts {int(metrics.get('cold_starts', 0))}")
+    # No cold_starts metric: the server reports no load_duration, so nobody can tell.
+    parts.append(f"cold starts {int(metrics['cold_starts'])}" if "cold_starts" in metrics else "cold starts: unknown")
     return parts
 
 
@@ -146,6 +173,9 @@ def run_report(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
     errors: Mapping[str, int] = summary.get("errors") or {}
     name = str(summary.get("run_name") or summary.get("run_id") or "run")
     lines = [f"# {md_escape(name)}", "", _run_facts(summary), "", "## Latency", "", summary_table_md(metrics), ""]
+    verdict: Sequence[str] = summary.get("verdict") or ()
+    if verdict:
+        lines += [*_bullets(verdict), ""]
     lines += [counts_line(metrics, errors), ""]
     rates = rates_line(metrics)
     if rates:

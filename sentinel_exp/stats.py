@@ -60,6 +60,7 @@ def latency_samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
         "queue": [r.queue_ms for r in ok if r.queue_ms is not None],
         "server_load": [r.load_duration_ms for r in ok if r.load_duration_ms is not None],
         "server_prefill": [r.prompt_eval_duration_ms for r in ok if r.prompt_eval_duration_ms is not None],
+        "server_decode": [r.eval_duration_ms for r in ok if r.eval_duration_ms is not None],
         "ttft_other": [
             r.ttft_ms - r.load_duration_ms - r.prompt_eval_duration_ms
             for r in ok
@@ -95,15 +96,35 @@ def is_cold(record: RequestRecord, cold_load_ms: float) -> bool | None:
     return record.load_duration_ms > cold_load_ms
 
 
+def latency_metrics(records: Sequence[RequestRecord], suffix: str = "") -> dict[str, float]:
+    """`<name>_ms_<stat><suffix>` for every latency sample of `records` (see latency_samples)."""
+    return {
+        f"{name}_ms_{stat}{suffix}": value
+        for name, values in latency_samples(records).items()
+        for stat, value in describe(values).items()
+    }
+
+
+def warm_cold_metrics(records: Sequence[RequestRecord]) -> dict[str, float]:
+    """The latency metrics again over warm requests only (`_warm`) and cold ones only (`_cold`), so
+    a few cold loads do not hide in, or inflate, every percentile. Nothing where no request says
+    whether it was cold (record.cold is None: the server reports no load_duration)."""
+    if all(r.cold is None for r in records if r.measured):
+        return {}
+    warm = [r for r in records if r.cold is False]
+    cold = [r for r in records if r.cold is True]
+    return latency_metrics(warm, "_warm") | latency_metrics(cold, "_cold")
+
+
 def summarize(records: Sequence[RequestRecord], measured_duration_s: float | None = None) -> dict[str, float]:
     """The per-run summary metrics, named as MLflow will store them."""
     measured = [r for r in records if r.measured]
     ok = successful(records)
     failed = [r for r in measured if not r.ok and not r.cancelled]
-    metrics: dict[str, float] = {}
-    for name, values in latency_samples(records).items():
-        for stat, value in describe(values).items():
-            metrics[f"{name}_ms_{stat}"] = value
+    metrics = latency_metrics(records)
+    metrics.update(warm_cold_metrics(records))
+    for stat, value in describe([float(output_tokens(r)) for r in ok]).items():
+        metrics[f"output_tokens_{stat}"] = value
 
     decode_rates = [1000.0 / t for r in ok if (t := time_per_output_token(r)) is not None and t > 0]
     if decode_rates:
@@ -115,6 +136,13 @@ def summarize(records: Sequence[RequestRecord], measured_duration_s: float | Non
     ]
     if server_rates:
         metrics["server_eval_tokens_per_s"] = float(np.median(server_rates))
+    prefill_rates = [
+        r.prompt_eval_count / (r.prompt_eval_duration_ms / 1000.0)
+        for r in ok
+        if r.prompt_eval_count and r.prompt_eval_duration_ms and r.prompt_eval_duration_ms > 0
+    ]
+    if prefill_rates:
+        metrics["prefill_tokens_per_s"] = float(np.median(prefill_rates))
     total_tokens = sum(output_tokens(r) for r in ok)
     metrics["output_tokens_total"] = float(total_tokens)
     if measured_duration_s and measured_duration_s > 0:
@@ -127,7 +155,9 @@ def summarize(records: Sequence[RequestRecord], measured_duration_s: float | Non
     metrics["requests_cancelled"] = float(sum(1 for r in measured if r.cancelled))
     finished = len(ok) + len(failed)
     metrics["error_rate"] = len(failed) / finished if finished else 0.0
-    metrics["cold_starts"] = float(sum(1 for r in measured if r.cold))
+    # Unknown is not 0: a server that reports no load_duration (OpenAI API) leaves it out.
+    if any(r.cold is not None for r in measured):
+        metrics["cold_starts"] = float(sum(1 for r in measured if r.cold))
     return metrics
 
 
