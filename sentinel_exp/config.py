@@ -23,7 +23,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from sentinel_exp.errors import ConfigError
-from sentinel_exp.names import Api, Direction, ServerKind, SweepOrder
+from sentinel_exp.names import Api, Direction, LintMode, ServerKind, SweepOrder
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
 from sentinel_exp.serve.sim_settings import SimSettings
 from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
@@ -236,9 +236,16 @@ class WorkloadConfig:
     """A request whose server load_duration exceeds this counts as a cold start."""
     seed: int = 0
     """Seed of the Poisson arrivals."""
+    cold_start: bool = False
+    """Unload the model before each measured request (untimed), so every measured request is a cold start."""
 
     def problems(self) -> list[str]:
         problems = []
+        if self.cold_start and (self.concurrency > 1 or self.rate is not None):
+            problems.append(
+                "workload.cold_start=true needs a closed loop of one request at a time (workload.concurrency=1, "
+                "workload.rate=null): an unload cannot wait for requests in flight or for an arrival schedule"
+            )
         if self.requests < 1:
             problems.append(f"workload.requests must be at least 1 (got {self.requests})")
         if self.warmup < 0:
@@ -399,6 +406,8 @@ class ExperimentConfig:
     """Progress bars; null = only on a terminal and not in CI."""
     plots: bool = True
     """Write latency CDF and timeline PNGs and report.md for each run (about 2 s after measuring)."""
+    lint: LintMode = LintMode.warn
+    """warn | strict: option lint findings (num_gpu 1, num_thread over the cores, ...) warn, or stop the run."""
 
     def problems(self) -> list[str]:
         problems = self.server.problems() + self.model.problems() + self.hardware.problems()
@@ -408,6 +417,10 @@ class ExperimentConfig:
             problems.append(f"repeat must be 0 or more (got {self.repeat})")
         if self.server.kind == ServerKind.openai and self.workload.api == Api.generate:
             problems.append("workload.api=generate needs an Ollama server; server=openai speaks /v1/chat/completions")
+        if self.server.kind == ServerKind.openai and self.workload.cold_start:
+            problems.append(
+                "workload.cold_start=true needs an Ollama-API server: server=openai has no way to unload a model"
+            )
         return problems
 
     def effective_options(self) -> dict[str, Any]:

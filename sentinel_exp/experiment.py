@@ -7,16 +7,20 @@ compose config -> resolve/start server -> preflight -> open MLflow run -> teleme
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import re
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
@@ -29,11 +33,14 @@ from sentinel_exp.diagnosis import (
     keep_alive_in_force,
     parse_unloads,
 )
-from sentinel_exp.errors import Interrupted, UserError
+from sentinel_exp.errors import ConfigError, Interrupted, UserError
+from sentinel_exp.hardware import placement_kind, placement_warning
+from sentinel_exp.lint import Findings, LintInput, counted_prompt_tokens, estimated_prompt_tokens, lint, rules_named
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
-from sentinel_exp.names import Phase, RunStatus
+from sentinel_exp.names import LintMode, Phase, RunStatus, ServerKind
 from sentinel_exp.records import RecordWriter, RequestRecord
+from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE_S, keep_alive_seconds, server_default_seconds
 from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.slo import SloResult, judge
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
@@ -68,7 +75,7 @@ class RunContext:
             key: text
             for key, text in changed.items()
             # The server shows as @kind; where and how results are shown changes no measurement.
-            if key not in ("server", "server.kind", "progress") and not key.startswith(("tracking.", "hydra."))
+            if key not in ("server", "server.kind", "progress", "lint") and not key.startswith(("tracking.", "hydra."))
         }
         parts = [text for key, text in shown.items() if key in self.swept]
         parts += [text for key, text in shown.items() if key not in self.swept]
@@ -172,6 +179,9 @@ class Measurement:
 
     records: list[RequestRecord] = field(default_factory=list)
     measured_s: float = 0.0
+    # /api/ps read while the measured phase runs, when the model is certainly loaded.
+    placement: dict[str, float] = field(default_factory=dict)
+    placement_read: asyncio.Task[None] | None = None
 
 
 async def _measure(
@@ -183,8 +193,17 @@ async def _measure(
     progress: ui.RunProgress,
     stop: asyncio.Event,
     out: Measurement,
+    after_warmup: Callable[[list[RequestRecord]], None] | None = None,
 ) -> None:
     w = cfg.workload
+
+    async def read_placement() -> None:
+        out.placement = await factory.server_wire.placement(client, factory.model)
+
+    async def unload() -> None:
+        if out.placement_read is not None:
+            await out.placement_read  # it must see the model that served the first request
+        await factory.server_wire.unload(client, factory.model, w.timeout_s)
 
     def sender(phase: str) -> Any:
         # The measured phase goes on through the prompts where warmup stopped: its first request
@@ -192,6 +211,9 @@ async def _measure(
         first_prompt = w.warmup if phase == Phase.MEASURED else 0
 
         async def send_one(index: int, arrival_ns: int, keep: OnRecord) -> None:
+            if phase == Phase.MEASURED and w.cold_start:
+                await unload()
+                arrival_ns = time.perf_counter_ns()  # the unload is not part of the request
             spec = factory.spec(first_prompt + index)
             record = RequestRecord(index=index, phase=phase, prompt_index=spec.prompt_index, api=factory.api)
             try:
@@ -199,6 +221,8 @@ async def _measure(
             finally:
                 record.cold = is_cold(record, w.cold_load_ms)
                 keep(record)
+            if phase == Phase.MEASURED and out.placement_read is None and record.ok:
+                out.placement_read = asyncio.create_task(read_placement())
 
         return send_one
 
@@ -218,7 +242,11 @@ async def _measure(
         duration_s = await run_phase(plan, sender(phase), on_record, stop)
         if phase == Phase.MEASURED:
             out.measured_s = duration_s
+        elif after_warmup is not None and not stop.is_set():
+            after_warmup(out.records)
     monitor.mark_phase(Phase.DONE)
+    if out.placement_read is not None:
+        await asyncio.gather(out.placement_read, return_exceptions=True)
 
 
 async def run_async(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
@@ -276,26 +304,47 @@ async def _tracked_run(
     tracker: Tracker | None,
 ) -> Outcome:
     factory = RequestFactory(cfg, handle)
+    lint_input = _lint_input(cfg, handle, factory)
+    findings = _checked(cfg, lint(lint_input))  # before any request: lint=strict stops here
     run_name = ctx.run_name(cfg, handle.kind)
-    run_id = tracker.start(run_name, _run_tags(ctx, resolved, handle, factory, facts, monitor)) if tracker else None
+    tags = {**_run_tags(ctx, resolved, handle, factory, facts, monitor), **findings.tags()}
+    run_id = tracker.start(run_name, tags) if tracker else None
     status = RunStatus.FAILED
     measurement = Measurement()
     metrics: dict[str, float] = {}
     warnings = list(factory.warnings)  # what may make these numbers mean less than they seem
+    warnings += findings.lines()
+
+    def after_warmup(records: list[RequestRecord]) -> None:
+        """The num_ctx rule again, with the prompt lengths the server counted in warmup."""
+        counted = counted_prompt_tokens(r.prompt_eval_count for r in records if r.ok)
+        if counted is None:
+            return
+        given = dataclasses.replace(lint_input, prompt_tokens=counted, tokens_estimated=False)
+        counted_findings = _checked(cfg, lint(given, rules_named("num_ctx")))
+        estimate = {f.line for f in findings.items if f.rule == "num_ctx"}
+        for finding in counted_findings.items:
+            log.warning("warning: %s", finding.line)
+            # The server's count replaces the estimate, in the warnings and in the tag.
+            warnings[:] = [w for w in warnings if w not in estimate]
+            warnings.append(finding.line)
+        if tracker and counted_findings.items:
+            tracker.set_tags(counted_findings.tags())
+
     signals = StopSignals(asyncio.get_running_loop(), asyncio.Event())
     try:
         if tracker:
             tracker.log_params(flatten(resolved))
             tracker.log_params({"sent_options": factory.options})
         log.info("run %s: %s against %s %s", run_id or "(tracking off)", cfg.model.name, handle.kind, handle.url)
-        for warning in factory.warnings:
+        for warning in warnings:
             log.warning("warning: %s", warning)
         writer = RecordWriter(ctx.output_dir / "requests.jsonl")
         try:
             signals.install()
             monitor.start()
             with ui.RunProgress(ui.want_progress(cfg.progress)) as progress:
-                await _measure(cfg, factory, client, writer, monitor, progress, signals.stop, measurement)
+                await _measure(cfg, factory, client, writer, monitor, progress, signals.stop, measurement, after_warmup)
             status = RunStatus.KILLED if signals.received else RunStatus.FINISHED
         finally:
             signals.uninstall()
@@ -308,6 +357,8 @@ async def _tracked_run(
             slo = _judge_slo(cfg, metrics, measurement)
             warnings += open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency) + monitor.warnings
             warnings += _cold_start_warnings(cfg, handle, measurement.records)
+            placement_tags, placement_note = _placement(cfg, metrics)
+            warnings += placement_note
             summary = {
                 "run_id": run_id,
                 "run_name": run_name,
@@ -324,7 +375,7 @@ async def _tracked_run(
             (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
             reports = _write_report(ctx, measurement, monitor, summary) if cfg.plots else []
             if tracker:
-                tracker.set_tags(slo.tags())
+                tracker.set_tags({**slo.tags(), **placement_tags})
                 if verdict.text():
                     tracker.set_tags({"sentinel.verdict": verdict.text()})
                 _log_results(tracker, ctx, metrics, monitor, handle, reports)
@@ -380,7 +431,8 @@ async def _summarise(
     there is noted and costs only those metrics, never the latency summary."""
     metrics = summarize(measurement.records, measurement.measured_s)
     try:
-        metrics.update(await server_wire.placement(client, model))
+        # Read during the measured phase where it could be; afterwards the model may be gone.
+        metrics.update(measurement.placement or await server_wire.placement(client, model))
         metrics.update(monitor.metrics(int(metrics.get("output_tokens_total", 0))))
     except Exception as exc:
         log.warning("warning: could not summarise placement/telemetry: %s: %s", type(exc).__name__, exc)
@@ -398,6 +450,53 @@ def _cold_start_warnings(cfg: ExperimentConfig, handle: ServerHandle, records: l
             log.warning("warning: could not read the server log %s: %s", handle.log_path, exc)
     keep_alive_s = keep_alive_in_force(cfg.workload.keep_alive, cfg.server.keep_alive)
     return cold_start_warnings(classify_cold_starts(records, keep_alive_s, parse_unloads(lines), cfg.model.name))
+
+
+def _lint_input(cfg: ExperimentConfig, handle: ServerHandle, factory: RequestFactory) -> LintInput:
+    """What the option lint judges: the options and keep_alive the run sends, the machine's
+    cores (where the server runs on this machine) and the prompts' length, estimated."""
+    keep_alive_s, source = None, "workload.keep_alive"
+    if "keep_alive" in factory.unsent:
+        pass  # not sent: the server's own setting, which this API cannot tell
+    elif cfg.workload.keep_alive is not None:
+        keep_alive_s = keep_alive_seconds(cfg.workload.keep_alive)
+    elif handle.kind in (ServerKind.embedded, ServerKind.simulated):
+        keep_alive_s, source = server_default_seconds(cfg.server.keep_alive), "the bundled server's default"
+    elif handle.kind == ServerKind.ollama:
+        keep_alive_s, source = DEFAULT_KEEP_ALIVE_S, "Ollama's default unless OLLAMA_KEEP_ALIVE says otherwise"
+    return LintInput(
+        options=factory.options,
+        warmup_options=factory.options,  # both phases send the same options
+        keep_alive_s=keep_alive_s,
+        keep_alive_source=source,
+        idle_gap_s=None,  # the workload has no idle gaps between requests yet
+        physical_cores=psutil.cpu_count(logical=False) if is_loopback_url(handle.url) else None,
+        prompt_tokens=estimated_prompt_tokens(cfg.workload.prompts, cfg.workload.system),
+        tokens_estimated=True,
+    )
+
+
+def _checked(cfg: ExperimentConfig, findings: Findings) -> Findings:
+    """Under lint=strict a finding is an error: exit 2 with every finding, before another request."""
+    if findings.items and cfg.lint == LintMode.strict:
+        raise ConfigError(
+            f"lint=strict: {len(findings.items)} option lint finding(s), so the run stops here: "
+            + " | ".join(findings.lines())
+            + " (lint=warn measures anyway, with these as warnings)"
+        )
+    return findings
+
+
+def _placement(cfg: ExperimentConfig, metrics: dict[str, float]) -> tuple[dict[str, str], list[str]]:
+    """The sentinel.placement tag and, where the hardware profile expects a GPU and the model
+    was not all on it, the warning; nothing when the server did not say (an OpenAI server)."""
+    fraction = metrics.get("gpu_offload_fraction")
+    if fraction is None:
+        return {}, []
+    warning = placement_warning(cfg.hardware, fraction)
+    if warning:
+        log.warning("warning: %s", warning)
+    return {"sentinel.placement": placement_kind(fraction)}, [warning] if warning else []
 
 
 def _write_report(

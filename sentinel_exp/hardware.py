@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sentinel_exp.config import HardwareConfig
+from sentinel_exp.names import Placement
 from sentinel_exp.telemetry.gpu import GpuProbe
 
 
@@ -32,6 +33,36 @@ def _describe_found(gpus: list[tuple[str, float]], reason: str | None) -> str:
     return ", ".join(f"{n} ({round(v)} MB)" for n, v in gpus)
 
 
+def expects_gpu(expected: HardwareConfig) -> bool | None:
+    """Whether the profile expects a GPU: true, false (cpu_only) or None (no expectation)."""
+    if expected.expect_gpu is None and (expected.gpu_name_pattern or expected.min_vram_mb):
+        return True  # a name or VRAM requirement only makes sense for a GPU
+    return expected.expect_gpu
+
+
+# A model at least this much in VRAM is on the GPU; at most 1 - this, on the CPU.
+ON_GPU = 0.99
+
+
+def placement_kind(gpu_fraction: float) -> Placement:
+    """gpu, partial or cpu, from the fraction of the loaded model in VRAM (/api/ps size_vram/size)."""
+    if gpu_fraction >= ON_GPU:
+        return Placement.gpu
+    return Placement.cpu if gpu_fraction <= 1 - ON_GPU else Placement.partial
+
+
+def placement_warning(expected: HardwareConfig, gpu_fraction: float) -> str | None:
+    """What to say when the profile expects a GPU and the model runs partly or wholly on the CPU."""
+    kind = placement_kind(gpu_fraction)
+    if expects_gpu(expected) is not True or kind == Placement.gpu:
+        return None
+    where = "wholly" if kind == Placement.cpu else "partly"
+    return (
+        f"Hardware profile '{expected.name}' expects a GPU, but the server had the model {where} on the CPU "
+        f"during the measured phase (gpu_offload_fraction {gpu_fraction:.2f}): the latencies are not the GPU's"
+    )
+
+
 def check_hardware(
     expected: HardwareConfig,
     detected_gpus: Iterable[tuple[str, float]],
@@ -43,9 +74,7 @@ def check_hardware(
     gpus = [(str(n), float(v or 0)) for n, v in detected_gpus] if gpu_available else []
     found = _describe_found(gpus, unavailable_reason)
     prof = f"Hardware profile '{expected.name}'"
-    wants = expected.expect_gpu
-    if wants is None and (expected.gpu_name_pattern or expected.min_vram_mb):
-        wants = True  # a name or VRAM requirement only makes sense for a GPU
+    wants = expects_gpu(expected)
 
     if wants is None:
         ok, msg = True, f"{prof} expects nothing in particular; found {found}."

@@ -85,3 +85,18 @@ class SweepOrder(StrEnum):
 
     sequential = "sequential"
     interleaved = "interleaved"
+
+
+class LintMode(StrEnum):
+    """`lint`: whether an option lint finding warns, or stops the run before any request (exit 2)."""
+
+    warn = "warn"
+    strict = "strict"
+
+
+class Placement(StrEnum):
+    """`sentinel.placement`: where the loaded model lives, from the server's /api/ps."""
+
+    gpu = "gpu"
+    partial = "partial"
+    cpu = "cpu"

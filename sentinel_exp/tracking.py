@@ -41,7 +41,7 @@ def param_value(value: Any) -> str:
 
 # Settings that change how results are shown, judged, organised or repeated, not what is measured:
 # runs that differ only in these are runs of one configuration (repeats compare as such).
-NOT_MEASURED = ("tracking", "progress", "sweep", "compare", "slo", "repeat", "force", "plots")
+NOT_MEASURED = ("tracking", "progress", "sweep", "compare", "slo", "repeat", "force", "plots", "lint")
 
 
 def config_hash(resolved: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ import httpx
 
 from sentinel_exp.clients.common import RequestSpec, TokenTimes
 from sentinel_exp.clients.facts import ModelFacts
+from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api
 
 if TYPE_CHECKING:
@@ -56,3 +57,7 @@ class WireApi(ABC):
     @abstractmethod
     async def placement(self, client: httpx.AsyncClient, model: str) -> dict[str, float]:
         """Where the loaded model lives (sizes, GPU fraction); {} when this API cannot tell."""
+
+    async def unload(self, client: httpx.AsyncClient, model: str, timeout_s: float) -> None:
+        """Unload `model` and return once the server no longer lists it as loaded."""
+        raise ServerError(f"the {self.family} API has no way to unload a model (workload.cold_start needs Ollama's)")

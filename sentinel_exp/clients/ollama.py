@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from abc import abstractmethod
@@ -120,19 +121,56 @@ class OllamaApi(WireApi):
 
     async def placement(self, client: httpx.AsyncClient, model: str) -> dict[str, float]:
         """From /api/ps: size, size_vram and the fraction on the GPU."""
-        try:
-            response = await client.get("/api/ps")
-            models = response.json().get("models", []) if response.status_code == 200 else []
-        except (httpx.HTTPError, ValueError, AttributeError):
+        entry = _find(model, await _loaded_models(client))
+        if entry is None:
             return {}
-        for entry in models:
-            if names_match(model, str(entry.get("name", entry.get("model")))):
-                size, size_vram = entry.get("size") or 0, entry.get("size_vram") or 0
-                out = {"model_size_mb": size / 2**20, "model_size_vram_mb": size_vram / 2**20}
-                if size:
-                    out["gpu_offload_fraction"] = size_vram / size
-                return out
-        return {}
+        size, size_vram = entry.get("size") or 0, entry.get("size_vram") or 0
+        out = {"model_size_mb": size / 2**20, "model_size_vram_mb": size_vram / 2**20}
+        if size:
+            out["gpu_offload_fraction"] = size_vram / size
+        return out
+
+    async def unload(self, client: httpx.AsyncClient, model: str, timeout_s: float) -> None:
+        """Ollama's unload: an empty /api/generate with keep_alive 0, which answers at once; the
+        model is gone once /api/ps stops listing it (a busy one unloads when its requests end)."""
+        try:
+            response = await client.post("/api/generate", json={"model": model, "keep_alive": 0})
+        except httpx.HTTPError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            raise ServerError(f"could not unload {model} for workload.cold_start: {why}") from None
+        if response.status_code != 200:
+            raise ServerError(
+                f"could not unload {model} for workload.cold_start: HTTP {response.status_code} {response.text[:200]}"
+            )
+        deadline = time.perf_counter() + timeout_s
+        while True:
+            loaded = await _loaded_models(client)
+            if loaded is not None and _find(model, loaded) is None:
+                return
+            if time.perf_counter() >= deadline:
+                raise ServerError(
+                    f"{model} was still loaded {timeout_s:g} s after the unload request (/api/ps lists it): "
+                    f"workload.cold_start cannot make the next request cold"
+                )
+            await asyncio.sleep(UNLOAD_POLL_S)
+
+
+# How often /api/ps is asked whether an unloaded model is gone: short beside any model load.
+UNLOAD_POLL_S = 0.01
+
+
+async def _loaded_models(client: httpx.AsyncClient) -> list[dict[str, Any]] | None:
+    """The models /api/ps lists as loaded; None when the server did not say."""
+    try:
+        response = await client.get("/api/ps")
+        models = response.json().get("models", []) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else None
+
+
+def _find(model: str, loaded: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return next((m for m in loaded or [] if names_match(model, str(m.get("name", m.get("model"))))), None)
 
 
 class OllamaChat(OllamaApi):

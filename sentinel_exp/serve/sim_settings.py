@@ -47,6 +47,8 @@ class SimSettings:
             "metavar": "N:KIND",
         },
     )
+    # Last, so settings built by position (SimSettings(300.0, 40.0, ...)) keep their meaning.
+    gpu_fraction: float = setting(0.0, "fraction of the loaded model /api/ps reports in VRAM (size_vram/size), 0 to 1")
 
     def problems(self, prefix: str = "") -> list[str]:
         """Each setting out of range, one line each, named `prefix` + field; empty when usable."""
@@ -57,6 +59,8 @@ class SimSettings:
         ]
         if self.tokens < 1:
             found.append(f"{prefix}tokens must be at least 1 (got {self.tokens})")
+        if not 0.0 <= self.gpu_fraction <= 1.0:
+            found.append(f"{prefix}gpu_fraction must be between 0 and 1 (got {self.gpu_fraction})")
         if self.parallel < 0:
             found.append(f"{prefix}parallel must be 0 (unlimited) or more (got {self.parallel})")
         faults: object = self.faults  # from a config, any value a user typed

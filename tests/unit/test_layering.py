@@ -27,7 +27,15 @@ SHARED = frozenset({"sentinel_exp", "sentinel_exp.names", "sentinel_exp.eventloo
 CONFIG_LAYER = frozenset(
     {"sentinel_exp.app", "sentinel_exp.cli_help", "sentinel_exp.config", "sentinel_exp.overrides", "sentinel_exp.sweep"}
 )
-PURE = frozenset({"sentinel_exp.stats", "sentinel_exp.slo", "sentinel_exp.diagnosis", "sentinel_exp.telemetry.summary"})
+PURE = frozenset(
+    {
+        "sentinel_exp.stats",
+        "sentinel_exp.slo",
+        "sentinel_exp.diagnosis",
+        "sentinel_exp.lint",
+        "sentinel_exp.telemetry.summary",
+    }
+)
 # What a pure module must not import: files, processes, sockets, clocks, threads, logging.
 IO_MODULES = frozenset(
     {

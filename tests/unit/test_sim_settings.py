@@ -26,6 +26,7 @@ CUSTOM = SimSettings(
     tokens=9,
     parallel=4,
     faults={3: FaultKind.HTTP_500, 5: "cut_stream"},
+    gpu_fraction=0.5,
 )
 
 
@@ -54,6 +55,7 @@ def test_to_args_writes_one_flag_per_field_and_one_per_fault() -> None:
         "--parallel=4",
         "--fault=3:http_500",
         "--fault=5:cut_stream",
+        "--gpu-fraction=0.5",
     ]
 
 
@@ -117,6 +119,20 @@ def test_problems_name_each_setting_out_of_range() -> None:
     assert SimSettings().problems() == [] and CUSTOM.problems() == []
 
 
+@pytest.mark.parametrize("fraction", [-0.1, 1.5])
+def test_gpu_fraction_is_a_fraction(fraction: float) -> None:
+    assert SimSettings(gpu_fraction=fraction).problems("server.sim.") == [
+        f"server.sim.gpu_fraction must be between 0 and 1 (got {fraction})"
+    ]
+    assert SimSettings(gpu_fraction=1.0).problems() == SimSettings(gpu_fraction=0.0).problems() == []
+
+
+def test_the_simulated_engine_reports_its_scripted_gpu_fraction_as_size_vram() -> None:
+    size, size_vram = SimulatedEngine(SimSettings(gpu_fraction=0.25)).loaded_size(None)
+    assert size_vram == size // 4 and size > 0
+    assert SimulatedEngine(SimSettings()).loaded_size(None)[1] == 0
+
+
 def test_the_engine_refuses_settings_with_problems() -> None:
     with pytest.raises(ValueError, match=r"^tokens must be at least 1 \(got 0\); faults: 1: boom should be"):
         SimulatedEngine(SimSettings(tokens=0, faults={1: "boom"}))
@@ -130,7 +146,7 @@ def test_the_config_node_is_the_same_type_with_the_same_defaults() -> None:
     node.faults = {3: "http_500"}  # what `server.sim.faults={3:http_500}` sets
     node.tokens = 10
     assert SimSettings.from_values(node) == SimSettings(tokens=10, faults={3: "http_500"})
-    assert SimSettings.from_values(node).to_args()[-2:] == ["--parallel=0", "--fault=3:http_500"]
+    assert SimSettings.from_values(node).to_args()[-3:] == ["--parallel=0", "--fault=3:http_500", "--gpu-fraction=0.0"]
 
 
 def test_config_problems_report_the_sim_settings_with_their_config_path() -> None:

@@ -121,7 +121,8 @@ class SimulatedEngine:
         self._cached_prompt = []
 
     def loaded_size(self, handle: Any) -> tuple[int, int]:
-        return 100 * 2**20, 0
+        size = 100 * 2**20
+        return size, round(size * self.settings.gpu_fraction)
 
     async def generate(self, handle: Any, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         fault = self.settings.faults.get(request.request_number)
