@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
 from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
 from sentinel_exp.config import ExperimentConfig, to_yaml
+from sentinel_exp.distributions import parse_distribution
 from sentinel_exp.errors import Interrupted, UserError
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
@@ -32,6 +33,7 @@ from sentinel_exp.slo import SloResult, judge
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
 from sentinel_exp.tracking import FinishedRun, Tracker, config_hash, flatten
 from sentinel_exp.urls import is_loopback_url
+from sentinel_exp.workload import Planned, PromptSource
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +90,14 @@ class Outcome:
 
 
 class RequestFactory:
-    """Builds request `index` of a phase: prompts cycle, options and keep_alive as configured."""
+    """Builds request `index` of a phase: prompts from workload.PromptSource (cycled, from a file,
+    or synthetic), options and keep_alive as configured."""
 
     def __init__(self, cfg: ExperimentConfig, handle: ServerHandle) -> None:
         self.wire, self.server_wire = run_apis(handle.kind, cfg.workload.api)
         self.api = self.wire.name
         self.model = cfg.model.name
-        self.prompts = list(cfg.workload.prompts)
-        self.system = cfg.workload.system
+        self.prompts = PromptSource(cfg.workload)
         self.options = cfg.effective_options()
         self.keep_alive = cfg.workload.keep_alive
         self.consume = self.wire.consume
@@ -103,12 +105,21 @@ class RequestFactory:
         self.unsent = self.wire.unsendable(self.options, self.keep_alive)
         self.warnings = [unsent_warning(self.wire, self.unsent, self.options, self.keep_alive)] if self.unsent else []
         self.options = {k: v for k, v in self.options.items() if k not in self.unsent}
+        self.warnings += self.prompts.warnings
+        self.num_predict: int | None = self.options.get("num_predict")
 
-    def spec(self, index: int) -> RequestSpec:
-        prompt_index = index % len(self.prompts)
-        return self.wire.build_request(
-            self.model, self.prompts[prompt_index], prompt_index, self.system, self.options, self.keep_alive
+    def spec(self, index: int, phase: str = Phase.MEASURED) -> tuple[RequestSpec, Planned]:
+        planned = self.prompts.next(index, warmup=phase == Phase.WARMUP)
+        spec = self.wire.build_request(
+            self.model,
+            planned.text,
+            planned.prompt_index,
+            planned.system,
+            self.options,
+            self.keep_alive,
+            planned.messages,
         )
+        return spec, planned
 
 
 def _http_client(handle: ServerHandle, cfg: ExperimentConfig) -> httpx.AsyncClient:
@@ -185,12 +196,14 @@ async def _measure(
         first_prompt = w.warmup if phase == Phase.MEASURED else 0
 
         async def send_one(index: int, arrival_ns: int, keep: OnRecord) -> None:
-            spec = factory.spec(first_prompt + index)
+            spec, planned = factory.spec(first_prompt + index, phase)
             record = RequestRecord(index=index, phase=phase, prompt_index=spec.prompt_index, api=factory.api)
+            record.input_tokens_target, record.num_predict = planned.input_tokens_target, factory.num_predict
             try:
                 await send_request(client, spec, record, factory.consume, arrival_ns)
             finally:
                 record.cold = is_cold(record, w.cold_load_ms)
+                factory.prompts.observe(record, planned)
                 keep(record)
 
         return send_one
@@ -208,6 +221,9 @@ async def _measure(
         plan = PhasePlan(
             requests=count, concurrency=w.concurrency, rate=w.rate if phase == Phase.MEASURED else None, seed=w.seed
         )
+        if phase == Phase.MEASURED:  # warmup runs unpaced: it only loads the model and calibrates
+            think = parse_distribution(w.think_time_s)
+            plan = replace(plan, think_time=think, idle_every=w.idle_every, idle_s=w.idle_s)
         duration_s = await run_phase(plan, sender(phase), on_record, stop)
         if phase == Phase.MEASURED:
             out.measured_s = duration_s

@@ -85,3 +85,11 @@ class SweepOrder(StrEnum):
 
     sequential = "sequential"
     interleaved = "interleaved"
+
+
+class DistributionKind(StrEnum):
+    """Distributions a workload quantity (think time, prompt length) can be drawn from."""
+
+    exponential = "exponential"
+    uniform = "uniform"
+    lognormal = "lognormal"
