@@ -151,3 +151,34 @@ def test_unique_prompts_miss_the_prompt_cache(tmp_path, run_experiment):
     assert all(40 <= r.ttft_ms < 60 for r in cached)
     # A nonce first: nothing in common with the cached prompt, every word is prefilled (1 ms each).
     assert all(140 <= r.ttft_ms < 175 for r in unique)
+
+
+def test_idle_pauses_also_hold_back_poisson_arrivals_and_a_stop_cuts_them_short():
+    import asyncio
+    import time
+
+    from sentinel_exp.load import PhasePlan, run_phase
+
+    async def scenario(stop_after_s: float | None) -> tuple[list[tuple[int, float, float]], float]:
+        spans: list[tuple[int, float, float]] = []
+        stop = asyncio.Event()
+
+        async def send_one(index, arrival_ns, keep):
+            start = time.perf_counter()
+            await asyncio.sleep(0.02)
+            spans.append((index, start, time.perf_counter()))
+
+        if stop_after_s is not None:
+            asyncio.get_running_loop().call_later(stop_after_s, stop.set)
+        plan = PhasePlan(requests=6, concurrency=2, rate=100.0, seed=1, idle_every=3, idle_s=0.5)
+        return spans, await run_phase(plan, send_one, lambda r: None, stop)
+
+    spans, duration = asyncio.run(scenario(None))
+    first = [s for s in spans if s[0] < 3]
+    second = [s for s in spans if s[0] >= 3]
+    assert len(first) == len(second) == 3
+    # Nothing is sent until the burst's requests have ended and the pause has passed.
+    assert min(s[1] for s in second) - max(s[2] for s in first) >= 0.5
+    assert duration >= 0.5
+    spans, duration = asyncio.run(scenario(0.2))  # stopped inside the pause
+    assert len(spans) == 3 and duration < 0.4
