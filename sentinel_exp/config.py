@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import math
 import textwrap
 import typing
 from collections.abc import Mapping
@@ -235,12 +236,82 @@ class WorkloadConfig:
     cold_load_ms: float = 50.0
     """A request whose server load_duration exceeds this counts as a cold start."""
     seed: int = 0
-    """Seed of the Poisson arrivals."""
+    """Seed of the Poisson arrivals, think times and synthetic prompts."""
+    think_time_s: Any = 0
+    """Closed loop: seconds a client waits after a request ends; a number or {distribution: exponential, mean: 2}."""
+    idle_every: int = 0
+    """Pause all sending for idle_s after every N measured requests (in flight ones end first); 0 = never."""
+    idle_s: float = 0.0
+    """Seconds of each idle pause (idle_every): reproduces keep_alive expiry between bursts."""
+    prompts_file: str | None = None
+    """Prompts from a file instead of `prompts`: .txt one a line, .jsonl {"prompt": ...} or {"messages": [...]}."""
+    input_tokens: Any = None
+    """Synthetic prompts of this many input tokens (or a distribution), calibrated on warmup; null = off."""
+    unique_prompts: bool = False
+    """Put a per-request nonce first in each prompt so that none hits the server's prompt cache."""
     cold_start: bool = False
     """Unload the model before each measured request (untimed), so every measured request is a cold start."""
 
+    def longest_idle_gap_s(self) -> float:
+        """Longest time, in seconds, the workload leaves the server without a new request: an idle
+        pause, a think time, or (open loop) a gap between arrivals. For an unbounded distribution,
+        the value one draw in a hundred exceeds (distributions.TYPICAL_MAX_QUANTILE)."""
+        from sentinel_exp.distributions import TYPICAL_MAX_QUANTILE, DistributionError, parse_distribution
+
+        gaps = [self.idle_s if self.idle_every > 0 else 0.0]
+        try:
+            gaps.append(parse_distribution(self.think_time_s).typical_max())
+        except DistributionError:
+            pass  # problems() reports it
+        if self.rate is not None and self.rate > 0:
+            gaps.append(-math.log(1.0 - TYPICAL_MAX_QUANTILE) / self.rate)
+        return max(gaps)
+
+    def _pacing_problems(self) -> list[str]:
+        from sentinel_exp.distributions import distribution_problems, parse_distribution
+
+        problems = distribution_problems("workload.think_time_s", self.think_time_s)
+        if not problems and self.rate is not None and not parse_distribution(self.think_time_s).is_zero:
+            problems.append(
+                "workload.think_time_s paces a closed loop; with workload.rate the arrivals set the gaps (set one)"
+            )
+        if self.idle_every < 0 or self.idle_s < 0:
+            problems.append(
+                f"workload.idle_every and workload.idle_s must be 0 or more (got {self.idle_every}, {self.idle_s:g})"
+            )
+        elif (self.idle_every > 0) != (self.idle_s > 0):
+            problems.append(
+                f"workload.idle_every={self.idle_every} and workload.idle_s={self.idle_s:g} go together: "
+                "a pause of idle_s seconds after every idle_every measured requests (0 for both = none)"
+            )
+        return problems
+
+    def _prompt_problems(self) -> list[str]:
+        from sentinel_exp.distributions import distribution_problems, parse_distribution
+        from sentinel_exp.prompts import read_prompts_file
+
+        if self.input_tokens is not None:
+            if self.prompts_file:
+                return ["workload.input_tokens (synthetic prompts) and workload.prompts_file exclude each other"]
+            problems = distribution_problems("workload.input_tokens", self.input_tokens)
+            if not problems and parse_distribution(self.input_tokens).typical_max() < 1:
+                problems.append(f"workload.input_tokens must be at least 1 token (got {self.input_tokens})")
+            return problems
+        if not self.prompts_file:
+            return []
+        try:
+            prompts = read_prompts_file(self.prompts_file)
+        except ConfigError as exc:
+            return [str(exc)]
+        if self.api == Api.generate and any(p.is_chat for p in prompts):
+            return [
+                f"workload.prompts_file {self.prompts_file} holds chat messages, which /api/generate cannot carry "
+                "(one prompt): use workload.api=chat or openai, or a file of prompts"
+            ]
+        return []
+
     def problems(self) -> list[str]:
-        problems = []
+        problems = self._pacing_problems() + self._prompt_problems()
         if self.cold_start and (self.concurrency > 1 or self.rate is not None):
             problems.append(
                 "workload.cold_start=true needs a closed loop of one request at a time (workload.concurrency=1, "

@@ -15,7 +15,7 @@ import re
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from sentinel_exp.diagnosis import (
     keep_alive_in_force,
     parse_unloads,
 )
+from sentinel_exp.distributions import parse_distribution
 from sentinel_exp.errors import ConfigError, Interrupted, UserError
 from sentinel_exp.hardware import placement_kind, placement_warning
 from sentinel_exp.lint import Findings, LintInput, counted_prompt_tokens, estimated_prompt_tokens, lint, rules_named
@@ -46,6 +47,7 @@ from sentinel_exp.slo import SloResult, judge
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
 from sentinel_exp.tracking import FinishedRun, Tracker, config_hash, flatten
 from sentinel_exp.urls import is_loopback_url
+from sentinel_exp.workload import Planned, PromptSource
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +104,14 @@ class Outcome:
 
 
 class RequestFactory:
-    """Builds request `index` of a phase: prompts cycle, options and keep_alive as configured."""
+    """Builds request `index` of a phase: prompts from workload.PromptSource (cycled, from a file,
+    or synthetic), options and keep_alive as configured."""
 
     def __init__(self, cfg: ExperimentConfig, handle: ServerHandle) -> None:
         self.wire, self.server_wire = run_apis(handle.kind, cfg.workload.api)
         self.api = self.wire.name
         self.model = cfg.model.name
-        self.prompts = list(cfg.workload.prompts)
-        self.system = cfg.workload.system
+        self.prompts = PromptSource(cfg.workload)
         self.options = cfg.effective_options()
         self.keep_alive = cfg.workload.keep_alive
         self.consume = self.wire.consume
@@ -117,12 +119,21 @@ class RequestFactory:
         self.unsent = self.wire.unsendable(self.options, self.keep_alive)
         self.warnings = [unsent_warning(self.wire, self.unsent, self.options, self.keep_alive)] if self.unsent else []
         self.options = {k: v for k, v in self.options.items() if k not in self.unsent}
+        self.warnings += self.prompts.warnings
+        self.num_predict: int | None = self.options.get("num_predict")
 
-    def spec(self, index: int) -> RequestSpec:
-        prompt_index = index % len(self.prompts)
-        return self.wire.build_request(
-            self.model, self.prompts[prompt_index], prompt_index, self.system, self.options, self.keep_alive
+    def spec(self, index: int, phase: str = Phase.MEASURED) -> tuple[RequestSpec, Planned]:
+        planned = self.prompts.next(index, warmup=phase == Phase.WARMUP)
+        spec = self.wire.build_request(
+            self.model,
+            planned.text,
+            planned.prompt_index,
+            planned.system,
+            self.options,
+            self.keep_alive,
+            planned.messages,
         )
+        return spec, planned
 
 
 def _http_client(handle: ServerHandle, cfg: ExperimentConfig) -> httpx.AsyncClient:
@@ -214,12 +225,14 @@ async def _measure(
             if phase == Phase.MEASURED and w.cold_start:
                 await unload()
                 arrival_ns = time.perf_counter_ns()  # the unload is not part of the request
-            spec = factory.spec(first_prompt + index)
+            spec, planned = factory.spec(first_prompt + index, phase)
             record = RequestRecord(index=index, phase=phase, prompt_index=spec.prompt_index, api=factory.api)
+            record.input_tokens_target, record.num_predict = planned.input_tokens_target, factory.num_predict
             try:
                 await send_request(client, spec, record, factory.consume, arrival_ns)
             finally:
                 record.cold = is_cold(record, w.cold_load_ms)
+                factory.prompts.observe(record, planned)
                 keep(record)
             if phase == Phase.MEASURED and out.placement_read is None and record.ok:
                 out.placement_read = asyncio.create_task(read_placement())
@@ -239,6 +252,9 @@ async def _measure(
         plan = PhasePlan(
             requests=count, concurrency=w.concurrency, rate=w.rate if phase == Phase.MEASURED else None, seed=w.seed
         )
+        if phase == Phase.MEASURED:  # warmup runs unpaced: it only loads the model and calibrates
+            think = parse_distribution(w.think_time_s)
+            plan = replace(plan, think_time=think, idle_every=w.idle_every, idle_s=w.idle_s)
         duration_s = await run_phase(plan, sender(phase), on_record, stop)
         if phase == Phase.MEASURED:
             out.measured_s = duration_s
@@ -464,14 +480,15 @@ def _lint_input(cfg: ExperimentConfig, handle: ServerHandle, factory: RequestFac
         keep_alive_s, source = server_default_seconds(cfg.server.keep_alive), "the bundled server's default"
     elif handle.kind == ServerKind.ollama:
         keep_alive_s, source = DEFAULT_KEEP_ALIVE_S, "Ollama's default unless OLLAMA_KEEP_ALIVE says otherwise"
+    targeted, texts = factory.prompts.longest_prompt_tokens()
     return LintInput(
         options=factory.options,
         warmup_options=factory.options,  # both phases send the same options
         keep_alive_s=keep_alive_s,
         keep_alive_source=source,
-        idle_gap_s=None,  # the workload has no idle gaps between requests yet
+        idle_gap_s=cfg.workload.longest_idle_gap_s() or None,
         physical_cores=psutil.cpu_count(logical=False) if is_loopback_url(handle.url) else None,
-        prompt_tokens=estimated_prompt_tokens(cfg.workload.prompts, cfg.workload.system),
+        prompt_tokens=targeted or estimated_prompt_tokens(texts, cfg.workload.system),
         tokens_estimated=True,
     )
 

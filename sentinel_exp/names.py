@@ -100,3 +100,11 @@ class Placement(StrEnum):
     gpu = "gpu"
     partial = "partial"
     cpu = "cpu"
+
+
+class DistributionKind(StrEnum):
+    """Distributions a workload quantity (think time, prompt length) can be drawn from."""
+
+    exponential = "exponential"
+    uniform = "uniform"
+    lognormal = "lognormal"

@@ -42,6 +42,8 @@ class RequestRecord:
     error_class: str | None = None
     error: str | None = None
     cold: bool | None = None
+    input_tokens_target: int | None = None  # workload.input_tokens drawn for it; prompt_eval_count is what it got
+    num_predict: int | None = None  # the num_predict sent (None = not sent); eval_count is what came back
 
     @property
     def measured(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -44,9 +45,32 @@ def param_value(value: Any) -> str:
 NOT_MEASURED = ("tracking", "progress", "sweep", "compare", "slo", "repeat", "force", "plots", "lint")
 
 
+# Settings added after runs had been logged, each with the value that means "as before": at that
+# value a setting stays out of the hash, so a configuration measured before it existed still has
+# the same identity (a sweep resumes across an upgrade). A new setting is added here.
+ADDED_SETTINGS: Mapping[str, Any] = {
+    "workload.cold_start": False,
+    "workload.think_time_s": 0,
+    "workload.idle_every": 0,
+    "workload.idle_s": 0,
+    "workload.prompts_file": None,
+    "workload.input_tokens": None,
+    "workload.unique_prompts": False,
+    "server.sim.gpu_fraction": 0,
+}
+
+
 def config_hash(resolved: Mapping[str, Any]) -> str:
-    """Identity of what was measured: everything but NOT_MEASURED."""
-    relevant = {k: v for k, v in resolved.items() if k not in NOT_MEASURED}
+    """Identity of what was measured: everything but NOT_MEASURED, and ADDED_SETTINGS at their
+    former behaviour."""
+    relevant = copy.deepcopy({k: v for k, v in resolved.items() if k not in NOT_MEASURED})
+    for path, former in ADDED_SETTINGS.items():
+        *parents, leaf = path.split(".")
+        node: Any = relevant
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == former:
+            del node[leaf]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

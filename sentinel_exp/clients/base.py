@@ -22,6 +22,16 @@ KeepAlive = str | float | None
 # Any: options are JSON values (numbers, strings, lists for `stop`) sent as given.
 Options = dict[str, Any]
 
+# Chat messages as given in a prompts file: {"role": ..., "content": ...} and whatever else they carry.
+Messages = list[dict[str, Any]]
+
+
+def chat_messages(prompt: str, system: str | None, messages: Messages | None = None) -> Messages:
+    """The conversation of a chat request: the system prompt, then `messages` as given, or the
+    prompt as one user message."""
+    head = [{"role": "system", "content": system}] if system else []
+    return head + (list(messages) if messages is not None else [{"role": "user", "content": prompt}])
+
 
 class WireApi(ABC):
     """A wire API the client speaks. Instances are stateless and shared by every request."""
@@ -37,9 +47,18 @@ class WireApi(ABC):
 
     @abstractmethod
     def build_request(
-        self, model: str, prompt: str, prompt_index: int, system: str | None, options: Options, keep_alive: KeepAlive
+        self,
+        model: str,
+        prompt: str,
+        prompt_index: int,
+        system: str | None,
+        options: Options,
+        keep_alive: KeepAlive,
+        messages: Messages | None = None,
     ) -> RequestSpec:
-        """The request for one prompt; options and keep_alive this API cannot carry are left out."""
+        """The request for one prompt, or for a chat conversation (`messages`, sent as given after
+        the system prompt; `prompt` is then unused); options and keep_alive this API cannot carry
+        are left out. ValueError when the API cannot carry `messages` (/api/generate)."""
 
     @abstractmethod
     def unsendable(self, options: Options, keep_alive: KeepAlive) -> list[str]:

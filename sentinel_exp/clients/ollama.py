@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from sentinel_exp.clients.base import KeepAlive, Options, WireApi
+from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
 from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, TokenTimes
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
 from sentinel_exp.errors import ServerError
@@ -66,14 +66,21 @@ class OllamaApi(WireApi):
     reports_server_durations = True
 
     @abstractmethod
-    def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None) -> None:
-        """Add the prompt (and system prompt) to `body` the way this endpoint takes them."""
+    def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None, messages: Messages | None) -> None:
+        """Add the prompt or messages (and system prompt) to `body` the way this endpoint takes them."""
 
     def build_request(
-        self, model: str, prompt: str, prompt_index: int, system: str | None, options: Options, keep_alive: KeepAlive
+        self,
+        model: str,
+        prompt: str,
+        prompt_index: int,
+        system: str | None,
+        options: Options,
+        keep_alive: KeepAlive,
+        messages: Messages | None = None,
     ) -> RequestSpec:
         body: dict[str, Any] = {"model": model, "stream": True}
-        self._put_prompt(body, prompt, system)
+        self._put_prompt(body, prompt, system, messages)
         if options:
             body["options"] = options
         if keep_alive is not None:
@@ -177,17 +184,17 @@ class OllamaChat(OllamaApi):
     name = Api.chat
     path = "/api/chat"
 
-    def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None) -> None:
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt})
-        body["messages"] = messages
+    def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None, messages: Messages | None) -> None:
+        body["messages"] = chat_messages(prompt, system, messages)
 
 
 class OllamaGenerate(OllamaApi):
     name = Api.generate
     path = "/api/generate"
 
-    def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None) -> None:
+    def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None, messages: Messages | None) -> None:
+        if messages is not None:
+            raise ValueError("/api/generate takes one prompt, not chat messages: use workload.api=chat or openai")
         body["prompt"] = prompt
         if system:
             body["system"] = system

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from httpx_sse import EventSource, SSEError
 
-from sentinel_exp.clients.base import KeepAlive, Options, WireApi
+from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
 from sentinel_exp.clients.common import RequestSpec, StreamFault, TokenTimes
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
 from sentinel_exp.errors import ServerError
@@ -37,13 +37,18 @@ class OpenAIChat(WireApi):
     reports_server_durations = False  # only token counts, in the `usage` chunk
 
     def build_request(
-        self, model: str, prompt: str, prompt_index: int, system: str | None, options: Options, keep_alive: KeepAlive
+        self,
+        model: str,
+        prompt: str,
+        prompt_index: int,
+        system: str | None,
+        options: Options,
+        keep_alive: KeepAlive,
+        messages: Messages | None = None,
     ) -> RequestSpec:
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt})
         body: dict[str, Any] = {
             "model": model,
-            "messages": messages,
+            "messages": chat_messages(prompt, system, messages),
             "stream": True,
             "stream_options": {"include_usage": True},
         }

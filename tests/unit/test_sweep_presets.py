@@ -2,6 +2,8 @@
 jobs (sentinel_exp/sweeper.py) and what makes runs repeats of one configuration.
 (tests/integration/test_composition.py composes each preset through Hydra itself.)"""
 
+import copy
+
 import pytest
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -116,3 +118,24 @@ def test_repeats_and_judgements_are_one_configuration_and_options_are_not():
     ):
         assert digest(*same) == base, same
     assert digest("options=low_ctx") != base and digest("workload.requests=7") != base
+
+
+def test_settings_added_later_keep_the_identity_of_configurations_measured_before_them():
+    from sentinel_exp.tracking import ADDED_SETTINGS
+
+    now = typed_config(variant("server=simulated")).as_dict()
+    before = copy.deepcopy(now)  # the same configuration as logged before these settings existed
+    for path, former in ADDED_SETTINGS.items():
+        *parents, leaf = path.split(".")
+        node = before
+        for key in parents:
+            node = node[key]
+        assert node[leaf] == former, f"{path}: its default is not the former behaviour"
+        del node[leaf]
+    assert config_hash(now) == config_hash(before)
+    assert digest_of("workload.cold_start=true") != config_hash(typed_config(variant()).as_dict())
+    assert digest_of("workload.think_time_s=1") != config_hash(typed_config(variant()).as_dict())
+
+
+def digest_of(*overrides: str) -> str:
+    return config_hash(typed_config(variant(*overrides)).as_dict())

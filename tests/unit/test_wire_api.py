@@ -102,3 +102,19 @@ def test_the_unsent_warning_names_what_was_left_out_and_which_apis_could_carry_i
         "the OpenAI API has no field for num_ctx, num_gpu, keep_alive: not sent, the server used its own "
         "settings (use an Ollama API, workload.api=chat or generate, to send them)"
     )
+
+
+TURNS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "?"}]
+
+
+def test_chat_apis_send_messages_as_given_after_the_system_prompt():
+    for api in (OllamaChat(), OpenAIChat()):
+        spec = api.build_request("m", "", 4, "be brief", {}, None, TURNS)
+        assert spec.body["messages"] == [{"role": "system", "content": "be brief"}, *TURNS]
+        assert spec.prompt_index == 4
+        assert api.build_request("m", "", 0, None, {}, None, TURNS).body["messages"] == TURNS
+
+
+def test_generate_refuses_chat_messages_with_a_clear_message():
+    with pytest.raises(ValueError, match="/api/generate takes one prompt, not chat messages"):
+        OllamaGenerate().build_request("m", "", 0, None, {}, None, TURNS)
