@@ -1,90 +1,22 @@
 """plots.py: figures checked through their artists (axes, scales, labels, lines, legends, spans,
-error bars), and one PNG of each kind rendered for real."""
+error bars). tests/integration/test_figures_on_disk.py renders one PNG of each kind for real."""
 
 from __future__ import annotations
 
 import importlib
-import struct
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.figure import Figure
+from support.run_data import T_START, record, run_records, samples
 
 import sentinel_exp
 from sentinel_exp import plots
-from sentinel_exp.names import ErrorClass, Phase
+from sentinel_exp.names import Phase
 from sentinel_exp.plots import BarRow
-from sentinel_exp.records import RequestRecord
-from sentinel_exp.telemetry.gpu import GpuReading
-from sentinel_exp.telemetry.sampler import Sample
-
-T_START = 1_700_000_000.0
-
-
-def record(
-    index: int,
-    phase: str = Phase.MEASURED,
-    ttft: float = 100.0,
-    e2e: float = 400.0,
-    started_at: float = T_START,
-    ok: bool = True,
-    queue_ms: float = 0.5,
-) -> RequestRecord:
-    return RequestRecord(
-        index=index,
-        phase=phase,
-        prompt_index=0,
-        api="chat",
-        ok=ok,
-        started_at=started_at,
-        queue_ms=queue_ms,
-        ttfb_ms=ttft / 2,
-        ttft_ms=ttft,
-        e2e_ms=e2e if ok else None,
-        chunk_times_ms=[ttft, ttft + 10.0, ttft + 20.0],
-        error_class=None if ok else ErrorClass.STREAM_CUT,
-    )
-
-
-def run_records(warmup: int = 3, measured: int = 20, failed: int = 2) -> list[RequestRecord]:
-    """Sequential requests 0.5 s apart: warmup first, then measured with TTFT 100..100+measured-1
-    ms, then failed ones."""
-    out: list[RequestRecord] = []
-    t = T_START + 1.0
-    for i in range(warmup):
-        out.append(record(i, Phase.WARMUP, ttft=500.0 + i, e2e=900.0, started_at=t))
-        t += 0.5
-    for i in range(measured):
-        out.append(record(i, ttft=100.0 + i, e2e=300.0 + 2 * i, started_at=t))
-        t += 0.5
-    for i in range(failed):
-        out.append(record(measured + i, ok=False, ttft=50.0, started_at=t))
-        t += 0.5
-    return out
-
-
-def samples(n: int, gpu: bool = True, warmup: range = range(0)) -> list[Sample]:
-    return [
-        Sample(
-            index=i,
-            wall_time=T_START + 0.1 * (i + 1),
-            mono_time=0.1 * (i + 1),
-            phase=Phase.WARMUP if i in warmup else Phase.MEASURED,
-            cpu_pct=25.0,
-            cpu_pct_max_core=60.0,
-            mem_used_mb=1000.0,
-            mem_pct=10.0,
-            server_cpu_pct=95.0,
-            server_rss_mb=500.0,
-            client_cpu_pct=20.0,
-            gpus=(GpuReading(0, 80.0, 4000.0, 250.0, None, 50.0, 1800.0, 0),) if gpu else (),
-        )
-        for i in range(n)
-    ]
 
 
 def legend_texts(ax: object) -> list[str]:
@@ -332,32 +264,6 @@ def test_timeline_without_telemetry_or_requests():
     assert [t.get_text() for t in empty.axes[0].texts] == ["no requests recorded"]
     cpu_only = plots.timeline([], samples(10, gpu=False), "samples only")
     assert [ax.get_ylabel() for ax in cpu_only.axes] == ["request (in order sent)", "CPU (%)"]
-
-
-# -- PNGs -----------------------------------------------------------------------------------------
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
-@pytest.mark.parametrize(
-    ("name", "make", "size_in"),
-    [
-        ("latency_cdf", lambda: plots.latency_cdfs(run_records(), "cdf"), (11.0, 4.2)),
-        ("timeline", lambda: plots.timeline(run_records(), samples(100), "timeline"), (11.0, 8.1)),
-        ("overlaid", lambda: plots.overlaid_cdfs({"a": run_records(), "b": run_records(measured=5)}), (8.0, 4.8)),
-        ("bars", lambda: plots.percentile_bars([BarRow("a", 1.0, 2.0, (0.5, 1.5), (1.5, 3.0))]), (8.0, 2.15)),
-    ],
-)
-def test_each_figure_renders_a_png(tmp_path, name, make, size_in):
-    path = plots.save_png(make(), tmp_path / f"{name}.png")
-    assert path == tmp_path / f"{name}.png"
-    assert png_size(path) == (round(size_in[0] * plots.PNG_DPI), round(size_in[1] * plots.PNG_DPI))
-    assert 10_000 < path.stat().st_size < 1_000_000
 
 
 def test_importing_the_modules_does_not_import_matplotlib(monkeypatch):

@@ -5,17 +5,13 @@ from __future__ import annotations
 import io
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from sentinel_exp import report
 from sentinel_exp.console import summary_table
-from sentinel_exp.names import Phase, RunStatus
-from sentinel_exp.plots import BarRow
-from sentinel_exp.records import RequestRecord
-from sentinel_exp.telemetry.sampler import Sample
+from sentinel_exp.names import RunStatus
 
 METRICS: dict[str, float] = {
     "ttfb_ms_p50": 40.25,
@@ -157,54 +153,3 @@ def test_sweep_report():
     assert "## Verdict\n\n- options=low_ctx is faster: TTFT p50 −20.0 ms [−25.1, −14.9]\n" in md
     assert "![TTFT CDFs by configuration](ttft_cdfs.png)" in md
     assert "![TTFT p50 and p95 by configuration](ttft_percentiles.png)" in md
-
-
-def records_and_samples() -> tuple[list[RequestRecord], list[Sample]]:
-    t0 = 1_700_000_000.0
-    records = [
-        RequestRecord(
-            index=i,
-            phase=Phase.WARMUP if i < 2 else Phase.MEASURED,
-            prompt_index=0,
-            api="chat",
-            ok=True,
-            started_at=t0 + 0.3 * i,
-            queue_ms=0.5,
-            ttft_ms=80.0 + i,
-            e2e_ms=250.0 + 3 * i,
-            chunk_times_ms=[80.0 + i, 250.0 + 3 * i],
-        )
-        for i in range(12)
-    ]
-    samples = [
-        Sample(i, t0 + 0.1 * i, 0.1 * i, Phase.MEASURED, 20.0, 50.0, 1e3, 10.0, 90.0, 300.0, 15.0) for i in range(40)
-    ]
-    return records, samples
-
-
-def is_png(path: Path) -> bool:
-    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
-
-
-def test_write_run_artifacts(tmp_path):
-    records, samples = records_and_samples()
-    paths = report.write_run_artifacts(tmp_path, records, samples, summary())
-    assert paths == [tmp_path / "latency_cdf.png", tmp_path / "timeline.png", tmp_path / "report.md"]
-    assert is_png(paths[0]) and is_png(paths[1])
-    md = paths[2].read_text(encoding="utf-8")
-    assert md == report.run_report(summary(), ["latency_cdf.png", "timeline.png"])
-    for _, link in re.findall(r"!\[([^\]]*)\]\(([^)]*)\)", md):
-        assert (tmp_path / link).is_file()
-
-
-def test_write_sweep_report(tmp_path):
-    records, _ = records_and_samples()
-    arms = {"options=low_ctx": records, "options=high_ctx": records[:6]}
-    rows = [BarRow("options=low_ctx", 90.0, 95.0), BarRow("options=high_ctx", 85.0, 87.0)]
-    out = tmp_path / "sweep"
-    paths = report.write_sweep_report(out, "sweep", "| a |\n|---|\n| 1 |", ["no difference"], arms, rows)
-    assert paths == [out / "ttft_cdfs.png", out / "ttft_percentiles.png", out / "report.md"]
-    assert is_png(paths[0]) and is_png(paths[1])
-    assert "![TTFT CDFs by configuration](ttft_cdfs.png)" in paths[2].read_text(encoding="utf-8")
-    no_rows = report.write_sweep_report(tmp_path / "e2e", "sweep", "", [], arms, [], metric="e2e")
-    assert [p.name for p in no_rows] == ["e2e_cdfs.png", "report.md"]

@@ -141,12 +141,12 @@ def test_workload_mistakes_are_config_errors(overrides, message):
 
 
 def test_the_shipped_presets_validate():
-    from support.compose import composed
+    from support.compose import variant
 
-    chat = typed_config(composed("workload=chat_file")).workload
+    chat = typed_config(variant("workload=chat_file")).workload
     assert chat.prompts_file == "prompts/chat_turns.jsonl"
     assert any(p.is_chat for p in read_prompts_file(chat.prompts_file))
-    idle = typed_config(composed("workload=idle_bursts")).workload
+    idle = typed_config(variant("workload=idle_bursts")).workload
     assert idle.longest_idle_gap_s() == 10
 
 
