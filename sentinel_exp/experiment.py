@@ -7,7 +7,6 @@ compose config -> resolve/start server -> preflight -> open MLflow run -> teleme
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
@@ -34,14 +32,13 @@ from sentinel_exp.diagnosis import (
     parse_unloads,
 )
 from sentinel_exp.distributions import parse_distribution
-from sentinel_exp.errors import ConfigError, Interrupted, UserError
+from sentinel_exp.errors import Interrupted, UserError
 from sentinel_exp.hardware import placement_kind, placement_warning
-from sentinel_exp.lint import Findings, LintInput, counted_prompt_tokens, estimated_prompt_tokens, lint, rules_named
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
-from sentinel_exp.names import LintMode, Phase, RunStatus, ServerKind
+from sentinel_exp.names import Phase, RunStatus
 from sentinel_exp.records import RecordWriter, RequestRecord
-from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE_S, keep_alive_seconds, server_default_seconds
+from sentinel_exp.run_lint import OptionLint
 from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.slo import SloResult, judge
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
@@ -320,32 +317,23 @@ async def _tracked_run(
     tracker: Tracker | None,
 ) -> Outcome:
     factory = RequestFactory(cfg, handle)
-    lint_input = _lint_input(cfg, handle, factory)
-    findings = _checked(cfg, lint(lint_input))  # before any request: lint=strict stops here
+    # Before any request: lint=strict stops here.
+    option_lint = OptionLint(cfg, handle, factory.options, factory.unsent, factory.prompts)
     run_name = ctx.run_name(cfg, handle.kind)
-    tags = {**_run_tags(ctx, resolved, handle, factory, facts, monitor), **findings.tags()}
-    run_id = tracker.start(run_name, tags) if tracker else None
+    run_id = (
+        tracker.start(run_name, {**_run_tags(ctx, resolved, handle, factory, facts, monitor), **option_lint.tags()})
+        if tracker
+        else None
+    )
     status = RunStatus.FAILED
     measurement = Measurement()
     metrics: dict[str, float] = {}
-    warnings = list(factory.warnings)  # what may make these numbers mean less than they seem
-    warnings += findings.lines()
+    warnings: list[str] = []  # what may make these numbers mean less than they seem
 
     def after_warmup(records: list[RequestRecord]) -> None:
-        """The num_ctx rule again, with the prompt lengths the server counted in warmup."""
-        counted = counted_prompt_tokens(r.prompt_eval_count for r in records if r.ok)
-        if counted is None:
-            return
-        given = dataclasses.replace(lint_input, prompt_tokens=counted, tokens_estimated=False)
-        counted_findings = _checked(cfg, lint(given, rules_named("num_ctx")))
-        estimate = {f.line for f in findings.items if f.rule == "num_ctx"}
-        for finding in counted_findings.items:
-            log.warning("warning: %s", finding.line)
-            # The server's count replaces the estimate, in the warnings and in the tag.
-            warnings[:] = [w for w in warnings if w not in estimate]
-            warnings.append(finding.line)
-        if tracker and counted_findings.items:
-            tracker.set_tags(counted_findings.tags())
+        tags = option_lint.recheck_after_warmup(records)
+        if tracker and tags:
+            tracker.set_tags(tags)
 
     signals = StopSignals(asyncio.get_running_loop(), asyncio.Event())
     try:
@@ -353,7 +341,7 @@ async def _tracked_run(
             tracker.log_params(flatten(resolved))
             tracker.log_params({"sent_options": factory.options})
         log.info("run %s: %s against %s %s", run_id or "(tracking off)", cfg.model.name, handle.kind, handle.url)
-        for warning in warnings:
+        for warning in factory.warnings + option_lint.warnings:
             log.warning("warning: %s", warning)
         writer = RecordWriter(ctx.output_dir / "requests.jsonl")
         try:
@@ -371,10 +359,15 @@ async def _tracked_run(
             verdict = diagnose(measurement.records, metrics)
             metrics.update(verdict.metrics())
             slo = _judge_slo(cfg, metrics, measurement)
-            warnings += open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency) + monitor.warnings
-            warnings += _cold_start_warnings(cfg, handle, measurement.records)
             placement_tags, placement_note = _placement(cfg, metrics)
-            warnings += placement_note
+            warnings = [
+                *factory.warnings,
+                *option_lint.warnings,
+                *open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency),
+                *monitor.warnings,
+                *_cold_start_warnings(cfg, handle, measurement.records),
+                *placement_note,
+            ]
             summary = {
                 "run_id": run_id,
                 "run_name": run_name,
@@ -466,42 +459,6 @@ def _cold_start_warnings(cfg: ExperimentConfig, handle: ServerHandle, records: l
             log.warning("warning: could not read the server log %s: %s", handle.log_path, exc)
     keep_alive_s = keep_alive_in_force(cfg.workload.keep_alive, cfg.server.keep_alive)
     return cold_start_warnings(classify_cold_starts(records, keep_alive_s, parse_unloads(lines), cfg.model.name))
-
-
-def _lint_input(cfg: ExperimentConfig, handle: ServerHandle, factory: RequestFactory) -> LintInput:
-    """What the option lint judges: the options and keep_alive the run sends, the machine's
-    cores (where the server runs on this machine) and the prompts' length, estimated."""
-    keep_alive_s, source = None, "workload.keep_alive"
-    if "keep_alive" in factory.unsent:
-        pass  # not sent: the server's own setting, which this API cannot tell
-    elif cfg.workload.keep_alive is not None:
-        keep_alive_s = keep_alive_seconds(cfg.workload.keep_alive)
-    elif handle.kind in (ServerKind.embedded, ServerKind.simulated):
-        keep_alive_s, source = server_default_seconds(cfg.server.keep_alive), "the bundled server's default"
-    elif handle.kind == ServerKind.ollama:
-        keep_alive_s, source = DEFAULT_KEEP_ALIVE_S, "Ollama's default unless OLLAMA_KEEP_ALIVE says otherwise"
-    targeted, texts = factory.prompts.longest_prompt_tokens()
-    return LintInput(
-        options=factory.options,
-        warmup_options=factory.options,  # both phases send the same options
-        keep_alive_s=keep_alive_s,
-        keep_alive_source=source,
-        idle_gap_s=cfg.workload.longest_idle_gap_s() or None,
-        physical_cores=psutil.cpu_count(logical=False) if is_loopback_url(handle.url) else None,
-        prompt_tokens=targeted or estimated_prompt_tokens(texts, cfg.workload.system),
-        tokens_estimated=True,
-    )
-
-
-def _checked(cfg: ExperimentConfig, findings: Findings) -> Findings:
-    """Under lint=strict a finding is an error: exit 2 with every finding, before another request."""
-    if findings.items and cfg.lint == LintMode.strict:
-        raise ConfigError(
-            f"lint=strict: {len(findings.items)} option lint finding(s), so the run stops here: "
-            + " | ".join(findings.lines())
-            + " (lint=warn measures anyway, with these as warnings)"
-        )
-    return findings
 
 
 def _placement(cfg: ExperimentConfig, metrics: dict[str, float]) -> tuple[dict[str, str], list[str]]:
