@@ -74,7 +74,8 @@ class RunContext:
             key: text
             for key, text in changed.items()
             # The server shows as @kind; where and how results are shown changes no measurement.
-            if key not in ("server", "server.kind", "progress", "lint") and not key.startswith(("tracking.", "hydra."))
+            if key not in ("server", "server.kind", "progress", "plots", "lint")
+            and not key.startswith(("tracking.", "hydra."))
         }
         parts = [text for key, text in shown.items() if key in self.swept]
         parts += [text for key, text in shown.items() if key not in self.swept]

@@ -22,6 +22,7 @@ SIM = [
     "server.sim.itl_ms=5",
     "server.sim.tokens=4",
     "telemetry.enabled=false",
+    "plots=false",
 ]
 QUICK = ["workload=quick", "workload.requests=2", "workload.warmup=0"]
 

@@ -88,4 +88,5 @@ SIM = [
     "server.sim.ttft_ms=40",
     "server.sim.itl_ms=5",
     "telemetry.interval_s=0.05",
+    "plots=false",  # drawing costs about a second a run; tests/integration/test_figures_on_disk.py draws
 ]

@@ -69,6 +69,7 @@ def test_run_names_lead_with_what_differs_and_leave_out_presentation():
         "server=ollama",
         "server.url=http\\://127.0.0.1\\:11434",
         "progress=true",
+        "plots=false",
         "tracking.uri=sqlite:///x.db",
         "hydra.run.dir=out",
     ]
