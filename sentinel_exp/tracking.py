@@ -57,6 +57,8 @@ ADDED_SETTINGS: Mapping[str, Any] = {
     "workload.input_tokens": None,
     "workload.unique_prompts": False,
     "server.sim.gpu_fraction": 0,
+    "workload.max_error_rate": None,
+    "workload.error_rate_min_requests": 10,
 }
 
 
