@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
 from sentinel_exp.cli_help import help_text, wants_help
 from sentinel_exp.config import register_configs, typed_config
-from sentinel_exp.errors import Interrupted, UserError
+from sentinel_exp.errors import Interrupted, RunFailed, UserError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -52,6 +54,32 @@ def _hydra_main(cfg: DictConfig) -> float:
     return objective_value(metrics, cfg.sweep.objective, cfg.sweep.direction)
 
 
+class OutputFolderCheck(Callback):
+    """Registered first under hydra.callbacks in conf/config.yaml: before Hydra makes the run's (or
+    the sweep's) folder, a folder that cannot be written is one clear message and exit status 2,
+    not Hydra's traceback or a failure halfway through the run."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _stop_if_unwritable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _stop_if_unwritable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+
+
+def _stop_if_unwritable(folder: Path, setting: str) -> None:
+    from sentinel_exp.writable import folder_problem
+
+    problem = folder_problem(folder)
+    if problem:
+        from sentinel_exp import console as ui
+
+        ui.stderr.print(
+            f"[bold red]error:[/] {escape(f'cannot write the output folder {folder} ({setting}): {problem}')}",
+            soft_wrap=True,
+        )
+        sys.exit(UserError.exit_code)
+
+
 def _run_context() -> RunContext:
     from sentinel_exp.experiment import RunContext
     from sentinel_exp.sweep import sweep_record, swept_keys
@@ -79,6 +107,9 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
 
     ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not isinstance(exc, RunFailed) and not (ctx.output_dir / "requests.jsonl").exists():
+            # Stopped before any request: no half-made run folder is left to mistake for a run.
+            shutil.rmtree(ctx.output_dir, ignore_errors=True)
         sys.exit(exc.exit_code)
     record_error(ctx.output_dir, str(exc))
 

@@ -251,6 +251,10 @@ class WorkloadConfig:
     """Put a per-request nonce first in each prompt so that none hits the server's prompt cache."""
     cold_start: bool = False
     """Unload the model before each measured request (untimed), so every measured request is a cold start."""
+    max_error_rate: float | None = None
+    """Give up (FAILED, exit 3) once the measured error rate exceeds this fraction; null = never."""
+    error_rate_min_requests: int = 10
+    """Measured requests finished before max_error_rate applies (a first failure is not 100%)."""
 
     def longest_idle_gap_s(self) -> float:
         """Longest time, in seconds, the workload leaves the server without a new request: an idle
@@ -327,6 +331,13 @@ class WorkloadConfig:
             problems.append(f"workload.rate must be positive requests/s, or null for a closed loop (got {self.rate})")
         if self.timeout_s <= 0:
             problems.append(f"workload.timeout_s must be positive (got {self.timeout_s})")
+        if self.max_error_rate is not None and not 0 <= self.max_error_rate < 1:
+            problems.append(
+                f"workload.max_error_rate is a fraction of failed requests, 0 up to (not including) 1, "
+                f"or null for no limit (got {self.max_error_rate})"
+            )
+        if self.error_rate_min_requests < 1:
+            problems.append(f"workload.error_rate_min_requests must be at least 1 (got {self.error_rate_min_requests})")
         if not self.prompts or any(not isinstance(p, str) or not p.strip() for p in self.prompts):
             problems.append("workload.prompts must be a non-empty list of non-empty strings")
         return problems + _keep_alive_problems("workload.keep_alive", self.keep_alive)

@@ -13,6 +13,13 @@ class ServerError(UserError):
     pass
 
 
+class RunFailed(UserError):
+    """The run measured, but nothing usable: every measured request failed, the error rate went
+    over workload.max_error_rate, or the server stopped answering. Ends FAILED, exit status 3."""
+
+    exit_code = 3
+
+
 class Interrupted(Exception):
     """The run was stopped by SIGINT/SIGTERM after logging what finished."""
 

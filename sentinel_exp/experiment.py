@@ -32,7 +32,8 @@ from sentinel_exp.diagnosis import (
     parse_unloads,
 )
 from sentinel_exp.distributions import parse_distribution
-from sentinel_exp.errors import Interrupted, UserError
+from sentinel_exp.errors import Interrupted, RunFailed, UserError
+from sentinel_exp.giving_up import GiveUp, measured_nothing
 from sentinel_exp.hardware import placement_kind, placement_warning
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
@@ -191,6 +192,7 @@ class Measurement:
     # /api/ps read while the measured phase runs, when the model is certainly loaded.
     placement: dict[str, float] = field(default_factory=dict)
     placement_read: asyncio.Task[None] | None = None
+    give_up: GiveUp | None = None  # watches each record; stops the phases once the run is not worth going on
 
 
 async def _measure(
@@ -241,6 +243,9 @@ async def _measure(
         writer.write(record)
         out.records.append(record)
         progress.advance(record)
+        if out.give_up is not None and (reason := out.give_up.observe(record)):
+            log.error("error: %s; stopping, logging what finished", reason)
+            stop.set()
 
     for phase, count in ((Phase.WARMUP, w.warmup), (Phase.MEASURED, w.requests)):
         if count <= 0 or stop.is_set():
@@ -327,7 +332,10 @@ async def _tracked_run(
         else None
     )
     status = RunStatus.FAILED
-    measurement = Measurement()
+    measurement = Measurement(
+        give_up=GiveUp(handle.url, cfg.workload.max_error_rate, cfg.workload.error_rate_min_requests)
+    )
+    failure: str | None = None
     metrics: dict[str, float] = {}
     warnings: list[str] = []  # what may make these numbers mean less than they seem
 
@@ -350,7 +358,12 @@ async def _tracked_run(
             monitor.start()
             with ui.RunProgress(ui.want_progress(cfg.progress)) as progress:
                 await _measure(cfg, factory, client, writer, monitor, progress, signals.stop, measurement, after_warmup)
-            status = RunStatus.KILLED if signals.received else RunStatus.FINISHED
+            if signals.received:
+                status = RunStatus.KILLED
+            else:
+                failure = measurement.give_up.reason if measurement.give_up else None
+                failure = failure or measured_nothing(measurement.records)
+                status = RunStatus.FAILED if failure else RunStatus.FINISHED
         finally:
             signals.uninstall()
             writer.close()
@@ -380,6 +393,7 @@ async def _tracked_run(
                 "telemetry_notes": monitor.notes(),
                 "warnings": warnings,
                 "verdict": verdict.lines(),
+                **({"failure": failure} if failure else {}),
                 **({"slo": slo.as_dict()} if slo.any else {}),
             }
             (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
@@ -405,6 +419,8 @@ async def _tracked_run(
     )
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
+    if failure:
+        raise RunFailed(f"{failure}; the run is FAILED (records: {ctx.output_dir / 'requests.jsonl'})")
     return Outcome(run_id, status, metrics)
 
 

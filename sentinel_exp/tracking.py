@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel_exp.errors import UserError
+from sentinel_exp.writable import sqlite_problem
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ ADDED_SETTINGS: Mapping[str, Any] = {
     "workload.input_tokens": None,
     "workload.unique_prompts": False,
     "server.sim.gpu_fraction": 0,
+    "workload.max_error_rate": None,
+    "workload.error_rate_min_requests": 10,
 }
 
 
@@ -175,6 +178,9 @@ class Tracker:
         self.uri = uri
         self.run_id: str | None = None
         check_server_answers(uri)
+        database = sqlite_database(uri)
+        if database is not None and (problem := sqlite_problem(database)):
+            raise UserError(f"cannot use the MLflow store tracking.uri={uri!r}: {problem}")
         try:
             with store_setup_lock(uri):
                 self.client = MlflowClient(tracking_uri=uri)

@@ -315,3 +315,47 @@ def test_a_negative_server_keep_alive_reaches_the_server(tmp_path):  # "-1m" is 
 def test_version_is_printed_once(tmp_path):
     result = run_cli(tmp_path, "--version")
     assert result.returncode == 0 and result.output.count("Hydra 1.3") == 1, result.output
+
+
+def bundled_server_children(pid: int) -> list[psutil.Process]:
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [c for c in children if "sentinel_exp.serve" in " ".join(c.cmdline())]
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize(
+    ("stage", "overrides"),
+    [
+        # The bundled server is up; warmup's first request waits on a 20 s model load.
+        ("warmup", ["server.sim.load_ms=20000", "workload.warmup=1"]),
+        # Ctrl-C while the embedded server is still loading its model, before its ready line.
+        pytest.param("server start", ["server=embedded"], marks=pytest.mark.embedded),
+    ],
+)
+def test_ctrl_c_during_start_up_ends_at_once_and_leaves_nothing_running(tmp_path, stage, overrides):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", *SIM, "workload=quick", *overrides],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not bundled_server_children(proc.pid):
+        time.sleep(0.05)
+    servers = bundled_server_children(proc.pid)
+    assert servers, f"no bundled server started ({stage})"
+    time.sleep(1.0)  # into the stage: the server loading, or warmup waiting on the load
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    took = time.monotonic() - sent
+    assert proc.returncode == 130, stdout + stderr
+    assert took < 1.5, f"{took:.2f} s from Ctrl-C to exit ({stage})"
+    assert "Traceback" not in stdout + stderr
+    assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers)
+    assert [run.info.status for run in mlflow_runs(tmp_path) if run.info.status == "RUNNING"] == []

@@ -33,6 +33,7 @@ PURE = frozenset(
         "sentinel_exp.slo",
         "sentinel_exp.diagnosis",
         "sentinel_exp.lint",
+        "sentinel_exp.giving_up",
         "sentinel_exp.telemetry.summary",
     }
 )

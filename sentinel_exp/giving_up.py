@@ -1,0 +1,72 @@
+"""When a run stops being worth measuring (pure): too many measured requests fail, the server
+stops answering, or nothing at all succeeded. Each gives one message and a FAILED run with exit
+status 3 (errors.RunFailed) instead of thousands of error records and a run that looks finished."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sentinel_exp.records import RequestRecord
+
+# A new connection refused or not accepted: the server is gone, not slow. (A stream cut in the
+# middle, RemoteProtocolError, is a request's own fault and counts only in the error rate.)
+CONNECTION_ERRORS = frozenset({"ConnectError", "ConnectTimeout"})
+# In a row, whatever the phase: a server that died stops the run within a few requests.
+DEAD_AFTER = 5
+
+
+def error_classes(counts: Counter[str]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.most_common())
+
+
+@dataclass
+class GiveUp:
+    """Watches records as they finish; `reason` says why the run should stop, once it should."""
+
+    url: str
+    max_error_rate: float | None = None
+    min_requests: int = 10
+    ok: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    in_a_row: int = 0  # consecutive connection errors
+    reason: str | None = None
+
+    def observe(self, record: RequestRecord) -> str | None:
+        """The reason to stop, the first time there is one; None otherwise (and after)."""
+        if record.cancelled or self.reason is not None:
+            return None
+        self.in_a_row = self.in_a_row + 1 if record.error_class in CONNECTION_ERRORS else 0
+        if record.measured:
+            if record.ok:
+                self.ok += 1
+            else:
+                self.failed[record.error_class or "Unknown"] += 1
+        if self.in_a_row >= DEAD_AFTER:
+            self.reason = (
+                f"the server at {self.url} stopped answering: {self.in_a_row} requests in a row could not "
+                f"connect ({record.error_class}: {record.error})"
+            )
+        elif self._over_error_rate():
+            finished = self.ok + sum(self.failed.values())
+            self.reason = (
+                f"error rate {sum(self.failed.values()) / finished:.0%} after {finished} measured requests is "
+                f"above workload.max_error_rate={self.max_error_rate:g} ({error_classes(self.failed)})"
+            )
+        return self.reason
+
+    def _over_error_rate(self) -> bool:
+        finished = self.ok + sum(self.failed.values())
+        if self.max_error_rate is None or finished < self.min_requests:
+            return False
+        return sum(self.failed.values()) / finished > self.max_error_rate
+
+
+def measured_nothing(records: Sequence[RequestRecord]) -> str | None:
+    """Why a run that ran its course still measured nothing: no successful measured request."""
+    measured = [r for r in records if r.measured and not r.cancelled]
+    if not measured or any(r.ok for r in measured):
+        return None
+    counts = Counter(r.error_class or "Unknown" for r in measured)
+    return f"no measured request succeeded: {len(measured)} failed ({error_classes(counts)})"

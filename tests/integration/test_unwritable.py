@@ -1,0 +1,88 @@
+"""Where a run cannot write: an output folder under a file, on a read-only or a full file system,
+and a read-only MLflow store. Each is one clear message and exit status 2 through the real CLI,
+in seconds (not after MLflow's ~100 s of retries), with no traceback and no half-made run folder.
+
+Read-only and full file systems are real tmpfs mounts (root and mount privileges, as on this
+project's machines and CI); where mounting is not allowed those cases are skipped, saying so."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support.cli import run_cli
+
+SIM = ["server=simulated", "workload=quick", "telemetry.enabled=false", "plots=false"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        target = tmp_path / f"mnt{len(mounted)}"
+        target.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not allowed here: {done.stderr.decode().strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def assert_clean_refusal(result, fragment: str, started: float) -> None:
+    assert result.returncode == 2, result.output
+    assert fragment in result.stderr and "error:" in result.stderr
+    assert "Traceback" not in result.output
+    assert time.monotonic() - started < 20  # CLI start-up included; MLflow's retries alone take ~100 s
+
+
+def test_an_output_folder_under_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    started = time.monotonic()
+    result = run_cli(tmp_path, *SIM, f"hydra.run.dir={tmp_path / 'afile' / 'run'}")
+    assert_clean_refusal(result, "is a file, not a folder", started)
+    assert "hydra.run.dir" in result.stderr
+
+
+def test_an_output_folder_on_a_read_only_file_system(tmp_path, tmpfs):
+    read_only = tmpfs("size=1m,ro")
+    started = time.monotonic()
+    result = run_cli(tmp_path, *SIM, f"hydra.run.dir={read_only / 'run'}")
+    assert_clean_refusal(result, "Read-only file system", started)
+    sweep = run_cli(tmp_path, "-m", *SIM, "workload.requests=1,2", f"hydra.sweep.dir={read_only / 'sweep'}")
+    assert_clean_refusal(sweep, "hydra.sweep.dir", started)
+
+
+def test_an_output_folder_on_a_full_disk(tmp_path, tmpfs):
+    full = tmpfs("size=256k")
+    with (full / "filler").open("wb") as filler, pytest.raises(OSError, match="No space left"):
+        while True:
+            filler.write(b"\0" * 4096)
+            filler.flush()
+    started = time.monotonic()
+    result = run_cli(tmp_path, *SIM, f"hydra.run.dir={full / 'run'}")
+    assert_clean_refusal(result, "No space left on device", started)
+
+
+def test_a_read_only_mlflow_store(tmp_path, tmpfs, migrated_store):
+    store = tmpfs("size=64m")
+    shutil.copyfile(migrated_store, store / "mlflow.db")
+    subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+    started = time.monotonic()
+    result = run_cli(tmp_path, *SIM, f"tracking.uri=sqlite:///{store / 'mlflow.db'}", "hydra.run.dir=run")
+    assert_clean_refusal(result, "cannot write the sqlite database", started)
+    assert not (tmp_path / "run").exists()  # stopped before any request: no half-made run folder
+
+
+def test_an_error_before_any_request_leaves_no_run_folder(tmp_path):
+    result = run_cli(tmp_path, "server=openai", "workload=quick", "hydra.run.dir=run")
+    assert result.returncode == 2 and "server=openai needs server.url" in result.stderr
+    assert not (tmp_path / "run").exists()
