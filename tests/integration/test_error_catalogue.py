@@ -6,12 +6,15 @@ what the tool does. Cases needing a server use the simulated one, started by the
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from support.cli import REPO, run_cli
+
+from sentinel_exp.names import ServerKind
+from sentinel_exp.serve.launch import BundledServer, running_server
 
 QUICK = ["workload=quick", "telemetry.enabled=false", "plots=false"]
 SIM = ["server=simulated", *QUICK]
@@ -20,11 +23,9 @@ SIM = ["server=simulated", *QUICK]
 @dataclass(frozen=True)
 class Case:
     what: str  # as the README's table names it
-    args: tuple[str, ...]
+    args: tuple[str, ...]  # `{url}`: a simulated server started for the catalogue; `{file}`: a regular file
     fragment: str  # in the one-line message on stderr
     status: int
-    needs_server: bool = False  # `{url}` in args is a simulated server started for the case
-    needs_file: bool = False  # `{file}` in args is a regular file
 
 
 CASES = [
@@ -64,11 +65,11 @@ CASES = [
     Case("an SLO target that is no number", ("slo.ttft_ms_p50=fast",), "slo.ttft_ms_p50 takes a number", 2),
     Case("an unknown SLO metric", ("slo.nonsense=3",), "slo.nonsense: not a metric", 2),
     # Where the run would write.
-    Case("an output folder under a file", ("hydra.run.dir={file}/run",), "is a file, not a folder", 2, needs_file=True),
-    Case("an MLflow store under a file", ("tracking.uri=sqlite:///{file}/mlflow.db",), "is a file", 2, needs_file=True),
+    Case("an output folder under a file", ("hydra.run.dir={file}/run",), "is a file, not a folder", 2),
+    Case("an MLflow store under a file", ("tracking.uri=sqlite:///{file}/mlflow.db",), "is a file", 2),
     Case("a tracking server that is down", ("tracking.uri=http://127.0.0.1:9",), "does not answer", 2),
     # The server.
-    Case("server=openai without a URL", ("server=openai",), "server=openai needs server.url", 2),
+    Case("an OpenAI server that does not answer", ("server=openai",), "did not answer GET /v1/models", 2),
     Case("a server URL that is no URL", ("server=ollama", "server.url=ftp://x"), "is not a valid host or URL", 2),
     Case("no Ollama where it should be", ("server=ollama", "server.url=127.0.0.1:9"), "Ollama does not answer", 2),
     Case(
@@ -76,14 +77,12 @@ CASES = [
         ("server=ollama", "server.url={url}", "model.name=nope:1b"),
         "nope:1b",
         2,
-        needs_server=True,
     ),
     Case(
         "a wrong path to an OpenAI server",
         ("server=openai", "server.url={url}/openai/v2"),
         "answers 404 Not Found",
         2,
-        needs_server=True,
     ),
     Case("an option lint finding under lint=strict", ("lint=strict", "options=low_ctx"), "lint=strict", 2),
     # What the server answers: the run measured, and gave up.
@@ -108,8 +107,13 @@ def test_the_catalogue_has_at_least_25_distinct_cases():
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory, request):
-    sim = request.getfixturevalue("sim_server_factory")("--load-ms", "0", "--ttft-ms", "1", "--itl-ms", "0")
+def sim() -> Iterator[BundledServer]:
+    with running_server(ServerKind.simulated, ["--load-ms", "0", "--ttft-ms", "1", "--itl-ms", "0"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, sim):
     base = tmp_path_factory.mktemp("catalogue")
     (base / "afile").write_text("not a folder")
 
@@ -117,7 +121,7 @@ def outcomes(tmp_path_factory, request):
         index, case = index_case
         cwd = base / f"case{index}"
         cwd.mkdir()
-        args = [a.format(url=sim.url, file=base / "afile") for a in case.args]
+        args = [a.replace("{url}", sim.url).replace("{file}", str(base / "afile")) for a in case.args]
         server = [] if any(a.startswith("server=") for a in args) else ["server=simulated"]
         return run_cli(cwd, *server, *QUICK, *args, timeout_s=120)
 

@@ -63,10 +63,8 @@ def test_an_output_folder_on_a_read_only_file_system(tmp_path, tmpfs):
 
 def test_an_output_folder_on_a_full_disk(tmp_path, tmpfs):
     full = tmpfs("size=256k")
-    with (full / "filler").open("wb") as filler, pytest.raises(OSError, match="No space left"):
-        while True:
-            filler.write(b"\0" * 4096)
-            filler.flush()
+    subprocess.run(["dd", "if=/dev/zero", f"of={full / 'filler'}", "bs=4k"], capture_output=True, check=False)
+    assert shutil.disk_usage(full).free < 4096  # full
     started = time.monotonic()
     result = run_cli(tmp_path, *SIM, f"hydra.run.dir={full / 'run'}")
     assert_clean_refusal(result, "No space left on device", started)
@@ -78,11 +76,12 @@ def test_a_read_only_mlflow_store(tmp_path, tmpfs, migrated_store):
     subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
     started = time.monotonic()
     result = run_cli(tmp_path, *SIM, f"tracking.uri=sqlite:///{store / 'mlflow.db'}", "hydra.run.dir=run")
-    assert_clean_refusal(result, "cannot write the sqlite database", started)
+    assert_clean_refusal(result, "Read-only file system", started)
+    assert "cannot use the MLflow store" in result.stderr
     assert not (tmp_path / "run").exists()  # stopped before any request: no half-made run folder
 
 
 def test_an_error_before_any_request_leaves_no_run_folder(tmp_path):
     result = run_cli(tmp_path, "server=openai", "workload=quick", "hydra.run.dir=run")
-    assert result.returncode == 2 and "server=openai needs server.url" in result.stderr
+    assert result.returncode == 2 and "did not answer GET /v1/models" in result.stderr
     assert not (tmp_path / "run").exists()
