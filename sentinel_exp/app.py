@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import sys
 from pathlib import Path
@@ -134,6 +135,10 @@ def main() -> None:
 
         finish_interrupted_sweep()
         raise
+    finally:
+        # Everything is written and closed by now. Without a cyclic collection of MLflow's,
+        # Hydra's and SQLAlchemy's objects, the interpreter exits about a second sooner.
+        gc.freeze()
 
 
 def _stop_on_bad_overrides(argv: list[str]) -> None:

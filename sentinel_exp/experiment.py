@@ -268,17 +268,9 @@ async def _measure(
         await asyncio.gather(out.placement_read, return_exceptions=True)
 
 
-async def run_async(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
-    share = cfg.job_share()
-    if share is not cfg:
-        log.info(
-            "sweep.order=interleaved: chunk %d of %d, %d of workload.requests=%d",
-            cfg.repeat + 1,
-            cfg.sweep.chunks,
-            share.workload.requests,
-            cfg.workload.requests,
-        )
-    cfg = share
+def _prepare(cfg: ExperimentConfig, ctx: RunContext) -> tuple[dict[str, Any], Tracker | None] | Outcome:
+    """The run's folder with its config.yaml, and the MLflow store opened; an Outcome instead when
+    a sweep finds this configuration already measured."""
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     if (ctx.output_dir / "requests.jsonl").exists():
         raise UserError(
@@ -294,12 +286,17 @@ async def run_async(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
         done = tracker.finished_run(config_hash(resolved), cfg.repeat)
         if done is not None:
             return _already_done(ctx, done)
-    with resolve_server(cfg.server, cfg.model.name, ctx.output_dir) as handle:
-        async with _http_client(handle, cfg) as client:
-            facts = await run_apis(handle.kind, cfg.workload.api).server.preflight(client, handle, cfg.model.name)
-            monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
-            monitor.check_hardware()
-            return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor, tracker)
+    return resolved, tracker
+
+
+async def _with_server(
+    cfg: ExperimentConfig, ctx: RunContext, resolved: dict[str, Any], handle: ServerHandle, tracker: Tracker | None
+) -> Outcome:
+    async with _http_client(handle, cfg) as client:
+        facts = await run_apis(handle.kind, cfg.workload.api).server.preflight(client, handle, cfg.model.name)
+        monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
+        monitor.check_hardware()
+        return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor, tracker)
 
 
 def _already_done(ctx: RunContext, done: FinishedRun) -> Outcome:
@@ -530,4 +527,20 @@ def _log_results(
 
 
 def run(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
-    return eventloop.run(run_async(cfg, ctx))
+    share = cfg.job_share()
+    if share is not cfg:
+        log.info(
+            "sweep.order=interleaved: chunk %d of %d, %d of workload.requests=%d",
+            cfg.repeat + 1,
+            cfg.sweep.chunks,
+            share.workload.requests,
+            cfg.workload.requests,
+        )
+    prepared = _prepare(share, ctx)
+    if isinstance(prepared, Outcome):
+        return prepared
+    resolved, tracker = prepared
+    # The server starts before the event loop does: a blocking wait inside the loop would hold
+    # Ctrl-C back until the server is ready; out here it interrupts the wait at once.
+    with resolve_server(share.server, share.model.name, ctx.output_dir) as handle:
+        return eventloop.run(_with_server(share, ctx, resolved, handle, tracker))
