@@ -25,6 +25,7 @@ from sentinel_exp import console as ui
 from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
 from sentinel_exp.config import ExperimentConfig, to_yaml
 from sentinel_exp.diagnosis import (
+    Diagnosis,
     classify_cold_starts,
     cold_start_warnings,
     diagnose,
@@ -309,6 +310,31 @@ def _already_done(ctx: RunContext, done: FinishedRun) -> Outcome:
     return Outcome(done.run_id, RunStatus.FINISHED, done.metrics, reused=True)
 
 
+@dataclass
+class LiveRun:
+    """A run with its server up and its MLflow run open: what concluding it needs."""
+
+    cfg: ExperimentConfig
+    ctx: RunContext
+    handle: ServerHandle
+    client: httpx.AsyncClient
+    facts: ModelFacts
+    monitor: RunMonitor
+    tracker: Tracker | None
+    factory: RequestFactory
+    option_lint: OptionLint
+    run_id: str | None
+    run_name: str
+
+
+@dataclass
+class Conclusion:
+    metrics: dict[str, float]
+    warnings: list[str]  # what may make these numbers mean less than they seem
+    slo: SloResult
+    verdict: Diagnosis
+
+
 async def _tracked_run(
     cfg: ExperimentConfig,
     ctx: RunContext,
@@ -323,23 +349,18 @@ async def _tracked_run(
     # Before any request: lint=strict stops here.
     option_lint = OptionLint(cfg, handle, factory.options, factory.unsent, factory.prompts)
     run_name = ctx.run_name(cfg, handle.kind)
-    run_id = (
-        tracker.start(run_name, {**_run_tags(ctx, resolved, handle, factory, facts, monitor), **option_lint.tags()})
-        if tracker
-        else None
-    )
-    status = RunStatus.FAILED
+    tags = {**_run_tags(ctx, resolved, handle, factory, facts, monitor), **option_lint.tags()}
+    run_id = tracker.start(run_name, tags) if tracker else None
+    run = LiveRun(cfg, ctx, handle, client, facts, monitor, tracker, factory, option_lint, run_id, run_name)
+    status, failure = RunStatus.FAILED, None
     measurement = Measurement(
         give_up=GiveUp(handle.url, cfg.workload.max_error_rate, cfg.workload.error_rate_min_requests)
     )
-    failure: str | None = None
-    metrics: dict[str, float] = {}
-    warnings: list[str] = []  # what may make these numbers mean less than they seem
 
     def after_warmup(records: list[RequestRecord]) -> None:
-        tags = option_lint.recheck_after_warmup(records)
-        if tracker and tags:
-            tracker.set_tags(tags)
+        late_tags = option_lint.recheck_after_warmup(records)
+        if tracker and late_tags:
+            tracker.set_tags(late_tags)
 
     signals = StopSignals(asyncio.get_running_loop(), asyncio.Event())
     try:
@@ -355,70 +376,82 @@ async def _tracked_run(
             monitor.start()
             with ui.RunProgress(ui.want_progress(cfg.progress)) as progress:
                 await _measure(cfg, factory, client, writer, monitor, progress, signals.stop, measurement, after_warmup)
-            if signals.received:
-                status = RunStatus.KILLED
-            else:
-                failure = measurement.give_up.reason if measurement.give_up else None
-                failure = failure or measured_nothing(measurement.records)
-                status = RunStatus.FAILED if failure else RunStatus.FINISHED
+            status, failure = _ending(signals, measurement)
         finally:
             signals.uninstall()
             writer.close()
             monitor.stop()
             # Whatever happened, what was measured is summarised, written and logged.
-            metrics = await _summarise(measurement, client, factory.server_wire, cfg.model.name, monitor)
-            verdict = diagnose(measurement.records, metrics)
-            metrics.update(verdict.metrics())
-            slo = _judge_slo(cfg, metrics, measurement)
-            placement_tags, placement_note = _placement(cfg, metrics)
-            warnings = [
-                *factory.warnings,
-                *option_lint.warnings,
-                *open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency),
-                *monitor.warnings,
-                *_cold_start_warnings(cfg, handle, measurement.records),
-                *placement_note,
-            ]
-            summary = {
-                "run_id": run_id,
-                "run_name": run_name,
-                "status": status,
-                "metrics": metrics,
-                "errors": error_breakdown(measurement.records),
-                "server": {"kind": handle.kind, "url": handle.url},
-                "model": facts.__dict__,
-                "telemetry_notes": monitor.notes(),
-                "warnings": warnings,
-                "verdict": verdict.lines(),
-                **({"failure": failure} if failure else {}),
-                **({"slo": slo.as_dict()} if slo.any else {}),
-            }
-            (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-            reports = _write_report(ctx, measurement, monitor, summary) if cfg.plots else []
-            if tracker:
-                tracker.set_tags({**slo.tags(), **placement_tags})
-                if verdict.text():
-                    tracker.set_tags({"sentinel.verdict": verdict.text()})
-                _log_results(tracker, ctx, metrics, monitor, handle, reports)
+            conclusion = await _conclude(run, measurement, status, failure)
     finally:
         if tracker:
             tracker.end(status)
     ui.print_summary(
-        metrics,
+        conclusion.metrics,
         run_name,
         tracker.where_logged() if tracker else None,
         str(ctx.output_dir),
         error_breakdown(measurement.records),
         status,
-        warnings,
-        slo,
-        verdict.lines(),
+        conclusion.warnings,
+        conclusion.slo,
+        conclusion.verdict.lines(),
     )
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
     if failure:
         raise RunFailed(f"{failure}; the run is FAILED (records: {ctx.output_dir / 'requests.jsonl'})")
-    return Outcome(run_id, status, metrics)
+    return Outcome(run_id, status, conclusion.metrics)
+
+
+def _ending(signals: StopSignals, measurement: Measurement) -> tuple[RunStatus, str | None]:
+    """How a run that got through its phases ends, and why it failed if it did."""
+    if signals.received:
+        return RunStatus.KILLED, None
+    failure = measurement.give_up.reason if measurement.give_up else None
+    failure = failure or measured_nothing(measurement.records)
+    return (RunStatus.FAILED, failure) if failure else (RunStatus.FINISHED, None)
+
+
+async def _conclude(run: LiveRun, measurement: Measurement, status: RunStatus, failure: str | None) -> Conclusion:
+    """Summarise what was measured, judge and diagnose it, write summary.json and the report, and
+    log it all to the open MLflow run."""
+    cfg, handle, monitor, tracker = run.cfg, run.handle, run.monitor, run.tracker
+    metrics = await _summarise(measurement, run.client, run.factory.server_wire, cfg.model.name, monitor)
+    verdict = diagnose(measurement.records, metrics)
+    metrics.update(verdict.metrics())
+    slo = _judge_slo(cfg, metrics, measurement)
+    placement_tags, placement_note = _placement(cfg, metrics)
+    warnings = [
+        *run.factory.warnings,
+        *run.option_lint.warnings,
+        *open_loop_warnings(metrics, cfg.workload.rate, cfg.workload.concurrency),
+        *monitor.warnings,
+        *_cold_start_warnings(cfg, handle, measurement.records),
+        *placement_note,
+    ]
+    summary = {
+        "run_id": run.run_id,
+        "run_name": run.run_name,
+        "status": status,
+        "metrics": metrics,
+        "errors": error_breakdown(measurement.records),
+        "server": {"kind": handle.kind, "url": handle.url},
+        "model": run.facts.__dict__,
+        "telemetry_notes": monitor.notes(),
+        "warnings": warnings,
+        "verdict": verdict.lines(),
+        **({"failure": failure} if failure else {}),
+        **({"slo": slo.as_dict()} if slo.any else {}),
+    }
+    out = run.ctx.output_dir
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    reports = _write_report(run.ctx, measurement, monitor, summary) if cfg.plots else []
+    if tracker:
+        verdict_tag = {"sentinel.verdict": verdict.text()} if verdict.text() else {}
+        tracker.set_tags({**slo.tags(), **placement_tags, **verdict_tag})
+        _log_results(tracker, run.ctx, metrics, monitor, handle, reports)
+    return Conclusion(metrics, warnings, slo, verdict)
 
 
 def _run_tags(
