@@ -489,7 +489,7 @@ class ExperimentConfig:
     plots: bool = True
     """Write latency CDF and timeline PNGs and report.md for each run (about 2 s after measuring)."""
     lint: LintMode = LintMode.warn
-    """warn | strict: option lint findings (num_gpu 1, num_thread over the cores, ...) warn, or stop the run."""
+    """warn | strict | off: option lint findings (num_gpu 1, num_thread over cores, ...) warn, stop the run, or none."""
 
     def problems(self) -> list[str]:
         problems = self.server.problems() + self.model.problems() + self.hardware.problems()

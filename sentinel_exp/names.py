@@ -92,6 +92,7 @@ class LintMode(StrEnum):
 
     warn = "warn"
     strict = "strict"
+    off = "off"
 
 
 class Placement(StrEnum):

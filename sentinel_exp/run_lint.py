@@ -15,7 +15,15 @@ from sentinel_exp.clients.base import Options
 from sentinel_exp.config import ExperimentConfig
 from sentinel_exp.diagnosis import keep_alive_in_force
 from sentinel_exp.errors import ConfigError
-from sentinel_exp.lint import Findings, LintInput, counted_prompt_tokens, estimated_prompt_tokens, lint, rules_named
+from sentinel_exp.lint import (
+    RULES,
+    Findings,
+    LintInput,
+    counted_prompt_tokens,
+    estimated_prompt_tokens,
+    lint,
+    rules_named,
+)
 from sentinel_exp.names import LintMode, ServerKind
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.servers import ServerHandle
@@ -37,8 +45,9 @@ class OptionLint:
         prompts: PromptSource,
     ) -> None:
         self.strict = cfg.lint == LintMode.strict
+        self.rules = () if cfg.lint == LintMode.off else RULES
         self.given = lint_input(cfg, handle, options, unsent, prompts)
-        self.findings = self._checked(lint(self.given))
+        self.findings = self._checked(lint(self.given, self.rules))
         self.warnings = self.findings.lines()
 
     def tags(self) -> dict[str, str]:
@@ -48,7 +57,7 @@ class OptionLint:
         """The num_ctx rule with the prompt lengths the server counted in warmup; the tags of what
         it finds. A counted finding replaces the estimated one in the warnings."""
         counted = counted_prompt_tokens(r.prompt_eval_count for r in records if r.ok)
-        if counted is None:
+        if counted is None or not self.rules:
             return {}
         given = dataclasses.replace(self.given, prompt_tokens=counted, tokens_estimated=False)
         found = self._checked(lint(given, rules_named("num_ctx")))

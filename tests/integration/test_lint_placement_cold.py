@@ -44,6 +44,14 @@ def test_a_clean_run_has_no_lint_tags(tmp_path, run_experiment):
     assert not [t for t in run.data.tags if t.startswith("sentinel.lint.")]
 
 
+def test_lint_off_looks_for_nothing(tmp_path, run_experiment):
+    result = run_experiment(tmp_path, *SIM, "options=low_ctx", "lint=off", *QUICK)
+    [run] = mlflow_runs(tmp_path)
+    assert not [t for t in run.data.tags if t.startswith("sentinel.lint.")]
+    assert "num_thread=4 is more than" not in result.stdout + result.stderr
+    assert run.data.metrics["requests_ok"] == 3
+
+
 def test_lint_strict_exits_2_before_any_request(tmp_path):
     result = run_cli(tmp_path, *SIM, "options.num_gpu=1", "lint=strict", *QUICK)
     assert result.returncode == 2, result.output
