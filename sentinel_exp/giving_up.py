@@ -48,19 +48,16 @@ class GiveUp:
                 f"the server at {self.url} stopped answering: {self.in_a_row} requests in a row could not "
                 f"connect ({record.error_class}: {record.error})"
             )
-        elif self._over_error_rate():
-            finished = self.ok + sum(self.failed.values())
+            return self.reason
+        failures = self.failed.total()
+        finished = self.ok + failures
+        limit = self.max_error_rate
+        if limit is not None and finished >= self.min_requests and failures / finished > limit:
             self.reason = (
-                f"error rate {sum(self.failed.values()) / finished:.0%} after {finished} measured requests is "
-                f"above workload.max_error_rate={self.max_error_rate:g} ({error_classes(self.failed)})"
+                f"error rate {failures / finished:.0%} after {finished} measured requests is above "
+                f"workload.max_error_rate={limit:g} ({error_classes(self.failed)})"
             )
         return self.reason
-
-    def _over_error_rate(self) -> bool:
-        finished = self.ok + sum(self.failed.values())
-        if self.max_error_rate is None or finished < self.min_requests:
-            return False
-        return sum(self.failed.values()) / finished > self.max_error_rate
 
 
 def measured_nothing(records: Sequence[RequestRecord]) -> str | None:
