@@ -29,7 +29,8 @@ from sentinel_exp.records import RequestRecord
 from sentinel_exp.serve.keepalive import keep_alive_seconds, server_default_seconds
 from sentinel_exp.stats import output_tokens, successful
 
-# A part under half a percent is left out of the verdict's text (its share metric stays).
+# A part under half a percent is left out of the verdict's text (its share metric stays), but
+# model load never is: "no request was cold" rules out a cause as plainly as a large share names one.
 SHOWN_SHARE = 0.005
 DOMINANT_SHARE = 0.5
 
@@ -99,7 +100,9 @@ class Breakdown:
             if top.share >= DOMINANT_SHARE
             else f"{self.label}'s largest part is {PART_LABELS[top.name]}"
         )
-        shown = sorted((p for p in self.parts if p.share >= SHOWN_SHARE), key=lambda p: -p.share)
+        shown = sorted(
+            (p for p in self.parts if p.share >= SHOWN_SHARE or p.name == PartName.LOAD), key=lambda p: -p.share
+        )
         return (
             f"{lead}: p50 {self.p50_ms:,.0f} ms, mean {self.mean_ms:,.0f} ms = "
             + ", ".join(p.text() for p in shown)
