@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.markup import escape
 
 from sentinel_exp.cli_help import help_text, wants_help
 from sentinel_exp.config import register_configs, typed_config
-from sentinel_exp.errors import Interrupted, RunFailed, UserError
+from sentinel_exp.errors import Interrupted, NotLogged, RunFailed, UserError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -35,14 +36,23 @@ def config_dir() -> Path:
 def _hydra_main(cfg: DictConfig) -> float:
     from sentinel_exp import console as ui
     from sentinel_exp.experiment import run
-    from sentinel_exp.sweep import objective_value, record_reused
+    from sentinel_exp.sweep import objective_value, record_not_logged, record_reused
 
+    # A full disk must not print a traceback per log line from Hydra's log file in the run folder:
+    # the run reports the full disk itself, once.
+    logging.raiseExceptions = False
     ctx = _run_context()
     try:
         outcome = run(typed_config(cfg), ctx)
         metrics: Mapping[str, float] | None = outcome.metrics
         if outcome.reused and outcome.run_id is not None:
             record_reused(ctx.output_dir, outcome.run_id)
+        if outcome.not_logged:
+            # Measured, and the folder holds it all; the warning said how to upload it. A sweep
+            # goes on, and names the jobs that are not logged at its end.
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                sys.exit(NotLogged.exit_code)
+            record_not_logged(ctx.output_dir, outcome.not_logged)
     except UserError as exc:
         _user_error(exc, ctx)  # exits, except in a sweep
         metrics = None
@@ -87,14 +97,13 @@ def _run_context() -> RunContext:
 
     hc = HydraConfig.get()
     in_sweep = hc.mode == RunMode.MULTIRUN
-    sweep_id, parent_run_id = sweep_record(Path(hc.sweep.dir)) if in_sweep else (None, None)
+    sweep_id = sweep_record(Path(hc.sweep.dir)) if in_sweep else None
     return RunContext(
         output_dir=Path(hc.runtime.output_dir),
         choices={k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra")},
         overrides=list(hc.overrides.task),
         swept=swept_keys(Path(hc.sweep.dir)) if in_sweep else frozenset(),
         sweep_id=sweep_id,
-        parent_run_id=parent_run_id,
         resume=in_sweep,
     )
 

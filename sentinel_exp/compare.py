@@ -61,7 +61,7 @@ def arms_from_folder(folder: Path) -> list[Arm]:
 
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")
-    sweep_id, _ = sweep_record(folder)
+    sweep_id = sweep_record(folder)
     measured = []
     for job in read_outcomes(folder, sweep_id):
         if job.folder is not None and job.metrics is not None and (job.folder / "requests.jsonl").is_file():

@@ -13,6 +13,11 @@ class ServerError(UserError):
     pass
 
 
+class FolderUnwritable(UserError):
+    """The run folder stopped taking writes mid-run (a full disk, a file system gone read-only):
+    the run stops at once, FAILED; exit status 2, as for a folder found unwritable before it."""
+
+
 class RunFailed(UserError):
     """The run measured, but nothing usable: every measured request failed, the error rate went
     over workload.max_error_rate, or the server stopped answering. Ends FAILED, exit status 3."""
@@ -27,3 +32,10 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal_name}")
         self.signal_name = signal_name
         self.exit_code = exit_code
+
+
+class NotLogged(Exception):
+    """The run measured and its folder holds everything, but the MLflow store could not take it:
+    exit status 4, and `python -m sentinel_exp.sync <folder>` uploads it later."""
+
+    exit_code = 4

@@ -1,7 +1,8 @@
 """One experiment, as a straight line (see docs/architecture.md, A run, in a straight line):
 
-compose config -> resolve/start server -> preflight -> open MLflow run -> telemetry -> warmup
--> measured phase (each record appended as it finishes) -> stop telemetry -> summarise -> log.
+compose config -> resolve/start server -> preflight -> start the run folder's run.json -> telemetry
+-> warmup -> measured phase (each record appended as it finishes) -> stop telemetry -> summarise
+-> end run.json -> upload the folder to MLflow.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.markup import escape
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
@@ -33,18 +36,19 @@ from sentinel_exp.diagnosis import (
     parse_unloads,
 )
 from sentinel_exp.distributions import parse_distribution
-from sentinel_exp.errors import Interrupted, RunFailed, UserError
+from sentinel_exp.errors import FolderUnwritable, Interrupted, RunFailed, UserError
 from sentinel_exp.giving_up import GiveUp, measured_nothing
 from sentinel_exp.hardware import placement_kind, placement_warning
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.names import Phase, RunStatus
 from sentinel_exp.records import RecordWriter, RequestRecord
+from sentinel_exp.run_folder import Role, RunJournal, new_run_file, write_series
 from sentinel_exp.run_lint import OptionLint
 from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.slo import SloResult, judge
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
-from sentinel_exp.tracking import FinishedRun, Tracker, config_hash, flatten
+from sentinel_exp.tracking import FinishedRun, config_hash, flatten, param_value, store_check
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload import Planned, PromptSource
 
@@ -60,8 +64,7 @@ class RunContext:
     overrides: list[str] = field(default_factory=list)
 
     swept: frozenset[str] = frozenset()  # keys a sweep varies: they lead the run name
-    sweep_id: str | None = None
-    parent_run_id: str | None = None  # the sweep's MLflow run: this run is one of its children
+    sweep_id: str | None = None  # also the uid of the sweep's parent run: this run is one of its children
     # In a sweep, a configuration and repeat already FINISHED in the experiment is not measured
     # again (a rerun resumes where the sweep stopped); a single run always measures.
     resume: bool = False
@@ -97,10 +100,11 @@ def _unescape(override: str) -> str:
 
 @dataclass
 class Outcome:
-    run_id: str | None
+    run_id: str | None  # the MLflow run; None when tracking is off or the store did not take it
     status: str
     metrics: dict[str, float]
     reused: bool = False  # run_id is an earlier FINISHED run of this configuration: nothing was measured
+    not_logged: str | None = None  # why the MLflow store did not take the run (its folder holds it)
 
 
 class RequestFactory:
@@ -194,6 +198,11 @@ class Measurement:
     placement: dict[str, float] = field(default_factory=dict)
     placement_read: asyncio.Task[None] | None = None
     give_up: GiveUp | None = None  # watches each record; stops the phases once the run is not worth going on
+    write_error: OSError | None = None  # the run folder refused a write (a full disk): the run stops
+
+    def unwritable(self, exc: OSError) -> None:
+        if self.write_error is None:
+            self.write_error = exc
 
 
 async def _measure(
@@ -241,7 +250,13 @@ async def _measure(
         return send_one
 
     def on_record(record: RequestRecord) -> None:
-        writer.write(record)
+        try:
+            writer.write(record)
+        except OSError as exc:
+            if out.write_error is None:
+                log.error("error: cannot write %s: %s; stopping", writer.path, exc.strerror or exc)
+                stop.set()
+            out.unwritable(exc)
         out.records.append(record)
         progress.advance(record)
         if out.give_up is not None and (reason := out.give_up.observe(record)):
@@ -269,8 +284,8 @@ async def _measure(
         await asyncio.gather(out.placement_read, return_exceptions=True)
 
 
-def _prepare(cfg: ExperimentConfig, ctx: RunContext) -> tuple[dict[str, Any], Tracker | None] | Outcome:
-    """The run's folder with its config.yaml, and the MLflow store opened; an Outcome instead when
+def _prepare(cfg: ExperimentConfig, ctx: RunContext) -> dict[str, Any] | Outcome:
+    """The run's folder with its config.yaml and the MLflow store checked; an Outcome instead when
     a sweep finds this configuration already measured."""
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
     if (ctx.output_dir / "requests.jsonl").exists():
@@ -281,23 +296,36 @@ def _prepare(cfg: ExperimentConfig, ctx: RunContext) -> tuple[dict[str, Any], Tr
     resolved = cfg.as_dict()
     (ctx.output_dir / "config.yaml").write_text(to_yaml(resolved), encoding="utf-8")
 
-    # The store is opened first: a wrong tracking.uri fails before any server is started.
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment) if cfg.tracking.enabled else None
-    if tracker and ctx.resume and not cfg.force:
-        done = tracker.finished_run(config_hash(resolved), cfg.repeat)
+    if not cfg.tracking.enabled:
+        return resolved
+    # A store that cannot be written fails before any server starts; one that does not answer
+    # only warns: the run folder keeps everything until the store is back (sentinel_exp.sync).
+    store_check(cfg.tracking.uri)
+    if ctx.resume and not cfg.force:
+        done = _finished_before(cfg, resolved)
         if done is not None:
             return _already_done(ctx, done)
-    return resolved, tracker
+    return resolved
+
+
+def _finished_before(cfg: ExperimentConfig, resolved: dict[str, Any]) -> FinishedRun | None:
+    from sentinel_exp.upload import shared_tracker
+
+    try:
+        return shared_tracker(cfg.tracking.uri, cfg.tracking.experiment).finished_run(config_hash(resolved), cfg.repeat)
+    except UserError as exc:
+        log.warning("warning: cannot tell whether this configuration was measured before: %s", exc)
+        return None
 
 
 async def _with_server(
-    cfg: ExperimentConfig, ctx: RunContext, resolved: dict[str, Any], handle: ServerHandle, tracker: Tracker | None
+    cfg: ExperimentConfig, ctx: RunContext, resolved: dict[str, Any], handle: ServerHandle
 ) -> Outcome:
     async with _http_client(handle, cfg) as client:
         facts = await run_apis(handle.kind, cfg.workload.api).server.preflight(client, handle, cfg.model.name)
         monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
         monitor.check_hardware()
-        return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor, tracker)
+        return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor)
 
 
 def _already_done(ctx: RunContext, done: FinishedRun) -> Outcome:
@@ -312,7 +340,7 @@ def _already_done(ctx: RunContext, done: FinishedRun) -> Outcome:
 
 @dataclass
 class LiveRun:
-    """A run with its server up and its MLflow run open: what concluding it needs."""
+    """A run with its server up and its run.json started: what concluding it needs."""
 
     cfg: ExperimentConfig
     ctx: RunContext
@@ -320,10 +348,9 @@ class LiveRun:
     client: httpx.AsyncClient
     facts: ModelFacts
     monitor: RunMonitor
-    tracker: Tracker | None
+    journal: RunJournal
     factory: RequestFactory
     option_lint: OptionLint
-    run_id: str | None
     run_name: str
 
 
@@ -343,31 +370,38 @@ async def _tracked_run(
     client: httpx.AsyncClient,
     facts: ModelFacts,
     monitor: RunMonitor,
-    tracker: Tracker | None,
 ) -> Outcome:
     factory = RequestFactory(cfg, handle)
     # Before any request: lint=strict stops here.
     option_lint = OptionLint(cfg, handle, factory.options, factory.unsent, factory.prompts)
     run_name = ctx.run_name(cfg, handle.kind)
     tags = {**_run_tags(ctx, resolved, handle, factory, facts, monitor), **option_lint.tags()}
-    run_id = tracker.start(run_name, tags) if tracker else None
-    run = LiveRun(cfg, ctx, handle, client, facts, monitor, tracker, factory, option_lint, run_id, run_name)
+    params = {k: param_value(v) for k, v in {**flatten(resolved), "sent_options": factory.options}.items()}
+    tracking = cfg.tracking
+    journal = RunJournal(
+        ctx.output_dir,
+        new_run_file(
+            Role.RUN,
+            run_name,
+            tracking.experiment,
+            tracking.uri if tracking.enabled else None,
+            tags,
+            params,
+            parent_uid=ctx.sweep_id,
+        ),
+    )
+    run = LiveRun(cfg, ctx, handle, client, facts, monitor, journal, factory, option_lint, run_name)
     status, failure = RunStatus.FAILED, None
     measurement = Measurement(
         give_up=GiveUp(handle.url, cfg.workload.max_error_rate, cfg.workload.error_rate_min_requests)
     )
 
     def after_warmup(records: list[RequestRecord]) -> None:
-        late_tags = option_lint.recheck_after_warmup(records)
-        if tracker and late_tags:
-            tracker.set_tags(late_tags)
+        journal.set_tags(option_lint.recheck_after_warmup(records))
 
     signals = StopSignals(asyncio.get_running_loop(), asyncio.Event())
     try:
-        if tracker:
-            tracker.log_params(flatten(resolved))
-            tracker.log_params({"sent_options": factory.options})
-        log.info("run %s: %s against %s %s", run_id or "(tracking off)", cfg.model.name, handle.kind, handle.url)
+        log.info("run %s: %s against %s %s", ctx.output_dir, cfg.model.name, handle.kind, handle.url)
         for warning in factory.warnings + option_lint.warnings:
             log.warning("warning: %s", warning)
         writer = RecordWriter(ctx.output_dir / "requests.jsonl")
@@ -379,17 +413,24 @@ async def _tracked_run(
             status, failure = _ending(signals, measurement)
         finally:
             signals.uninstall()
-            writer.close()
+            try:
+                writer.close()
+            except OSError as exc:
+                measurement.unwritable(exc)
             monitor.stop()
             # Whatever happened, what was measured is summarised, written and logged.
             conclusion = await _conclude(run, measurement, status, failure)
+            if measurement.write_error is not None and status == RunStatus.FINISHED:
+                status, failure = _ending(signals, measurement)  # the summary could not be written
     finally:
-        if tracker:
-            tracker.end(status)
+        try:
+            journal.end(status, failure)
+        except OSError as exc:
+            measurement.unwritable(exc)
     ui.print_summary(
         conclusion.metrics,
         run_name,
-        tracker.where_logged() if tracker else None,
+        None,
         str(ctx.output_dir),
         error_breakdown(measurement.records),
         status,
@@ -397,17 +438,53 @@ async def _tracked_run(
         conclusion.slo,
         conclusion.verdict.lines(),
     )
+    if measurement.write_error is not None:
+        why = measurement.write_error.strerror or measurement.write_error
+        raise FolderUnwritable(
+            f"cannot write the run folder {ctx.output_dir}: {why}; the run stopped after "
+            f"{sum(r.measured for r in measurement.records)} measured request(s) and is FAILED; the summary "
+            f"above has their numbers, {writer.path} those it could write"
+        )
+    run_id, not_logged = None, None
+    # Stopped before the measured phase, a run that measured nothing does not wait seconds for
+    # MLflow's import to log it; where MLflow is loaded already (a sweep's jobs) it costs nothing.
+    quick_exit = signals.received is not None and not any(r.measured for r in measurement.records)
+    if cfg.tracking.enabled and not (quick_exit and "mlflow" not in sys.modules):
+        run_id, not_logged = _upload(cfg, ctx)
+    elif cfg.tracking.enabled:
+        ui.stdout.print(escape(f"not logged to MLflow; upload it with: python -m sentinel_exp.sync {ctx.output_dir}"))
     if signals.received is not None:
         raise Interrupted(signals.received.name, 128 + int(signals.received))
     if failure:
         raise RunFailed(f"{failure}; the run is FAILED (records: {ctx.output_dir / 'requests.jsonl'})")
-    return Outcome(run_id, status, conclusion.metrics)
+    return Outcome(run_id, status, conclusion.metrics, not_logged=not_logged)
+
+
+def _upload(cfg: ExperimentConfig, ctx: RunContext) -> tuple[str | None, str | None]:
+    """The ended run folder uploaded to MLflow: (run id, None), or (None, why not) after a warning
+    that says how to upload it later. Nothing measured is lost either way: the folder holds it."""
+    from sentinel_exp.upload import upload_now
+
+    try:
+        uploaded, line = upload_now(ctx.output_dir)
+    except Exception as exc:  # the store is down, full or refuses: the folder stands
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = (
+            f"not logged to MLflow ({cfg.tracking.uri}): {reason}. The run folder holds everything; "
+            f"upload it later with: python -m sentinel_exp.sync {ctx.output_dir}"
+        )
+        ui.stderr.print("[yellow]warning:[/] " + escape(message), soft_wrap=True)
+        return None, message
+    ui.stdout.print(escape(line), soft_wrap=True)
+    return uploaded.run_id, None
 
 
 def _ending(signals: StopSignals, measurement: Measurement) -> tuple[RunStatus, str | None]:
     """How a run that got through its phases ends, and why it failed if it did."""
     if signals.received:
         return RunStatus.KILLED, None
+    if measurement.write_error is not None:
+        return RunStatus.FAILED, f"the run folder refused a write: {measurement.write_error.strerror}"
     failure = measurement.give_up.reason if measurement.give_up else None
     failure = failure or measured_nothing(measurement.records)
     return (RunStatus.FAILED, failure) if failure else (RunStatus.FINISHED, None)
@@ -416,7 +493,7 @@ def _ending(signals: StopSignals, measurement: Measurement) -> tuple[RunStatus, 
 async def _conclude(run: LiveRun, measurement: Measurement, status: RunStatus, failure: str | None) -> Conclusion:
     """Summarise what was measured, judge and diagnose it, write summary.json and the report, and
     log it all to the open MLflow run."""
-    cfg, handle, monitor, tracker = run.cfg, run.handle, run.monitor, run.tracker
+    cfg, handle, monitor, journal = run.cfg, run.handle, run.monitor, run.journal
     metrics = await _summarise(measurement, run.client, run.factory.server_wire, cfg.model.name, monitor)
     verdict = diagnose(measurement.records, metrics)
     metrics.update(verdict.metrics())
@@ -431,7 +508,7 @@ async def _conclude(run: LiveRun, measurement: Measurement, status: RunStatus, f
         *placement_note,
     ]
     summary = {
-        "run_id": run.run_id,
+        "run_uid": journal.run.uid,
         "run_name": run.run_name,
         "status": status,
         "metrics": metrics,
@@ -445,12 +522,15 @@ async def _conclude(run: LiveRun, measurement: Measurement, status: RunStatus, f
         **({"slo": slo.as_dict()} if slo.any else {}),
     }
     out = run.ctx.output_dir
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    reports = _write_report(run.ctx, measurement, monitor, summary) if cfg.plots else []
-    if tracker:
+    try:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        reports = _write_report(run.ctx, measurement, monitor, summary) if cfg.plots else []
         verdict_tag = {"sentinel.verdict": verdict.text()} if verdict.text() else {}
-        tracker.set_tags({**slo.tags(), **placement_tags, **verdict_tag})
-        _log_results(tracker, run.ctx, metrics, monitor, handle, reports)
+        journal.set_tags({**slo.tags(), **placement_tags, **verdict_tag, **monitor.late_tags()})
+        write_series(out, monitor.series())
+        journal.add_artifacts([*reports, *([handle.log_path] if handle.log_path is not None else [])])
+    except OSError as exc:  # a full disk: the numbers are still printed, and the run FAILED
+        measurement.unwritable(exc)
     return Conclusion(metrics, warnings, slo, verdict)
 
 
@@ -476,7 +556,6 @@ def _run_tags(
         **facts.tags(),
         **monitor.tags(),
         **({"sentinel.sweep_id": ctx.sweep_id} if ctx.sweep_id else {}),
-        **({"mlflow.parentRunId": ctx.parent_run_id} if ctx.parent_run_id else {}),
     }
 
 
@@ -540,25 +619,6 @@ def _judge_slo(cfg: ExperimentConfig, metrics: dict[str, float], measurement: Me
     return slo
 
 
-def _log_results(
-    tracker: Tracker,
-    ctx: RunContext,
-    metrics: dict[str, float],
-    monitor: RunMonitor,
-    handle: ServerHandle,
-    reports: list[Path],
-) -> None:
-    tracker.log_metrics(metrics)
-    tracker.log_series(monitor.series())
-    tracker.set_tags(monitor.late_tags())
-    for name in ("requests.jsonl", "config.yaml", "summary.json"):
-        tracker.log_artifact(ctx.output_dir / name)
-    if handle.log_path is not None:
-        tracker.log_artifact(handle.log_path)
-    for path in reports:
-        tracker.log_artifact(path)
-
-
 def run(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
     share = cfg.job_share()
     if share is not cfg:
@@ -569,11 +629,10 @@ def run(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
             share.workload.requests,
             cfg.workload.requests,
         )
-    prepared = _prepare(share, ctx)
-    if isinstance(prepared, Outcome):
-        return prepared
-    resolved, tracker = prepared
+    resolved = _prepare(share, ctx)
+    if isinstance(resolved, Outcome):
+        return resolved
     # The server starts before the event loop does: a blocking wait inside the loop would hold
     # Ctrl-C back until the server is ready; out here it interrupts the wait at once.
     with resolve_server(share.server, share.model.name, ctx.output_dir) as handle:
-        return eventloop.run(_with_server(share, ctx, resolved, handle, tracker))
+        return eventloop.run(_with_server(share, ctx, resolved, handle))

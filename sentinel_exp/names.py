@@ -66,8 +66,9 @@ class FaultKind(StrEnum):
 
 
 class RunStatus(StrEnum):
-    """MLflow's terminal run statuses, as sentinel-exp sets them."""
+    """MLflow's run statuses, as sentinel-exp sets them: RUNNING while measuring, then one of the others."""
 
+    RUNNING = "RUNNING"
     FINISHED = "FINISHED"
     FAILED = "FAILED"
     KILLED = "KILLED"

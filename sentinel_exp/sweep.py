@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
 OUTCOME_FILE = "sweep_job.json"
 REUSED = "reused_run_id"  # outcome field: the FINISHED run a job reused instead of measuring again
+NOT_LOGGED = "not_logged"  # outcome field: why the MLflow store did not take the job's run
 SUMMARY_FILE = "summary.json"
-SWEEP_FILE = "sweep.json"  # in the sweep folder: the sweep's id and its MLflow parent run
+SWEEP_FILE = "sweep.json"  # in the sweep folder: the sweep's id, which its jobs name as their parent's uid
 COMPARE_FILE = "compare.md"
 
 
@@ -58,6 +59,14 @@ def record_reused(output_dir: Path, run_id: str) -> None:
     (output_dir / OUTCOME_FILE).write_text(json.dumps({REUSED: run_id}), encoding="utf-8")
 
 
+def record_not_logged(output_dir: Path, message: str) -> None:
+    """Leave why a job's run is only in its folder (the store did not take it)."""
+    path = output_dir / OUTCOME_FILE
+    outcome = _read_json(path) or {}
+    outcome[NOT_LOGGED] = message
+    path.write_text(json.dumps(outcome), encoding="utf-8")
+
+
 @dataclass
 class JobOutcome:
     """One job of a sweep, as read back from its output folder."""
@@ -70,6 +79,7 @@ class JobOutcome:
     folder: Path | None = None
     # The finished run whose measurements the job reused (`already done`); None: it measured.
     reused_run_id: str | None = None
+    not_logged: str | None = None  # the run is in its folder only; sentinel_exp.sync uploads it
 
     @property
     def label(self) -> tuple[str, ...]:
@@ -81,15 +91,16 @@ class SweepSummary(Callback):
     process; a launcher that runs jobs elsewhere pickles it along, so what on_multirun_start sets
     reaches every job's on_job_end, but nothing goes back the other way.
 
-    The sweep is one MLflow parent run: opened before the first job, its id left in the sweep
-    folder (SWEEP_FILE) where every job finds it and names it as its parent, and closed at the end
-    with the comparison of the configurations among its artifacts."""
+    The sweep is one parent run. Its run.json is in the sweep folder (as a run's is in its own) and
+    is uploaded to MLflow before the first job; the sweep's id, left in SWEEP_FILE, is the parent's
+    uid, by which every job's upload finds the parent. At the end the parent is closed with the
+    comparison of the configurations among its artifacts."""
 
     def __init__(self) -> None:
         # Tells this sweep's outcome files from those a reused hydra.sweep.dir still holds.
         self.sweep_id: str | None = None
         self._config: DictConfig | None = None
-        self._parent: Any = None  # a tracking.Tracker with the parent run started, or None
+        self._parent: Any = None  # the parent's run_folder.RunJournal in the sweep folder
         self._finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -97,10 +108,8 @@ class SweepSummary(Callback):
         self._config = config
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        self._parent = _open_parent_run(config, self.sweep_id)
-        parent_id = None if self._parent is None else self._parent.run_id
-        record = {"sweep_id": self.sweep_id, "parent_run_id": parent_id}
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(record), encoding="utf-8")
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"sweep_id": self.sweep_id}), encoding="utf-8")
+        self._parent = _open_parent_run(config, self.sweep_id, sweep_dir)
         _ACTIVE.append(self)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -168,32 +177,52 @@ class SweepSummary(Callback):
             ui.stderr.print(f"[bold red]{len(failed)} sweep job(s) failed:[/]", soft_wrap=True)
             for job in failed:
                 ui.stderr.print("  " + escape(f"{' '.join(job.label)}: {job.error}"), soft_wrap=True)
-        self._close_parent(_sweep_status(interrupted, bool(failed)), compared, best, objective)
-        if failed and not interrupted:
-            # Hydra passes SystemExit through (it catches only Exception around callbacks).
+        parent_logged = self._close_parent(_sweep_status(interrupted, bool(failed)), compared, best, objective)
+        not_logged = [f"#{job.num}" for job in jobs if job.not_logged]
+        if not_logged or not parent_logged:
+            ui.stderr.print(
+                "[yellow]warning:[/] "
+                + escape(
+                    f"not logged to MLflow: {', '.join(not_logged + ([] if parent_logged else ['the sweep']))}; "
+                    f"the sweep folder holds everything: python -m sentinel_exp.sync {sweep_dir}"
+                ),
+                soft_wrap=True,
+            )
+        if interrupted:
+            return
+        # Hydra passes SystemExit through (it catches only Exception around callbacks).
+        if failed:
             sys.exit(UserError.exit_code)
+        if not_logged or not parent_logged:
+            from sentinel_exp.errors import NotLogged
 
-    def _close_parent(self, status: RunStatus, compared: list[Path], best: JobOutcome | None, objective: str) -> None:
+            sys.exit(NotLogged.exit_code)
+
+    def _close_parent(self, status: RunStatus, compared: list[Path], best: JobOutcome | None, objective: str) -> bool:
+        """End the parent's run.json and upload it; False when the store did not take it."""
         from sentinel_exp import console as ui
+        from sentinel_exp.upload import upload_now
 
         if self._parent is None:
-            return
+            return True
+        if best is not None:
+            self._parent.set_tags(
+                {
+                    "sentinel.best_job": " ".join(best.label),
+                    "sentinel.best_objective": f"{objective}={(best.metrics or {})[objective]:.6g}",
+                }
+            )
+        self._parent.add_artifacts(compared)
+        self._parent.end(status)
+        if self._parent.run.tracking_uri is None:
+            return True
         try:
-            if best is not None:
-                self._parent.set_tags(
-                    {
-                        "sentinel.best_job": " ".join(best.label),
-                        "sentinel.best_objective": f"{objective}={(best.metrics or {})[objective]:.6g}",
-                    }
-                )
-            for path in compared:
-                self._parent.log_artifact(path)
-            self._parent.end(status)
-            line = self._parent.where_logged()
-            if line:
-                ui.stdout.print(f"sweep: {line}", soft_wrap=True, markup=False)
+            _, line = upload_now(self._parent.folder)
         except Exception as exc:  # the store went away: the sweep folder still has everything
-            ui.stderr.print(f"warning: could not close the sweep's MLflow run: {exc}", markup=False)
+            ui.stderr.print(f"warning: could not log the sweep's parent run: {exc}", markup=False, soft_wrap=True)
+            return False
+        ui.stdout.print(f"sweep: {line}", soft_wrap=True, markup=False)
+        return True
 
 
 def best_job(jobs: list[JobOutcome], objective: str, direction: str) -> JobOutcome | None:
@@ -227,32 +256,34 @@ def finish_interrupted_sweep() -> None:
         sweep.finish(interrupted=True)
 
 
-def _open_parent_run(config: DictConfig, sweep_id: str) -> Any:
-    """The sweep's MLflow parent run, or None when tracking is off or the store cannot be used
-    (each job then reports the store's problem itself)."""
-    if not config.tracking.enabled:
-        return None
+def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
+    """The sweep's parent run: its run.json in the sweep folder, uploaded to MLflow at once so
+    that the runs of its jobs nest under it as they end. A store that cannot take it only warns:
+    each job's upload, or a later sync, makes the parent from the folder."""
     from sentinel_exp import console as ui
-    from sentinel_exp.errors import UserError
-    from sentinel_exp.tracking import Tracker
+    from sentinel_exp.run_folder import Role, RunJournal, new_run_file
+    from sentinel_exp.upload import upload_now
 
     swept = " ".join(str(o) for o in config.hydra.overrides.task)
     name = str(config.sweep.name) if config.sweep.name != "none" else "sweep"
-    try:
-        tracker = Tracker(str(config.tracking.uri), str(config.tracking.experiment))
-        tracker.start(
-            f"{name}: {swept}"[:250],
-            {
-                "sentinel.role": "sweep",
-                "sentinel.sweep_id": sweep_id,
-                "sentinel.sweep_overrides": swept,
-                "sentinel.objective": f"{config.sweep.objective} ({config.sweep.direction})",
-            },
-        )
-    except UserError as exc:
-        ui.stderr.print(f"warning: no MLflow parent run for this sweep: {exc}", markup=False, soft_wrap=True)
-        return None
-    return tracker
+    tags = {
+        "sentinel.role": "sweep",
+        "sentinel.sweep_id": sweep_id,
+        "sentinel.sweep_overrides": swept,
+        "sentinel.objective": f"{config.sweep.objective} ({config.sweep.direction})",
+        "sentinel.output_dir": str(sweep_dir),
+    }
+    tracking_uri = str(config.tracking.uri) if config.tracking.enabled else None
+    run_file = new_run_file(
+        Role.SWEEP, f"{name}: {swept}"[:250], str(config.tracking.experiment), tracking_uri, tags, {}, uid=sweep_id
+    )
+    journal = RunJournal(sweep_dir, run_file)
+    if tracking_uri is not None:
+        try:
+            upload_now(sweep_dir, keep_open=True)
+        except Exception as exc:
+            ui.stderr.print(f"warning: no MLflow parent run for this sweep yet: {exc}", markup=False, soft_wrap=True)
+    return journal
 
 
 def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> list[Path]:
@@ -323,6 +354,7 @@ def read_outcomes(sweep_dir: Path, sweep_id: str | None) -> list[JobOutcome]:
                 metrics=None if error is not None or summary is None else dict(summary["metrics"]),
                 folder=path.parent,
                 reused_run_id=outcome.get(REUSED),
+                not_logged=outcome.get(NOT_LOGGED),
             )
         )
     return sorted(jobs, key=lambda job: job.num)
@@ -355,11 +387,10 @@ def distinguishing_labels(jobs: list[tuple[str, ...]]) -> list[str]:
     ]
 
 
-def sweep_record(sweep_dir: Path) -> tuple[str | None, str | None]:
-    """(sweep id, parent run id) that on_multirun_start left in the sweep folder for the jobs."""
-    record = _read_json(sweep_dir / SWEEP_FILE) or {}
-    sweep_id, parent = record.get("sweep_id"), record.get("parent_run_id")
-    return (None if sweep_id is None else str(sweep_id)), (None if parent is None else str(parent))
+def sweep_record(sweep_dir: Path) -> str | None:
+    """The sweep id that on_multirun_start left in the sweep folder for the jobs."""
+    sweep_id = (_read_json(sweep_dir / SWEEP_FILE) or {}).get("sweep_id")
+    return None if sweep_id is None else str(sweep_id)
 
 
 def swept_keys(sweep_dir: Path) -> frozenset[str]:

@@ -131,6 +131,19 @@ def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+def store_check(uri: str) -> None:
+    """Before a run, without importing MLflow: a sqlite store that cannot be written is the user's
+    to fix (exit 2); a tracking server that does not answer only warns, as the run folder keeps
+    the run until it can be uploaded."""
+    database = sqlite_database(uri)
+    if database is not None and (problem := sqlite_problem(database)):
+        raise UserError(f"cannot use the MLflow store tracking.uri={uri!r}: {problem}")
+    try:
+        check_server_answers(uri, timeout_s=2.0)
+    except UserError as exc:
+        log.warning("warning: %s. Measuring anyway: the run folder keeps everything for a later upload", exc)
+
+
 def runs_table_path(experiment_id: str) -> str:
     """The MLflow UI's runs table of an experiment, a sweep's children nested under its parent.
 
@@ -200,7 +213,7 @@ class Tracker:
             ) from None
 
     @property
-    def _started_run(self) -> str:
+    def started_run(self) -> str:
         if self.run_id is None:
             raise RuntimeError("Tracker.start() first")  # a bug in the caller, not a user error
         return self.run_id
@@ -237,28 +250,51 @@ class Tracker:
             return None
         return summary if isinstance(summary, dict) else None
 
-    def start(self, run_name: str, tags: Mapping[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+    def start(self, run_name: str, tags: Mapping[str, str], start_ms: int | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=run_name, tags=dict(tags))
         self.run_id = run.info.run_id
         return self.run_id
+
+    def attach(self, run_id: str) -> None:
+        """Go on logging into a run created before (an upload that was cut short)."""
+        self.run_id = run_id
+
+    def find_uid(self, uid: str) -> tuple[str, str] | None:
+        """(run id, status) of the live run uploaded from the run folder `uid`, if any."""
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`sentinel.run_uid` = '{uid}'", max_results=1
+        )
+        return (found[0].info.run_id, found[0].info.status) if found else None
+
+    def running_here(self, host: str) -> list[tuple[str, dict[str, str]]]:
+        """(run id, tags) of the runs still RUNNING that a process on `host` started."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`sentinel.runner_host` = '{host}'",
+            max_results=1000,
+        )
+        return [(run.info.run_id, dict(run.data.tags)) for run in found]
+
+    def close(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
         for i in range(0, len(items), _BATCH_PARAMS):
-            self.client.log_batch(self._started_run, tags=items[i : i + _BATCH_PARAMS])
+            self.client.log_batch(self.started_run, tags=items[i : i + _BATCH_PARAMS])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), _BATCH_PARAMS):
-            self.client.log_batch(self._started_run, params=items[i : i + _BATCH_PARAMS])
+            self.client.log_batch(self.started_run, params=items[i : i + _BATCH_PARAMS])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
-        self._log_metric_points((k, float(v), now, step) for k, v in metrics.items())
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0, timestamp_ms: int | None = None) -> None:
+        when = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        self._log_metric_points((k, float(v), when, step) for k, v in metrics.items())
 
     def log_series(self, points: Iterable[Sequence[Any]]) -> None:
         """(key, value, timestamp_ms, step) points, written one log_batch per chunk."""
@@ -273,18 +309,18 @@ class Tracker:
                 continue
             batch.append(Metric(key, value, timestamp, step))
             if len(batch) == _BATCH_METRICS:
-                self.client.log_batch(self._started_run, metrics=batch)
+                self.client.log_batch(self.started_run, metrics=batch)
                 batch = []
         if batch:
-            self.client.log_batch(self._started_run, metrics=batch)
+            self.client.log_batch(self.started_run, metrics=batch)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         if path.exists():
-            self.client.log_artifact(self._started_run, str(path), artifact_path=subdir)
+            self.client.log_artifact(self.started_run, str(path), artifact_path=subdir)
 
-    def end(self, status: str) -> None:
+    def end(self, status: str, end_ms: int | None = None) -> None:
         if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+            self.client.set_terminated(self.run_id, status=status, end_time=end_ms)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def test_simulated_run_logs_exact_latencies_to_mlflow(tmp_path, run_experiment):
     assert [r.prompt_index for r in records[:6]] == [0, 1, 2, 3, 0, 1]
     assert records[0].cold is True and records[0].load_duration_ms >= 195  # first warmup request loaded
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["run_id"] == run.info.run_id and summary["status"] == "FINISHED"
+    assert summary["run_uid"] == run.data.tags["sentinel.run_uid"] and summary["status"] == "FINISHED"
 
     from mlflow.tracking import MlflowClient
 

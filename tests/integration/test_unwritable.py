@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import run_cli
+from support.cli import cli_env, run_cli
 
 SIM = ["server=simulated", "workload=quick", "telemetry.enabled=false", "plots=false"]
+# About 40 ms a request, one at a time: the disk fills up long before the 400 are done.
+LONG = [*SIM, "workload.warmup=1", "workload.requests=400", "server.sim.tokens=4", "tracking.enabled=false"]
 
 
 @pytest.fixture
@@ -85,3 +88,30 @@ def test_an_error_before_any_request_leaves_no_run_folder(tmp_path):
     result = run_cli(tmp_path, "server=openai", "workload=quick", "hydra.run.dir=run")
     assert result.returncode == 2 and "did not answer GET /v1/models" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_disk_that_fills_up_mid_run(tmp_path, tmpfs):
+    disk = tmpfs("size=1m")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", *LONG, f"hydra.run.dir={disk / 'run'}"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    records = disk / "run" / "requests.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not records.exists() or len(records.read_text().splitlines()) < 20):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=4k"], capture_output=True, check=False)
+    filled = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - filled < 10  # it stops at the next record, not after its 400 requests
+    assert proc.returncode == 2, stdout + stderr
+    assert "No space left on device" in stderr and "cannot write the run folder" in stderr
+    assert "Traceback" not in stdout + stderr and "Logging error" not in stderr
+    assert "[FAILED]" in stdout and "TTFT" in stdout  # the numbers measured are still shown
+    written = len(records.read_text().splitlines())
+    assert 20 <= written < 401

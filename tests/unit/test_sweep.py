@@ -67,7 +67,13 @@ def _job_config(output_dir, num, overrides):
 
 def _sweep_config(sweep_dir):
     # Tracking off: the sweep's MLflow parent run is tested through the CLI (test_sweep_study.py).
-    return OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "tracking": {"enabled": False}})
+    return OmegaConf.create(
+        {
+            "hydra": {"sweep": {"dir": str(sweep_dir)}, "overrides": {"task": ["model.name=a:1b,nope:1b"]}},
+            "tracking": {"enabled": False, "experiment": "sentinel-exp"},
+            "sweep": {"name": "none", "objective": "ttft_ms_p50", "direction": "minimize"},
+        }
+    )
 
 
 def _job_return(status, value):

@@ -1,0 +1,211 @@
+"""The run folder is a run's source of truth; MLflow holds an upload of it (`upload.py`).
+
+`run.json` says what the run is (its name, tags, params, start and end times, status, the process
+that measured it); `requests.jsonl`, `summary.json`, `telemetry.jsonl` and the report beside it hold
+what it measured. Each change to `run.json` replaces the file whole, so a kill at any moment
+leaves either the old or the new text, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from sentinel_exp.errors import UserError
+from sentinel_exp.names import RunStatus
+
+RUN_FILE = "run.json"
+TELEMETRY_FILE = "telemetry.jsonl"
+FORMAT = 1
+
+
+class Role:
+    RUN = "run"
+    SWEEP = "sweep"  # a sweep's parent: it measured nothing itself, its jobs are its children
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Runner:
+    """The process that measures a run. Its start time tells it from a later process that was
+    given the same pid."""
+
+    pid: int
+    host: str
+    started: float
+
+    @classmethod
+    def this_process(cls) -> Runner:
+        return cls(os.getpid(), socket.gethostname(), psutil.Process().create_time())
+
+    def gone(self) -> bool | None:
+        """Whether the process has ended; None when it ran on another host (it cannot be told)."""
+        if self.host != socket.gethostname():
+            return None
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.started) > 0.01
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return True
+        except psutil.Error:  # AccessDenied: it exists
+            return False
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "sentinel.runner_pid": str(self.pid),
+            "sentinel.runner_host": self.host,
+            "sentinel.runner_started": f"{self.started:.3f}",
+        }
+
+
+@dataclass
+class RunFile:
+    """The contents of run.json."""
+
+    uid: str  # the run's identity in every store it is uploaded to (tag sentinel.run_uid)
+    role: str
+    run_name: str
+    experiment: str
+    tracking_uri: str | None  # None: tracking was off; sync then needs --tracking-uri
+    runner: Runner
+    start_ms: int
+    status: str = RunStatus.RUNNING
+    end_ms: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    parent_uid: str | None = None  # the sweep this run is a job of
+    artifacts: list[str] = field(default_factory=list)  # paths relative to the folder, or absolute
+    failure: str | None = None
+    mlflow_run_id: str | None = None  # where it was last uploaded
+    mlflow_uri: str | None = None
+    format: int = FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunFile:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a run.json of format {FORMAT}")
+        data["runner"] = Runner(**data["runner"])
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def ended(self) -> bool:
+        return self.status != RunStatus.RUNNING
+
+
+def new_run_file(
+    role: str,
+    run_name: str,
+    experiment: str,
+    tracking_uri: str | None,
+    tags: Mapping[str, str],
+    params: Mapping[str, str],
+    parent_uid: str | None = None,
+    uid: str | None = None,
+) -> RunFile:
+    runner = Runner.this_process()
+    return RunFile(
+        uid=uid or uuid.uuid4().hex,
+        role=role,
+        run_name=run_name,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        runner=runner,
+        start_ms=now_ms(),
+        tags={**tags, **runner.tags()},
+        params=dict(params),
+        parent_uid=parent_uid,
+    )
+
+
+def write_run_file(folder: Path, run_file: RunFile) -> None:
+    """Replaces run.json whole (written beside it, then renamed over it)."""
+    target = folder / RUN_FILE
+    partial = folder / f".{RUN_FILE}.{os.getpid()}.tmp"
+    with open(partial, "w", encoding="utf-8") as out:
+        out.write(run_file.to_json())
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, target)
+
+
+def read_run_file(folder: Path) -> RunFile:
+    path = folder / RUN_FILE
+    try:
+        return RunFile.from_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{folder} is not a run folder: it has no {RUN_FILE}") from None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (folder / RUN_FILE).is_file()
+
+
+class RunJournal:
+    """A live run's run.json: started before the first request, amended as tags become known,
+    ended with the run's status. Nothing here imports MLflow."""
+
+    def __init__(self, folder: Path, run_file: RunFile) -> None:
+        self.folder = folder
+        self.run = run_file
+        write_run_file(folder, run_file)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        fresh = {k: str(v) for k, v in tags.items() if v is not None}
+        if fresh:
+            self.run.tags.update(fresh)
+            write_run_file(self.folder, self.run)
+
+    def add_artifacts(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            name = str(path.relative_to(self.folder)) if path.is_relative_to(self.folder) else str(path)
+            if name not in self.run.artifacts:
+                self.run.artifacts.append(name)
+        write_run_file(self.folder, self.run)
+
+    def end(self, status: str, failure: str | None = None) -> None:
+        self.run.status, self.run.failure, self.run.end_ms = status, failure, now_ms()
+        write_run_file(self.folder, self.run)
+
+
+SeriesPoint = Sequence[Any]  # (key, value, timestamp_ms, step)
+
+
+def write_series(folder: Path, points: Iterable[SeriesPoint]) -> Path:
+    """The telemetry series, one JSON array [key, value, timestamp_ms, step] per line."""
+    path = folder / TELEMETRY_FILE
+    with open(path, "w", encoding="utf-8") as out:
+        for key, value, timestamp, step in points:
+            out.write(json.dumps([key, float(value), int(timestamp), int(step)]) + "\n")
+    return path
+
+
+def read_series(folder: Path) -> list[tuple[str, float, int, int]]:
+    path = folder / TELEMETRY_FILE
+    if not path.exists():
+        return []
+    points = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            key, value, timestamp, step = json.loads(line)
+        except ValueError:  # a line cut by a kill: the ones before it stand
+            continue
+        points.append((str(key), float(value), int(timestamp), int(step)))
+    return points

@@ -1,0 +1,212 @@
+"""The run folder is the source of truth and MLflow an upload of it: a tracking server down at the
+start or stopped mid-run, a runner killed with SIGKILL, a sweep killed midway; then
+`python -m sentinel_exp.sync` or the next run puts the store right. Real processes throughout:
+the CLI, `mlflow server`, the simulated server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from support.cli import SIM, cli_env, mlflow_runs, output_dirs, run_cli
+from support.mlflow_server import MlflowServer, free_port
+
+from sentinel_exp.records import read_records
+
+QUICK = [*SIM, "workload=quick", "telemetry.enabled=false"]
+# About 40 ms a request one at a time: 400 requests are 16 s, time enough to stop things midway.
+LONG = [*SIM, "workload.warmup=1", "workload.requests=400", "server.sim.tokens=4", "telemetry.enabled=false"]
+
+
+def _run_json(folder: Path) -> dict:
+    return json.loads((folder / "run.json").read_text())
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _runs(uri: str) -> list:
+    client = _client(uri)
+    experiment = client.get_experiment_by_name("sentinel-exp")
+    return [] if experiment is None else list(client.search_runs([experiment.experiment_id]))
+
+
+def _wait_for_records(root: Path, pattern: str, count: int, proc: subprocess.Popen, timeout_s: float = 60) -> Path:
+    """The records file of the run `proc` is measuring, once it holds `count` lines."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for path in root.glob(pattern):
+            if len(path.read_text().splitlines()) >= count:
+                return path
+        time.sleep(0.1)
+    raise TimeoutError(f"no {count} records under {root} within {timeout_s} s")
+
+
+def _sync(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sentinel_exp.sync", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def _kill_tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    """SIGKILL to the runner alone, as `kill -9 <pid>` does; returns its children (the bundled
+    server), which the test then waits for or stops itself."""
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    return children
+
+
+def test_a_tracking_server_down_at_the_start_then_sync_uploads_the_whole_run_once(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    result = run_cli(tmp_path, *QUICK, f"tracking.uri={uri}")
+    assert result.returncode == 4, result.output
+    assert "does not answer" in result.stderr and "Measuring anyway" in result.stderr
+    [folder] = output_dirs(tmp_path)
+    assert f"python -m sentinel_exp.sync {folder}" in result.stderr
+    local = _run_json(folder)
+    assert local["status"] == "FINISHED" and local["mlflow_run_id"] is None
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["metrics"]["requests_ok"] == 5
+
+    with MlflowServer(tmp_path / "store", port=port):
+        first = _sync(tmp_path, str(folder))
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "uploaded" in first.stdout
+        again = _sync(tmp_path, str(tmp_path / "outputs"))  # the folder above it finds the same run
+        assert again.returncode == 0 and "already logged" in again.stdout, again.stdout + again.stderr
+        [run] = _runs(uri)
+        client = _client(uri)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert run.info.status == "FINISHED"
+    # The original times, not the time of the upload.
+    assert (run.info.start_time, run.info.end_time) == (local["start_ms"], local["end_ms"])
+    assert run.data.metrics == pytest.approx(summary["metrics"])
+    assert run.data.params["workload.requests"] == "5" and len(run.data.params) == len(local["params"])
+    assert run.data.tags["sentinel.run_uid"] == local["uid"] and run.data.tags["sentinel.verdict"]
+    assert {"requests.jsonl", "config.yaml", "summary.json", "server.log"} <= artifacts
+    assert _run_json(folder)["mlflow_run_id"] == run.info.run_id
+
+
+def test_a_tracking_server_stopped_mid_run_loses_nothing(tmp_path):
+    store = tmp_path / "store"
+    server = MlflowServer(store).start()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sentinel_exp", *LONG, f"tracking.uri={server.uri}"],
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for_records(tmp_path, "outputs/*/*/requests.jsonl", 20, proc)
+        server.stop()  # the store goes away while the run measures
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        server.stop()
+    assert proc.returncode == 4, stdout + stderr
+    assert "not logged to MLflow" in stderr and "Traceback" not in stdout + stderr
+    [folder] = output_dirs(tmp_path)
+    assert len(read_records(folder / "requests.jsonl")) == 401 and _run_json(folder)["status"] == "FINISHED"
+
+    with MlflowServer(store, port=server.port):  # the same store, back on its port
+        synced = _sync(tmp_path, str(folder))
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        [run] = _runs(server.uri)
+    assert run.info.status == "FINISHED" and run.data.metrics["requests_ok"] == 400
+
+
+def test_a_runner_killed_with_sigkill_is_synced_as_failed_with_its_records(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", *LONG],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    records = _wait_for_records(tmp_path, "outputs/*/*/requests.jsonl", 30, proc)
+    children = _kill_tree(proc)
+    folder = records.parent
+    # The bundled server sees its parent gone and exits by itself (--exit-with-parent).
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    assert _run_json(folder)["status"] == "RUNNING" and not (folder / "summary.json").exists()
+    left = [r for r in read_records(records) if r.phase == "measured"]
+    assert mlflow_runs(tmp_path) == []  # nothing reached MLflow: it is imported after measuring
+
+    synced = _sync(tmp_path, str(folder))
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    [run] = mlflow_runs(tmp_path)
+    assert run.info.status == "FAILED"
+    assert run.data.metrics["requests_ok"] == len([r for r in left if r.ok]) >= 29
+    local = _run_json(folder)
+    assert local["status"] == "FAILED" and "ended without closing the run" in local["failure"]
+    assert run.info.end_time == local["end_ms"] > local["start_ms"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "FAILED" and summary["metrics"]["requests_ok"] == run.data.metrics["requests_ok"]
+
+
+def test_a_run_still_measuring_is_not_synced(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", *LONG],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        records = _wait_for_records(tmp_path, "outputs/*/*/requests.jsonl", 5, proc)
+        synced = _sync(tmp_path, str(records.parent))
+        assert synced.returncode == 2, synced.stdout + synced.stderr
+        assert "is still being measured" in synced.stdout
+        assert _run_json(records.parent)["status"] == "RUNNING"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+def test_the_next_run_closes_a_sweep_killed_midway_and_sync_files_its_jobs_under_it(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", "-m", *LONG, "workload.seed=1,2"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    records = _wait_for_records(tmp_path, "multirun/*/*/0/requests.jsonl", 20, proc)
+    for child in _kill_tree(proc):
+        child.wait(timeout=10)
+    [parent] = mlflow_runs(tmp_path)
+    assert parent.info.status == "RUNNING" and parent.data.tags["sentinel.role"] == "sweep"
+
+    later = run_cli(tmp_path, *QUICK)  # the next run in the same store
+    assert later.returncode == 0, later.output
+    assert f"closed run {parent.info.run_id}" in later.stderr
+    statuses = {run.info.run_id: run.info.status for run in mlflow_runs(tmp_path)}
+    assert statuses[parent.info.run_id] == "FAILED"
+
+    sweep_folder = records.parent.parent
+    synced = _sync(tmp_path, str(sweep_folder))
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    [job] = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert job.info.status == "FAILED" and job.data.metrics["requests_ok"] >= 19

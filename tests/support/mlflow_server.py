@@ -1,0 +1,81 @@
+"""A real `mlflow server` on a loopback port, for tests that log through its REST API: started,
+stopped and started again on the same port and store, as a server restarted by its operator."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class MlflowServer:
+    """`mlflow server` with a sqlite backend store and proxied artifacts, both under `root`."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 120) -> MlflowServer:
+        command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--backend-store-uri", f"sqlite:///{self.root / 'server.db'}", "--workers", "1"]
+        command += ["--artifacts-destination", str(self.root / "artifacts")]
+        env = {
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "mlflow_server.log", "ab")  # noqa: SIM115 - closed with the process
+        self._proc = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._proc.poll() is not None:
+                log_path = self.root / "mlflow_server.log"
+                raise RuntimeError(f"mlflow server exited with {self._proc.returncode}: see {log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.uri}/health", timeout=2).status_code == 200:
+                    return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"mlflow server did not answer on {self.uri} within {timeout_s:.0f} s")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        """SIGTERM to its process group (uvicorn workers with it), SIGKILL when that is not enough."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> MlflowServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
