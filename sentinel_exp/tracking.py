@@ -218,12 +218,6 @@ class Tracker:
             raise RuntimeError("Tracker.start() first")  # a bug in the caller, not a user error
         return self.run_id
 
-    def where_logged(self) -> str | None:
-        """One line: the run, its store, and where to browse it."""
-        if self.run_id is None:
-            return None
-        return f"MLflow run {self.run_id} in {self.uri}  ({browse_hint(self.uri, self.experiment_id)})"
-
     def finished_run(self, config_hash: str, repeat: int) -> FinishedRun | None:
         """The latest FINISHED run of this configuration and repeat in the experiment, if any
         (a run without a `sentinel.repeat` tag is repeat 0)."""
