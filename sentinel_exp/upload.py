@@ -200,11 +200,11 @@ class Uploader:
         if parent is not None:
             tags["mlflow.parentRunId"] = parent
         if found is None:
-            # Only the uid at creation: a cut-short upload is found by it and completed.
-            tracker.start(run.run_name, {"sentinel.run_uid": run.uid}, start_ms=run.start_ms)
+            # The uid and runner tags from the start: a cut-short upload is found by them and completed.
+            tracker.start(run.run_name, tags, start_ms=run.start_ms)
         else:
             tracker.attach(found[0])
-        tracker.set_tags(tags)
+            tracker.set_tags(tags)
         tracker.log_params(run.params)
         if not run.ended:
             return self._done(folder, run, tracker, tracker.started_run, already=False)
