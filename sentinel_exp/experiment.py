@@ -107,6 +107,17 @@ class Outcome:
     not_logged: str | None = None  # why the MLflow store did not take the run (its folder holds it)
 
 
+@dataclass
+class Ended:
+    """A run whose folder is complete (run.json ended): what logging and ending it need."""
+
+    status: RunStatus
+    metrics: dict[str, float]
+    failure: str | None
+    signal: signal.Signals | None  # SIGINT/SIGTERM that stopped it
+    measured_any: bool
+
+
 class RequestFactory:
     """Builds request `index` of a phase: prompts from workload.PromptSource (cycled, from a file,
     or synthetic), options and keep_alive as configured."""
@@ -318,9 +329,7 @@ def _finished_before(cfg: ExperimentConfig, resolved: dict[str, Any]) -> Finishe
         return None
 
 
-async def _with_server(
-    cfg: ExperimentConfig, ctx: RunContext, resolved: dict[str, Any], handle: ServerHandle
-) -> Outcome:
+async def _with_server(cfg: ExperimentConfig, ctx: RunContext, resolved: dict[str, Any], handle: ServerHandle) -> Ended:
     async with _http_client(handle, cfg) as client:
         facts = await run_apis(handle.kind, cfg.workload.api).server.preflight(client, handle, cfg.model.name)
         monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
@@ -370,7 +379,7 @@ async def _tracked_run(
     client: httpx.AsyncClient,
     facts: ModelFacts,
     monitor: RunMonitor,
-) -> Outcome:
+) -> Ended:
     factory = RequestFactory(cfg, handle)
     # Before any request: lint=strict stops here.
     option_lint = OptionLint(cfg, handle, factory.options, factory.unsent, factory.prompts)
@@ -445,19 +454,25 @@ async def _tracked_run(
             f"{sum(r.measured for r in measurement.records)} measured request(s) and is FAILED; the summary "
             f"above has their numbers, {writer.path} those it could write"
         )
+    return Ended(status, conclusion.metrics, failure, signals.received, any(r.measured for r in measurement.records))
+
+
+def _log_and_end(cfg: ExperimentConfig, ctx: RunContext, ended: Ended) -> Outcome:
+    """Upload the ended run's folder to MLflow (its server is stopping meanwhile), then end as the
+    run did: exit status for a signal, RunFailed for a failure."""
     run_id, not_logged = None, None
     # Stopped before the measured phase, a run that measured nothing does not wait seconds for
     # MLflow's import to log it; where MLflow is loaded already (a sweep's jobs) it costs nothing.
-    quick_exit = signals.received is not None and not any(r.measured for r in measurement.records)
+    quick_exit = ended.signal is not None and not ended.measured_any
     if cfg.tracking.enabled and not (quick_exit and "mlflow" not in sys.modules):
         run_id, not_logged = _upload(cfg, ctx)
     elif cfg.tracking.enabled:
         ui.stdout.print(escape(f"not logged to MLflow; upload it with: python -m sentinel_exp.sync {ctx.output_dir}"))
-    if signals.received is not None:
-        raise Interrupted(signals.received.name, 128 + int(signals.received))
-    if failure:
-        raise RunFailed(f"{failure}; the run is FAILED (records: {ctx.output_dir / 'requests.jsonl'})")
-    return Outcome(run_id, status, conclusion.metrics, not_logged=not_logged)
+    if ended.signal is not None:
+        raise Interrupted(ended.signal.name, 128 + int(ended.signal))
+    if ended.failure:
+        raise RunFailed(f"{ended.failure}; the run is FAILED (records: {ctx.output_dir / 'requests.jsonl'})")
+    return Outcome(run_id, ended.status, ended.metrics, not_logged=not_logged)
 
 
 def _upload(cfg: ExperimentConfig, ctx: RunContext) -> tuple[str | None, str | None]:
@@ -635,4 +650,6 @@ def run(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
     # The server starts before the event loop does: a blocking wait inside the loop would hold
     # Ctrl-C back until the server is ready; out here it interrupts the wait at once.
     with resolve_server(share.server, share.model.name, ctx.output_dir) as handle:
-        return eventloop.run(_with_server(share, ctx, resolved, handle))
+        ended = eventloop.run(_with_server(share, ctx, resolved, handle))
+    # The server stops while the run is uploaded: it is not needed for that.
+    return _log_and_end(share, ctx, ended)

@@ -93,7 +93,8 @@ def probe_ollama(url: str, timeout_s: float = 1.0) -> str | None:
 def start_bundled(
     engine: ServerKind, extra_args: list[str], startup_timeout_s: float, log_path: Path
 ) -> Iterator[ServerHandle]:
-    """Start `python -m sentinel_exp.serve` on a free loopback port; stop it on exit."""
+    """Start `python -m sentinel_exp.serve` on a free loopback port; tell it to stop on exit (it
+    is waited for before the next server starts, or when this process exits)."""
     try:
         server = start_server(engine, extra_args, timeout_s=startup_timeout_s, log_path=log_path)
     except ServerStartError as exc:
@@ -101,7 +102,7 @@ def start_bundled(
     try:
         yield ServerHandle(kind=engine, url=server.url, pid=server.pid, log_path=log_path)
     finally:
-        server.stop()
+        server.stop_soon()
 
 
 def embedded_hint() -> str:

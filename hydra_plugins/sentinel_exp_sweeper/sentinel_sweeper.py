@@ -1,5 +1,6 @@
 """sentinel-exp's default sweeper, hydra/sweeper=sentinel (conf/config.yaml): Hydra's basic
-sweeper with each configuration's runs ordered by `sweep.order` (sentinel_exp/sweeper.py).
+sweeper with each configuration's runs ordered by `sweep.order` (sentinel_exp/sweeper.py), and each
+job's config composed once (ComposeOnce).
 
 Hydra instantiates sweepers only from the `hydra_plugins` namespace package, and finds them by
 importing every module in it: this module stays a thin shell, the ordering lives in sentinel_exp.
@@ -8,11 +9,14 @@ importing every module in it: this module stays a thin shell, the ordering lives
 # No `from __future__ import annotations`: Hydra runs this module before it is in sys.modules,
 # where dataclasses cannot look string annotations up.
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
 
 @dataclass
@@ -25,7 +29,57 @@ class SentinelSweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="sentinel", node=SentinelSweeperConf, provider="sentinel-exp")
 
 
+class ComposeOnce:
+    """Hydra's config loader, with each job's config composed once. Before launching a batch, the
+    sweeper composes every job of it, so that a bad combination fails before any job runs; the
+    launcher then composes each job again. Kept from the check and handed to the launcher, the
+    config is composed once per job instead of twice: about 0.2 s of every job's start on a
+    2-core machine.
+
+    A kept config is handed over once and then forgotten. A launcher that runs jobs in other
+    processes (joblib) gets the loader without the kept configs and composes there, as before.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+        self._kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+
+    def check(self, master_config: DictConfig, sweep_overrides: list[str]) -> None:
+        """Compose one job's config (raising what Hydra raises for a bad one) and keep it."""
+        key = (id(master_config), tuple(sweep_overrides))
+        self._kept[key] = self._loader.load_sweep_config(master_config, sweep_overrides)
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        kept = self._kept.pop((id(master_config), tuple(sweep_overrides)), None)
+        if kept is not None:
+            return kept
+        composed: DictConfig = self._loader.load_sweep_config(master_config, sweep_overrides)
+        return composed
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not the loader's: and while unpickling, _loader is not there yet
+            raise AttributeError(name)
+        return getattr(self._loader, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_loader": self._loader, "_kept": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
 class SentinelSweeper(BasicSweeper):
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        # The sweeper and its launcher share this loader: what the check composes, the launch uses.
+        loader = ComposeOnce(hydra_context.config_loader)
+        once = HydraContext(config_loader=loader, callbacks=hydra_context.callbacks)  # type: ignore[arg-type]
+        super().setup(hydra_context=once, task_function=task_function, config=config)
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        assert self.hydra_context is not None and self.config is not None
+        for overrides in batch:
+            self.hydra_context.config_loader.check(self.config, list(overrides))  # type: ignore[attr-defined]
+
     def sweep(self, arguments: list[str]) -> Any:
         from sentinel_exp.sweeper import InterleaveError, arrange
 

@@ -10,6 +10,7 @@ blocks on a full pipe.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import queue
@@ -62,6 +63,17 @@ class BundledServer:
         if self.temporary_log:
             self.log_path.unlink(missing_ok=True)
 
+    def stop_soon(self) -> None:
+        """Terminate the server and return at once; it is waited for (and killed if it lingers)
+        before the next server starts, or at exit. Its shutdown, about 0.2 s, then overlaps what
+        the caller does next (a run's upload) instead of adding to it."""
+        if self.temporary_log:
+            self.stop()
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            _stopping.append(self.process)
+
 
 def start_server(
     engine: str,
@@ -78,6 +90,8 @@ def start_server(
     temporary file when None). Raises ServerStartError, with the log's tail, if the server exits
     first or is not ready within `timeout_s`. The caller stops it (`stop`), or uses `running_server`.
     """
+    # Never two bundled servers at once: one that is still stopping (its model in memory) goes first.
+    wait_for_stopping()
     cmd = [
         sys.executable,
         "-m",
@@ -156,6 +170,19 @@ def stop_process(process: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+# Servers told to stop by BundledServer.stop_soon, not yet waited for.
+_stopping: list[subprocess.Popen[str]] = []
+
+
+def wait_for_stopping() -> None:
+    """Wait for every server that stop_soon told to stop, killing any that lingers."""
+    while _stopping:
+        stop_process(_stopping.pop())
+
+
+atexit.register(wait_for_stopping)
 
 
 def _await_ready(process: subprocess.Popen[str], timeout_s: float) -> dict[str, Any] | None:
