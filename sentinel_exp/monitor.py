@@ -156,7 +156,7 @@ class RunMonitor:
         if not self.cfg.enabled:
             return
         local = self._host is None
-        # A scrape is an HTTP request and a parse of the whole exposition (~15 ms of CPU for a
+        # A scrape is an HTTP request and a parse of the whole exposition (~20 ms of CPU for a
         # default node-exporter on a 2-core machine): exporters get their own, slower interval.
         scraping = self.source is TelemetrySource.prometheus
         self._sampler = Sampler(
