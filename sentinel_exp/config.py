@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import Api, Direction, LintMode, ServerKind, SweepOrder
@@ -40,7 +41,8 @@ MISSING = "???"
 # Two kinds of field are typed Any in the schema, and checked in problems() instead:
 # - free-form mappings: a typed dict would make Hydra reject a whole new mapping given on the command
 #   line (`server.sim.faults={3:http_500}`) as keys "not in struct" (`_mapping_problems`);
-# - keep_alive, which is a number of seconds or a Go duration string: OmegaConf has no union types.
+# - keep_alive, which is a number of seconds or a Go duration string: OmegaConf has no union types;
+# - telemetry.prometheus_url, one URL or a list of them, for the same reason.
 
 
 def _mapping_problems(path: str, value: Any) -> list[str]:
@@ -353,9 +355,42 @@ class TelemetryConfig:
     """Sample the GPUs through NVML."""
     log_series: bool = True
     """Write the raw samples as MLflow step metrics."""
+    prometheus_url: Any = None
+    """Prometheus exporter(s) on the target host (node-exporter, dcgm-exporter): a URL or a list; null = none."""
+    prometheus_interval_s: float = 1.0
+    """Seconds between scrapes of telemetry.prometheus_url."""
+
+    def prometheus_urls(self) -> list[str]:
+        """The exporter URLs, each with /metrics where it names no path (checked by problems())."""
+        given = self.prometheus_url
+        urls = [] if given is None else [given] if isinstance(given, str) else list(given)
+        return [url if urlsplit(url).path not in ("", "/") else url.rstrip("/") + "/metrics" for url in urls]
 
     def problems(self) -> list[str]:
-        return [] if self.interval_s > 0 else [f"telemetry.interval_s must be positive (got {self.interval_s})"]
+        problems = [] if self.interval_s > 0 else [f"telemetry.interval_s must be positive (got {self.interval_s})"]
+        if self.prometheus_interval_s <= 0:
+            problems.append(f"telemetry.prometheus_interval_s must be positive (got {self.prometheus_interval_s})")
+        given = self.prometheus_url
+        urls = [given] if isinstance(given, str) else given
+        if given is None:
+            return problems
+        if not isinstance(urls, (list, tuple)) or not urls:
+            return [*problems, f"telemetry.prometheus_url must be a URL or a list of URLs (got {given!r})"]
+        return problems + [p for url in urls for p in _exporter_url_problems(url)]
+
+
+def _exporter_url_problems(url: Any) -> list[str]:
+    example = "e.g. http://gpu-box:9100/metrics"
+    if not isinstance(url, str):
+        return [f"telemetry.prometheus_url: {url!r} is not a URL ({example})"]
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        return [f"telemetry.prometheus_url: {url!r} is not a valid URL ({exc}; {example})"]
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [f"telemetry.prometheus_url: {url!r} is not an http(s) URL with a host ({example})"]
+    return []
 
 
 @dataclass

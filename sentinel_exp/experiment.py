@@ -334,6 +334,7 @@ async def _with_server(cfg: ExperimentConfig, ctx: RunContext, resolved: dict[st
         facts = await run_apis(handle.kind, cfg.workload.api).server.preflight(client, handle, cfg.model.name)
         monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
         monitor.check_hardware()
+        monitor.choose_host_source()
         return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor)
 
 

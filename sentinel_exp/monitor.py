@@ -3,6 +3,9 @@ tied to the run's phases and named for MLflow (see docs/measurement.md, Telemetr
 
 One GpuProbe serves the fingerprint, the hardware check and the sampler, so NVML is
 initialised once; without a GPU or driver everything here degrades to "not available".
+The target host's CPU, memory and GPUs come from this machine only when the target is this
+machine; otherwise from its Prometheus exporters (telemetry.prometheus_url), or not at all
+(sentinel.telemetry_source; docs/measurement.md, Remote telemetry).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import psutil
 
 from sentinel_exp.config import HardwareConfig, TelemetryConfig
 from sentinel_exp.hardware import check_with_probe
+from sentinel_exp.names import TelemetrySource
 from sentinel_exp.servers import ServerHandle
 from sentinel_exp.telemetry import (
     GpuProbe,
@@ -28,6 +33,8 @@ from sentinel_exp.telemetry import (
     series_points,
     summarize_telemetry,
 )
+from sentinel_exp.telemetry.prometheus import PrometheusProbe
+from sentinel_exp.telemetry.sampler import HostProbe, NoHost
 from sentinel_exp.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,26 @@ def server_pid(handle: ServerHandle) -> int | None:
     return find_server_pid(parts.port or (443 if parts.scheme == "https" else 80), name="ollama")
 
 
+class ExporterClient:
+    """GETs of Prometheus exporters' /metrics for the sampler thread, in exposition text format."""
+
+    def __init__(self, urls: list[str], interval_s: float) -> None:
+        # A scrape that hangs must not hold the sampler past its next tick for long.
+        timeout = min(2.0, max(0.5, interval_s))
+        # Proxies from the environment are for reaching other hosts, as the run's own client does.
+        self._client = httpx.Client(timeout=timeout, trust_env=not all(map(is_loopback_url, urls)))
+
+    def get(self, url: str) -> str:
+        # Plain text format 0.0.4: what prometheus_client's parser reads, and what every exporter serves.
+        response = self._client.get(url, headers={"Accept": "text/plain; version=0.0.4"})
+        if response.is_error:
+            raise OSError(f"HTTP {response.status_code} {response.reason_phrase}")
+        return response.text
+
+    def close(self) -> None:
+        self._client.close()
+
+
 class RunMonitor:
     def __init__(self, telemetry_cfg: TelemetryConfig, hardware_cfg: HardwareConfig, handle: ServerHandle) -> None:
         self.cfg = telemetry_cfg
@@ -53,6 +80,11 @@ class RunMonitor:
         # sampled, so the probe is always opened; telemetry.gpu only governs sampling.
         self.probe = GpuProbe()
         self.pid = server_pid(handle) if telemetry_cfg.enabled else None
+        self.remote = not is_loopback_url(handle.url)
+        self.exporters = telemetry_cfg.prometheus_urls()
+        self.source = TelemetrySource.local  # decided by choose_host_source()
+        self._host: HostProbe | None = None  # None: this machine's own counters
+        self._http: ExporterClient | None = None
         self._sampler: Sampler | None = None
         self._tags: dict[str, str] = {}
         self._notes: list[str] = []
@@ -68,24 +100,72 @@ class RunMonitor:
             self._notes.append(check.message)
             self.warnings.append(check.message)
 
+    def choose_host_source(self) -> None:
+        """Where the target host's CPU, memory and GPU figures come from, decided before the run:
+        its exporters when telemetry.prometheus_url is set and one answers; this machine when the
+        target is this machine; otherwise nowhere, with a warning: this machine's figures are
+        never logged as a remote host's."""
+        if not self.cfg.enabled:
+            return
+        if self.exporters:
+            self._http = ExporterClient(self.exporters, self.cfg.prometheus_interval_s)
+            probe = PrometheusProbe(self.exporters, self._http.get)
+            for problem in probe.check():
+                self._warn(f"telemetry.prometheus_url: {problem}")
+            if probe.usable:
+                self.source, self._host = TelemetrySource.prometheus, probe
+                return
+            self._http.close()
+            self._http = None
+            if not self.remote:
+                self._warn("no Prometheus exporter answered: host telemetry comes from this machine, the target's")
+                return
+            self._unavailable("no Prometheus exporter in telemetry.prometheus_url answered")
+        elif self.remote:
+            self._unavailable(
+                "telemetry.prometheus_url is not set (the target's node-exporter and dcgm-exporter, "
+                "e.g. http://gpu-box:9100/metrics)"
+            )
+
+    def _unavailable(self, why: str) -> None:
+        self.source, self._host = TelemetrySource.unavailable, NoHost()
+        self._warn(
+            f"the target {self.handle.url} is another host and {why}: its CPU, memory and GPU telemetry "
+            f"is unavailable (sentinel.telemetry_source=unavailable); only this client's own CPU is logged"
+        )
+
+    def _warn(self, text: str) -> None:
+        log.warning("warning: %s", text)
+        self._notes.append(text)
+        self.warnings.append(text)
+
     def tags(self) -> dict[str, str]:
         tags = environment_fingerprint(self.probe)
         tags.update(self._tags)
+        if self.cfg.enabled:
+            tags["sentinel.telemetry_source"] = str(self.source)
         if self.pid is not None:
             tags["sentinel.server_pid"] = str(self.pid)
         elif self.cfg.enabled:
             tags["sentinel.server_pid"] = "unknown"
-            self._notes.append("server process not found: no server CPU/RSS (set server.pid)")
+            if not self.remote:
+                self._notes.append("server process not found: no server CPU/RSS (set server.pid)")
         return tags
 
     def start(self) -> None:
-        if self.cfg.enabled:
-            self._sampler = Sampler(
-                interval_s=self.cfg.interval_s,
-                server_pid=self.pid,
-                gpu_probe=self.probe if self.cfg.gpu else None,
-                gpu=self.cfg.gpu,
-            ).start()
+        if not self.cfg.enabled:
+            return
+        local = self._host is None
+        # A scrape is an HTTP request and a parse of the whole exposition (~20 ms of CPU for a
+        # default node-exporter on a 2-core machine): exporters get their own, slower interval.
+        scraping = self.source is TelemetrySource.prometheus
+        self._sampler = Sampler(
+            interval_s=self.cfg.prometheus_interval_s if scraping else self.cfg.interval_s,
+            server_pid=self.pid,
+            gpu_probe=self.probe if self.cfg.gpu and local else None,
+            gpu=self.cfg.gpu and local,
+            host=self._host,
+        ).start()
 
     def mark_phase(self, phase: str) -> None:
         if self._sampler is not None:
@@ -95,6 +175,8 @@ class RunMonitor:
         if self._sampler is not None:
             self._sampler.stop()
             self._notes.extend(self._sampler.notes)
+        if self._http is not None:
+            self._http.close()
         self.probe.close()
 
     @property

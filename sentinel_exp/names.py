@@ -104,6 +104,14 @@ class Placement(StrEnum):
     cpu = "cpu"
 
 
+class TelemetrySource(StrEnum):
+    """`sentinel.telemetry_source`: where a run's host CPU, memory and GPU figures come from."""
+
+    local = "local"  # this machine's own counters (psutil, NVML): the target is this machine
+    prometheus = "prometheus"  # the target host's exporters (telemetry.prometheus_url)
+    unavailable = "unavailable"  # a remote target without a reachable exporter: no host figures
+
+
 class DistributionKind(StrEnum):
     """Distributions a workload quantity (think time, prompt length) can be drawn from."""
 

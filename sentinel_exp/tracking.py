@@ -60,6 +60,8 @@ ADDED_SETTINGS: Mapping[str, Any] = {
     "server.sim.gpu_fraction": 0,
     "workload.max_error_rate": None,
     "workload.error_rate_min_requests": 10,
+    "telemetry.prometheus_url": None,
+    "telemetry.prometheus_interval_s": 1.0,
 }
 
 

@@ -1,6 +1,7 @@
 """Telemetry: host CPU/memory, server process tree and NVIDIA GPUs, sampled in a thread.
 
-Importable with the standard library and psutil only; pynvml is imported lazily by GpuProbe.
+Importable with the standard library and psutil only; pynvml is imported lazily by GpuProbe, and
+prometheus_client only by prometheus.py (a remote target's exporters), which is not imported here.
 No MLflow, Hydra, httpx, omegaconf or numpy here (tests enforce it).
 """
 
@@ -15,7 +16,7 @@ from .cpu import (
 )
 from .fingerprint import environment_fingerprint
 from .gpu import GpuDevice, GpuProbe, GpuReading
-from .sampler import Sample, Sampler
+from .sampler import HostProbe, HostReading, NoHost, Sample, Sampler
 from .summary import (
     EnergyEstimate,
     SeriesPoint,
@@ -31,7 +32,10 @@ __all__ = [
     "GpuDevice",
     "GpuProbe",
     "GpuReading",
+    "HostProbe",
+    "HostReading",
     "MemoryReading",
+    "NoHost",
     "OwnProcessProbe",
     "ProcessTreeProbe",
     "ProcessTreeReading",

@@ -6,13 +6,13 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psutil
 
-from .cpu import OwnProcessProbe, ProcessTreeProbe, SystemProbe
+from .cpu import CpuReading, MemoryReading, OwnProcessProbe, ProcessTreeProbe, SystemProbe
 from .gpu import GpuProbe, GpuReading
 
 T = TypeVar("T")
@@ -42,6 +42,34 @@ class Sample:
         return d
 
 
+@dataclass(frozen=True)
+class HostReading:
+    """Whole-host figures of one sample, read from elsewhere than this machine's own counters."""
+
+    cpu: CpuReading | None = None
+    memory: MemoryReading | None = None
+    gpus: tuple[GpuReading, ...] = ()
+
+
+class HostProbe(Protocol):
+    """Where a sampler reads the target host's CPU, memory and GPUs when they are not this
+    machine's (e.g. telemetry.prometheus.PrometheusProbe)."""
+
+    @property
+    def notes(self) -> Sequence[str]: ...
+
+    def read(self) -> HostReading: ...
+
+
+class NoHost:
+    """The target host's figures are unavailable: samples carry the client's own figures only."""
+
+    notes: Sequence[str] = ()
+
+    def read(self) -> HostReading:
+        return HostReading()
+
+
 class Sampler:
     """Samples host CPU/memory, a server's process tree and GPUs every `interval_s`.
 
@@ -53,6 +81,8 @@ class Sampler:
     a probe you pass is opened if needed but left for you to close; `gpu=False` disables GPUs.
     discovery_budget: CPU share allowed for re-scanning the server's children (see
     ProcessTreeProbe); None re-scans on every sample.
+    host: None reads host CPU, memory and GPUs from this machine (psutil, NVML); a HostProbe reads
+    them from it instead (a remote target's exporters, or NoHost), and NVML is not opened.
     """
 
     def __init__(
@@ -65,6 +95,7 @@ class Sampler:
         gpu: bool = True,
         wall_clock: Callable[[], float] = time.time,
         discovery_budget: float | None = 0.002,
+        host: HostProbe | None = None,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
@@ -72,6 +103,8 @@ class Sampler:
         self.server_pid = server_pid
         self._clock = clock
         self._wall = wall_clock
+        self.host = host
+        gpu = gpu and host is None  # a host probe brings the target's GPUs, if any
         self._owns_gpu = gpu and gpu_probe is None
         self.gpu_probe: GpuProbe | None = None
         if gpu:
@@ -150,7 +183,8 @@ class Sampler:
         gpu_notes = list(self.gpu_probe.notes) if self.gpu_probe is not None else []
         if self.gpu_probe is not None and self.gpu_probe.opened and not self.gpu_probe.available:
             gpu_notes.insert(0, f"GPU telemetry unavailable: {self.gpu_probe.reason}")
-        return list(self._notes) + gpu_notes
+        host_notes = list(self.host.notes) if self.host is not None else []
+        return list(self._notes) + gpu_notes + host_notes
 
     @property
     def wall_s(self) -> float:
@@ -198,7 +232,8 @@ class Sampler:
         gpu = self.gpu_probe
         if gpu is not None:
             self._guard("gpu_open", gpu.open)  # here, not in start(): nvmlInit can take ~1 s
-        self._guard("cpu", self._system.read_cpu)  # prime the deltas
+        if self.host is None:
+            self._guard("cpu", self._system.read_cpu)  # prime the deltas
         self._guard("client", self._own.read)
         if self._tree is not None:
             self._guard("server", self._tree.read)
@@ -230,16 +265,27 @@ class Sampler:
         with self._lock:
             phase, mono, wall = self._phase, self._clock(), self._wall()
             index = len(self._samples)
-        cpu = self._guard("cpu", self._system.read_cpu)
-        mem = self._guard("memory", self._system.read_memory)
+        if self.host is not None:
+            host = self._guard("host", self.host.read) or HostReading()
+            cpu, mem, gpus = host.cpu, host.memory, host.gpus
+        else:
+            cpu = self._guard("cpu", self._system.read_cpu)
+            mem = self._guard("memory", self._system.read_memory)
+            gpus = ()
+            if self.gpu_probe is not None and self.gpu_probe.available:
+                gpus = self._guard("gpu", self.gpu_probe.read) or ()
         tree = self._guard("server", self._tree.read) if self._tree is not None else None
         client = self._guard("client", self._own.read)
         other = None
-        if cpu is not None and tree is not None and tree.cpu_pct is not None and client is not None:
+        # Only from this machine's own counters: the server tree and the client are local processes.
+        if (
+            self.host is None
+            and cpu is not None
+            and tree is not None
+            and tree.cpu_pct is not None
+            and client is not None
+        ):
             other = round(max(0.0, cpu.cpu_pct * self._n_cpus - tree.cpu_pct - client), 3)
-        gpus: tuple[GpuReading, ...] = ()
-        if self.gpu_probe is not None and self.gpu_probe.available:
-            gpus = self._guard("gpu", self.gpu_probe.read) or ()
         sample = Sample(
             index=index,
             wall_time=wall,

@@ -42,6 +42,12 @@ CASES = [
     Case("a simulated answer of no tokens", ("server.sim.tokens=0",), "server.sim.tokens must be at least 1", 2),
     Case("a blank experiment name", ("tracking.experiment=' '",), "tracking.experiment is empty", 2),
     Case("a zero telemetry interval", ("telemetry.interval_s=0",), "telemetry.interval_s must be positive", 2),
+    Case(
+        "an exporter URL that is no http(s) URL",
+        ("telemetry.prometheus_url=gpu-box:9100",),
+        "telemetry.prometheus_url: 'gpu-box:9100' is not an http(s) URL with a host",
+        2,
+    ),
     Case("an error-rate limit that is no fraction", ("workload.max_error_rate=1.5",), "workload.max_error_rate", 2),
     Case(
         "an unknown think-time distribution",
