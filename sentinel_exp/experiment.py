@@ -650,7 +650,10 @@ def run(cfg: ExperimentConfig, ctx: RunContext) -> Outcome:
         return resolved
     # The server starts before the event loop does: a blocking wait inside the loop would hold
     # Ctrl-C back until the server is ready; out here it interrupts the wait at once.
-    with resolve_server(share.server, share.model.name, ctx.output_dir) as handle:
+    # In a sweep, the next job's server starts from a standby process made while this one uploads.
+    with resolve_server(
+        share.server, share.model.name, ctx.output_dir, more_to_come=ctx.sweep_id is not None
+    ) as handle:
         ended = eventloop.run(_with_server(share, ctx, resolved, handle))
     # The server stops while the run is uploaded: it is not needed for that.
     return _log_and_end(share, ctx, ended)

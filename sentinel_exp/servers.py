@@ -21,7 +21,7 @@ from sentinel_exp.errors import ConfigError, ServerError
 from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE
-from sentinel_exp.serve.launch import ServerStartError, start_server
+from sentinel_exp.serve.launch import ServerStartError, prepare_standby, start_server
 
 log = logging.getLogger(__name__)
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
@@ -91,10 +91,11 @@ def probe_ollama(url: str, timeout_s: float = 1.0) -> str | None:
 
 @contextmanager
 def start_bundled(
-    engine: ServerKind, extra_args: list[str], startup_timeout_s: float, log_path: Path
+    engine: ServerKind, extra_args: list[str], startup_timeout_s: float, log_path: Path, more_to_come: bool = False
 ) -> Iterator[ServerHandle]:
     """Start `python -m sentinel_exp.serve` on a free loopback port; tell it to stop on exit (it
-    is waited for before the next server starts, or when this process exits)."""
+    is waited for before the next server starts, or when this process exits). `more_to_come` (a
+    sweep's job): then leave a standby server process for the next job to start from."""
     try:
         server = start_server(engine, extra_args, timeout_s=startup_timeout_s, log_path=log_path)
     except ServerStartError as exc:
@@ -103,6 +104,8 @@ def start_bundled(
         yield ServerHandle(kind=engine, url=server.url, pid=server.pid, log_path=log_path)
     finally:
         server.stop_soon()
+        if more_to_come:
+            prepare_standby()
 
 
 def embedded_hint() -> str:
@@ -132,7 +135,9 @@ def embedded_problem(model: str, extra_models: dict[str, str]) -> str | None:
 
 
 @contextmanager
-def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> Iterator[ServerHandle]:
+def resolve_server(
+    server_cfg: ServerConfig, model: str, output_dir: Path, more_to_come: bool = False
+) -> Iterator[ServerHandle]:
     kind = server_cfg.kind
     log_path = output_dir / "server.log"
     if kind == "auto":
@@ -162,6 +167,7 @@ def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> It
             ["--model", model, *keep_alive, *server_cfg.sim.settings().to_args()],
             server_cfg.startup_timeout_s,
             log_path,
+            more_to_come,
         ) as handle:
             yield handle
     elif kind == "embedded":
@@ -169,7 +175,9 @@ def resolve_server(server_cfg: ServerConfig, model: str, output_dir: Path) -> It
         if problem is not None:
             raise ServerError(f"server=embedded cannot serve model '{model}': {problem}.")
         args = [arg for tag, path in (server_cfg.models or {}).items() for arg in ("--model", f"{tag}={path}")]
-        with start_bundled(ServerKind.embedded, [*args, *keep_alive], server_cfg.startup_timeout_s, log_path) as handle:
+        with start_bundled(
+            ServerKind.embedded, [*args, *keep_alive], server_cfg.startup_timeout_s, log_path, more_to_come
+        ) as handle:
             yield handle
     elif kind == "ollama":
         url = configured_url(server_cfg) or ollama_url_from_env()

@@ -23,7 +23,7 @@ from typing import Any
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp.names import ServerKind
-from sentinel_exp.serve import DEFAULT_MAX_BODY_BYTES, READY_PREFIX
+from sentinel_exp.serve import DEFAULT_MAX_BODY_BYTES, READY_PREFIX, STANDBY_FLAG
 from sentinel_exp.serve.engine import Engine
 from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, SimulatedEngine
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE, server_default_seconds
@@ -249,5 +249,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def standby() -> int:
+    """`--standby`, for the runner (serve.launch.prepare_standby): import what serving needs, then
+    wait for the real command line on stdin, one JSON line {"argv": [...], "log": path}, and serve
+    as `main(argv)` with stderr going to the log. A sweep's next job then starts its server without
+    waiting for these imports. Stdin closed first (the runner is gone or done): exit."""
+    import uvicorn  # noqa: F401
+
+    from sentinel_exp.serve import app  # noqa: F401
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    order = json.loads(line)
+    log = open(order["log"], "w", encoding="utf-8")  # noqa: SIM115 (the server's stderr to its end)
+    os.dup2(log.fileno(), sys.stderr.fileno())
+    return main(list(order["argv"]))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(standby() if sys.argv[1:] == [STANDBY_FLAG] else main())
