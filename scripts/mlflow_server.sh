@@ -140,6 +140,8 @@ if [ "$AUTH" -eq 1 ]; then
     export MLFLOW_AUTH_ADMIN_PASSWORD=${MLFLOW_AUTH_ADMIN_PASSWORD:-${MLFLOW_TRACKING_PASSWORD:-}}
     [ -n "$MLFLOW_AUTH_ADMIN_USERNAME" ] && [ -n "$MLFLOW_AUTH_ADMIN_PASSWORD" ] ||
         die "--auth needs the admin's user name and password in the environment: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    # MLflow's rule for a new admin, checked here to say so in one line instead of its traceback.
+    [ ${#MLFLOW_AUTH_ADMIN_PASSWORD} -ge 12 ] || die "the admin password must be at least 12 characters (MLflow's rule)"
     # The auth app's own settings (no secret in them: the admin comes from the environment) and
     # its users in their own database; the CSRF key kept in DIR so that a restart keeps sessions.
     cat >"$DIR/basic_auth.ini" <<EOF
