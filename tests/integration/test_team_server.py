@@ -18,8 +18,10 @@ import pytest
 from support.cli import cli_env, run_cli
 from support.mlflow_server import MlflowServer, ScriptServer
 
+from sentinel_exp.errors import UserError
 from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.launch import running_server
+from sentinel_exp.tracking import Tracker
 
 QUICK = ["workload.warmup=0", "plots=false", "telemetry.interval_s=0.5"]
 
@@ -141,7 +143,7 @@ def _postgres_missing() -> str | None:
 
 
 @pytest.mark.skipif(_postgres_missing() is not None, reason=str(_postgres_missing()))
-def test_the_team_server_script_keeps_runs_in_postgresql_behind_basic_auth(tmp_path):
+def test_the_team_server_script_keeps_runs_in_postgresql_behind_basic_auth(tmp_path, monkeypatch):
     credentials = ("sentinel-admin", "team-" + secrets.token_hex(8))  # MLflow wants 12 characters or more
     # A short path the postgres user can reach (pytest's own temporary folders are root's only).
     root = Path(tempfile.mkdtemp(prefix="sx-pg-", dir="/tmp"))
@@ -172,6 +174,12 @@ def test_the_team_server_script_keeps_runs_in_postgresql_behind_basic_auth(tmp_p
             assert all(c["status"] == "FINISHED" and c["metrics"]["requests_ok"] == 4 for c in children)
             # The runs live in PostgreSQL, not in a file of the server's folder.
             assert (root / "srv" / "pg" / "data" / "PG_VERSION").is_file() and not list(root.rglob("*.db"))
+            # A wrong password: the store refuses the run (a run then exits 4, "not logged"), and the
+            # message says where credentials go.
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+            with pytest.raises(UserError, match=r"error code 401 .*MLFLOW_TRACKING_PASSWORD"):
+                Tracker(server.uri, "sentinel-exp")
         # The password reached the server from the environment only: no file of the runs holds it.
         leaked = [p for p in tmp_path.rglob("*") if p.is_file() and password in p.read_text(errors="replace")]
         assert leaked == []
