@@ -19,6 +19,11 @@ import time
 import uuid
 from pathlib import Path
 
+try:
+    import sentinel_exp  # noqa: F401
+except ImportError:  # run from a checkout without installing it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 PARAMS = 120
 SERIES_POINTS = 3000  # as a 5-minute run's telemetry at 10 Hz, several series
 
