@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from support.cli import cli_env, run_cli
+from support.cli import cli_env, mlflow_runs, run_cli
 from support.mlflow_server import MlflowServer, ScriptServer
+from support.remote_host import LoopbackProxy
 
 from sentinel_exp.errors import UserError
 from sentinel_exp.names import ServerKind
@@ -97,6 +98,32 @@ def test_a_sweep_over_server_urls_lands_under_one_parent_on_the_tracking_server(
     ttft_a = by_target[box_a.url]["metrics"]["ttft_ms_p50"]
     ttft_b = by_target[box_b.url]["metrics"]["ttft_ms_p50"]
     assert ttft_a >= 20 and ttft_b >= 60 and 30 < ttft_b - ttft_a < 50
+
+
+def test_a_remote_target_is_measured_and_tagged_as_another_host(tmp_path):
+    # `gpu-box` is reached through a proxy on loopback (support/remote_host.py): to the client it
+    # is another machine, reached as a remote one is.
+    with (
+        running_server(ServerKind.simulated, ["--load-ms", "0", "--ttft-ms", "30"]) as box,
+        LoopbackProxy(int(box.url.rsplit(":", 1)[1])) as proxy,
+    ):
+        url = f"http://gpu-box:{proxy.target_port}"
+        env = cli_env(HTTP_PROXY=proxy.url, http_proxy=proxy.url, NO_PROXY="", no_proxy="")
+        remote = ["server=ollama", f"server.url={url}", "hardware=rtx3060_12gb", "workload.requests=3"]
+        result = run_cli(tmp_path, *remote, *QUICK, env=env)
+        through_proxy = proxy.connections
+    assert result.returncode == 0, result.output
+    assert through_proxy >= 2  # the probe and the run's own connection both went "to gpu-box"
+    [run] = mlflow_runs(tmp_path)
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and run.data.metrics["requests_ok"] == 3
+    assert run.data.metrics["ttft_ms_p50"] >= 30
+    assert tags["sentinel.target"] == url and tags["sentinel.target_host"] == "gpu-box"
+    assert tags["sentinel.client_host"] == socket.gethostname() and tags["sentinel.target_remote"] == "true"
+    # This machine's fingerprint is the client's, and the RTX 3060 profile is not judged by it.
+    assert tags["sentinel.fingerprint_of"] == "client" and tags["sentinel.fingerprint_host"] == socket.gethostname()
+    assert tags["sentinel.hardware_match"] == "unchecked"
+    assert "sentinel.hardware_match=false" not in result.stderr
 
 
 def test_a_joblib_sweep_of_four_jobs_lands_four_children_with_every_record(tmp_path, tracking_server):
