@@ -29,6 +29,7 @@ from sentinel_exp.names import Api, Direction, LintMode, ServerKind, SweepOrder
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
 from sentinel_exp.serve.sim_settings import SimSettings
 from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
+from sentinel_exp.urls import credentials_problem
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -398,14 +399,17 @@ class TrackingConfig:
     enabled: bool = True
     """Log the run to MLflow."""
     uri: str = "sqlite:///mlflow.db"
-    """MLflow tracking URI: a sqlite:/// store or an http(s):// tracking server."""
+    """MLflow tracking URI: a sqlite:/// store or an http(s):// tracking server (no user:pass@ in it)."""
     experiment: str = "sentinel-exp"
     """MLflow experiment name."""
     run_name: str | None = None
     """Run name; null = named by what differs (the overrides) and the server."""
 
     def problems(self) -> list[str]:
-        return [] if self.experiment.strip() else ["tracking.experiment is empty"]
+        problems = [] if self.experiment.strip() else ["tracking.experiment is empty"]
+        if problem := credentials_problem(self.uri, "tracking.uri"):
+            problems.append(problem)
+        return problems
 
 
 @dataclass

@@ -39,6 +39,7 @@ from sentinel_exp.distributions import parse_distribution
 from sentinel_exp.errors import FolderUnwritable, Interrupted, RunFailed, UserError
 from sentinel_exp.giving_up import GiveUp, measured_nothing
 from sentinel_exp.hardware import placement_kind, placement_warning
+from sentinel_exp.hosts import host_tags
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.names import Phase, RunStatus
@@ -571,6 +572,7 @@ def _run_tags(
         **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
         **facts.tags(),
         **monitor.tags(),
+        **host_tags(handle.url),
         **({"sentinel.sweep_id": ctx.sweep_id} if ctx.sweep_id else {}),
     }
 

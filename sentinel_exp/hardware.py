@@ -118,6 +118,21 @@ def _result(expected: HardwareConfig, ok: bool, msg: str) -> HardwareCheck:
     return HardwareCheck(ok, msg, tags)
 
 
+def unchecked_remote(expected: HardwareConfig, target: str) -> HardwareCheck:
+    """A profile for a target on another host: this machine's GPUs say nothing about it, so it is
+    neither confirmed nor refuted (`sentinel.hardware_match=unchecked`)."""
+    msg = (
+        f"Hardware profile '{expected.name}' describes the target at {target}, another host: not checked "
+        f"against this client's GPUs"
+    )
+    tags = {
+        "sentinel.hardware_profile": expected.name,
+        "sentinel.hardware_match": "unchecked",
+        "sentinel.hardware_message": msg,
+    }
+    return HardwareCheck(True, msg, tags)
+
+
 def check_with_probe(expected: HardwareConfig, probe: GpuProbe) -> HardwareCheck:
     """check_hardware fed from a GpuProbe (opened here if it is not yet)."""
     probe.open()

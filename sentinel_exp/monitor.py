@@ -19,7 +19,7 @@ import httpx
 import psutil
 
 from sentinel_exp.config import HardwareConfig, TelemetryConfig
-from sentinel_exp.hardware import check_with_probe
+from sentinel_exp.hardware import check_with_probe, expects_gpu, unchecked_remote
 from sentinel_exp.names import TelemetrySource
 from sentinel_exp.servers import ServerHandle
 from sentinel_exp.telemetry import (
@@ -92,9 +92,17 @@ class RunMonitor:
         self._contended = False
 
     def check_hardware(self) -> None:
-        """Compare the hardware profile with what is detected; a mismatch warns and is tagged."""
-        check = check_with_probe(self.hardware_cfg, self.probe)
+        """Compare the hardware profile with what is detected; a mismatch warns and is tagged. A
+        profile for a remote target is not judged by this machine's GPUs."""
+        remote = not is_loopback_url(self.handle.url) and expects_gpu(self.hardware_cfg) is not None
+        check = (
+            unchecked_remote(self.hardware_cfg, self.handle.url)
+            if remote
+            else check_with_probe(self.hardware_cfg, self.probe)
+        )
         self._tags.update(check.tags)
+        if remote:
+            self._notes.append(check.message)
         if not check.matches:
             log.warning("warning: %s The run is tagged sentinel.hardware_match=false.", check.message)
             self._notes.append(check.message)

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sentinel_exp.config import SECRET_SETTINGS, SLO_METRIC_HINT, ExperimentConfig, SloConfig
+from sentinel_exp.urls import credentials_problem
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -65,6 +66,9 @@ def override_problems(overrides: list[str], conf_dir: Path) -> list[str]:
             continue
         if key in SECRET_SETTINGS:
             problems.append(SECRET_SETTINGS[key])
+        elif key == "tracking.uri" and (found := _credentials(_values(override))):
+            # Refused here, before Hydra writes the overrides into the run folder's .hydra/.
+            problems.append(found)
         elif key in groups:
             problems += _choice_problems(key, _values(override), groups[key])
         elif not (override.is_add() or override.is_force_add()):
@@ -74,6 +78,10 @@ def override_problems(overrides: list[str], conf_dir: Path) -> list[str]:
             problems.append(f"{key} is already a setting: write {key}=... without the +")
         # Other `+key=...` name settings the schema lacks: typed_config reports those.
     return problems
+
+
+def _credentials(values: list[Any]) -> str | None:
+    return next(filter(None, (credentials_problem(str(value), "tracking.uri") for value in values)), None)
 
 
 def _values(override: Any) -> list[Any]:

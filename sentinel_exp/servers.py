@@ -22,6 +22,7 @@ from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE
 from sentinel_exp.serve.launch import ServerStartError, prepare_standby, start_server
+from sentinel_exp.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
 DEFAULT_OLLAMA = "http://127.0.0.1:11434"
@@ -78,7 +79,9 @@ def configured_url(server_cfg: ServerConfig) -> str | None:
 def probe_ollama(url: str, timeout_s: float = 1.0) -> str | None:
     """Ollama's version if it answers at `url`, else None."""
     try:
-        response = httpx.get(url.rstrip("/") + "/api/version", timeout=timeout_s, trust_env=False)
+        # As the run's own client: environment proxies for another host (a remote target may be
+        # reachable only through one), none on loopback.
+        response = httpx.get(url.rstrip("/") + "/api/version", timeout=timeout_s, trust_env=not is_loopback_url(url))
     except httpx.HTTPError:
         return None
     if response.status_code != 200:

@@ -25,6 +25,7 @@ from sentinel_exp import console as ui
 from sentinel_exp.errors import NotLogged, UserError
 from sentinel_exp.run_folder import RUN_FILE, Role, is_run_folder, read_run_file
 from sentinel_exp.upload import Uploader
+from sentinel_exp.urls import credentials_problem
 
 
 @dataclass
@@ -120,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if args.tracking_uri and (problem := credentials_problem(args.tracking_uri, "--tracking-uri")):
+            raise UserError(problem)
         folders = folders_to_sync(args.paths)
         results = sync(folders, args.tracking_uri, args.close_running, ui.want_progress(None))
     except UserError as exc:

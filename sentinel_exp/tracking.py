@@ -6,6 +6,8 @@ import copy
 import hashlib
 import json
 import logging
+import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -115,6 +117,14 @@ def store_setup_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def quiet_client() -> None:
+    """MLflow prints a "View run ... at" line to stdout for every run ended on a tracking server
+    (one extra request each); the console already says where to look, once per run or sweep."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow resets its logger to INFO on import; its store-migration chatter is noise here.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
     """A tracking server that is down fails in seconds, not after MLflow's minutes of retries."""
     if not uri.startswith(("http://", "https://")):
@@ -167,6 +177,16 @@ def browse_hint(uri: str, experiment_id: str) -> str:
     )
 
 
+def _auth_hint(error: str) -> str:
+    """A server that asks for credentials: say where MLflow reads them."""
+    if re.search(r"error code (401|403)\b", error) is None:
+        return ""
+    return (
+        " (the server wants a user name and password it has not been given, or refuses them: MLflow reads "
+        "them from MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+    )
+
+
 @dataclass
 class FinishedRun:
     """A finished run of a configuration, as a sweep that meets it again reuses it."""
@@ -188,8 +208,7 @@ class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        # MLflow resets its logger to INFO on import; its store-migration chatter is noise here.
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        quiet_client()
         self.uri = uri
         self.run_id: str | None = None
         check_server_answers(uri)
@@ -212,6 +231,7 @@ class Tracker:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
                 f"cannot use the MLflow store tracking.uri={uri!r} with experiment {experiment!r}: {first_line}"
+                + _auth_hint(first_line)
             ) from None
 
     @property
@@ -338,7 +358,7 @@ class RunStore:
     def __init__(self, uri: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        quiet_client()
         check_server_answers(uri)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)

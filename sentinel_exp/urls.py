@@ -15,3 +15,34 @@ def is_loopback_url(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def url_host(url: str) -> str:
+    """The host a URL names, without port or brackets ("" for none)."""
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
+def has_credentials(url: str) -> bool:
+    """True when `url` carries a user name or password (`http://user:pass@host`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return "://" in url and (parts.username is not None or parts.password is not None)
+
+
+def credentials_problem(url: str, source: str) -> str | None:
+    """Why a tracking URI with credentials in it is refused (None when it has none). MLflow reads a
+    tracking server's user and password from the environment, the one place they stay out of
+    params, config.yaml, run.json, Hydra's .hydra/ and the console."""
+    if not has_credentials(url):
+        return None
+    return (
+        f"{source} carries a user name or password (user:pass@host): MLflow credentials are read only "
+        f"from the environment, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+        f"MLFLOW_TRACKING_TOKEN), so they are never written to the run's files, MLflow or the console; "
+        f"give the URI without them"
+    )

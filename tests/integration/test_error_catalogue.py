@@ -34,6 +34,12 @@ CASES = [
     Case("an unknown choice", ("options=nope",), "options=nope", 2),
     Case("a value of the wrong type", ("options.num_ctx=abc",), "options.num_ctx='abc' is not valid", 2),
     Case("an API key on the command line", ("server.api_key=sk-123",), "API key is read only from the environment", 2),
+    Case(
+        "a password in the tracking URI",
+        ("tracking.uri=http://alice:secret@127.0.0.1:9",),
+        "credentials are read only from the environment",
+        2,
+    ),
     # The typed config's checks.
     Case("no request at all", ("workload.requests=0",), "workload.requests must be at least 1", 2),
     Case("a negative rate", ("workload.rate=-1",), "workload.rate must be positive", 2),

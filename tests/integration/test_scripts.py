@@ -101,3 +101,9 @@ def test_embedded_adapter_benchmark_compares_both_sides(tmp_path: Path) -> None:
     assert in_process > 0 and abs(via_server - in_process) < max(50.0, 0.35 * in_process)
     assert number(r"server decode rate / in-process: ([\d.]+)", result.stdout) > 0.5
     assert "identical answers on both sides: 2/2" in result.stdout
+
+
+def test_store_stress_counts_every_run_of_processes_logging_at_once(tmp_path: Path) -> None:
+    result = run_script("stress_store.py", "--processes", "2", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert number(r"(\d+) complete", result.stdout) == 2 and number(r"(\d+) failed", result.stdout) == 0

@@ -31,20 +31,29 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 120) -> MlflowServer:
+    def command(self) -> list[str]:
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--backend-store-uri", f"sqlite:///{self.root / 'server.db'}", "--workers", "1"]
-        command += ["--artifacts-destination", str(self.root / "artifacts")]
-        env = {
+        return [*command, "--artifacts-destination", str(self.root / "artifacts")]
+
+    def env(self) -> dict[str, str]:
+        return {
             **os.environ,
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
+
+    def start(self, timeout_s: float = 120) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "mlflow_server.log", "ab")  # noqa: SIM115 - closed with the process
         self._proc = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(),
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout_s
@@ -79,3 +88,33 @@ class MlflowServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ScriptServer(MlflowServer):
+    """The team's server as scripts/mlflow_server.sh starts it: PostgreSQL under `root`, and with
+    `auth` MLflow's basic-auth app, its admin taken from `credentials` (user, password) in the
+    environment. Stopping it stops its PostgreSQL too (the script's own exit, then --stop)."""
+
+    def __init__(self, root: Path, credentials: tuple[str, str] | None = None) -> None:
+        super().__init__(root)
+        self.credentials = credentials
+
+    def command(self) -> list[str]:
+        command = ["bash", str(REPO / "scripts" / "mlflow_server.sh"), "--dir", str(self.root)]
+        command += ["--port", str(self.port), *(["--auth"] if self.credentials else [])]
+        return [*command, "--", "--workers", "1"]
+
+    def env(self) -> dict[str, str]:
+        env = {**super().env(), "PYTHON": sys.executable}
+        if self.credentials:
+            env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = self.credentials
+        return env
+
+    def stop(self) -> None:
+        super().stop()
+        subprocess.run(
+            ["bash", str(REPO / "scripts" / "mlflow_server.sh"), "--dir", str(self.root), "--stop"], check=False
+        )

@@ -1,0 +1,44 @@
+"""Which machine a run describes: the client that measures (this one) and the target it measures
+(the host of the server URL). With a remote target the two differ, and this machine's environment
+fingerprint (CPU, RAM, GPUs) describes the client only; the tags here say so, so that a run
+against a GPU box is never read as a run on this machine's hardware.
+
+A target counts as this machine only at a loopback URL, as for telemetry: a URL naming this
+machine by another name is taken as remote, which at worst leaves out facts, never misplaces them.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from sentinel_exp.urls import is_loopback_url, url_host
+
+
+class FingerprintOf:
+    """`sentinel.fingerprint_of`: whose machine the environment fingerprint tags describe."""
+
+    CLIENT_AND_TARGET = "client,target"  # the target is on this machine: one host, both roles
+    CLIENT = "client"  # the target is another host: the fingerprint is the client's only
+
+
+def client_host() -> str:
+    return socket.gethostname()
+
+
+def target_host(url: str) -> str:
+    """The target's host: the client's own name for a loopback URL (one machine has one name in
+    every run against it, whatever the URL spells), else the host the URL names."""
+    return client_host() if is_loopback_url(url) else url_host(url)
+
+
+def host_tags(url: str) -> dict[str, str]:
+    """The run's hosts as tags: the client, the target, and whose machine the fingerprint is."""
+    remote = not is_loopback_url(url)
+    return {
+        "sentinel.client_host": client_host(),
+        "sentinel.target_host": target_host(url),
+        "sentinel.target": url,
+        "sentinel.target_remote": str(remote).lower(),
+        "sentinel.fingerprint_of": FingerprintOf.CLIENT if remote else FingerprintOf.CLIENT_AND_TARGET,
+        "sentinel.fingerprint_host": client_host(),
+    }
