@@ -31,7 +31,8 @@ CLOCK_MONOTONIC, perf_counter_ns, and only differences within one process are co
   the window from the first one's arrival to the last one's last emit; client CPU is the client
   process tree's user+system time over the same window (psutil, polled), in % of one core.
 - Server late: emit − due over every token, p50/p99; the server is not the bottleneck while
-  it stays around a millisecond (asyncio's timers wake on whole milliseconds).
+  it stays around a millisecond (asyncio's timers wake on whole milliseconds). It runs as two
+  SO_REUSEPORT processes by default: one could not keep up with the floor at c=256.
 
     python scripts/bench_fidelity.py                      # c = 1, 16, 64, 256
     python scripts/bench_fidelity.py --quick              # c = 1, 16, fewer requests
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -117,9 +119,20 @@ def read_truth(path: Path) -> list[Truth]:
 
 
 class ReferenceServer:
-    def __init__(self, log: Path, workers: int) -> None:
+    def __init__(self, log: Path, workers: int, loop: str) -> None:
         self.log = log
-        args = [sys.executable, str(SERVER), "--port", "0", "--log", str(log), "--workers", str(workers)]
+        args = [
+            sys.executable,
+            str(SERVER),
+            "--port",
+            "0",
+            "--log",
+            str(log),
+            "--workers",
+            str(workers),
+            "--loop",
+            loop,
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -335,9 +348,11 @@ class _FloorProtocol(asyncio.Protocol):
 async def _floor_async(host: str, port: int, concurrency: int, ids: list[str], keep: list[dict[str, object]]) -> None:
     loop = asyncio.get_running_loop()
     shared = list(reversed(ids))  # every connection takes the next id from one queue: a closed loop
-    done = [loop.create_future() for _ in range(concurrency)]
+    done: list[asyncio.Future[None]] = [loop.create_future() for _ in range(concurrency)]
     for fut in done:
-        _, proto = await loop.create_connection(lambda f=fut: _FloorProtocol(host, port, shared, keep, f), host, port)
+        _, proto = await loop.create_connection(
+            functools.partial(_FloorProtocol, host, port, shared, keep, fut), host, port
+        )
         sock = proto.transport.get_extra_info("socket") if proto.transport else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -534,10 +549,12 @@ def score(case: Case, seen: list[Seen], truth: list[Truth], trace: CpuTrace) -> 
 Runner = Callable[[str, int, int, int, Path], tuple[list[Seen], CpuTrace]]
 
 
-def run_case(name: str, runner: Runner, concurrency: int, requests: int, warmup: int, root: Path, workers: int) -> Case:
+def run_case(
+    name: str, runner: Runner, concurrency: int, requests: int, warmup: int, root: Path, workers: int, loop: str
+) -> Case:
     work = root / f"{name.replace(' ', '-')}-c{concurrency}"
     work.mkdir()
-    server = ReferenceServer(work / "emits.jsonl", workers)
+    server = ReferenceServer(work / "emits.jsonl", workers, loop)
     try:
         seen, trace = runner(server.url, concurrency, requests, warmup, work)
     except ClientFailed as exc:
@@ -609,7 +626,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="c = 1 and 16, 40 requests (a minute)")
     parser.add_argument("--clients", nargs="+", default=None, help="a subset: floor sentinel-chat sentinel-openai ...")
     parser.add_argument("--peers-python", default=None, help="the python of a venv holding guidellm and aiperf")
-    parser.add_argument("--server-workers", type=int, default=1, help="reference server processes (SO_REUSEPORT)")
+    parser.add_argument(
+        "--server-workers", type=int, default=2, help="reference server processes (SO_REUSEPORT): 2 kept up at c=256"
+    )
+    parser.add_argument("--server-loop", choices=("asyncio", "uvloop"), default="asyncio", help="its event loop")
     parser.add_argument("--keep", default=None, help="keep every case's files in this folder")
     args = parser.parse_args()
     if args.quick:
@@ -634,7 +654,7 @@ def main() -> None:
             n = max(args.requests, 4 * c)
             for name in wanted:
                 console.print(f"[dim]c={c} {name}: {n} requests[/]")
-                case = run_case(name, runners[name], c, n, c, root, args.server_workers)
+                case = run_case(name, runners[name], c, n, c, root, args.server_workers, args.server_loop)
                 cases.append(case)
     finally:
         if not args.keep:
