@@ -9,7 +9,7 @@ stamp, so a consumer reads the arrival of the bytes it is parsing (`arrival_cloc
 moment its task got to run. It also spares a cancel scope per read (anyio's `fail_after`): the
 read timeout is one timer handle.
 
-Plain http only (no TLS, no proxy): `experiment` uses it for loopback servers, where the
+Plain http only (no TLS, no proxy): `measuring_client` uses it for loopback servers, where the
 microseconds matter; anything else keeps httpx's own transport.
 """
 
@@ -24,6 +24,8 @@ from typing import Any
 
 import httpcore
 import httpx
+
+from sentinel_exp.urls import is_loopback_url
 
 # Stop reading from the socket while this much is buffered and unread (a stalled consumer).
 _HIGH_WATER = 1 << 20
@@ -212,3 +214,22 @@ def headers_arrival_ns(response: httpx.Response) -> int | None:
     as the response is handed over, before any body read, the last read is the one that ended them."""
     stream = response.extensions.get("network_stream")
     return stream.last_arrival_ns if isinstance(stream, StampedStream) and stream.last_arrival_ns else None
+
+
+def measuring_client(
+    url: str, concurrency: int, read_timeout_s: float, headers: dict[str, str] | None = None
+) -> httpx.AsyncClient:
+    """The client a run's requests go through: a connection per in-flight request, and on loopback
+    the stamping transport and no proxies from the environment (they would sit inside every
+    measured interval)."""
+    connections = max(1, concurrency)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    loopback = is_loopback_url(url)
+    return httpx.AsyncClient(
+        base_url=url,
+        timeout=httpx.Timeout(connect=10.0, read=read_timeout_s, write=30.0, pool=None),
+        limits=limits,
+        transport=StampingTransport(limits) if loopback and url.startswith("http://") else None,
+        headers=headers,
+        trust_env=not loopback,
+    )

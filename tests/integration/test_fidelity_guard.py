@@ -16,13 +16,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from sentinel_exp import eventloop
 from sentinel_exp.clients import send_request, wire_api
-from sentinel_exp.clients.transport import StampingTransport
+from sentinel_exp.clients.transport import measuring_client
 from sentinel_exp.names import Api, Phase
 from sentinel_exp.records import RequestRecord
 
@@ -63,11 +62,8 @@ def reference(tmp_path: Path) -> Iterator[Reference]:
 async def _drive(url: str, api: Api) -> list[RequestRecord]:
     wire = wire_api(api)
     records = []
-    limits = httpx.Limits(max_connections=1)
-    # The transport the runner uses on loopback (experiment._http_client).
-    async with httpx.AsyncClient(
-        base_url=url, trust_env=False, limits=limits, transport=StampingTransport(limits)
-    ) as client:
+    # The client a run's requests go through (experiment._http_client).
+    async with measuring_client(url, concurrency=1, read_timeout_s=10.0) as client:
         for i in range(WARMUP + REQUESTS):
             spec = wire.build_request("reference", f"{api}-{i}", i, None, {}, None)
             record = RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=i, api=api)
