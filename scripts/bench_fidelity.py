@@ -380,11 +380,11 @@ def floor_main(url: str, concurrency: int, requests: int, warmup: int, out: str)
                 f.write(json.dumps(row) + "\n")
 
 
-def not_installed(why: str) -> Runner:
-    def run(url: str, concurrency: int, requests: int, warmup: int, work: Path) -> tuple[list[Seen], CpuTrace]:
-        raise ClientFailed(why)
+class NotInstalled:
+    """A peer that is not there: reported as such, without starting anything."""
 
-    return run
+    def __call__(self, url: str, c: int, requests: int, warmup: int, work: Path) -> tuple[list[Seen], CpuTrace]:
+        raise ClientFailed("not installed")
 
 
 # A whitespace word-level tokenizer, made locally: the peers count tokens with a Hugging Face
@@ -502,7 +502,7 @@ def peers(python: str | None) -> dict[str, Runner]:
         return seen, trace
 
     runners = {"guidellm": guidellm, "aiperf": aiperf}
-    return {name: runners[name] if name in found else not_installed("not installed") for name in runners}
+    return {name: runners[name] if name in found else NotInstalled() for name in runners}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,6 +552,8 @@ Runner = Callable[[str, int, int, int, Path], tuple[list[Seen], CpuTrace]]
 def run_case(
     name: str, runner: Runner, concurrency: int, requests: int, warmup: int, root: Path, workers: int, loop: str
 ) -> Case:
+    if isinstance(runner, NotInstalled):
+        return Case(name, concurrency, note="not installed")
     work = root / f"{name.replace(' ', '-')}-c{concurrency}"
     work.mkdir()
     server = ReferenceServer(work / "emits.jsonl", workers, loop)

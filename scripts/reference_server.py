@@ -252,7 +252,10 @@ async def serve(sock: socket.socket, sched: Schedule, log: EmitLog, ready: int |
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
+    # Ready only now that SIGTERM flushes the log and ends the server cleanly.
+    if ready is None:
+        print(f"READY {sock.getsockname()[1]}", flush=True)
+    else:
         os.write(ready, b".")
         os.close(ready)
 
@@ -305,14 +308,26 @@ def main() -> None:
     reserve = _listener(args.port)
     port = reserve.getsockname()[1]
     if args.workers == 1:
-        print(f"READY {port}", flush=True)
         _run(reserve, sched, args.log, args.loop, None)
         return
+    children: list[int] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    # Before the first fork: a SIGTERM at any point from here on reaches every worker (none is orphaned).
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     read_end, write_end = os.pipe()
-    children = []
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.close(read_end)
             reserve.close()
             _run(_listener(port), sched, args.log, args.loop, write_end)
@@ -323,19 +338,10 @@ def main() -> None:
     while got < args.workers:
         byte = os.read(read_end, args.workers)
         if not byte:
-            sys.exit("a worker died before it was listening")
+            forward(signal.SIGTERM, None)
+            sys.exit("a worker ended before it was listening")
         got += len(byte)
     print(f"READY {port}", flush=True)
-
-    def forward(sig: int, _frame: object) -> None:
-        for child in children:
-            try:
-                os.kill(child, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
     for child in children:
         os.waitpid(child, 0)
 
