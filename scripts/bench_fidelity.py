@@ -36,7 +36,7 @@ CLOCK_MONOTONIC, perf_counter_ns, and only differences within one process are co
 
     python scripts/bench_fidelity.py                      # c = 1, 16, 64, 256
     python scripts/bench_fidelity.py --quick              # c = 1, 16, fewer requests
-    python scripts/bench_fidelity.py --concurrency 1 16 --requests 200 --peers-python /work/venv-peers/bin/python
+    python scripts/bench_fidelity.py --concurrency 1 16 --requests 200 --peers-python .venv-peers/bin/python
 """
 
 from __future__ import annotations
