@@ -26,6 +26,7 @@ from rich.markup import escape
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
 from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
+from sentinel_exp.clients.transport import measuring_client
 from sentinel_exp.config import ExperimentConfig, to_yaml
 from sentinel_exp.diagnosis import (
     Diagnosis,
@@ -50,7 +51,6 @@ from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.slo import SloResult, judge
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
 from sentinel_exp.tracking import FinishedRun, config_hash, flatten, param_value, store_check
-from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload import Planned, PromptSource
 
 log = logging.getLogger(__name__)
@@ -153,19 +153,10 @@ class RequestFactory:
 
 
 def _http_client(handle: ServerHandle, cfg: ExperimentConfig) -> httpx.AsyncClient:
-    connections = max(1, cfg.workload.concurrency)
     # The key lives only in the environment and in this header: never in config, params or logs.
     api_key = os.environ.get(cfg.server.api_key_env, "").strip()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    loopback = is_loopback_url(handle.url)
-    return httpx.AsyncClient(
-        base_url=handle.url,
-        timeout=httpx.Timeout(connect=10.0, read=cfg.workload.timeout_s, write=30.0, pool=None),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        headers=headers,
-        # Proxies from the environment would sit inside every measured interval on loopback.
-        trust_env=not loopback,
-    )
+    return measuring_client(handle.url, cfg.workload.concurrency, cfg.workload.timeout_s, headers)
 
 
 class StopSignals:

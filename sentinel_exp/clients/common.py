@@ -3,7 +3,8 @@
 Clock points come from httpx's `trace` extension (see docs/measurement.md, Clock points): t0 when the request
 headers start going onto the socket, TTFB when the response headers have arrived. NDJSON token
 chunks are stamped when their bytes arrive, before any JSON parsing; SSE events as soon as
-httpx-sse has split them off, before JSON parsing.
+httpx-sse has split them off, before JSON parsing. Over StampingTransport (loopback servers) "arrive"
+is when the event loop handed the bytes to the connection (transport.py), for TTFB too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from sentinel_exp.clients.transport import headers_arrival_ns
 from sentinel_exp.names import ErrorClass
 from sentinel_exp.records import RequestRecord
 
@@ -107,8 +109,10 @@ async def send_request(
             record.queue_ms = (t0 - submitted) / NS_PER_MS
             if clock.t_sent is not None:
                 record.send_ms = (clock.t_sent - t0) / NS_PER_MS
-            if clock.t_headers is not None:
-                record.ttfb_ms = (clock.t_headers - t0) / NS_PER_MS
+            # Stamped like the token chunks when the connection stamps arrivals, so TTFB <= TTFT holds.
+            t_headers = headers_arrival_ns(response) or clock.t_headers
+            if t_headers is not None:
+                record.ttfb_ms = (t_headers - t0) / NS_PER_MS
             record.http_status = response.status_code
             if response.status_code >= 400:
                 record.error_class = f"HTTP{response.status_code}"

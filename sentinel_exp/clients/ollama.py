@@ -13,6 +13,7 @@ import httpx
 from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
 from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, TokenTimes
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
+from sentinel_exp.clients.transport import arrival_clock
 from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api, ErrorClass
 
@@ -93,8 +94,9 @@ class OllamaApi(WireApi):
     async def consume(self, response: httpx.Response, times: TokenTimes) -> None:
         pending = b""
         arrived = 0
+        clock = arrival_clock(response)
         async for data in response.aiter_bytes():
-            arrived = time.perf_counter_ns()
+            arrived = clock()
             pending += data
             while (newline := pending.find(b"\n")) >= 0:
                 line, pending = pending[:newline], pending[newline + 1 :]

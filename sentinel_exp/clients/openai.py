@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -12,6 +11,7 @@ from httpx_sse import EventSource, SSEError
 from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
 from sentinel_exp.clients.common import RequestSpec, StreamFault, TokenTimes
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
+from sentinel_exp.clients.transport import arrival_clock
 from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api, ErrorClass
 
@@ -66,9 +66,10 @@ class OpenAIChat(WireApi):
     async def consume(self, response: httpx.Response, times: TokenTimes) -> None:
         record = times.record
         finished_at = 0  # arrival of the chunk with finish_reason (or usage), for servers without [DONE]
+        clock = arrival_clock(response)
         try:
             async for event in EventSource(response).aiter_sse():
-                arrived = time.perf_counter_ns()
+                arrived = clock()
                 if event.data == "[DONE]":
                     times.finished(arrived)
                     return

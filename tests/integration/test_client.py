@@ -7,16 +7,27 @@ import httpx
 import pytest
 
 from sentinel_exp.clients import send_request, wire_api
+from sentinel_exp.clients.transport import StampingTransport
 from sentinel_exp.names import Api, Phase
 from sentinel_exp.records import RequestRecord
 
 pytestmark = pytest.mark.slow
 
 
-async def run_requests(url, api, count, concurrency=1, options=None, timeout_s=30.0, model="smollm2:135m"):
+# The runner's two transports: httpx's own (remote servers) and the stamping one (loopback).
+TRANSPORTS = ["httpx", "stamping"]
+
+
+async def run_requests(
+    url, api, count, concurrency=1, options=None, timeout_s=30.0, model="smollm2:135m", transport="stamping"
+):
     options = {"num_predict": 16} if options is None else options
+    limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(
-        base_url=url, timeout=httpx.Timeout(10.0, read=timeout_s), limits=httpx.Limits(max_connections=concurrency)
+        base_url=url,
+        timeout=httpx.Timeout(10.0, read=timeout_s),
+        limits=limits,
+        transport=StampingTransport(limits) if transport == "stamping" else None,
     ) as client:
         wire = wire_api(api)
 
@@ -31,11 +42,12 @@ async def run_requests(url, api, count, concurrency=1, options=None, timeout_s=3
         return records
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("api", ["chat", "generate", "openai"])
 @pytest.mark.timing
-def test_timings_match_the_injected_latency(sim_server_factory, api):
+def test_timings_match_the_injected_latency(sim_server_factory, api, transport):
     server = sim_server_factory("--load-ms", "0", "--ttft-ms", "40", "--itl-ms", "5")
-    records = asyncio.run(run_requests(server.url, api, 12))[2:]
+    records = asyncio.run(run_requests(server.url, api, 12, transport=transport))[2:]
     assert all(r.ok for r in records)
     ttft = statistics.median(r.ttft_ms for r in records)
     itl = statistics.median(
@@ -77,9 +89,10 @@ def test_timings_stay_accurate_under_concurrency(sim_server_factory):
         ("stall", "ReadTimeout"),
     ],
 )
-def test_each_fault_becomes_a_failed_record(sim_server_factory, fault, error_class):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_each_fault_becomes_a_failed_record(sim_server_factory, fault, error_class, transport):
     server = sim_server_factory("--load-ms", "0", "--ttft-ms", "5", "--itl-ms", "1", "--fault", f"2:{fault}")
-    records = asyncio.run(run_requests(server.url, "chat", 3, timeout_s=0.5))
+    records = asyncio.run(run_requests(server.url, "chat", 3, timeout_s=0.5, transport=transport))
     assert [r.ok for r in records] == [True, False, True]
     failed = records[1]
     assert failed.error_class == error_class and failed.error

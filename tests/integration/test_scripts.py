@@ -48,6 +48,19 @@ def test_client_overhead_reports_both_clients_above_the_injected_ttft(tmp_path: 
 
 
 @pytest.mark.timing
+def test_fidelity_bench_scores_the_floor_client_against_the_servers_emit_times(tmp_path: Path) -> None:
+    result = run_script(
+        "bench_fidelity.py", "--concurrency", "1", "--requests", "4", "--clients", "floor", cwd=tmp_path, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    row = re.search(r"│\s+1 │ floor\s+│\s+([\d.]+) / ([\d.]+) / ([\d.]+) │.*│\s+(\d+) │$", result.stdout, re.M)
+    assert row, result.stdout
+    ttft_p50, ttft_p99, ttft_max, matched = (float(g) for g in row.groups())
+    # Every request matched to the server's log; reading loopback costs more than nothing, well under 20 ms.
+    assert matched == 4 and 0 < ttft_p50 <= ttft_p99 <= ttft_max < 20
+
+
+@pytest.mark.timing
 def test_sampler_overhead_takes_the_expected_number_of_samples(tmp_path: Path) -> None:
     result = run_script("bench_sampler_overhead.py", "--seconds", "1", "--interval", "0.1", cwd=tmp_path)
     assert result.returncode in (0, 1), result.stderr  # 1: the goal judged on a 1 s leg
