@@ -105,10 +105,12 @@ def start_bundled(
         raise ServerError(str(exc)) from None
     try:
         yield ServerHandle(kind=engine, url=server.url, pid=server.pid, log_path=log_path)
-    finally:
+    except BaseException:  # an error or a signal: no standby for a next job that may not come
         server.stop_soon()
-        if more_to_come:
-            prepare_standby()
+        raise
+    server.stop_soon()
+    if more_to_come:
+        prepare_standby()
 
 
 def embedded_hint() -> str:
