@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from rich.markup import escape
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
 from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
+from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.clients.transport import measuring_client
 from sentinel_exp.config import ExperimentConfig, to_yaml
 from sentinel_exp.diagnosis import (
@@ -51,6 +53,7 @@ from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.slo import SloResult, judge
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
 from sentinel_exp.tracking import FinishedRun, config_hash, flatten, param_value, store_check
+from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload import Planned, PromptSource
 
 log = logging.getLogger(__name__)
@@ -130,7 +133,6 @@ class RequestFactory:
         self.prompts = PromptSource(cfg.workload)
         self.options = cfg.effective_options()
         self.keep_alive = cfg.workload.keep_alive
-        self.consume = self.wire.consume
         # What the API cannot carry is named, and only what goes on the wire is logged as sent.
         self.unsent = self.wire.unsendable(self.options, self.keep_alive)
         self.warnings = [unsent_warning(self.wire, self.unsent, self.options, self.keep_alive)] if self.unsent else []
@@ -152,11 +154,25 @@ class RequestFactory:
         return spec, planned
 
 
-def _http_client(handle: ServerHandle, cfg: ExperimentConfig) -> httpx.AsyncClient:
+def _auth_headers(cfg: ExperimentConfig) -> dict[str, str] | None:
     # The key lives only in the environment and in this header: never in config, params or logs.
     api_key = os.environ.get(cfg.server.api_key_env, "").strip()
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    return measuring_client(handle.url, cfg.workload.concurrency, cfg.workload.timeout_s, headers)
+    return {"Authorization": f"Bearer {api_key}"} if api_key else None
+
+
+def _http_client(handle: ServerHandle, cfg: ExperimentConfig) -> httpx.AsyncClient:
+    return measuring_client(handle.url, cfg.workload.concurrency, cfg.workload.timeout_s, _auth_headers(cfg))
+
+
+def _request_client(
+    handle: ServerHandle, cfg: ExperimentConfig, client: httpx.AsyncClient
+) -> AbstractAsyncContextManager[httpx.AsyncClient | LoopbackClient]:
+    """What the warmup and measured requests go through: the lean client to a loopback server over
+    plain http, where the client's own microseconds would be inside every measured interval;
+    `client` (httpx) to anything else."""
+    if is_loopback_url(handle.url) and handle.url.startswith("http://"):
+        return LoopbackClient(handle.url, cfg.workload.concurrency, cfg.workload.timeout_s, _auth_headers(cfg))
+    return nullcontext(client)
 
 
 class StopSignals:
@@ -211,7 +227,7 @@ class Measurement:
 async def _measure(
     cfg: ExperimentConfig,
     factory: RequestFactory,
-    client: httpx.AsyncClient,
+    clients: Clients,
     writer: RecordWriter,
     monitor: RunMonitor,
     progress: ui.RunProgress,
@@ -222,12 +238,12 @@ async def _measure(
     w = cfg.workload
 
     async def read_placement() -> None:
-        out.placement = await factory.server_wire.placement(client, factory.model)
+        out.placement = await factory.server_wire.placement(clients.client, factory.model)
 
     async def unload() -> None:
         if out.placement_read is not None:
             await out.placement_read  # it must see the model that served the first request
-        await factory.server_wire.unload(client, factory.model, w.timeout_s)
+        await factory.server_wire.unload(clients.client, factory.model, w.timeout_s)
 
     def sender(phase: str) -> Any:
         # The measured phase goes on through the prompts where warmup stopped: its first request
@@ -242,7 +258,7 @@ async def _measure(
             record = RequestRecord(index=index, phase=phase, prompt_index=spec.prompt_index, api=factory.api)
             record.input_tokens_target, record.num_predict = planned.input_tokens_target, factory.num_predict
             try:
-                await send_request(client, spec, record, factory.consume, arrival_ns)
+                await send_request(clients.requests, spec, record, factory.wire.reader, arrival_ns)
             finally:
                 record.cold = is_cold(record, w.cold_load_ms)
                 factory.prompts.observe(record, planned)
@@ -322,12 +338,12 @@ def _finished_before(cfg: ExperimentConfig, resolved: dict[str, Any]) -> Finishe
 
 
 async def _with_server(cfg: ExperimentConfig, ctx: RunContext, resolved: dict[str, Any], handle: ServerHandle) -> Ended:
-    async with _http_client(handle, cfg) as client:
+    async with _http_client(handle, cfg) as client, _request_client(handle, cfg, client) as requests:
         facts = await run_apis(handle.kind, cfg.workload.api).server.preflight(client, handle, cfg.model.name)
         monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
         monitor.check_hardware()
         monitor.choose_host_source()
-        return await _tracked_run(cfg, ctx, resolved, handle, client, facts, monitor)
+        return await _tracked_run(cfg, ctx, resolved, handle, Clients(client, requests), facts, monitor)
 
 
 def _already_done(ctx: RunContext, done: FinishedRun) -> Outcome:
@@ -340,6 +356,12 @@ def _already_done(ctx: RunContext, done: FinishedRun) -> Outcome:
     return Outcome(done.run_id, RunStatus.FINISHED, done.metrics, reused=True)
 
 
+@dataclass(frozen=True)
+class Clients:
+    client: httpx.AsyncClient  # preflight, placement, unload: the server's other endpoints
+    requests: httpx.AsyncClient | LoopbackClient  # the streamed warmup and measured requests
+
+
 @dataclass
 class LiveRun:
     """A run with its server up and its run.json started: what concluding it needs."""
@@ -347,7 +369,7 @@ class LiveRun:
     cfg: ExperimentConfig
     ctx: RunContext
     handle: ServerHandle
-    client: httpx.AsyncClient
+    clients: Clients
     facts: ModelFacts
     monitor: RunMonitor
     journal: RunJournal
@@ -369,7 +391,7 @@ async def _tracked_run(
     ctx: RunContext,
     resolved: dict[str, Any],
     handle: ServerHandle,
-    client: httpx.AsyncClient,
+    clients: Clients,
     facts: ModelFacts,
     monitor: RunMonitor,
 ) -> Ended:
@@ -392,7 +414,7 @@ async def _tracked_run(
             parent_uid=ctx.sweep_id,
         ),
     )
-    run = LiveRun(cfg, ctx, handle, client, facts, monitor, journal, factory, option_lint, run_name)
+    run = LiveRun(cfg, ctx, handle, clients, facts, monitor, journal, factory, option_lint, run_name)
     status, failure = RunStatus.FAILED, None
     measurement = Measurement(
         give_up=GiveUp(handle.url, cfg.workload.max_error_rate, cfg.workload.error_rate_min_requests)
@@ -411,7 +433,9 @@ async def _tracked_run(
             signals.install()
             monitor.start()
             with ui.RunProgress(ui.want_progress(cfg.progress)) as progress:
-                await _measure(cfg, factory, client, writer, monitor, progress, signals.stop, measurement, after_warmup)
+                await _measure(
+                    cfg, factory, clients, writer, monitor, progress, signals.stop, measurement, after_warmup
+                )
             status, failure = _ending(signals, measurement)
         finally:
             signals.uninstall()
@@ -502,7 +526,7 @@ async def _conclude(run: LiveRun, measurement: Measurement, status: RunStatus, f
     """Summarise what was measured, judge and diagnose it, write summary.json and the report, and
     log it all to the open MLflow run."""
     cfg, handle, monitor, journal = run.cfg, run.handle, run.monitor, run.journal
-    metrics = await _summarise(measurement, run.client, run.factory.server_wire, cfg.model.name, monitor)
+    metrics = await _summarise(measurement, run.clients.client, run.factory.server_wire, cfg.model.name, monitor)
     verdict = diagnose(measurement.records, metrics)
     metrics.update(verdict.metrics())
     slo = _judge_slo(cfg, metrics, measurement)

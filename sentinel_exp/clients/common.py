@@ -1,10 +1,12 @@
-"""Timing and fault handling shared by the Ollama and OpenAI streaming clients.
+"""What every streamed request shares, on either path: the record it fills, its clock points
+(docs/measurement.md, Clock points), how its stream is read (StreamReader, one per wire) and how
+its failures are classed.
 
-Clock points come from httpx's `trace` extension (see docs/measurement.md, Clock points): t0 when the request
-headers start going onto the socket, TTFB when the response headers have arrived. NDJSON token
-chunks are stamped when their bytes arrive, before any JSON parsing; SSE events as soon as
-httpx-sse has split them off, before JSON parsing. Over StampingTransport (loopback servers) "arrive"
-is when the event loop handed the bytes to the connection (transport.py), for TTFB too.
+Two paths send a request: `http1.LoopbackClient` to a server on this machine (t0 just before the
+request's one write, every piece of data stamped as the event loop hands it over), and httpx to any
+other (t0 from httpx's `trace` extension when the request headers start going out, TTFB when they
+are in, chunks stamped when the reading task gets their bytes: NDJSON before JSON parsing, SSE
+events once httpx-sse has split them off).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
-from sentinel_exp.clients.transport import headers_arrival_ns
+from sentinel_exp.clients.framing import Framing, NdjsonLines
 from sentinel_exp.names import ErrorClass
 from sentinel_exp.records import RequestRecord
 
@@ -79,7 +83,58 @@ class TokenTimes:
         self.record.e2e_ms = (arrived_ns - self.t0) / NS_PER_MS
 
 
-Consume = Callable[[httpx.Response, TokenTimes], Awaitable[None]]
+class StreamReader(ABC):
+    """Reads one response's frames (NDJSON lines or SSE event data) into its TokenTimes. `feed` is
+    called with each frame and the arrival of the bytes that completed it, as they arrive."""
+
+    framing: ClassVar[Framing]
+
+    def __init__(self, times: TokenTimes) -> None:
+        self.times = times
+
+    @abstractmethod
+    def feed(self, frame: bytes | str, arrived: int) -> bool:
+        """Apply one frame; True once the stream's final chunk has been seen. Raises StreamFault
+        for an error in the stream or a chunk that is not JSON."""
+
+    def end(self) -> None:  # noqa: B027 (a hook: most wires conclude nothing at the end of the body)
+        """The body ended before `feed` said the stream was complete."""
+
+
+async def consume_response(response: httpx.Response, reader: StreamReader) -> None:
+    """Read an httpx response's body through `reader` (the path for servers off this machine)."""
+    clock = time.perf_counter_ns
+    if reader.framing is Framing.SSE:
+        try:
+            async for event in EventSource(response).aiter_sse():
+                if reader.feed(event.data, clock()):
+                    return
+        except SSEError as exc:
+            raise StreamFault(ErrorClass.MALFORMED_CHUNK, str(exc)) from None
+    else:
+        lines, arrived = NdjsonLines(), 0
+        async for data in response.aiter_bytes():
+            arrived = clock()
+            for line in lines.feed(data):
+                if reader.feed(line, arrived):
+                    return
+        for line in lines.flush():
+            if reader.feed(line, arrived):
+                return
+    reader.end()
+
+
+ReaderFactory = Callable[[TokenTimes], StreamReader]
+
+
+def check_sse_content_type(content_type: str) -> None:
+    """An SSE stream says so in its Content-Type (what httpx-sse checks on the httpx path)."""
+    media = content_type.partition(";")[0]
+    if "text/event-stream" not in media:
+        raise StreamFault(
+            ErrorClass.MALFORMED_CHUNK,
+            f"Expected response header Content-Type to contain 'text/event-stream', got {media!r}",
+        )
 
 
 def error_text(body: bytes) -> str:
@@ -94,43 +149,47 @@ def error_text(body: bytes) -> str:
     return str(err if err is not None else data)[:300]
 
 
+def failure_of(exc: Exception) -> tuple[str, str]:
+    """The error class and message a request's failure is recorded with."""
+    if isinstance(exc, StreamFault):
+        return exc.error_class, str(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return type(exc).__name__, str(exc) or "timed out"
+    if isinstance(exc, httpx.HTTPError):
+        return type(exc).__name__, str(exc) or type(exc).__name__
+    # Well-formed JSON of the wrong shape (a list where an object belongs, a string duration).
+    return ErrorClass.MALFORMED_CHUNK, f"{type(exc).__name__}: {exc}"
+
+
+class RequestSender(Protocol):
+    """A client with a lean path of its own for the measured requests (http1.LoopbackClient)."""
+
+    async def send(self, spec: RequestSpec, record: RequestRecord, read: ReaderFactory, submitted: int) -> None: ...
+
+
 async def send_request(
-    client: httpx.AsyncClient, spec: RequestSpec, record: RequestRecord, consume: Consume, arrival_ns: int | None = None
+    client: httpx.AsyncClient | RequestSender,
+    spec: RequestSpec,
+    record: RequestRecord,
+    read: ReaderFactory,
+    arrival_ns: int | None = None,
 ) -> RequestRecord:
-    """Send one streaming request and fill `record`; never raises except on cancellation.
-    `arrival_ns` is when the request became due (default: now); the time until it goes onto
-    the socket is its queue_ms."""
-    clock = Clock()
+    """Send one streaming request and fill `record`, its stream read by `read(times)` (a wire's
+    `reader`); never raises except on cancellation. `arrival_ns` is when the request became due
+    (default: now); the time until it goes onto the socket is its queue_ms."""
     submitted = time.perf_counter_ns() if arrival_ns is None else arrival_ns
     record.started_at = time.time() - (time.perf_counter_ns() - submitted) / 1e9
     try:
-        async with client.stream("POST", spec.path, json=spec.body, extensions={"trace": clock.trace}) as response:
-            t0 = clock.t0 if clock.t0 is not None else submitted
-            record.queue_ms = (t0 - submitted) / NS_PER_MS
-            if clock.t_sent is not None:
-                record.send_ms = (clock.t_sent - t0) / NS_PER_MS
-            # Stamped like the token chunks when the connection stamps arrivals, so TTFB <= TTFT holds.
-            t_headers = headers_arrival_ns(response) or clock.t_headers
-            if t_headers is not None:
-                record.ttfb_ms = (t_headers - t0) / NS_PER_MS
-            record.http_status = response.status_code
-            if response.status_code >= 400:
-                record.error_class = f"HTTP{response.status_code}"
-                record.error = error_text(await response.aread())
-                return record
-            await consume(response, TokenTimes(record, t0))
+        if isinstance(client, httpx.AsyncClient):
+            await _send_httpx(client, spec, record, read, submitted)
+        else:
+            await client.send(spec, record, read, submitted)
+        if record.error_class is None:
             record.ok = record.e2e_ms is not None
             if not record.ok:
                 raise StreamFault(ErrorClass.STREAM_CUT, "stream ended before the final chunk")
-    except StreamFault as exc:
-        record.error_class, record.error = exc.error_class, str(exc)
-    except httpx.TimeoutException as exc:
-        record.error_class, record.error = type(exc).__name__, str(exc) or "timed out"
-    except httpx.HTTPError as exc:
-        record.error_class, record.error = type(exc).__name__, str(exc) or type(exc).__name__
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        # Well-formed JSON of the wrong shape (a list where an object belongs, a string duration).
-        record.error_class, record.error = ErrorClass.MALFORMED_CHUNK, f"{type(exc).__name__}: {exc}"
+    except (StreamFault, httpx.HTTPError, TypeError, ValueError, AttributeError, KeyError) as exc:
+        record.error_class, record.error = failure_of(exc)
     except asyncio.CancelledError:
         record.ok = False
         record.error_class, record.error = ErrorClass.CANCELLED, "run stopped before the request finished"
@@ -138,3 +197,22 @@ async def send_request(
     if record.error_class is not None:
         record.ok = False
     return record
+
+
+async def _send_httpx(
+    client: httpx.AsyncClient, spec: RequestSpec, record: RequestRecord, read: ReaderFactory, submitted: int
+) -> None:
+    clock = Clock()
+    async with client.stream("POST", spec.path, json=spec.body, extensions={"trace": clock.trace}) as response:
+        t0 = clock.t0 if clock.t0 is not None else submitted
+        record.queue_ms = (t0 - submitted) / NS_PER_MS
+        if clock.t_sent is not None:
+            record.send_ms = (clock.t_sent - t0) / NS_PER_MS
+        if clock.t_headers is not None:
+            record.ttfb_ms = (clock.t_headers - t0) / NS_PER_MS
+        record.http_status = response.status_code
+        if response.status_code >= 400:
+            record.error_class = f"HTTP{response.status_code}"
+            record.error = error_text(await response.aread())
+            return
+        await consume_response(response, read(TokenTimes(record, t0)))

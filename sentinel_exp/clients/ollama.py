@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
-from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, TokenTimes
+from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, StreamReader, TokenTimes
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
-from sentinel_exp.clients.transport import arrival_clock
+from sentinel_exp.clients.framing import Framing
 from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api, ErrorClass
 
@@ -40,7 +40,16 @@ def _apply_final(chunk: dict[str, Any], times: TokenTimes) -> None:
             setattr(record, f"{field}_ms", value / NS_PER_MS)
 
 
-def _handle_line(line: bytes, arrived: int, times: TokenTimes) -> bool:
+class NdjsonReader(StreamReader):
+    """One NDJSON line a chunk; the stream is complete at the chunk with done:true."""
+
+    framing = Framing.NDJSON
+
+    def feed(self, frame: bytes | str, arrived: int) -> bool:
+        return _handle_line(frame, arrived, self.times)
+
+
+def _handle_line(line: bytes | str, arrived: int, times: TokenTimes) -> bool:
     """Apply one NDJSON line; True once the final done:true chunk has been seen."""
     try:
         chunk = json.loads(line)
@@ -91,20 +100,8 @@ class OllamaApi(WireApi):
     def unsendable(self, options: Options, keep_alive: KeepAlive) -> list[str]:
         return []
 
-    async def consume(self, response: httpx.Response, times: TokenTimes) -> None:
-        pending = b""
-        arrived = 0
-        clock = arrival_clock(response)
-        async for data in response.aiter_bytes():
-            arrived = clock()
-            pending += data
-            while (newline := pending.find(b"\n")) >= 0:
-                line, pending = pending[:newline], pending[newline + 1 :]
-                if line.strip() and _handle_line(line, arrived, times):
-                    return
-        # A last line without its newline still counts (the body ended, so it is complete).
-        if pending.strip():
-            _handle_line(pending, arrived, times)
+    def reader(self, times: TokenTimes) -> StreamReader:
+        return NdjsonReader(times)
 
     async def preflight(self, client: httpx.AsyncClient, handle: ServerHandle, model: str) -> ModelFacts:
         facts = ModelFacts(tag=model)

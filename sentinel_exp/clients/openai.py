@@ -1,4 +1,4 @@
-"""OpenAI-compatible /v1/chat/completions over SSE (httpx-sse)."""
+"""OpenAI-compatible /v1/chat/completions, streamed as server-sent events."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from httpx_sse import EventSource, SSEError
 
 from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
-from sentinel_exp.clients.common import RequestSpec, StreamFault, TokenTimes
+from sentinel_exp.clients.common import RequestSpec, StreamFault, StreamReader, TokenTimes
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
-from sentinel_exp.clients.transport import arrival_clock
+from sentinel_exp.clients.framing import Framing
 from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api, ErrorClass
 
@@ -28,6 +27,54 @@ _OPTION_TO_OPENAI = {
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
 }
+
+
+class SseReader(StreamReader):
+    """One JSON chunk in each event's data. The stream is complete at `[DONE]`; for a server that
+    sends none, at the chunk with finish_reason (or the usage chunk after it) once the body ends."""
+
+    framing = Framing.SSE
+
+    def __init__(self, times: TokenTimes) -> None:
+        super().__init__(times)
+        self.finished_at = 0
+
+    def feed(self, frame: bytes | str, arrived: int) -> bool:
+        data = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+        if data == "[DONE]":
+            self.times.finished(arrived)
+            return True
+        if not data.strip():
+            return False  # an event with no JSON in it (a keep-alive) carries no token
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not JSON: {data[:120]!r}") from None
+        if not isinstance(chunk, dict):
+            raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not a JSON object: {data[:120]!r}")
+        if "error" in chunk:
+            err = chunk["error"]
+            raise StreamFault(ErrorClass.SERVER_ERROR, str(err.get("message", err) if isinstance(err, dict) else err))
+        record = self.times.record
+        usage = chunk.get("usage")
+        if usage:
+            record.prompt_eval_count = usage.get("prompt_tokens")
+            record.eval_count = usage.get("completion_tokens")
+            self.finished_at = self.finished_at and arrived
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            # The first delta carries only the role: not a token (docs/measurement.md).
+            self.times.token(
+                delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or "", arrived
+            )
+            if choice.get("finish_reason"):
+                record.done_reason = choice["finish_reason"]
+                self.finished_at = arrived
+        return False
+
+    def end(self) -> None:
+        if self.finished_at:
+            self.times.finished(self.finished_at)
 
 
 class OpenAIChat(WireApi):
@@ -63,45 +110,8 @@ class OpenAIChat(WireApi):
             unsent.append("keep_alive")
         return unsent
 
-    async def consume(self, response: httpx.Response, times: TokenTimes) -> None:
-        record = times.record
-        finished_at = 0  # arrival of the chunk with finish_reason (or usage), for servers without [DONE]
-        clock = arrival_clock(response)
-        try:
-            async for event in EventSource(response).aiter_sse():
-                arrived = clock()
-                if event.data == "[DONE]":
-                    times.finished(arrived)
-                    return
-                try:
-                    chunk = json.loads(event.data)
-                except json.JSONDecodeError:
-                    raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not JSON: {event.data[:120]!r}") from None
-                if not isinstance(chunk, dict):
-                    raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not a JSON object: {event.data[:120]!r}")
-                if "error" in chunk:
-                    err = chunk["error"]
-                    raise StreamFault(
-                        ErrorClass.SERVER_ERROR, str(err.get("message", err) if isinstance(err, dict) else err)
-                    )
-                usage = chunk.get("usage")
-                if usage:
-                    record.prompt_eval_count = usage.get("prompt_tokens")
-                    record.eval_count = usage.get("completion_tokens")
-                    finished_at = finished_at and arrived
-                for choice in chunk.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    # The first delta carries only the role: not a token (docs/measurement.md).
-                    times.token(
-                        delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or "", arrived
-                    )
-                    if choice.get("finish_reason"):
-                        record.done_reason = choice["finish_reason"]
-                        finished_at = arrived
-        except SSEError as exc:
-            raise StreamFault(ErrorClass.MALFORMED_CHUNK, str(exc)) from None
-        if finished_at:
-            times.finished(finished_at)
+    def reader(self, times: TokenTimes) -> StreamReader:
+        return SseReader(times)
 
     async def preflight(self, client: httpx.AsyncClient, handle: ServerHandle, model: str) -> ModelFacts:
         """/v1/models names the models, nothing more; a server that does not list them is trusted,

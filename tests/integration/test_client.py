@@ -7,34 +7,35 @@ import httpx
 import pytest
 
 from sentinel_exp.clients import send_request, wire_api
-from sentinel_exp.clients.transport import StampingTransport
+from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.names import Api, Phase
 from sentinel_exp.records import RequestRecord
 
 pytestmark = pytest.mark.slow
 
 
-# The runner's two transports: httpx's own (remote servers) and the stamping one (loopback).
-TRANSPORTS = ["httpx", "stamping"]
+# The runner's two paths: httpx (servers off this machine) and the lean client (loopback).
+TRANSPORTS = ["httpx", "loopback"]
+
+
+def open_client(url, concurrency=1, timeout_s=30.0, transport="loopback"):
+    if transport == "loopback":
+        return LoopbackClient(url, concurrency, timeout_s)
+    limits = httpx.Limits(max_connections=concurrency)
+    return httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10.0, read=timeout_s), limits=limits)
 
 
 async def run_requests(
-    url, api, count, concurrency=1, options=None, timeout_s=30.0, model="smollm2:135m", transport="stamping"
+    url, api, count, concurrency=1, options=None, timeout_s=30.0, model="smollm2:135m", transport="loopback"
 ):
     options = {"num_predict": 16} if options is None else options
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=url,
-        timeout=httpx.Timeout(10.0, read=timeout_s),
-        limits=limits,
-        transport=StampingTransport(limits) if transport == "stamping" else None,
-    ) as client:
+    async with open_client(url, concurrency, timeout_s, transport) as client:
         wire = wire_api(api)
 
         async def one(i):
             spec = wire.build_request(model, "why is the sky blue", 0, None, options, None)
             record = RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=0, api=api)
-            return await send_request(client, spec, record, wire.consume)
+            return await send_request(client, spec, record, wire.reader)
 
         records = []
         for start in range(0, count, concurrency):
@@ -101,15 +102,16 @@ def test_each_fault_becomes_a_failed_record(sim_server_factory, fault, error_cla
         assert len(failed.chunk_times_ms) == 2  # the tokens that did arrive are kept
 
 
-def test_cancellation_leaves_a_cancelled_record(sim_server_factory):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cancellation_leaves_a_cancelled_record(sim_server_factory, transport):
     server = sim_server_factory("--load-ms", "0", "--ttft-ms", "5", "--itl-ms", "50")
 
     async def scenario():
-        async with httpx.AsyncClient(base_url=server.url) as client:
+        async with open_client(server.url, transport=transport) as client:
             record = RequestRecord(index=0, phase=Phase.MEASURED, prompt_index=0, api="chat")
             chat = wire_api(Api.chat)
             spec = chat.build_request("smollm2:135m", "x", 0, None, {"num_predict": 50}, None)
-            task = asyncio.create_task(send_request(client, spec, record, chat.consume))
+            task = asyncio.create_task(send_request(client, spec, record, chat.reader))
             await asyncio.sleep(0.3)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -121,7 +123,8 @@ def test_cancellation_leaves_a_cancelled_record(sim_server_factory):
     assert 3 <= len(record.chunk_times_ms) <= 8
 
 
-def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_factory):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_factory, transport):
     from sentinel_exp.load import PhasePlan, run_phase
 
     # Each request takes ~60 ms; arrivals come every ~20 ms on average; one may be in flight.
@@ -130,12 +133,12 @@ def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_f
     async def scenario():
         records = []
         chat = wire_api(Api.chat)
-        async with httpx.AsyncClient(base_url=server.url) as client:
+        async with open_client(server.url, transport=transport) as client:
 
             async def send_one(index, arrival_ns, keep):
                 spec = chat.build_request("smollm2:135m", "x", 0, None, {}, None)
                 record = RequestRecord(index=index, phase=Phase.MEASURED, prompt_index=0, api="chat")
-                await send_request(client, spec, record, chat.consume, arrival_ns)
+                await send_request(client, spec, record, chat.reader, arrival_ns)
                 keep(record)
 
             duration = await run_phase(
@@ -191,25 +194,27 @@ class CannedServer:
         writer.close()
 
 
-def test_a_final_ndjson_line_without_its_newline_still_finishes():
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_final_ndjson_line_without_its_newline_still_finishes(transport):
     body = (
         b'{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}\n'
         b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop",'
         b'"eval_count":1,"total_duration":5000000}'
     )
     server = CannedServer(body, "application/x-ndjson")
-    [record] = asyncio.run(run_requests(server.url, "chat", 1, model="m"))
+    [record] = asyncio.run(run_requests(server.url, "chat", 1, model="m", transport=transport))
     assert record.ok and record.eval_count == 1 and record.total_duration_ms == 5.0
 
 
-def test_an_sse_stream_that_ends_after_finish_reason_without_done_still_finishes():
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_sse_stream_that_ends_after_finish_reason_without_done_still_finishes(transport):
     body = (
         b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
         b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
         b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
     )
     server = CannedServer(body, "text/event-stream")
-    [record] = asyncio.run(run_requests(server.url, "openai", 1, model="m"))
+    [record] = asyncio.run(run_requests(server.url, "openai", 1, model="m", transport=transport))
     assert record.ok and record.done_reason == "stop" and len(record.chunk_times_ms) == 1
 
 
@@ -221,8 +226,9 @@ def test_an_sse_stream_that_ends_after_finish_reason_without_done_still_finishes
         (b'{"model":"m","message":{"content":"a"},"done":true,"total_duration":"slow"}\n', "application/x-ndjson"),
     ],
 )
-def test_json_of_the_wrong_shape_is_a_malformed_chunk_not_a_crash(body, content_type):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_json_of_the_wrong_shape_is_a_malformed_chunk_not_a_crash(body, content_type, transport):
     server = CannedServer(body, content_type)
     api = "openai" if content_type == "text/event-stream" else "chat"
-    [record] = asyncio.run(run_requests(server.url, api, 1, model="m"))
+    [record] = asyncio.run(run_requests(server.url, api, 1, model="m", transport=transport))
     assert not record.ok and record.error_class == "MalformedChunk"

@@ -21,7 +21,7 @@ import pytest
 
 from sentinel_exp import eventloop
 from sentinel_exp.clients import send_request, wire_api
-from sentinel_exp.clients.transport import measuring_client
+from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.names import Api, Phase
 from sentinel_exp.records import RequestRecord
 
@@ -62,12 +62,12 @@ def reference(tmp_path: Path) -> Iterator[Reference]:
 async def _drive(url: str, api: Api) -> list[RequestRecord]:
     wire = wire_api(api)
     records = []
-    # The client a run's requests go through (experiment._http_client).
-    async with measuring_client(url, concurrency=1, read_timeout_s=10.0) as client:
+    # The client a run's requests to a loopback server go through (experiment._request_client).
+    async with LoopbackClient(url, concurrency=1, read_timeout_s=10.0) as client:
         for i in range(WARMUP + REQUESTS):
             spec = wire.build_request("reference", f"{api}-{i}", i, None, {}, None)
             record = RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=i, api=api)
-            records.append(await send_request(client, spec, record, wire.consume))
+            records.append(await send_request(client, spec, record, wire.reader))
     return records[WARMUP:]
 
 

@@ -3,8 +3,10 @@ boundaries, with junk, very long lines and invalid UTF-8. No crash and no hang: 
 comes back as a record, a failed one with an error class; a valid stream gives the same tokens
 wherever its bytes are split.
 
-The bytes go through httpx's own in-memory transport (no socket) into `send_request`, the path
-every measured request takes. Pure, but a fuzz takes its time: it sits with the slow tests."""
+Each body is read on both of the runner's paths, which must agree: through httpx's own in-memory
+transport (no socket) into `send_request` (servers off this machine), and piece by piece into the
+loopback client's Exchange, the code its connections run on each piece of body that arrives.
+Pure, but a fuzz takes its time: it sits with the slow tests."""
 
 from __future__ import annotations
 
@@ -19,8 +21,11 @@ from hypothesis import strategies as st
 
 from sentinel_exp.clients import send_request
 from sentinel_exp.clients.base import WireApi
+from sentinel_exp.clients.common import StreamFault, TokenTimes, failure_of
+from sentinel_exp.clients.http1 import Exchange
 from sentinel_exp.clients.ollama import OllamaChat
 from sentinel_exp.clients.openai import OpenAIChat
+from sentinel_exp.names import ErrorClass
 from sentinel_exp.records import RequestRecord
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -51,9 +56,40 @@ def fetch(wire: WireApi, parts: Sequence[bytes]) -> RequestRecord:
         spec = wire.build_request("m", "hi", 0, None, {}, None)
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://fuzz") as client:
             # A parser that loops on some input would hang the run: a bound says so instead.
-            return await asyncio.wait_for(send_request(client, spec, record, wire.consume), timeout=10)
+            return await asyncio.wait_for(send_request(client, spec, record, wire.reader), timeout=10)
 
-    return asyncio.run(one())
+    record = asyncio.run(one())
+    assert_same(record, fetch_loopback(wire, parts, media))
+    return record
+
+
+def fetch_loopback(wire: WireApi, parts: Sequence[bytes], media: str) -> RequestRecord:
+    """The same body through the loopback client's body path, one piece per arrival."""
+    record = RequestRecord(index=0, phase="measured", prompt_index=0, api=wire.name)
+    loop = asyncio.new_event_loop()
+    try:
+        exchange = Exchange(loop, wire.reader(TokenTimes(record, 0)), 0)
+        exchange.status, exchange.content_type = 200, media.encode()
+        try:
+            for arrived, part in enumerate(parts, start=1):
+                exchange.feed_body(part, arrived)
+            exchange.body_ended(len(parts) + 1)
+            if record.e2e_ms is None:
+                raise StreamFault(ErrorClass.STREAM_CUT, "stream ended before the final chunk")
+            record.ok = True
+        except (StreamFault, TypeError, ValueError, AttributeError, KeyError) as exc:
+            record.error_class, record.error = failure_of(exc)
+    finally:
+        loop.close()
+    return record
+
+
+def assert_same(httpx_path: RequestRecord, loopback_path: RequestRecord) -> None:
+    """Both paths read the same tokens and reach the same end, or fail with the same class."""
+    assert (httpx_path.ok, httpx_path.output_chars) == (loopback_path.ok, loopback_path.output_chars)
+    assert httpx_path.error_class == loopback_path.error_class, (httpx_path.error, loopback_path.error)
+    assert len(httpx_path.chunk_times_ms) == len(loopback_path.chunk_times_ms)
+    assert (httpx_path.eval_count, httpx_path.done_reason) == (loopback_path.eval_count, loopback_path.done_reason)
 
 
 def ndjson(tokens: Sequence[str]) -> bytes:

@@ -1,0 +1,369 @@
+"""A lean HTTP/1.1 client for the measured requests to a server on this machine.
+
+Against a loopback server the client's own cost is what a measurement would carry, and httpx pays
+it per token: each chunk climbs through httpcore's and httpx's stream layers, a handful of async
+generators, before it is parsed, and at a few dozen streams one event loop spends its core there
+(docs/measurement.md, Measurement fidelity). Here a connection is a plain asyncio Protocol: each
+piece of data is stamped (`time.perf_counter_ns`) first thing in `data_received`, fed to httptools'
+parser (llhttp, in C), and the body's frames go straight to the wire's StreamReader in the same
+callback, so a token costs one parse and no task switch. The request goes out in one write,
+stamped just before it (t0), so the request's trip holds no client work.
+
+Plain http to loopback only (no TLS, no proxy, no redirects): anything else goes through httpx.
+Failures raise httpx's exceptions, so a record names the same error class on either path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+import httpx
+
+from sentinel_exp import __version__
+from sentinel_exp.clients.common import (
+    NS_PER_MS,
+    ReaderFactory,
+    RequestSpec,
+    StreamReader,
+    TokenTimes,
+    check_sse_content_type,
+    error_text,
+)
+from sentinel_exp.clients.framing import Framing, NdjsonLines, SseEvents
+from sentinel_exp.records import RequestRecord
+
+CONNECT_TIMEOUT_S = 10.0
+ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, kept for its message
+
+
+class Exchange:
+    """One request on a connection, from its write to the end of its response."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: StreamReader, sent_ns: int) -> None:
+        self.reader = reader
+        self.framer: NdjsonLines | SseEvents = SseEvents() if reader.framing is Framing.SSE else NdjsonLines()
+        self.headers: asyncio.Future[None] = loop.create_future()  # the status line and headers are in
+        self.done: asyncio.Future[None] = loop.create_future()  # the response has ended (or failed)
+        for future in (self.headers, self.done):
+            future.add_done_callback(_retrieve)  # a failure awaited through the other is not "never retrieved"
+        self.status = 0
+        self.headers_ns = 0
+        self.content_type = b""
+        self.delimited = False  # chunked or Content-Length: else the body runs to the end of the connection
+        self.error_body = bytearray()  # the body of a status >= 400, read whole for its message
+        self.finished = False  # the reader has seen the stream's final chunk
+        self.last_data_ns = sent_ns
+
+    def headers_in(self, status: int, arrived: int) -> None:
+        """The status line and headers have arrived; an SSE stream must say it is one."""
+        self.status, self.headers_ns = status, arrived
+        if status < 400 and self.reader.framing is Framing.SSE:
+            check_sse_content_type(self.content_type.decode("latin-1"))
+        if not self.headers.done():
+            self.headers.set_result(None)
+
+    def feed_body(self, body: bytes, arrived: int) -> None:
+        """A piece of the body, arrived at `arrived`: frames it completes go to the reader."""
+        if self.finished:
+            return
+        if self.status >= 400:
+            if len(self.error_body) < ERROR_BODY_LIMIT:
+                self.error_body += body[: ERROR_BODY_LIMIT - len(self.error_body)]
+            return
+        for frame in self.framer.feed(body):
+            if self.reader.feed(frame, arrived):
+                self.finished = True
+                return
+
+    def body_ended(self, arrived: int) -> None:
+        """The body has ended: a frame it left unended is complete now; the reader may conclude."""
+        if self.finished or self.status >= 400:
+            return
+        for frame in self.framer.flush():
+            if self.reader.feed(frame, arrived):
+                self.finished = True
+                return
+        self.reader.end()
+
+    def fail(self, exc: BaseException) -> None:
+        for future in (self.headers, self.done):
+            if not future.done():
+                future.set_exception(exc)
+
+    def complete(self) -> None:
+        if not self.headers.done():
+            self.headers.set_exception(httpx.RemoteProtocolError("the response ended before its headers"))
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; the exchange in flight gets its bytes as they arrive."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.now_ns = 0
+        self.eof = False
+        self.stray = False  # bytes nobody asked for: the connection cannot be reused
+        self.keep_alive = True
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.now_ns = time.perf_counter_ns()
+        exchange = self.exchange
+        if exchange is None:
+            self.stray = True
+            return
+        exchange.last_data_ns = self.now_ns
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            self._fail(exc.__context__ or exc)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+
+    def eof_received(self) -> bool:
+        self._ended()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended(exc)
+
+    # httptools.HttpResponseParser callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        lower = name.lower()
+        if lower == b"content-type":
+            exchange.content_type = value
+        elif lower == b"content-length" or (lower == b"transfer-encoding" and b"chunked" in value.lower()):
+            exchange.delimited = True
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.exchange is not None:
+            self.exchange.headers_in(self.parser.get_status_code(), self.now_ns)
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.feed_body(body, self.now_ns)
+
+    def on_message_complete(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        exchange.body_ended(self.now_ns)
+        self.exchange = None
+        exchange.complete()
+
+    # ours
+
+    def _ended(self, exc: Exception | None = None) -> None:
+        self.eof = True
+        exchange = self.exchange
+        if exchange is None:
+            return
+        if exchange.headers.done() and not exchange.delimited and exc is None:
+            # A body without a length runs to the end of the connection: this is its end.
+            try:
+                self.on_message_complete()
+            except Exception as error:
+                self._fail(error)
+            return
+        if not exchange.headers.done():
+            why = "Server disconnected without sending a response."
+        else:
+            why = "peer closed connection without sending complete message body"
+        self._fail(httpx.RemoteProtocolError(why) if exc is None else httpx.ReadError(str(exc) or why))
+
+    def _fail(self, exc: BaseException) -> None:
+        exchange, self.exchange = self.exchange, None
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+        if exchange is not None:
+            exchange.fail(exc)
+
+    def usable(self) -> bool:
+        return self.keep_alive and not self.eof and not self.stray and self.transport is not None
+
+
+class LoopbackClient:
+    """Streams requests to one loopback server over at most `concurrency` keep-alive connections;
+    a request that finds them all busy waits for one (that wait is the request's queue time)."""
+
+    def __init__(
+        self, url: str, concurrency: int, read_timeout_s: float, headers: dict[str, str] | None = None
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"the loopback client speaks plain http to a host: {url}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.read_timeout_s = read_timeout_s
+        lines = {
+            "Host": parts.netloc,
+            "User-Agent": f"sentinel-exp/{__version__}",
+            "Accept": "*/*",
+            "Content-Type": "application/json",
+            **(headers or {}),
+        }
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in lines.items()).encode("latin-1")
+        self._limit = max(1, concurrency)
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def __aenter__(self) -> LoopbackClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for conn in self._idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self._idle.clear()
+
+    def request_bytes(self, path: str, body: dict[str, Any]) -> bytes:
+        payload = json.dumps(body).encode()
+        start = f"POST {self.prefix}{path} HTTP/1.1\r\nContent-Length: {len(payload)}\r\n".encode("latin-1")
+        return start + self._head + b"\r\n" + payload
+
+    async def acquire(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.usable():
+                    return conn
+                self._discard(conn)
+            if self._open < self._limit:
+                self._open += 1
+                try:
+                    return await self._connect(loop)
+                except BaseException:
+                    self._open -= 1
+                    self._wake_one()
+                    raise
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: the connection freed for it goes to the next
+                elif waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                raise
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        try:
+            transport, conn = await asyncio.wait_for(
+                loop.create_connection(_Connection, self.host, self.port), CONNECT_TIMEOUT_S
+            )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {self.host}:{self.port} timed out") from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        if conn.usable() and conn.exchange is None:
+            self._idle.append(conn)
+        else:
+            self._discard(conn)
+        self._wake_one()
+
+    def _discard(self, conn: _Connection) -> None:
+        self._open -= 1
+        if conn.transport is not None:
+            conn.transport.abort()
+        conn.exchange = None
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def send(self, spec: RequestSpec, record: RequestRecord, read: ReaderFactory, submitted: int) -> None:
+        """Send one request and read its stream into `record` (see common.send_request)."""
+        request = self.request_bytes(spec.path, spec.body)
+        conn = await self.acquire()
+        try:
+            exchange = self.start(conn, request, lambda t0: read(TokenTimes(record, t0)))
+            t0 = exchange.reader.times.t0
+            record.queue_ms = (t0 - submitted) / NS_PER_MS
+            record.send_ms = (time.perf_counter_ns() - t0) / NS_PER_MS
+            await self.wait(conn, exchange, exchange.headers)
+            record.ttfb_ms = (exchange.headers_ns - t0) / NS_PER_MS
+            record.http_status = exchange.status
+            await self.wait(conn, exchange, exchange.done)
+            if exchange.status >= 400:
+                record.error_class = f"HTTP{exchange.status}"
+                record.error = error_text(bytes(exchange.error_body))
+        except BaseException:
+            conn._fail(httpx.ReadError("the request was abandoned"))  # no reuse of a half-read connection
+            raise
+        finally:
+            self.release(conn)
+
+    def start(self, conn: _Connection, request: bytes, reader_for: Callable[[int], StreamReader]) -> Exchange:
+        """Write `request` on `conn` in one piece; `reader_for(t0)` reads its stream. t0 is taken just
+        before the write: the bytes go into the kernel then, with nothing of the client in between."""
+        assert conn.transport is not None and conn.exchange is None
+        t0 = time.perf_counter_ns()
+        conn.transport.write(request)
+        exchange = Exchange(asyncio.get_running_loop(), reader_for(t0), t0)
+        conn.exchange = exchange
+        return exchange
+
+    async def wait(self, conn: _Connection, exchange: Exchange, future: asyncio.Future[None]) -> None:
+        """Wait for `future` of `exchange`; no byte for read_timeout_s fails it with ReadTimeout."""
+        loop = asyncio.get_running_loop()
+        timeout_ns = round(self.read_timeout_s * 1e9)
+        timer: asyncio.TimerHandle | None = None
+
+        def check() -> None:
+            nonlocal timer
+            if future.done():
+                return
+            idle = time.perf_counter_ns() - exchange.last_data_ns
+            if idle >= timeout_ns:
+                conn._fail(httpx.ReadTimeout("timed out"))
+            else:
+                timer = loop.call_later((timeout_ns - idle) / 1e9, check)
+
+        timer = loop.call_later(self.read_timeout_s, check)
+        try:
+            await future
+        finally:
+            timer.cancel()  # the latest one: each check that found bytes re-armed it
