@@ -315,18 +315,27 @@ class LoopbackClient:
                 return
 
     async def send(self, spec: RequestSpec, record: RequestRecord, read: ReaderFactory, submitted: int) -> None:
-        """Send one request and read its stream into `record` (see common.send_request)."""
+        """Send one request and read its stream into `record` (see common.send_request).
+
+        Everything the exchange needs is made before t0, and nothing but the wait follows the write:
+        the server often runs on this core as soon as the request lands, and any work of ours between
+        the write and the wait would delay it inside the measured interval."""
         request = self.request_bytes(spec.path, spec.body)
         conn = await self.acquire()
+        assert conn.transport is not None and conn.exchange is None
+        times = TokenTimes(record, 0)
+        exchange = conn.exchange = Exchange(asyncio.get_running_loop(), read(times), 0)
+        stop_watching = self._watch(conn, exchange)
         try:
-            exchange = self.start(conn, request, lambda t0: read(TokenTimes(record, t0)))
-            t0 = exchange.reader.times.t0
+            t0 = exchange.last_data_ns = times.t0 = time.perf_counter_ns()
+            conn.transport.write(request)
+            t_sent = time.perf_counter_ns()
+            await exchange.headers
             record.queue_ms = (t0 - submitted) / NS_PER_MS
-            record.send_ms = (time.perf_counter_ns() - t0) / NS_PER_MS
-            await self.wait(conn, exchange, exchange.headers)
+            record.send_ms = (t_sent - t0) / NS_PER_MS
             record.ttfb_ms = (exchange.headers_ns - t0) / NS_PER_MS
             record.http_status = exchange.status
-            await self.wait(conn, exchange, exchange.done)
+            await exchange.done
             if exchange.status >= 400:
                 record.error_class = f"HTTP{exchange.status}"
                 record.error = error_text(bytes(exchange.error_body))
@@ -334,27 +343,19 @@ class LoopbackClient:
             conn._fail(httpx.ReadError("the request was abandoned"))  # no reuse of a half-read connection
             raise
         finally:
+            stop_watching()
             self.release(conn)
 
-    def start(self, conn: _Connection, request: bytes, reader_for: Callable[[int], StreamReader]) -> Exchange:
-        """Write `request` on `conn` in one piece; `reader_for(t0)` reads its stream. t0 is taken just
-        before the write: the bytes go into the kernel then, with nothing of the client in between."""
-        assert conn.transport is not None and conn.exchange is None
-        t0 = time.perf_counter_ns()
-        conn.transport.write(request)
-        exchange = Exchange(asyncio.get_running_loop(), reader_for(t0), t0)
-        conn.exchange = exchange
-        return exchange
-
-    async def wait(self, conn: _Connection, exchange: Exchange, future: asyncio.Future[None]) -> None:
-        """Wait for `future` of `exchange`; no byte for read_timeout_s fails it with ReadTimeout."""
+    def _watch(self, conn: _Connection, exchange: Exchange) -> Callable[[], None]:
+        """Fail `exchange` with ReadTimeout once no byte has come for read_timeout_s (one timer,
+        re-armed only when it fires, not per piece of data); returns what stops the watch."""
         loop = asyncio.get_running_loop()
         timeout_ns = round(self.read_timeout_s * 1e9)
-        timer: asyncio.TimerHandle | None = None
+        timer = loop.call_later(self.read_timeout_s, lambda: check())
 
         def check() -> None:
             nonlocal timer
-            if future.done():
+            if exchange.done.done():
                 return
             idle = time.perf_counter_ns() - exchange.last_data_ns
             if idle >= timeout_ns:
@@ -362,8 +363,4 @@ class LoopbackClient:
             else:
                 timer = loop.call_later((timeout_ns - idle) / 1e9, check)
 
-        timer = loop.call_later(self.read_timeout_s, check)
-        try:
-            await future
-        finally:
-            timer.cancel()  # the latest one: each check that found bytes re-armed it
+        return lambda: timer.cancel()

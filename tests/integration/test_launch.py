@@ -146,17 +146,19 @@ def test_an_unused_standby_ends_with_the_process_that_made_it(how: str) -> None:
     assert not alive, f"the standby ({standby_pid}) outlived the process that made it ({how})"
 
 
-def _serve_processes() -> set[int]:
+def _serve_processes(under: Path) -> set[int]:
+    """The bundled servers (and standbys) running in `under`: a test beside it may start its own."""
     found = set()
-    for process in psutil.process_iter(["cmdline"]):
+    for process in psutil.process_iter(["cmdline", "cwd"]):
         cmdline = process.info["cmdline"] or []
-        if "sentinel_exp.serve" in cmdline and process.status() != psutil.STATUS_ZOMBIE:
+        ours = (process.info["cwd"] or "").startswith(str(under))
+        if ours and "sentinel_exp.serve" in cmdline and process.status() != psutil.STATUS_ZOMBIE:
             found.add(process.pid)
     return found
 
 
 def test_a_sweeps_jobs_each_get_their_own_server_and_log_and_none_is_left(tmp_path: Path) -> None:
-    before = _serve_processes()
+    before = _serve_processes(tmp_path)
     result = run_cli(
         tmp_path,
         "-m",
@@ -177,4 +179,4 @@ def test_a_sweeps_jobs_each_get_their_own_server_and_log_and_none_is_left(tmp_pa
         assert summary["metrics"]["requests_ok"] == 2
         urls.add(summary["server"]["url"])
     assert len(urls) == 3  # a server (and port) per job
-    assert _serve_processes() - before == set()  # neither a server nor an unused standby outlives the sweep
+    assert _serve_processes(tmp_path) - before == set()  # neither a server nor an unused standby outlives the sweep
