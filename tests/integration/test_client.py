@@ -124,6 +124,7 @@ def test_cancellation_leaves_a_cancelled_record(sim_server_factory, transport):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.timing
 def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_factory, transport):
     from sentinel_exp.load import PhasePlan, run_phase
 

@@ -2,7 +2,7 @@
 milliseconds of the true emit times of the reference server (scripts/reference_server.py).
 
 The same comparison as scripts/bench_fidelity.py, short and with loose bounds: the floor on this
-machine is ~0.2 ms and the client adds under 1 ms (README, Measurement fidelity), so a bound of 4 ms
+machine is ~0.15 ms and the client adds 0.1 to 0.2 ms (README, Measurement fidelity), so a bound of 4 ms
 leaves room for a busy machine and still fails when a few milliseconds creep into every read
 (a blocking call, a per-chunk sleep, parsing before the stamp of a slow decoder).
 """
@@ -28,7 +28,7 @@ from sentinel_exp.records import RequestRecord
 SERVER = Path(__file__).resolve().parents[2] / "scripts" / "reference_server.py"
 FIRST_MS, ITL_MS, TOKENS = 20.0, 2.0, 16
 REQUESTS, WARMUP = 24, 2
-TTFT_ERROR_P50_MS = 4.0  # floor ~0.2, sentinel-exp ~0.5 on this project's 2-core machine
+TTFT_ERROR_P50_MS = 4.0  # floor ~0.15, sentinel-exp ~0.3 on this project's 2-core machine
 ITL_ERROR_P50_MS = 0.5  # both ~0.03
 
 

@@ -58,7 +58,7 @@ def _sync(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sentinel_exp.sync", *args],
         cwd=cwd,
-        env=cli_env(COLUMNS="240"),  # its table's messages unwrapped, however long the folder names
+        env=cli_env(COLUMNS="1000"),  # its table's messages unwrapped, however long the folder names
         capture_output=True,
         text=True,
         timeout=180,
