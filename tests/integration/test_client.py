@@ -158,10 +158,12 @@ def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_f
 class CannedServer:
     """A real HTTP server on loopback that answers every POST with one canned streamed body."""
 
-    def __init__(self, body: bytes, content_type: str) -> None:
+    def __init__(self, body: bytes, content_type: str, close_after_s: float | None = None) -> None:
         import threading
 
         self.body, self.content_type = body, content_type
+        # None: answer `connection: close` and close; else promise keep-alive, then close when idle.
+        self.close_after_s = close_after_s
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
@@ -186,12 +188,15 @@ class CannedServer:
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: "
             + self.content_type.encode()
-            + b"\r\nconnection: close\r\ncontent-length: "
+            + (b"\r\nconnection: close" if self.close_after_s is None else b"")
+            + b"\r\ncontent-length: "
             + str(len(self.body)).encode()
             + b"\r\n\r\n"
         )
         writer.write(self.body)
         await writer.drain()
+        if self.close_after_s is not None:
+            await asyncio.sleep(self.close_after_s)
         writer.close()
 
 
@@ -205,6 +210,36 @@ def test_a_final_ndjson_line_without_its_newline_still_finishes(transport):
     server = CannedServer(body, "application/x-ndjson")
     [record] = asyncio.run(run_requests(server.url, "chat", 1, model="m", transport=transport))
     assert record.ok and record.eval_count == 1 and record.total_duration_ms == 5.0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_server_that_closes_each_connection_after_its_answer_serves_every_request(transport):
+    # CannedServer answers `connection: close` and closes: each request needs a new connection.
+    body = b'{"model":"m","message":{"content":"a"},"done":false}\n{"model":"m","message":{"content":""},"done":true}\n'
+    server = CannedServer(body, "application/x-ndjson")
+    records = asyncio.run(run_requests(server.url, "chat", 4, model="m", transport=transport))
+    assert [r.ok for r in records] == [True] * 4, [r.error for r in records]
+    assert all(len(r.chunk_times_ms) == 1 for r in records)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_reused(transport):
+    body = b'{"model":"m","message":{"content":"a"},"done":false}\n{"model":"m","message":{"content":""},"done":true}\n'
+    server = CannedServer(body, "application/x-ndjson", close_after_s=0.05)
+
+    async def scenario():
+        chat, records = wire_api(Api.chat), []
+        async with open_client(server.url, transport=transport) as client:
+            for i in range(2):
+                if i:
+                    await asyncio.sleep(0.3)  # the server has closed the idle connection by now
+                record = RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=0, api="chat")
+                spec = chat.build_request("m", "x", 0, None, {}, None)
+                records.append(await send_request(client, spec, record, chat.reader))
+        return records
+
+    records = asyncio.run(scenario())
+    assert [r.ok for r in records] == [True, True], [r.error for r in records]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
