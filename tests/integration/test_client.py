@@ -103,7 +103,7 @@ def test_each_fault_becomes_a_failed_record(sim_server_factory, fault, error_cla
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_cancellation_leaves_a_cancelled_record(sim_server_factory, transport):
+def test_cancellation_leaves_a_cancelled_record_and_the_client_usable(sim_server_factory, transport):
     server = sim_server_factory("--load-ms", "0", "--ttft-ms", "5", "--itl-ms", "50")
 
     async def scenario():
@@ -116,11 +116,16 @@ def test_cancellation_leaves_a_cancelled_record(sim_server_factory, transport):
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            return record
+            # The client's one connection was given up half-read: the next request gets a new one.
+            after = RequestRecord(index=1, phase=Phase.MEASURED, prompt_index=0, api="chat")
+            short = chat.build_request("smollm2:135m", "x", 0, None, {"num_predict": 2}, None)
+            await asyncio.wait_for(send_request(client, short, after, chat.reader), timeout=10)
+            return record, after
 
-    record = asyncio.run(scenario())
+    record, after = asyncio.run(scenario())
     assert record.error_class == "Cancelled" and not record.ok and record.cancelled
     assert 3 <= len(record.chunk_times_ms) <= 8
+    assert after.ok and len(after.chunk_times_ms) == 2, after.error
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
