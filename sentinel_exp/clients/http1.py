@@ -94,6 +94,11 @@ class Exchange:
         self.reader.end()
 
     def fail(self, exc: BaseException) -> None:
+        if self.finished:
+            # The stream's final chunk is in: a close or a stall before the body's end fails the
+            # connection (never reused), not the request, which httpx stops reading at that chunk.
+            self.complete()
+            return
         for future in (self.headers, self.done):
             if not future.done():
                 future.set_exception(exc)

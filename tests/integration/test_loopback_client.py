@@ -1,0 +1,69 @@
+"""The loopback client and httpx against servers that misbehave at the level of HTTP: the same
+server behaviour gives the same record on either path (a raw asyncio server, one script per case)."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from sentinel_exp.clients import send_request, wire_api
+from sentinel_exp.clients.http1 import LoopbackClient
+from sentinel_exp.records import RequestRecord
+
+TRANSPORTS = ["httpx", "loopback"]
+
+NDJSON_TOKEN = b'{"model":"m","message":{"content":"a"},"done":false}\n'
+NDJSON_FINAL = b'{"model":"m","message":{"content":""},"done":true}\n'
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+async def fetch(script: Script, api: str, transport: str, timeout_s: float = 0.5) -> RequestRecord:
+    """One request to a server that reads the request, then runs `script` on the connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        try:
+            await script(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client: httpx.AsyncClient | LoopbackClient
+    if transport == "loopback":
+        client = LoopbackClient(url, 1, timeout_s)
+    else:
+        client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10.0, read=timeout_s))
+    wire = wire_api(api)
+    async with server, client:
+        record = RequestRecord(index=0, phase="measured", prompt_index=0, api=api)
+        spec = wire.build_request("m", "x", 0, None, {}, None)
+        return await asyncio.wait_for(send_request(client, spec, record, wire.reader), 10)
+
+
+@pytest.mark.parametrize("after_final", ["close", "stall"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_stream_whose_final_chunk_arrived_succeeds_however_its_body_ends(transport, after_final):
+    # The final chunk is in; then the server closes without the chunked body's last chunk, or says
+    # nothing more for longer than the read timeout. The request is complete: httpx stops reading there.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+            + chunk(NDJSON_TOKEN)
+            + chunk(NDJSON_FINAL)
+        )
+        await writer.drain()
+        if after_final == "stall":
+            await asyncio.wait_for(reader.read(), 5)  # nothing more until the client hangs up
+
+    record = asyncio.run(fetch(script, "chat", transport))
+    assert record.ok and record.error_class is None, record.error
+    assert len(record.chunk_times_ms) == 1 and record.e2e_ms is not None
