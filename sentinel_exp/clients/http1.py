@@ -65,10 +65,10 @@ class Exchange:
     def headers_in(self, status: int, arrived: int) -> None:
         """The status line and headers have arrived; an SSE stream must say it is one."""
         self.status, self.headers_ns = status, arrived
+        if not self.headers.done():
+            self.headers.set_result(None)  # first: a wrong Content-Type fails `done`, the record keeps its status
         if status < 400 and self.reader.framing is Framing.SSE:
             check_sse_content_type(self.content_type.decode("latin-1"))
-        if not self.headers.done():
-            self.headers.set_result(None)
 
     def feed_body(self, body: bytes, arrived: int) -> None:
         """A piece of the body, arrived at `arrived`: frames it completes go to the reader."""

@@ -15,6 +15,11 @@ TRANSPORTS = ["httpx", "loopback"]
 
 NDJSON_TOKEN = b'{"model":"m","message":{"content":"a"},"done":false}\n'
 NDJSON_FINAL = b'{"model":"m","message":{"content":""},"done":true}\n'
+SSE_BODY = (
+    b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -67,3 +72,19 @@ def test_a_stream_whose_final_chunk_arrived_succeeds_however_its_body_ends(trans
     record = asyncio.run(fetch(script, "chat", transport))
     assert record.ok and record.error_class is None, record.error
     assert len(record.chunk_times_ms) == 1 and record.e2e_ms is not None
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_sse_answer_with_another_content_type_keeps_its_status(transport):
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(SSE_BODY)
+            + SSE_BODY
+        )
+        await writer.drain()
+
+    record = asyncio.run(fetch(script, "openai", transport))
+    assert not record.ok and record.error_class == "MalformedChunk"
+    assert "text/event-stream" in record.error
+    assert record.http_status == 200 and record.ttfb_ms is not None and record.ttfb_ms > 0
+    assert record.chunk_times_ms == []
