@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
-from sentinel_exp.clients.common import RequestSpec, StreamReader, TokenTimes, consume_response
+from sentinel_exp.clients.common import RequestSpec, StreamReader, TokenTimes
 from sentinel_exp.clients.facts import ModelFacts
 from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api
@@ -67,11 +67,6 @@ class WireApi(ABC):
     @abstractmethod
     def reader(self, times: TokenTimes) -> StreamReader:
         """A reader of one response's stream into `times`."""
-
-    async def consume(self, response: httpx.Response, times: TokenTimes) -> None:
-        """Read an httpx response's streamed body into `times`: each chunk stamped on arrival,
-        before parsing. Raises StreamFault for an error in the stream or a chunk that is not JSON."""
-        await consume_response(response, self.reader(times))
 
     @abstractmethod
     async def preflight(self, client: httpx.AsyncClient, handle: ServerHandle, model: str) -> ModelFacts:

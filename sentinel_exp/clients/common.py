@@ -127,6 +127,17 @@ async def consume_response(response: httpx.Response, reader: StreamReader) -> No
 ReaderFactory = Callable[[TokenTimes], StreamReader]
 
 
+def json_object(frame: bytes | str) -> dict[str, Any]:
+    """One frame's JSON object; StreamFault (MalformedChunk) for anything else."""
+    try:
+        chunk = json.loads(frame)
+    except json.JSONDecodeError:
+        raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not JSON: {frame[:120]!r}") from None
+    if not isinstance(chunk, dict):
+        raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not a JSON object: {frame[:120]!r}")
+    return chunk
+
+
 def check_sse_content_type(content_type: str) -> None:
     """An SSE stream says so in its Content-Type (what httpx-sse checks on the httpx path)."""
     media = content_type.partition(";")[0]

@@ -47,7 +47,7 @@ ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, kept for its message
 class Exchange:
     """One request on a connection, from its write to the end of its response."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, reader: StreamReader, sent_ns: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: StreamReader) -> None:
         self.reader = reader
         self.framer: NdjsonLines | SseEvents = SseEvents() if reader.framing is Framing.SSE else NdjsonLines()
         self.headers: asyncio.Future[None] = loop.create_future()  # the status line and headers are in
@@ -60,7 +60,7 @@ class Exchange:
         self.delimited = False  # chunked or Content-Length: else the body runs to the end of the connection
         self.error_body = bytearray()  # the body of a status >= 400, read whole for its message
         self.finished = False  # the reader has seen the stream's final chunk
-        self.last_data_ns = sent_ns
+        self.last_data_ns = 0  # the write's time, then each piece of data's: the read timeout counts from it
 
     def headers_in(self, status: int, arrived: int) -> None:
         """The status line and headers have arrived; an SSE stream must say it is one."""
@@ -329,7 +329,7 @@ class LoopbackClient:
         conn = await self.acquire()
         assert conn.transport is not None and conn.exchange is None
         times = TokenTimes(record, 0)
-        exchange = conn.exchange = Exchange(asyncio.get_running_loop(), read(times), 0)
+        exchange = conn.exchange = Exchange(asyncio.get_running_loop(), read(times))
         stop_watching = self._watch(conn, exchange)
         try:
             t0 = exchange.last_data_ns = times.t0 = time.perf_counter_ns()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
-from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, StreamReader, TokenTimes
+from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, StreamReader, TokenTimes, json_object
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
 from sentinel_exp.clients.framing import Framing
 from sentinel_exp.errors import ServerError
@@ -46,25 +45,15 @@ class NdjsonReader(StreamReader):
     framing = Framing.NDJSON
 
     def feed(self, frame: bytes | str, arrived: int) -> bool:
-        return _handle_line(frame, arrived, self.times)
-
-
-def _handle_line(line: bytes | str, arrived: int, times: TokenTimes) -> bool:
-    """Apply one NDJSON line; True once the final done:true chunk has been seen."""
-    try:
-        chunk = json.loads(line)
-    except json.JSONDecodeError:
-        raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not JSON: {line[:120]!r}") from None
-    if not isinstance(chunk, dict):
-        raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not a JSON object: {line[:120]!r}")
-    if "error" in chunk:
-        raise StreamFault(ErrorClass.SERVER_ERROR, str(chunk["error"]))
-    times.token(_token_text(chunk), arrived)
-    if chunk.get("done"):
-        _apply_final(chunk, times)
-        times.finished(arrived)
-        return True
-    return False
+        chunk = json_object(frame)
+        if "error" in chunk:
+            raise StreamFault(ErrorClass.SERVER_ERROR, str(chunk["error"]))
+        self.times.token(_token_text(chunk), arrived)
+        if chunk.get("done"):
+            _apply_final(chunk, self.times)
+            self.times.finished(arrived)
+            return True
+        return False
 
 
 class OllamaApi(WireApi):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
-from sentinel_exp.clients.common import RequestSpec, StreamFault, StreamReader, TokenTimes
+from sentinel_exp.clients.common import RequestSpec, StreamFault, StreamReader, TokenTimes, json_object
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
 from sentinel_exp.clients.framing import Framing
 from sentinel_exp.errors import ServerError
@@ -46,12 +45,7 @@ class SseReader(StreamReader):
             return True
         if not data.strip():
             return False  # an event with no JSON in it (a keep-alive) carries no token
-        try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
-            raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not JSON: {data[:120]!r}") from None
-        if not isinstance(chunk, dict):
-            raise StreamFault(ErrorClass.MALFORMED_CHUNK, f"not a JSON object: {data[:120]!r}")
+        chunk = json_object(data)
         if "error" in chunk:
             err = chunk["error"]
             raise StreamFault(ErrorClass.SERVER_ERROR, str(err.get("message", err) if isinstance(err, dict) else err))

@@ -68,7 +68,7 @@ def fetch_loopback(wire: WireApi, parts: Sequence[bytes], media: str) -> Request
     record = RequestRecord(index=0, phase="measured", prompt_index=0, api=wire.name)
     loop = asyncio.new_event_loop()
     try:
-        exchange = Exchange(loop, wire.reader(TokenTimes(record, 0)), 0)
+        exchange = Exchange(loop, wire.reader(TokenTimes(record, 0)))
         exchange.status, exchange.content_type = 200, media.encode()
         try:
             for arrived, part in enumerate(parts, start=1):
