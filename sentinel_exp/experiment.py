@@ -341,9 +341,12 @@ async def _with_server(cfg: ExperimentConfig, ctx: RunContext, resolved: dict[st
     async with _http_client(handle, cfg) as client, _request_client(handle, cfg, client) as requests:
         facts = await run_apis(handle.kind, cfg.workload.api).server.preflight(client, handle, cfg.model.name)
         monitor = RunMonitor(cfg.telemetry, cfg.hardware, handle)
-        monitor.check_hardware()
-        monitor.choose_host_source()
-        return await _tracked_run(cfg, ctx, resolved, handle, Clients(client, requests), facts, monitor)
+        try:
+            monitor.check_hardware()
+            monitor.choose_host_source()
+            return await _tracked_run(cfg, ctx, resolved, handle, Clients(client, requests), facts, monitor)
+        finally:
+            monitor.close()
 
 
 def _already_done(ctx: RunContext, done: FinishedRun) -> Outcome:

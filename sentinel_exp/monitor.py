@@ -71,13 +71,19 @@ class ExporterClient:
 
 
 class RunMonitor:
-    def __init__(self, telemetry_cfg: TelemetryConfig, hardware_cfg: HardwareConfig, handle: ServerHandle) -> None:
+    def __init__(
+        self,
+        telemetry_cfg: TelemetryConfig,
+        hardware_cfg: HardwareConfig,
+        handle: ServerHandle,
+        probe: GpuProbe | None = None,
+    ) -> None:
         self.cfg = telemetry_cfg
         self.hardware_cfg = hardware_cfg
         self.handle = handle
         # The fingerprint and the hardware check describe the machine whether or not the GPU is
         # sampled, so the probe is always opened; telemetry.gpu only governs sampling.
-        self.probe = GpuProbe()
+        self.probe = probe if probe is not None else GpuProbe()
         self.pid = server_pid(handle) if telemetry_cfg.enabled else None
         self.remote = not is_loopback_url(handle.url)
         self.exporters = telemetry_cfg.prometheus_urls()
@@ -85,6 +91,7 @@ class RunMonitor:
         self._host: HostProbe | None = None  # None: this machine's own counters
         self._http: ExporterClient | None = None
         self._sampler: Sampler | None = None
+        self._stopped = False
         self._tags: dict[str, str] = {}
         self._notes: list[str] = []
         self.warnings: list[str] = []  # repeated under the results, where they cannot be missed
@@ -182,11 +189,19 @@ class RunMonitor:
             self._sampler.mark_phase(phase)
 
     def stop(self) -> None:
-        if self._sampler is not None:
+        """End sampling; the samples stay readable."""
+        if self._sampler is not None and not self._stopped:
+            self._stopped = True
             self._sampler.stop()
             self._notes.extend(self._sampler.notes)
+
+    def close(self) -> None:
+        """Release NVML and the exporter connections, whether or not the run got to sample (a
+        lint=strict stop or a failed preflight ends it before start())."""
+        self.stop()
         if self._http is not None:
             self._http.close()
+            self._http = None
         self.probe.close()
 
     @property

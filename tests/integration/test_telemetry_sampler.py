@@ -475,3 +475,30 @@ def test_telemetry_imports_without_heavy_dependencies():
     foreign = [m for m in res["new"] if m not in stdlib and m not in {"sentinel_exp", "psutil", "pynvml"}]
     assert foreign == [], foreign
     assert "sentinel_exp" in res["new"]
+
+
+def test_a_run_monitor_releases_nvml_whether_or_not_it_sampled():
+    from sentinel_exp.config import HardwareConfig, TelemetryConfig
+    from sentinel_exp.monitor import RunMonitor
+    from sentinel_exp.names import ServerKind
+    from sentinel_exp.servers import ServerHandle
+
+    handle = ServerHandle(kind=ServerKind.simulated, url="http://127.0.0.1:9")
+    h100 = HardwareConfig("h100", True, "H100", 70000)
+    # lint=strict and a failed preflight end a run before sampling starts: close() still shuts NVML.
+    nvml = fake_nvml.FakeNvml([fake_nvml.FakeDevice()])
+    unsampled = RunMonitor(TelemetryConfig(), h100, handle, probe=GpuProbe(nvml=nvml))
+    unsampled.check_hardware()
+    unsampled.close()
+    assert nvml.calls["nvmlInit"] == 1 and nvml.calls["nvmlShutdown"] == 1
+
+    nvml = fake_nvml.FakeNvml([fake_nvml.FakeDevice()])
+    sampled = RunMonitor(TelemetryConfig(interval_s=0.01), h100, handle, probe=GpuProbe(nvml=nvml))
+    sampled.check_hardware()
+    sampled.start()
+    time.sleep(0.1)
+    sampled.stop()
+    taken = len(sampled.samples)
+    sampled.close()  # after stop(): no second stop of the sampler, one shutdown
+    assert taken >= 1 and len(sampled.samples) == taken
+    assert nvml.calls["nvmlShutdown"] == 1
