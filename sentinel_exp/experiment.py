@@ -46,6 +46,7 @@ from sentinel_exp.hosts import host_tags
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.names import Phase, RunStatus
+from sentinel_exp.prompts import prompts_file_digest
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.run_folder import Role, RunJournal, new_run_file, write_series
 from sentinel_exp.run_lint import OptionLint
@@ -327,11 +328,21 @@ def _prepare(cfg: ExperimentConfig, ctx: RunContext) -> dict[str, Any] | Outcome
     return resolved
 
 
+def _input_digests(cfg: ExperimentConfig) -> dict[str, str]:
+    prompts_file = cfg.workload.prompts_file
+    return {"workload.prompts_file": prompts_file_digest(prompts_file)} if prompts_file else {}
+
+
+def _config_hash(cfg: ExperimentConfig, resolved: dict[str, Any]) -> str:
+    return config_hash(resolved, _input_digests(cfg))
+
+
 def _finished_before(cfg: ExperimentConfig, resolved: dict[str, Any]) -> FinishedRun | None:
     from sentinel_exp.upload import shared_tracker
 
     try:
-        return shared_tracker(cfg.tracking.uri, cfg.tracking.experiment).finished_run(config_hash(resolved), cfg.repeat)
+        tracker = shared_tracker(cfg.tracking.uri, cfg.tracking.experiment)
+        return tracker.finished_run(_config_hash(cfg, resolved), cfg.repeat)
     except UserError as exc:
         log.warning("warning: cannot tell whether this configuration was measured before: %s", exc)
         return None
@@ -402,7 +413,7 @@ async def _tracked_run(
     # Before any request: lint=strict stops here.
     option_lint = OptionLint(cfg, handle, factory.options, factory.unsent, factory.prompts)
     run_name = ctx.run_name(cfg, handle.kind)
-    tags = {**_run_tags(ctx, resolved, handle, factory, facts, monitor), **option_lint.tags()}
+    tags = {**_run_tags(cfg, ctx, resolved, handle, factory, facts, monitor), **option_lint.tags()}
     params = {k: param_value(v) for k, v in {**flatten(resolved), "sent_options": factory.options}.items()}
     tracking = cfg.tracking
     journal = RunJournal(
@@ -570,6 +581,7 @@ async def _conclude(run: LiveRun, measurement: Measurement, status: RunStatus, f
 
 
 def _run_tags(
+    cfg: ExperimentConfig,
     ctx: RunContext,
     resolved: dict[str, Any],
     handle: ServerHandle,
@@ -582,7 +594,8 @@ def _run_tags(
         "sentinel.version": __version__,
         "sentinel.server_kind": handle.kind,
         "sentinel.server_url": handle.url,
-        "sentinel.config_hash": config_hash(resolved),
+        "sentinel.config_hash": _config_hash(cfg, resolved),
+        **{f"sentinel.input_sha256.{k}": v for k, v in _input_digests(cfg).items()},
         "sentinel.repeat": str(resolved["repeat"]),
         "sentinel.output_dir": str(ctx.output_dir),
         "sentinel.api": factory.api,

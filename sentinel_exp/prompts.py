@@ -10,6 +10,7 @@ shipped with the package (sentinel_exp/data/, e.g. `prompts/chat_turns.jsonl`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,16 @@ def resolve_prompts_path(path: str) -> Path:
     raise ConfigError(
         f"workload.prompts_file: no file {path} (from {Path.cwd()}); shipped sets: {', '.join(shipped) or 'none'}"
     )
+
+
+def prompts_file_digest(path: str) -> str:
+    """The content's identity (sha256, 16 hex digits): a run is known by what it sent, so an
+    edited prompt set under the same name is a new configuration."""
+    resolved = resolve_prompts_path(path)
+    try:
+        return hashlib.sha256(resolved.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise ConfigError(f"workload.prompts_file: cannot read {resolved}: {exc}") from None
 
 
 def read_prompts_file(path: str) -> list[Prompt]:

@@ -67,10 +67,13 @@ ADDED_SETTINGS: Mapping[str, Any] = {
 }
 
 
-def config_hash(resolved: Mapping[str, Any]) -> str:
-    """Identity of what was measured: everything but NOT_MEASURED, and ADDED_SETTINGS at their
-    former behaviour."""
+def config_hash(resolved: Mapping[str, Any], inputs: Mapping[str, str] | None = None) -> str:
+    """Identity of what was measured: everything but NOT_MEASURED, ADDED_SETTINGS at their
+    former behaviour, and `inputs`: digests of the files settings name (a path says nothing of
+    what the file held when the run read it)."""
     relevant = copy.deepcopy({k: v for k, v in resolved.items() if k not in NOT_MEASURED})
+    if inputs:
+        relevant["inputs"] = dict(sorted(inputs.items()))
     for path, former in ADDED_SETTINGS.items():
         *parents, leaf = path.split(".")
         node: Any = relevant

@@ -155,3 +155,24 @@ def test_optuna_preset_runs_its_trials_and_names_the_best(tmp_path):
     best = re.search(r"Best parameters: (\{.*\})", result.output)
     assert best and "options.num_ctx" in best.group(1), result.output
     assert re.search(r"Best value: \d+\.\d+", result.output)
+
+
+def test_an_edited_prompts_file_is_a_new_configuration(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Why is the sky blue?\nWhat is a hash table?\n")
+    sweep = ["-m", "workload.prompts_file=prompts.txt", *SIM, *QUICK]
+    first = run_cli(tmp_path, *sweep)
+    assert first.returncode == 0, first.output
+    same = run_cli(tmp_path, *sweep)
+    assert same.returncode == 0 and "already done" in same.stdout, same.output
+
+    prompts.write_text("Why is the sky blue?\nWhen is a hash table slow?\n")  # same name, other prompts
+    edited = run_cli(tmp_path, *sweep)
+    assert edited.returncode == 0, edited.output
+    assert "already done" not in edited.stdout
+    runs = sorted(job_runs(tmp_path), key=lambda r: r.info.start_time)
+    assert len(runs) == 2
+    hashes = [r.data.tags["sentinel.config_hash"] for r in runs]
+    digests = [r.data.tags["sentinel.input_sha256.workload.prompts_file"] for r in runs]
+    assert hashes[0] != hashes[1] and digests[0] != digests[1]
+    assert all(len(d) == 16 for d in digests)

@@ -120,6 +120,14 @@ def test_repeats_and_judgements_are_one_configuration_and_options_are_not():
     assert digest("options=low_ctx") != base and digest("workload.requests=7") != base
 
 
+def test_the_digest_of_a_file_a_setting_names_is_part_of_the_identity():
+    resolved = typed_config(variant("workload.prompts_file=prompts/questions.txt")).as_dict()
+    one, other = {"workload.prompts_file": "0" * 16}, {"workload.prompts_file": "1" * 16}
+    assert config_hash(resolved, one) != config_hash(resolved, other)
+    assert config_hash(resolved, one) == config_hash(resolved, dict(one))
+    assert config_hash(resolved, {}) == config_hash(resolved)  # no file named: the identity as before
+
+
 def test_settings_added_later_keep_the_identity_of_configurations_measured_before_them():
     from sentinel_exp.tracking import ADDED_SETTINGS
 
