@@ -536,18 +536,53 @@ def compare(
     base, cand = _samples(baseline), _samples(candidate)
     notes: list[str] = []
 
+    lengths_differ = _output_lengths_differ(base, cand, notes)
+    if lengths_differ and objective in {m.metric for m in _E2E_METRICS}:
+        replacement = objective.replace("e2e_ms_", "e2e_ms_per_token_")
+        notes.append(f"objective {objective} is compared as {replacement}")
+        objective = replacement
+    rows = _request_rows(base, cand, objective, lengths_differ, resamples, (rng_base_req, rng_cand_req))
+    if base.finished and cand.finished:
+        rows.append(_error_rate_row(base, cand))
+    rows += _run_rows(baseline, candidate, resamples, (rng_base_run, rng_cand_run), notes)
+
+    if not any(r.metric == objective for r in rows):
+        notes.append(f"objective {objective} is not among the compared metrics: every row is secondary")
+    repeats = len(baseline.runs) > 1 or len(candidate.runs) > 1
+    return Comparison(
+        baseline=baseline.name,
+        candidate=candidate.name,
+        objective=objective,
+        rows=_settle(rows, objective, min_effect_pct),
+        notes=tuple(notes),
+        method=_method(resamples, seed, repeats, min_effect_pct),
+    )
+
+
+def _output_lengths_differ(base: _ArmSamples, cand: _ArmSamples, notes: list[str]) -> bool:
+    """Whether the arms' median answers differ in length beyond OUTPUT_LENGTH_TOLERANCE: then E2E
+    is compared per output token, and a note says so."""
     out_b, out_c = _point(base, _OUTPUT_TOKENS), _point(cand, _OUTPUT_TOKENS)
-    lengths_differ = out_b > 0 and math.isfinite(out_c) and abs(out_c - out_b) / out_b > OUTPUT_LENGTH_TOLERANCE
-    if lengths_differ:
+    differ = out_b > 0 and math.isfinite(out_c) and abs(out_c - out_b) / out_b > OUTPUT_LENGTH_TOLERANCE
+    if differ:
         notes.append(
             f"median output tokens per request differ by {100 * (out_c - out_b) / out_b:+.0f}% "
             f"({out_b:g} vs {out_c:g}): E2E is compared per output token (e2e_ms / output tokens), "
             f"since a longer answer is not a slower server"
         )
-        if objective in {m.metric for m in _E2E_METRICS}:
-            replacement = objective.replace("e2e_ms_", "e2e_ms_per_token_")
-            notes.append(f"objective {objective} is compared as {replacement}")
-            objective = replacement
+    return differ
+
+
+def _request_rows(
+    base: _ArmSamples,
+    cand: _ArmSamples,
+    objective: str,
+    lengths_differ: bool,
+    resamples: int,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+) -> list[_Row]:
+    """Rows of the per-request metrics both arms have (the objective's first when it is one of
+    them and not a standard row), bootstrapped over requests (within runs)."""
     request_metrics = [
         *_LATENCY_METRICS,
         *(_E2E_PER_TOKEN_METRICS if lengths_differ else _E2E_METRICS),
@@ -561,8 +596,8 @@ def compare(
     enough = [
         m for m in request_metrics if base.count(m.quantity) >= MIN_REQUESTS and cand.count(m.quantity) >= MIN_REQUESTS
     ]
-    base_reps = _request_replicates(base, enough, resamples, rng_base_req) if enough else {}
-    cand_reps = _request_replicates(cand, enough, resamples, rng_cand_req) if enough else {}
+    base_reps = _request_replicates(base, enough, resamples, rngs[0]) if enough else {}
+    cand_reps = _request_replicates(cand, enough, resamples, rngs[1]) if enough else {}
 
     rows: list[_Row] = []
     for m in request_metrics:
@@ -571,24 +606,36 @@ def compare(
         estimate = _ratio_estimate(b, c, base_reps.get(m.metric), cand_reps.get(m.metric))
         blocked = Verdict.TOO_FEW if min(n_b, n_c) < MIN_REQUESTS else None
         rows.append(_Row(m.metric, m.label, m.unit, m.direction, b, c, estimate, n_b, n_c, blocked=blocked))
+    return rows
 
-    if base.finished and cand.finished:
-        rows.append(
-            _Row(
-                ERROR_RATE,
-                "error rate",
-                "%",
-                _LOWER,
-                100.0 * base.failed / base.finished,
-                100.0 * cand.failed / cand.finished,
-                _error_rate_estimate(base, cand),
-                base.finished,
-                cand.finished,
-                change_unit="pp",
-                blocked=Verdict.TOO_FEW if min(base.finished, cand.finished) < MIN_REQUESTS else None,
-            )
-        )
 
+def _error_rate_row(base: _ArmSamples, cand: _ArmSamples) -> _Row:
+    """Failed over finished requests, pooled over runs; its change is in percentage points."""
+    return _Row(
+        ERROR_RATE,
+        "error rate",
+        "%",
+        _LOWER,
+        100.0 * base.failed / base.finished,
+        100.0 * cand.failed / cand.finished,
+        _error_rate_estimate(base, cand),
+        base.finished,
+        cand.finished,
+        change_unit="pp",
+        blocked=Verdict.TOO_FEW if min(base.finished, cand.finished) < MIN_REQUESTS else None,
+    )
+
+
+def _run_rows(
+    baseline: Arm,
+    candidate: Arm,
+    resamples: int,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    notes: list[str],
+) -> list[_Row]:
+    """Rows of the run-level metrics (one value a run), bootstrapped over runs: no CI below two
+    runs on a side, and a note when a side has only two."""
+    rows: list[_Row] = []
     two_run_metrics: list[str] = []
     for rm in _RUN_METRICS:
         v_b, v_c = _run_values(baseline, rm.metric), _run_values(candidate, rm.metric)
@@ -601,49 +648,28 @@ def compare(
         estimate = _ratio_estimate(
             b,
             c,
-            _run_replicates(v_b, resamples, rng_base_run) if with_ci else None,
-            _run_replicates(v_c, resamples, rng_cand_run) if with_ci else None,
+            _run_replicates(v_b, resamples, rngs[0]) if with_ci else None,
+            _run_replicates(v_c, resamples, rngs[1]) if with_ci else None,
         )
         if with_ci and min(v_b.size, v_c.size) == 2:
             two_run_metrics.append(rm.metric)
-        rows.append(
-            _Row(
-                rm.metric,
-                rm.label,
-                rm.unit,
-                rm.direction,
-                b,
-                c,
-                estimate,
-                int(v_b.size),
-                int(v_c.size),
-                blocked=None if with_ci else Verdict.NO_CI,
-            )
-        )
+        n_b, n_c, blocked = int(v_b.size), int(v_c.size), None if with_ci else Verdict.NO_CI
+        rows.append(_Row(rm.metric, rm.label, rm.unit, rm.direction, b, c, estimate, n_b, n_c, blocked=blocked))
     if two_run_metrics:
         notes.append(
             f"{', '.join(two_run_metrics)}: bootstrapped over only 2 runs on a side, a coarse interval; "
             f"more repeats give a trustworthy one"
         )
+    return rows
 
-    if not any(r.metric == objective for r in rows):
-        notes.append(f"objective {objective} is not among the compared metrics: every row is secondary")
-    comparison_rows = _settle(rows, objective, min_effect_pct)
-    repeats = len(baseline.runs) > 1 or len(candidate.runs) > 1
-    method = (
+
+def _method(resamples: int, seed: int, repeats: bool, min_effect_pct: float) -> str:
+    return (
         f"{CI_METHOD} bootstrap, {resamples} resamples, seed {seed}; "
         + ("two-stage (runs, then requests within each run)" if repeats else "requests resampled")
         + f"; error rate: Newcombe hybrid score interval, pooled over runs; {int(100 * CONFIDENCE)}% CIs "
         f"unadjusted; secondary rows significant only when Holm-adjusted p < {ALPHA:.2f}; "
         f"min effect {min_effect_pct:g}%"
-    )
-    return Comparison(
-        baseline=baseline.name,
-        candidate=candidate.name,
-        objective=objective,
-        rows=comparison_rows,
-        notes=tuple(notes),
-        method=method,
     )
 
 
