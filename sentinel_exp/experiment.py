@@ -15,18 +15,19 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from rich.markup import escape
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
-from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
+from sentinel_exp.clients import ModelFacts, RequestSpec, run_apis, send_request, unsent_warning
 from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.clients.transport import measuring_client
 from sentinel_exp.config import ExperimentConfig, to_yaml
@@ -45,7 +46,7 @@ from sentinel_exp.hardware import placement_kind, placement_warning
 from sentinel_exp.hosts import host_tags
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
-from sentinel_exp.names import Phase, RunStatus
+from sentinel_exp.names import LLAMA_THREADS_ENV, Phase, RunStatus, ServerKind
 from sentinel_exp.prompts import prompts_file_digest
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.run_folder import Role, RunJournal, new_run_file, write_series
@@ -540,7 +541,8 @@ async def _conclude(run: LiveRun, measurement: Measurement, status: RunStatus, f
     """Summarise what was measured, judge and diagnose it, write summary.json and the report, and
     log it all to the open MLflow run."""
     cfg, handle, monitor, journal = run.cfg, run.handle, run.monitor, run.journal
-    metrics = await _summarise(measurement, run.clients.client, run.factory.server_wire, cfg.model.name, monitor)
+    threads = llama_threads(handle.kind, run.factory.options)
+    metrics = await _summarise(measurement, run.clients.client, run.factory, cfg.model.name, monitor, threads)
     verdict = diagnose(measurement.records, metrics)
     metrics.update(verdict.metrics())
     slo = _judge_slo(cfg, metrics, measurement)
@@ -609,18 +611,41 @@ def _run_tags(
 
 
 async def _summarise(
-    measurement: Measurement, client: httpx.AsyncClient, server_wire: WireApi, model: str, monitor: RunMonitor
+    measurement: Measurement,
+    client: httpx.AsyncClient,
+    factory: RequestFactory,
+    model: str,
+    monitor: RunMonitor,
+    server_threads: int | None,
 ) -> dict[str, float]:
     """The run's metrics. The server's model placement and the telemetry are extras: a failure
     there is noted and costs only those metrics, never the latency summary."""
     metrics = summarize(measurement.records, measurement.measured_s)
     try:
         # Read during the measured phase where it could be; afterwards the model may be gone.
-        metrics.update(measurement.placement or await server_wire.placement(client, model))
-        metrics.update(monitor.metrics(int(metrics.get("output_tokens_total", 0))))
+        metrics.update(measurement.placement or await factory.server_wire.placement(client, model))
+        metrics.update(monitor.metrics(int(metrics.get("output_tokens_total", 0)), server_threads))
     except Exception as exc:
         log.warning("warning: could not summarise placement/telemetry: %s: %s", type(exc).__name__, exc)
     return metrics
+
+
+def llama_threads(kind: ServerKind, sent_options: Mapping[str, Any]) -> int | None:
+    """The compute threads of a llama.cpp server (Ollama, the embedded one): num_thread when the
+    run sends it, else Ollama's physical cores or the embedded server's usable CPUs; None for
+    servers whose threading is not known."""
+    if kind not in (ServerKind.ollama, ServerKind.embedded):
+        return None
+    sent = sent_options.get("num_thread")
+    if isinstance(sent, int) and not isinstance(sent, bool) and sent > 0:
+        return sent
+    if kind == ServerKind.ollama:
+        return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    configured = os.environ.get(LLAMA_THREADS_ENV, "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return len(usable) if usable else os.cpu_count() or 1
 
 
 def _cold_start_warnings(cfg: ExperimentConfig, handle: ServerHandle, records: list[RequestRecord]) -> list[str]:

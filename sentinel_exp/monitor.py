@@ -209,14 +209,16 @@ class RunMonitor:
         """Every telemetry sample of the run (none when telemetry is off)."""
         return () if self._sampler is None else self._sampler.samples
 
-    def metrics(self, output_tokens: int) -> dict[str, float]:
+    def metrics(self, output_tokens: int, server_threads: int | None = None) -> dict[str, float]:
+        """The telemetry's summary; `server_threads`: a local llama.cpp server's compute threads,
+        for the contention warnings (None: not one)."""
         if self._sampler is None:
             return {}
         samples = self._sampler.samples
         out = summarize_telemetry(samples, phase="measured", output_tokens=output_tokens or None)
         out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == "measured"))
         out["telemetry_overhead_core_pct"] = 100.0 * self._sampler.overhead_core_fraction
-        found = contention_warnings(out, psutil.cpu_count() or 1)
+        found = contention_warnings(out, psutil.cpu_count() or 1, None if self.remote else server_threads)
         self.warnings.extend(found)
         self._contended = bool(found)
         return out

@@ -169,8 +169,9 @@ OTHER_BUSY_SHARE = 0.25
 OTHER_BUSY_MIN_PCT = 50.0
 
 
-def contention_warnings(metrics: Mapping[str, float], n_cpus: int) -> list[str]:
-    """What, besides the server, may have slowed the measured requests (CPU % of one core)."""
+def contention_warnings(metrics: Mapping[str, float], n_cpus: int, server_threads: int | None = None) -> list[str]:
+    """What, besides the server, may have slowed the measured requests (CPU % of one core).
+    `server_threads`: the compute threads of a llama.cpp server on this machine (None: not one)."""
     warnings = []
     client = metrics.get("client_cpu_pct_mean")
     if client is not None and client >= CLIENT_BOUND_PCT:
@@ -185,4 +186,11 @@ def contention_warnings(metrics: Mapping[str, float], n_cpus: int) -> list[str]:
             f"other processes kept {other:.0f}% of a core busy on average (of {100 * n_cpus}% on "
             f"{n_cpus} cores) while measuring: the latencies may include contention with them"
         )
+        free = max(1, math.floor(n_cpus - other / 100.0))
+        if server_threads is not None and server_threads > free:
+            warnings.append(
+                f"the server's {server_threads} llama.cpp threads wait for each other at every step, so one "
+                f"that a busy core holds up stalls them all (decoding was seen 20 times slower this way): with "
+                f"about {other / 100.0:.1f} of {n_cpus} cores taken, try options.num_thread={free}, or free the cores"
+            )
     return warnings

@@ -362,3 +362,35 @@ def test_fingerprint_with_gpus():
 
 def test_package_version_absent():
     assert package_version("definitely-not-installed-sentinel-xyz") == "absent"
+
+
+def test_a_llama_cpp_server_with_more_threads_than_free_cores_is_told_how_many_to_use():
+    # One core of two taken: two llama.cpp threads stall on it, one does not.
+    [_, hint] = contention_warnings({"other_cpu_pct_mean": 99.0}, n_cpus=2, server_threads=2)
+    assert hint.startswith("the server's 2 llama.cpp threads wait for each other at every step")
+    assert "about 1.0 of 2 cores taken, try options.num_thread=1" in hint
+    assert len(contention_warnings({"other_cpu_pct_mean": 99.0}, n_cpus=2, server_threads=1)) == 1
+    # 3.5 of 16 cores busy leaves 12 free: 8 threads fit, 16 do not.
+    assert len(contention_warnings({"other_cpu_pct_mean": 350.0}, n_cpus=16, server_threads=8)) == 0
+    [_, hint] = contention_warnings({"other_cpu_pct_mean": 450.0}, n_cpus=16, server_threads=16)
+    assert "try options.num_thread=11" in hint
+    # No bystanders worth a warning, or a server of unknown threading: no hint.
+    assert contention_warnings({"other_cpu_pct_mean": 40.0}, n_cpus=2, server_threads=2) == []
+    assert len(contention_warnings({"other_cpu_pct_mean": 99.0}, n_cpus=2, server_threads=None)) == 1
+
+
+def test_the_threads_of_each_server_kind(monkeypatch):
+    import psutil
+
+    from sentinel_exp.experiment import llama_threads
+    from sentinel_exp.names import LLAMA_THREADS_ENV, ServerKind
+
+    monkeypatch.delenv(LLAMA_THREADS_ENV, raising=False)
+    assert llama_threads(ServerKind.ollama, {"num_thread": 3}) == 3
+    assert llama_threads(ServerKind.ollama, {}) == (psutil.cpu_count(logical=False) or psutil.cpu_count())
+    assert llama_threads(ServerKind.embedded, {}) == len(psutil.Process().cpu_affinity())
+    monkeypatch.setenv(LLAMA_THREADS_ENV, "1")
+    assert llama_threads(ServerKind.embedded, {}) == 1
+    assert llama_threads(ServerKind.embedded, {"num_thread": 2}) == 2  # what the run sends wins
+    assert llama_threads(ServerKind.simulated, {"num_thread": 2}) is None
+    assert llama_threads(ServerKind.openai, {}) is None

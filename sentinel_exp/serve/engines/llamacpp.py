@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sentinel_exp.names import ServerKind
+from sentinel_exp.names import LLAMA_THREADS_ENV, ServerKind
 from sentinel_exp.serve.engine import EngineError, Event, Finished, GenerationRequest, ModelEntry, Token
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.engines.gguf_meta import GGUFError, GGUFInfo, file_sha256, mtime_rfc3339, read_gguf
@@ -56,7 +56,7 @@ EXTRA_BUFTS_ENV = "SENTINEL_LLAMA_EXTRA_BUFTS"
 # Threads when a request leaves num_thread at 0 (default: every usable CPU). llama.cpp's threads
 # spin at barriers, so one descheduled thread stalls all: on a shared box fewer threads than
 # cores is far more robust (2 threads on 2 cores with one core busy was measured ~50x slower).
-THREADS_ENV = "SENTINEL_LLAMA_THREADS"
+THREADS_ENV = LLAMA_THREADS_ENV
 
 
 class EngineUnavailable(Exception):
