@@ -568,7 +568,8 @@ def _output_lengths_differ(base: _ArmSamples, cand: _ArmSamples, notes: list[str
         notes.append(
             f"median output tokens per request differ by {100 * (out_c - out_b) / out_b:+.0f}% "
             f"({out_b:g} vs {out_c:g}): E2E is compared per output token (e2e_ms / output tokens), "
-            f"since a longer answer is not a slower server"
+            f"since a longer answer is not a slower server; a longer one also spreads its TTFT over more "
+            f"tokens, so TTFT and the decode rate say more of the server's own speed"
         )
     return differ
 
