@@ -41,6 +41,11 @@ from sentinel_exp.clients.framing import Framing, NdjsonLines, SseEvents
 from sentinel_exp.records import RequestRecord
 
 CONNECT_TIMEOUT_S = 10.0
+# After the stream's final chunk, how long the body's own end (the chunked terminator, a few bytes
+# that follow at once) is waited for before the connection is dropped and the request returns:
+# httpx stops reading at that chunk, so a server that stalls there must not hold a worker for
+# the whole read timeout.
+FINAL_CHUNK_GRACE_S = 1.0
 ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, kept for its message
 
 
@@ -60,6 +65,7 @@ class Exchange:
         self.delimited = False  # chunked or Content-Length: else the body runs to the end of the connection
         self.error_body = bytearray()  # the body of a status >= 400, read whole for its message
         self.finished = False  # the reader has seen the stream's final chunk
+        self.on_finished: Callable[[], None] | None = None  # the watch shortens its timeout
         self.last_data_ns = 0  # the write's time, then each piece of data's: the read timeout counts from it
 
     def headers_in(self, status: int, arrived: int) -> None:
@@ -81,6 +87,8 @@ class Exchange:
         for frame in self.framer.feed(body):
             if self.reader.feed(frame, arrived):
                 self.finished = True
+                if self.on_finished is not None:
+                    self.on_finished()
                 return
 
     def body_ended(self, arrived: int) -> None:
@@ -362,10 +370,17 @@ class LoopbackClient:
             nonlocal timer
             if exchange.done.done():
                 return
+            limit_ns = min(timeout_ns, round(FINAL_CHUNK_GRACE_S * 1e9)) if exchange.finished else timeout_ns
             idle = time.perf_counter_ns() - exchange.last_data_ns
-            if idle >= timeout_ns:
-                conn._fail(httpx.ReadTimeout("timed out"))
+            if idle >= limit_ns:
+                conn._fail(httpx.ReadTimeout("timed out"))  # after the final chunk: the request is ok
             else:
-                timer = loop.call_later((timeout_ns - idle) / 1e9, check)
+                timer = loop.call_later((limit_ns - idle) / 1e9, check)
 
+        def finished() -> None:
+            nonlocal timer
+            timer.cancel()
+            timer = loop.call_later(min(self.read_timeout_s, FINAL_CHUNK_GRACE_S), check)
+
+        exchange.on_finished = finished
         return lambda: timer.cancel()

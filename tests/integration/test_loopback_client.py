@@ -2,6 +2,7 @@
 server behaviour gives the same record on either path (a raw asyncio server, one script per case)."""
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -72,6 +73,25 @@ def test_a_stream_whose_final_chunk_arrived_succeeds_however_its_body_ends(trans
     record = asyncio.run(fetch(script, "chat", transport))
     assert record.ok and record.error_class is None, record.error
     assert len(record.chunk_times_ms) == 1 and record.e2e_ms is not None
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_server_stalling_after_the_final_chunk_does_not_hold_the_request_for_the_read_timeout(transport):
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+            + chunk(NDJSON_TOKEN)
+            + chunk(NDJSON_FINAL)
+        )
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), 20)  # no terminating chunk, until the client hangs up
+
+    started = time.monotonic()
+    record = asyncio.run(fetch(script, "chat", transport, timeout_s=15.0))
+    took = time.monotonic() - started
+    assert record.ok and record.e2e_ms is not None and record.e2e_ms < 1000, record.error
+    # httpx stops reading at the final chunk; the loopback client waits FINAL_CHUNK_GRACE_S (1 s) for the end.
+    assert took < 3.0, f"{took:.1f} s for a request whose final chunk came at once (read timeout 15 s)"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
