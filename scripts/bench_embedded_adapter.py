@@ -30,9 +30,10 @@ sys.path.insert(0, str(REPO))
 
 from sentinel_exp.names import ServerKind  # noqa: E402
 from sentinel_exp.serve.engines import registry  # noqa: E402
-from sentinel_exp.serve.engines.llamacpp import import_llama_cpp, llama_kwargs, usable_cpus  # noqa: E402
+from sentinel_exp.serve.engines.llamacpp import import_llama_cpp, llama_kwargs  # noqa: E402
 from sentinel_exp.serve.launch import running_server  # noqa: E402
 from sentinel_exp.serve.sim_settings import SimSettings  # noqa: E402
+from sentinel_exp.serve.threads import usable_cpus  # noqa: E402
 from sentinel_exp.serve.wire import runner_options  # noqa: E402
 
 PROMPTS = (

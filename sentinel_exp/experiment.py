@@ -27,7 +27,7 @@ from rich.markup import escape
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
-from sentinel_exp.clients import ModelFacts, RequestSpec, run_apis, send_request, unsent_warning
+from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
 from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.clients.transport import measuring_client
 from sentinel_exp.config import ExperimentConfig, to_yaml
@@ -46,11 +46,12 @@ from sentinel_exp.hardware import placement_kind, placement_warning
 from sentinel_exp.hosts import host_tags
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
-from sentinel_exp.names import LLAMA_THREADS_ENV, Phase, RunStatus, ServerKind
+from sentinel_exp.names import Phase, RunStatus, ServerKind
 from sentinel_exp.prompts import prompts_file_digest
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.run_folder import Role, RunJournal, new_run_file, write_series
 from sentinel_exp.run_lint import OptionLint
+from sentinel_exp.serve.threads import default_threads
 from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.slo import SloResult, judge
 from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
@@ -334,16 +335,12 @@ def _input_digests(cfg: ExperimentConfig) -> dict[str, str]:
     return {"workload.prompts_file": prompts_file_digest(prompts_file)} if prompts_file else {}
 
 
-def _config_hash(cfg: ExperimentConfig, resolved: dict[str, Any]) -> str:
-    return config_hash(resolved, _input_digests(cfg))
-
-
 def _finished_before(cfg: ExperimentConfig, resolved: dict[str, Any]) -> FinishedRun | None:
     from sentinel_exp.upload import shared_tracker
 
     try:
         tracker = shared_tracker(cfg.tracking.uri, cfg.tracking.experiment)
-        return tracker.finished_run(_config_hash(cfg, resolved), cfg.repeat)
+        return tracker.finished_run(config_hash(resolved, _input_digests(cfg)), cfg.repeat)
     except UserError as exc:
         log.warning("warning: cannot tell whether this configuration was measured before: %s", exc)
         return None
@@ -542,7 +539,8 @@ async def _conclude(run: LiveRun, measurement: Measurement, status: RunStatus, f
     log it all to the open MLflow run."""
     cfg, handle, monitor, journal = run.cfg, run.handle, run.monitor, run.journal
     threads = llama_threads(handle.kind, run.factory.options)
-    metrics = await _summarise(measurement, run.clients.client, run.factory, cfg.model.name, monitor, threads)
+    server_wire = run.factory.server_wire
+    metrics = await _summarise(measurement, run.clients.client, server_wire, cfg.model.name, monitor, threads)
     verdict = diagnose(measurement.records, metrics)
     metrics.update(verdict.metrics())
     slo = _judge_slo(cfg, metrics, measurement)
@@ -592,12 +590,13 @@ def _run_tags(
     monitor: RunMonitor,
 ) -> dict[str, str]:
     """What a run is known by in MLflow: the tool, the server, the config and the environment."""
+    inputs = _input_digests(cfg)
     return {
         "sentinel.version": __version__,
         "sentinel.server_kind": handle.kind,
         "sentinel.server_url": handle.url,
-        "sentinel.config_hash": _config_hash(cfg, resolved),
-        **{f"sentinel.input_sha256.{k}": v for k, v in _input_digests(cfg).items()},
+        "sentinel.config_hash": config_hash(resolved, inputs),
+        **{f"sentinel.input_sha256.{k}": v for k, v in inputs.items()},
         "sentinel.repeat": str(resolved["repeat"]),
         "sentinel.output_dir": str(ctx.output_dir),
         "sentinel.api": factory.api,
@@ -613,7 +612,7 @@ def _run_tags(
 async def _summarise(
     measurement: Measurement,
     client: httpx.AsyncClient,
-    factory: RequestFactory,
+    server_wire: WireApi,
     model: str,
     monitor: RunMonitor,
     server_threads: int | None,
@@ -623,7 +622,7 @@ async def _summarise(
     metrics = summarize(measurement.records, measurement.measured_s)
     try:
         # Read during the measured phase where it could be; afterwards the model may be gone.
-        metrics.update(measurement.placement or await factory.server_wire.placement(client, model))
+        metrics.update(measurement.placement or await server_wire.placement(client, model))
         metrics.update(monitor.metrics(int(metrics.get("output_tokens_total", 0)), server_threads))
     except Exception as exc:
         log.warning("warning: could not summarise placement/telemetry: %s: %s", type(exc).__name__, exc)
@@ -632,7 +631,7 @@ async def _summarise(
 
 def llama_threads(kind: ServerKind, sent_options: Mapping[str, Any]) -> int | None:
     """The compute threads of a llama.cpp server (Ollama, the embedded one): num_thread when the
-    run sends it, else Ollama's physical cores or the embedded server's usable CPUs; None for
+    run sends it, else Ollama's physical cores or the embedded server's default (serve/threads.py); None for
     servers whose threading is not known."""
     if kind not in (ServerKind.ollama, ServerKind.embedded):
         return None
@@ -641,11 +640,7 @@ def llama_threads(kind: ServerKind, sent_options: Mapping[str, Any]) -> int | No
         return sent
     if kind == ServerKind.ollama:
         return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    configured = os.environ.get(LLAMA_THREADS_ENV, "")
-    if configured.isdigit() and int(configured) > 0:
-        return int(configured)
-    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return len(usable) if usable else os.cpu_count() or 1
+    return default_threads()
 
 
 def _cold_start_warnings(cfg: ExperimentConfig, handle: ServerHandle, records: list[RequestRecord]) -> list[str]:

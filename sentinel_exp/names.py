@@ -118,8 +118,3 @@ class DistributionKind(StrEnum):
     exponential = "exponential"
     uniform = "uniform"
     lognormal = "lognormal"
-
-
-# The embedded server's llama.cpp threads when a request leaves num_thread unset (default: every
-# usable CPU); the runner reads it too, to know how many threads a busy core can stall.
-LLAMA_THREADS_ENV = "SENTINEL_LLAMA_THREADS"

@@ -53,22 +53,27 @@ def resolve_prompts_path(path: str) -> Path:
     )
 
 
-def prompts_file_digest(path: str) -> str:
-    """The content's identity (sha256, 16 hex digits): a run is known by what it sent, so an
-    edited prompt set under the same name is a new configuration."""
+def _read_prompts_bytes(path: str) -> tuple[Path, bytes]:
     resolved = resolve_prompts_path(path)
     try:
-        return hashlib.sha256(resolved.read_bytes()).hexdigest()[:16]
+        return resolved, resolved.read_bytes()
     except OSError as exc:
         raise ConfigError(f"workload.prompts_file: cannot read {resolved}: {exc}") from None
 
 
+def prompts_file_digest(path: str) -> str:
+    """The content's identity (sha256, 16 hex digits): a run is known by what it sent, so an
+    edited prompt set under the same name is a new configuration."""
+    _, content = _read_prompts_bytes(path)
+    return hashlib.sha256(content).hexdigest()[:16]
+
+
 def read_prompts_file(path: str) -> list[Prompt]:
     """The prompts of the file `path` names; ConfigError naming the file and line of each mistake."""
-    resolved = resolve_prompts_path(path)
+    resolved, content = _read_prompts_bytes(path)
     try:
-        text = resolved.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"workload.prompts_file: cannot read {resolved}: {exc}") from None
     return parse_prompt_lines(text.splitlines(), str(resolved), jsonl=resolved.suffix.lower() == ".jsonl")
 

@@ -363,14 +363,15 @@ class LoopbackClient:
         """Fail `exchange` with ReadTimeout once no byte has come for read_timeout_s (one timer,
         re-armed only when it fires, not per piece of data); returns what stops the watch."""
         loop = asyncio.get_running_loop()
-        timeout_ns = round(self.read_timeout_s * 1e9)
+        grace_s = min(self.read_timeout_s, FINAL_CHUNK_GRACE_S)
+        timeout_ns, grace_ns = round(self.read_timeout_s * 1e9), round(grace_s * 1e9)
         timer = loop.call_later(self.read_timeout_s, lambda: check())
 
         def check() -> None:
             nonlocal timer
             if exchange.done.done():
                 return
-            limit_ns = min(timeout_ns, round(FINAL_CHUNK_GRACE_S * 1e9)) if exchange.finished else timeout_ns
+            limit_ns = grace_ns if exchange.finished else timeout_ns
             idle = time.perf_counter_ns() - exchange.last_data_ns
             if idle >= limit_ns:
                 conn._fail(httpx.ReadTimeout("timed out"))  # after the final chunk: the request is ok
@@ -380,7 +381,7 @@ class LoopbackClient:
         def finished() -> None:
             nonlocal timer
             timer.cancel()
-            timer = loop.call_later(min(self.read_timeout_s, FINAL_CHUNK_GRACE_S), check)
+            timer = loop.call_later(grace_s, check)
 
         exchange.on_finished = finished
         return lambda: timer.cancel()

@@ -175,7 +175,7 @@ def test_the_installed_wheel_runs_from_any_directory(tmp_path):
 @pytest.mark.timing
 def test_the_default_run_benchmarks_the_embedded_model(tmp_path):
     pytest.importorskip("llama_cpp")
-    from sentinel_exp.serve.engines.llamacpp import THREADS_ENV
+    from sentinel_exp.serve.threads import THREADS_ENV
 
     # One llama.cpp thread, as in test_embedded.py: two spin at barriers, and with one core taken by
     # a neighbour a request was seen decoding at 1 token/s (120 s for 105 tokens) instead of 20.

@@ -25,9 +25,9 @@ httpx = pytest.importorskip("httpx")
 from sentinel_exp.names import ServerKind  # noqa: E402
 from sentinel_exp.serve.engines import registry  # noqa: E402
 from sentinel_exp.serve.engines.gguf_meta import file_sha256  # noqa: E402
-from sentinel_exp.serve.engines.llamacpp import THREADS_ENV  # noqa: E402
 from sentinel_exp.serve.launch import BundledServer, ServerStartError, running_server, start_server  # noqa: E402
 from sentinel_exp.serve.prompt_fit import DEFAULT_NUM_KEEP, prompt_limit  # noqa: E402
+from sentinel_exp.serve.threads import THREADS_ENV  # noqa: E402
 
 pytestmark = pytest.mark.embedded
 

@@ -129,8 +129,8 @@ def test_cold_start_where_it_cannot_hold_is_a_config_error(tmp_path, run_experim
 @pytest.mark.embedded
 def test_embedded_cold_start_ttft_is_clearly_above_warm(tmp_path, run_experiment, monkeypatch):
     pytest.importorskip("llama_cpp")
-    from sentinel_exp.serve.engines.llamacpp import THREADS_ENV
     from sentinel_exp.serve.engines.registry import bundled_model_path
+    from sentinel_exp.serve.threads import THREADS_ENV
 
     # One llama.cpp thread, as test_embedded.py: spinning threads stall for seconds beside a busy neighbour.
     monkeypatch.setenv(THREADS_ENV, "1")

@@ -55,11 +55,10 @@ async def fetch(script: Script, api: str, transport: str, timeout_s: float = 0.5
         return await asyncio.wait_for(send_request(client, spec, record, wire.reader), 10)
 
 
-@pytest.mark.parametrize("after_final", ["close", "stall"])
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_stream_whose_final_chunk_arrived_succeeds_however_its_body_ends(transport, after_final):
-    # The final chunk is in; then the server closes without the chunked body's last chunk, or says
-    # nothing more for longer than the read timeout. The request is complete: httpx stops reading there.
+def final_chunk_then(stall_s: float) -> Script:
+    """A token and the final chunk, but not the chunked body's terminator; then a close, or (with
+    stall_s > 0) nothing more until the client hangs up or stall_s passes."""
+
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -67,9 +66,18 @@ def test_a_stream_whose_final_chunk_arrived_succeeds_however_its_body_ends(trans
             + chunk(NDJSON_FINAL)
         )
         await writer.drain()
-        if after_final == "stall":
-            await asyncio.wait_for(reader.read(), 5)  # nothing more until the client hangs up
+        if stall_s > 0:
+            await asyncio.wait_for(reader.read(), stall_s)
 
+    return script
+
+
+@pytest.mark.parametrize("after_final", ["close", "stall"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_stream_whose_final_chunk_arrived_succeeds_however_its_body_ends(transport, after_final):
+    # The final chunk is in; then the server closes without the chunked body's last chunk, or says
+    # nothing more for longer than the read timeout. The request is complete: httpx stops reading there.
+    script = final_chunk_then(5 if after_final == "stall" else 0)
     record = asyncio.run(fetch(script, "chat", transport))
     assert record.ok and record.error_class is None, record.error
     assert len(record.chunk_times_ms) == 1 and record.e2e_ms is not None
@@ -77,17 +85,8 @@ def test_a_stream_whose_final_chunk_arrived_succeeds_however_its_body_ends(trans
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_server_stalling_after_the_final_chunk_does_not_hold_the_request_for_the_read_timeout(transport):
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
-            + chunk(NDJSON_TOKEN)
-            + chunk(NDJSON_FINAL)
-        )
-        await writer.drain()
-        await asyncio.wait_for(reader.read(), 20)  # no terminating chunk, until the client hangs up
-
     started = time.monotonic()
-    record = asyncio.run(fetch(script, "chat", transport, timeout_s=15.0))
+    record = asyncio.run(fetch(final_chunk_then(20), "chat", transport, timeout_s=15.0))
     took = time.monotonic() - started
     assert record.ok and record.e2e_ms is not None and record.e2e_ms < 1000, record.error
     # httpx stops reading at the final chunk; the loopback client waits FINAL_CHUNK_GRACE_S (1 s) for the end.

@@ -10,7 +10,7 @@ pytest.importorskip("llama_cpp")
 
 from sentinel_exp.records import read_records
 from sentinel_exp.serve.engines import registry
-from sentinel_exp.serve.engines.llamacpp import THREADS_ENV
+from sentinel_exp.serve.threads import THREADS_ENV
 
 pytestmark = pytest.mark.embedded
 

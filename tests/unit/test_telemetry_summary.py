@@ -383,13 +383,14 @@ def test_the_threads_of_each_server_kind(monkeypatch):
     import psutil
 
     from sentinel_exp.experiment import llama_threads
-    from sentinel_exp.names import LLAMA_THREADS_ENV, ServerKind
+    from sentinel_exp.names import ServerKind
+    from sentinel_exp.serve.threads import THREADS_ENV
 
-    monkeypatch.delenv(LLAMA_THREADS_ENV, raising=False)
+    monkeypatch.delenv(THREADS_ENV, raising=False)
     assert llama_threads(ServerKind.ollama, {"num_thread": 3}) == 3
     assert llama_threads(ServerKind.ollama, {}) == (psutil.cpu_count(logical=False) or psutil.cpu_count())
     assert llama_threads(ServerKind.embedded, {}) == len(psutil.Process().cpu_affinity())
-    monkeypatch.setenv(LLAMA_THREADS_ENV, "1")
+    monkeypatch.setenv(THREADS_ENV, "1")
     assert llama_threads(ServerKind.embedded, {}) == 1
     assert llama_threads(ServerKind.embedded, {"num_thread": 2}) == 2  # what the run sends wins
     assert llama_threads(ServerKind.simulated, {"num_thread": 2}) is None

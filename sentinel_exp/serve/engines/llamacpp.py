@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sentinel_exp.names import LLAMA_THREADS_ENV, ServerKind
+from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.engine import EngineError, Event, Finished, GenerationRequest, ModelEntry, Token
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.engines.gguf_meta import GGUFError, GGUFInfo, file_sha256, mtime_rfc3339, read_gguf
 from sentinel_exp.serve.prompt_fit import DEFAULT_NUM_KEEP, fit_prompt
+from sentinel_exp.serve.threads import default_threads
 
 # Ollama's defaults (api/types.go DefaultOptions), so an option left out samples as in Ollama
 # rather than as llama-cpp-python's own defaults.
@@ -53,10 +54,6 @@ REPEAT_LAST_N = 64
 FIRST_TOKEN_HANDOFF_S = 0.05
 # Set to 1 to keep llama.cpp's extra weight buffers (AMX, repacking) on AMX-capable builds.
 EXTRA_BUFTS_ENV = "SENTINEL_LLAMA_EXTRA_BUFTS"
-# Threads when a request leaves num_thread at 0 (default: every usable CPU). llama.cpp's threads
-# spin at barriers, so one descheduled thread stalls all: on a shared box fewer threads than
-# cores is far more robust (2 threads on 2 cores with one core busy was measured ~50x slower).
-THREADS_ENV = LLAMA_THREADS_ENV
 
 
 class EngineUnavailable(Exception):
@@ -95,19 +92,6 @@ def _avoid_amx_weight_buffers(llama_cpp: Any) -> None:
 
     lowlevel.llama_model_default_params = default_params
     lowlevel._sentinel_patched = True
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (cgroup/taskset aware, unlike os.cpu_count())."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def default_threads() -> int:
-    value = os.environ.get(THREADS_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else usable_cpus()
 
 
 def llama_kwargs(runner_options: dict[str, Any]) -> dict[str, Any]:
