@@ -11,6 +11,12 @@ stamped just before it (t0), so the request's trip holds no client work.
 
 Plain http to loopback only (no TLS, no proxy, no redirects): anything else goes through httpx.
 Failures raise httpx's exceptions, so a record names the same error class on either path.
+
+A keep-alive connection that the server closes while idle (cpp-httplib, under llama.cpp's
+server, by default after 5 s without a request) can close just as a request is written on
+it. When a reused connection ends before a single byte of its answer, the request goes again, once
+per connection, on another: the server has not answered it, and counting it failed would charge
+the server with the client's choice of connection.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class Exchange:
         self.content_type = b""
         self.delimited = False  # chunked or Content-Length: else the body runs to the end of the connection
         self.error_body = bytearray()  # the body of a status >= 400, read whole for its message
+        self.answered = False  # a byte of the response has arrived
         self.finished = False  # the reader has seen the stream's final chunk
         self.on_finished: Callable[[], None] | None = None  # the watch shortens its timeout
         self.last_data_ns = 0  # the write's time, then each piece of data's: the read timeout counts from it
@@ -134,6 +141,8 @@ class _Connection(asyncio.Protocol):
         self.eof = False
         self.stray = False  # bytes nobody asked for: the connection cannot be reused
         self.keep_alive = True
+        self.served = 0  # exchanges completed on this connection
+        self.closed_unanswered = False  # it ended while an exchange waited for its first byte
 
     # asyncio.Protocol
 
@@ -147,6 +156,7 @@ class _Connection(asyncio.Protocol):
             self.stray = True
             return
         exchange.last_data_ns = self.now_ns
+        exchange.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -188,6 +198,7 @@ class _Connection(asyncio.Protocol):
             return
         exchange.body_ended(self.now_ns)
         self.exchange = None
+        self.served += 1
         exchange.complete()
 
     # ours
@@ -205,6 +216,7 @@ class _Connection(asyncio.Protocol):
                 self._fail(error)
             return
         if not exchange.headers.done():
+            self.closed_unanswered = not exchange.answered
             why = "Server disconnected without sending a response."
         else:
             why = "peer closed connection without sending complete message body"
@@ -334,7 +346,19 @@ class LoopbackClient:
         the server often runs on this core as soon as the request lands, and any work of ours between
         the write and the wait would delay it inside the measured interval."""
         request = self.request_bytes(spec.path, spec.body)
-        conn = await self.acquire()
+        while True:
+            conn = await self.acquire()
+            try:
+                await self._exchange(conn, request, record, read, submitted)
+                return
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                # Closed while idle, in the instant the request went out: not the server's answer.
+                if not (conn.served and conn.closed_unanswered):
+                    raise
+
+    async def _exchange(
+        self, conn: _Connection, request: bytes, record: RequestRecord, read: ReaderFactory, submitted: int
+    ) -> None:
         assert conn.transport is not None and conn.exchange is None
         times = TokenTimes(record, 0)
         exchange = conn.exchange = Exchange(asyncio.get_running_loop(), read(times))

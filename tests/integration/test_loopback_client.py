@@ -107,3 +107,82 @@ def test_an_sse_answer_with_another_content_type_keeps_its_status(transport):
     assert "text/event-stream" in record.error
     assert record.http_status == 200 and record.ttfb_ms is not None and record.ttfb_ms > 0
     assert record.chunk_times_ms == []
+
+
+NDJSON_ANSWER = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncontent-length: %d\r\n\r\n"
+    % len(NDJSON_TOKEN + NDJSON_FINAL)
+    + NDJSON_TOKEN
+    + NDJSON_FINAL
+)
+
+
+async def two_requests_one_after_the_other(second_on_reused: str) -> tuple[list[RequestRecord], list[int]]:
+    """Two requests through a one-connection loopback client. The server answers each connection's
+    first request; the second request on a connection gets `second_on_reused`: "close" (read, then
+    a close with no answer, as a server closing an idle connection just as it arrives) or
+    "headers-then-close". Returns the records and the requests each connection read. Loopback only:
+    httpx (httpcore) drops an idle connection whose close has already arrived, but does not send a
+    request again once it is written."""
+    per_connection: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        slot = len(per_connection)
+        per_connection.append(0)
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(
+                    int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                per_connection[slot] += 1
+                if per_connection[slot] == 1:
+                    writer.write(NDJSON_ANSWER)
+                elif second_on_reused == "close":
+                    return
+                else:
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+                    )
+                    await writer.drain()
+                    return
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = LoopbackClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", 1, 5.0)
+    wire = wire_api("chat")
+    records = []
+    async with server, client:
+        for index in range(2):
+            record = RequestRecord(index=index, phase="measured", prompt_index=0, api="chat")
+            spec = wire.build_request("m", "x", 0, None, {}, None)
+            records.append(await asyncio.wait_for(send_request(client, spec, record, wire.reader), 10))
+    return records, per_connection
+
+
+def test_a_reused_connection_closed_before_any_answer_sends_the_request_again_on_a_new_one():
+    records, per_connection = asyncio.run(two_requests_one_after_the_other("close"))
+    assert [r.error for r in records] == [None, None] and all(r.ok for r in records)
+    # The second request was read on the reused connection, closed unanswered, and went again on a new one.
+    assert per_connection == [2, 1]
+    assert records[1].ttft_ms is not None and len(records[1].chunk_times_ms) == 1
+
+
+def test_a_reused_connection_that_answered_then_closed_fails_the_request_without_a_second_try():
+    records, per_connection = asyncio.run(two_requests_one_after_the_other("headers-then-close"))
+    assert records[0].ok and not records[1].ok
+    assert records[1].error_class == "RemoteProtocolError" and records[1].http_status == 200
+    assert per_connection == [2]
+
+
+def test_a_new_connection_closed_before_any_answer_fails_the_request_without_a_second_try():
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        return
+
+    record = asyncio.run(fetch(close_at_once, "chat", "loopback"))
+    assert not record.ok and record.error_class == "RemoteProtocolError"
+    assert record.error == "Server disconnected without sending a response."
