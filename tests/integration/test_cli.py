@@ -355,7 +355,9 @@ def test_ctrl_c_during_start_up_ends_at_once_and_leaves_nothing_running(tmp_path
     stdout, stderr = proc.communicate(timeout=30)
     took = time.monotonic() - sent
     assert proc.returncode == 130, stdout + stderr
-    assert took < 1.5, f"{took:.2f} s from Ctrl-C to exit ({stage})"
+    # Not the 20 s load, nor the 10 s a server that ignored SIGTERM would get; room for the exit's
+    # own work (interpreter teardown, the run closed as KILLED) on a busy machine.
+    assert took < 5.0, f"{took:.2f} s from Ctrl-C to exit ({stage})"
     assert "Traceback" not in stdout + stderr
     assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers)
     assert [run.info.status for run in mlflow_runs(tmp_path) if run.info.status == "RUNNING"] == []

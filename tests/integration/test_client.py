@@ -124,7 +124,9 @@ def test_cancellation_leaves_a_cancelled_record_and_the_client_usable(sim_server
 
     record, after = asyncio.run(scenario())
     assert record.error_class == "Cancelled" and not record.ok and record.cancelled
-    assert 3 <= len(record.chunk_times_ms) <= 8
+    # ~6 tokens in 0.3 s; the 50 of the whole answer had it not stopped (a late wake-up of this
+    # busy machine's test process lets a few more in).
+    assert 3 <= len(record.chunk_times_ms) <= 20
     assert after.ok and len(after.chunk_times_ms) == 2, after.error
 
 
@@ -157,7 +159,9 @@ def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_f
     assert duration >= 10 * 0.06
     waits = sorted(r.queue_ms for r in records)
     assert waits[-1] > 150  # the backlog builds up: the last arrivals waited for several requests
-    assert statistics.median(r.ttft_ms for r in records) < 45  # and that wait is not inside TTFT
+    # And that wait is not inside TTFT: 40 ms at the server, where the median wait (~190 ms for
+    # these seeded arrivals) would put it over 200 ms.
+    assert statistics.median(r.ttft_ms for r in records) < 100
 
 
 class CannedServer:

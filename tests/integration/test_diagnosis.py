@@ -16,7 +16,10 @@ from support.cli import mlflow_runs
 from sentinel_exp.records import read_records
 
 FAST = ["server=simulated", "server.sim.jitter_ms=0", "telemetry.enabled=false", "plots=false"]
-TOLERANCE_MS = 2.0
+# A busy machine wakes the server a few ms late (CI once saw 9 ms on one token), and a load is an
+# asyncio sleep, which wakes up to a ms late on an idle one. Where a test checks a per-token part,
+# a token costs 8 ms or more (a hold for a slot 30 ms), so a part off by one is outside the tolerance.
+TOLERANCE_MS = 5.0
 
 
 def shares(metrics, latency):
@@ -45,7 +48,7 @@ def measured_records(result):
 def assert_recovers(m, records, latency, part, scripted):
     """The part's mean is the mean of what the server reported (the decomposition neither adds nor
     loses time), and the median request took what was scripted (a number, or one per request) within
-    2 ms. The median: on a busy machine one late wake-up moves the mean of a few requests by more."""
+    TOLERANCE_MS. The median: on a busy machine one late wake-up moves the mean of a few requests by more."""
     reported = [SERVER_PARTS[part](r) for r in records]
     assert part_ms(m, latency, part) == pytest.approx(statistics.fmean(reported), abs=0.01)
     expected = scripted if isinstance(scripted, list) else [scripted] * len(records)
@@ -59,7 +62,7 @@ def test_keep_alive_0_makes_load_dominate_every_request_cold_and_explains_why(tm
         *FAST,
         "plots=true",
         "server.sim.load_ms=120",
-        "server.sim.ttft_ms=5",
+        "server.sim.ttft_ms=10",
         "server.sim.itl_ms=1",
         "server.sim.tokens=5",
         "workload.requests=4",
@@ -71,7 +74,7 @@ def test_keep_alive_0_makes_load_dominate_every_request_cold_and_explains_why(tm
     assert m["cold_starts"] == 4
     records = measured_records(result)
     assert_recovers(m, records, "ttft", "load", 120.0)
-    assert_recovers(m, records, "ttft", "prefill", 5.0)
+    assert_recovers(m, records, "ttft", "prefill", 10.0)
     assert max(shares(m, "ttft"), key=shares(m, "ttft").get) == "load"
     assert sum(shares(m, "e2e").values()) == pytest.approx(1.0, abs=0.01)
     # Every request was cold: nothing is warm, and the cold statistics are the whole run's.
@@ -98,7 +101,7 @@ def test_prefill_dominates_a_warm_run_and_warmup_absorbs_the_only_cold_start(tmp
         *FAST,
         "server.sim.load_ms=100",
         "server.sim.ttft_ms=2",
-        "server.sim.prefill_ms_per_token=3",
+        "server.sim.prefill_ms_per_token=8",
         "server.sim.itl_ms=1",
         "server.sim.tokens=3",
         "workload.requests=6",
@@ -110,7 +113,7 @@ def test_prefill_dominates_a_warm_run_and_warmup_absorbs_the_only_cold_start(tmp
     measured = [r for r in records if r.phase == "measured"]
     assert [r.cold for r in records] == [True] + [False] * 6 and m["cold_starts"] == 0
     # Consecutive prompts share only the chat template's leading role word: the rest is prefilled.
-    assert_recovers(m, measured, "ttft", "prefill", [2.0 + 3.0 * (r.prompt_eval_count - 1) for r in measured])
+    assert_recovers(m, measured, "ttft", "prefill", [2.0 + 8.0 * (r.prompt_eval_count - 1) for r in measured])
     assert_recovers(m, measured, "ttft", "load", 0.0)
     assert_recovers(m, measured, "ttft", "queue", 0.0)
     assert_recovers(m, measured, "e2e", "decode", 2.0)
@@ -129,18 +132,18 @@ def test_decode_dominates_a_long_answer(tmp_path, run_experiment):
         *FAST,
         "server.sim.load_ms=20",
         "server.sim.ttft_ms=5",
-        "server.sim.itl_ms=4",
+        "server.sim.itl_ms=10",
         "server.sim.tokens=31",
-        "workload.requests=3",
+        "workload.requests=5",
         "workload.warmup=1",
     )
     [run] = mlflow_runs(tmp_path)
     m = run.data.metrics
     records = measured_records(result)
-    assert_recovers(m, records, "e2e", "decode", 120.0)
+    assert_recovers(m, records, "e2e", "decode", 300.0)
     assert_recovers(m, records, "e2e", "prefill", 5.0)
     assert "E2E is mostly decode" in run.data.tags["sentinel.verdict"]
-    assert m["output_tokens_p50"] == 31 and abs(m["server_decode_ms_p50"] - 120.0) <= TOLERANCE_MS
+    assert m["output_tokens_p50"] == 31 and abs(m["server_decode_ms_p50"] - 300.0) <= TOLERANCE_MS
 
 
 @pytest.mark.timing

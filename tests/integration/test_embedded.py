@@ -318,10 +318,11 @@ def test_client_disconnect_stops_generation(client: httpx.Client, server: Bundle
         lines = response.iter_lines()
         for _ in range(3):
             assert json.loads(next(lines))["done"] is False
-    # 1500 tokens would take 20+ s more; a stopped generation frees the model at once.
+    # 1500 tokens would take 20+ s more; a stopped generation frees the model at once (a 4-token
+    # answer takes well under a second, a few on a busy machine).
     started = time.perf_counter()
     _, final = chat(client, num_predict=4)
-    assert time.perf_counter() - started < 5.0, final
+    assert time.perf_counter() - started < 10.0, final
     assert final["eval_count"] == 4
     assert server.process.poll() is None
 

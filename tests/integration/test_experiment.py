@@ -31,7 +31,7 @@ def test_simulated_run_logs_exact_latencies_to_mlflow(tmp_path, run_experiment):
     assert 4.0 <= m["itl_ms_p50"] <= 8.0
     assert m["requests_ok"] == 20 and m["requests_failed"] == 0 and m["error_rate"] == 0
     # The cold load (200 ms) happened in warmup, which stays out of the statistics.
-    assert m["cold_starts"] == 0 and m["ttft_ms_max"] < 200
+    assert m["cold_starts"] == 0 and m["ttft_ms_max"] < 240  # a cold one: load 200 ms + ttft 40 ms
     for name in ("ttfb", "ttft", "itl", "tpot", "e2e"):
         assert {f"{name}_ms_{s}" for s in ("p50", "p90", "p95", "p99", "mean", "min", "max")} <= set(m)
     # 5 ms a token is 200 tokens/s at most; slower wake-ups only lower it.
@@ -83,8 +83,8 @@ def test_a_cold_first_measured_request_shows_the_load(tmp_path, run_experiment):
     result = run_experiment(tmp_path, *SIM, "workload.requests=5", "workload.warmup=0", "tracking.enabled=false")
     assert result.outcome.run_id is None
     records = read_records(output_dirs(tmp_path)[0] / "requests.jsonl")
-    # The server's 200 ms load, which a busy machine can only stretch.
-    assert records[0].cold is True and 195 <= records[0].load_duration_ms <= 300
+    # The server's 200 ms load (one, not two), which a busy machine can only stretch.
+    assert records[0].cold is True and 195 <= records[0].load_duration_ms <= 380
     assert records[0].ttft_ms >= 240  # load 200 ms + ttft 40 ms
     assert all(r.cold is False for r in records[1:])
     assert mlflow_runs(tmp_path) == []
@@ -116,8 +116,9 @@ def test_scripted_failures_give_failed_records_and_a_finished_run(tmp_path, run_
     records = read_records(output_dirs(tmp_path)[0] / "requests.jsonl")
     failed = {r.error_class for r in records if not r.ok}
     assert failed == {"HTTP500", "ServerError", "RemoteProtocolError", "MalformedChunk"}
-    # Failures stay out of the latency statistics: the injected 40 ms, plus late wake-ups at most.
-    assert 40.0 <= m["ttft_ms_p50"] <= 48.0
+    # Failures stay out of the latency statistics: the injected 40 ms, plus late wake-ups at most
+    # (a median of 6: room for a busy machine, well under the 200 ms load of warmup's cold request).
+    assert 40.0 <= m["ttft_ms_p50"] <= 60.0
 
 
 def test_hardware_mismatch_warns_and_tags_the_run(tmp_path, run_experiment):
@@ -293,7 +294,7 @@ def test_openai_server_gets_what_its_api_can_carry_and_the_rest_is_named(tmp_pat
     [run] = mlflow_runs(tmp_path)
     m = run.data.metrics
     assert m["requests_ok"] == 5 and m["output_tokens_total"] == 5 * 8  # counted from `usage`
-    assert 20.0 <= m["ttft_ms_p50"] <= 28.0  # the injected 20 ms, plus late wake-ups at most
+    assert 20.0 <= m["ttft_ms_p50"] <= 40.0  # the injected 20 ms, plus late wake-ups (a median of 5)
     assert json.loads(run.data.params["sent_options"]) == {"num_predict": 8, "seed": 42, "temperature": 0.7}
     assert run.data.tags["sentinel.api"] == "openai" and run.data.tags["sentinel.options_not_sent"] == "true"
     warning = "the OpenAI API has no field for num_batch, num_ctx, num_gpu, num_thread, keep_alive: not sent"
@@ -307,7 +308,7 @@ def test_an_ollama_server_spoken_to_in_generate_or_openai_still_says_what_the_mo
     [run] = mlflow_runs(tmp_path)
     m, tags = run.data.metrics, run.data.tags
     assert m["requests_ok"] == 5 and m["output_tokens_total"] == 5 * 6
-    assert 40.0 <= m["ttft_ms_p50"] <= 48.0  # the injected 40 ms, plus late wake-ups at most
+    assert 40.0 <= m["ttft_ms_p50"] <= 60.0  # the injected 40 ms, plus late wake-ups (a median of 5)
     assert tags["sentinel.api"] == api
     # Model facts and placement come from the server's own API whichever API the requests speak.
     assert tags["sentinel.model_digest"] and tags["sentinel.ollama_version"].endswith("simulated")

@@ -78,7 +78,9 @@ def test_a_server_that_dies_mid_run_stops_it_within_seconds(tmp_path, run_experi
         )
     ended = time.monotonic()
     killer.join()
-    assert killed_at and ended - killed_at[0] < 5.0
+    # From the kill to the end of the run, the failed run's MLflow upload included: seconds, not the
+    # minutes of running out 100000 requests (the record counts below pin where it stopped).
+    assert killed_at and ended - killed_at[0] < 20.0
     measured = [r for r in read_records(records) if r.measured]
     failed = [r for r in measured if not r.ok]
     assert 10 <= len(measured) < 100 and len(failed) <= 10  # a handful of errors, not thousands

@@ -40,8 +40,10 @@ def test_fidelity_bench_scores_the_floor_client_against_the_servers_emit_times(t
     row = re.search(r"│\s+1 │ floor\s+│\s+([\d.]+) / ([\d.]+) / ([\d.]+) │.*│\s+(\d+) │$", result.stdout, re.M)
     assert row, result.stdout
     ttft_p50, ttft_p99, ttft_max, matched = (float(g) for g in row.groups())
-    # Every request matched to the server's log; reading loopback costs more than nothing, well under 20 ms.
-    assert matched == 4 and 0 < ttft_p50 <= ttft_p99 <= ttft_max < 20
+    # Every request matched to the server's log; reading loopback costs more than nothing, well under
+    # 20 ms. One late wake-up of a busy machine can reach the max; a request matched to another's
+    # log entry would be off by a whole request (~200 ms).
+    assert matched == 4 and 0 < ttft_p50 <= ttft_p99 <= ttft_max and ttft_p50 < 20 and ttft_max < 100
 
 
 @pytest.mark.timing

@@ -1,8 +1,10 @@
 """The simulated server over real loopback HTTP: Ollama's wire shapes and semantics.
 
 Tests marked `timing` read the durations the server reports. A duration cannot come in under what
-the server injects (its sleeps), so those floors stay; a busy machine wakes the server late, so the
-ceilings leave several ms (tens for a load) above the injected figure.
+the server injects (its sleeps), so those floors stay. A busy machine wakes the server late (CI once
+woke a first token 9 ms late), so each ceiling sits about halfway to what the bug it guards against
+would read (a 200 ms load counted in the wrong duration, a load where there should be none), not a
+few ms above the injected figure.
 """
 
 import asyncio
@@ -40,12 +42,12 @@ def test_streamed_chat_has_ollama_shape_and_durations(sim):
     for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
         assert isinstance(final[key], int)
     # Cold: the first request loaded the model (200 ms), then 20 ms to the first token, 3 gaps of 2 ms.
-    assert 195e6 <= final["load_duration"] <= 300e6
-    assert 19e6 <= final["prompt_eval_duration"] <= 30e6
+    assert 195e6 <= final["load_duration"] <= 380e6  # one load, not two
+    assert 19e6 <= final["prompt_eval_duration"] <= 100e6  # the 200 ms load is not in it
     # The tokens keep their schedule (20 ms, then every 2 ms) when one wakes late: a late first
     # token shortens eval_duration by as much as it lengthened prefill, so the floor is their sum.
     assert final["prompt_eval_duration"] + final["eval_duration"] >= 25.5e6
-    assert final["eval_duration"] <= 15e6
+    assert final["eval_duration"] <= 100e6  # nor in the decode
     assert final["total_duration"] >= final["load_duration"] + final["prompt_eval_duration"] + final["eval_duration"]
 
 
@@ -64,7 +66,7 @@ def test_keep_alive_zero_unloads_and_next_request_is_cold(sim):
         assert client.get("/api/ps").json()["models"] == []
         cold = ndjson(client.post("/api/chat", json=CHAT))[-1]
     assert first["load_duration"] > 190e6 and cold["load_duration"] > 190e6
-    assert warm["load_duration"] < 50e6  # no load: well under the 190 ms of one
+    assert warm["load_duration"] < 150e6  # no load: under the 190 ms floor of one
 
 
 @pytest.mark.timing
@@ -85,7 +87,7 @@ def test_changing_a_runner_option_reloads(sim):
         same = ndjson(client.post("/api/chat", json={**CHAT, "options": {"num_predict": 4, "temperature": 0.1}}))[-1]
         other = ndjson(client.post("/api/chat", json={**CHAT, "options": {"num_predict": 4, "num_ctx": 512}}))[-1]
         ps = client.get("/api/ps").json()["models"][0]
-    assert same["load_duration"] < 50e6  # sampling options do not reload (a reload takes 200 ms)
+    assert same["load_duration"] < 150e6  # sampling options do not reload (a reload takes 200 ms)
     assert other["load_duration"] > 190e6
     assert ps["context_length"] == 512 and ps["size_vram"] == 0 and ps["expires_at"].endswith("Z")
 
@@ -169,12 +171,13 @@ def test_one_slot_queues_the_second_request_outside_load_and_prefill(sim):
     first, second = asyncio.run(two_at_once())
     # As in Ollama, the model was ready for both (no load), and the prefill clock starts with the
     # slot: the second one's wait for the first (~218 ms) shows in total_duration alone.
-    assert first["load_duration"] < 50e6 and second["load_duration"] < 50e6
-    assert 18e6 <= second["prompt_eval_duration"] <= 40e6
+    assert first["load_duration"] < 150e6 and second["load_duration"] < 150e6
+    # 20 ms, not the ~218 ms wait for the slot.
+    assert 18e6 <= second["prompt_eval_duration"] <= 100e6
     waited = (
         second["total_duration"] - second["load_duration"] - second["prompt_eval_duration"] - second["eval_duration"]
     )
-    assert waited > 150e6
+    assert waited > 100e6  # ~218 ms, less however late the second request arrived
 
 
 @pytest.mark.parametrize("fault", ["http_500", "http_503"])
@@ -208,12 +211,14 @@ def test_requests_arriving_during_a_cold_load_start_their_clock_when_it_ends(sim
         return [ndjson(r)[-1] for r in responses]
 
     for final in asyncio.run(four_at_once()):
-        assert final["load_duration"] >= 290e6  # each waited for the one load
-        assert 38e6 <= final["prompt_eval_duration"] <= 60e6  # then 40 ms to its first token, not 0
+        # Each waited for the one load (300 ms, less however much later than the first it arrived;
+        # a request that did not wait would read ~0).
+        assert final["load_duration"] >= 200e6
+        # Then 40 ms to its first token: not 0, and not counted from its arrival (~340 ms).
+        assert 38e6 <= final["prompt_eval_duration"] <= 100e6
         # Tokens keep absolute deadlines (40 ms, then every 5 ms), so the last one never comes before
         # 75 ms after the load, however late the first woke under a busy CPU; a burst would be ~0 ms.
         assert final["prompt_eval_duration"] + final["eval_duration"] >= (40 + 7 * 5 - 1) * 1e6
-        assert final["eval_duration"] >= 7 * 5e6 - (60e6 - 40e6)  # first token ≤ 20 ms late, so ≥ 15 ms
 
 
 @pytest.mark.timing
@@ -236,10 +241,11 @@ def test_a_waiting_reload_holds_back_later_requests_for_the_resident_model(sim_s
 
     (_, first_done), (reload, reload_done), (later, later_done) = asyncio.run(scenario())
     assert reload_done < later_done  # the later request did not overtake the reload
-    # The reload waited for the first request (~315 ms more) and then loaded (100 ms).
-    assert 350e6 <= reload["load_duration"] <= 650e6
-    # The later request waited behind it and then reloaded the default options: a cold start.
-    assert later["load_duration"] >= 300e6
+    # The reload waited for the first request (~315 ms more) and then loaded (100 ms): ~415 ms, of
+    # which the floor keeps 150 ms of waiting (a reload that did not wait would read 100 ms).
+    assert 250e6 <= reload["load_duration"] <= 650e6
+    # The later request waited behind it (~350 ms) and then reloaded the default options: a cold start.
+    assert later["load_duration"] >= 250e6
     assert first_done < reload_done
 
 
@@ -253,9 +259,10 @@ def test_default_keep_alive_applies_to_requests_that_send_none(sim_server_factor
         kept = ndjson(client.post("/api/chat", json={**CHAT, "keep_alive": -1}))[-1]
         time.sleep(0.4)  # a request's own keep_alive wins over the default
         still = ndjson(client.post("/api/chat", json=CHAT))[-1]
-    assert first["load_duration"] >= 90e6 and warm["load_duration"] < 20e6
+    # A load takes 100 ms; no load reads well under that, also with other tests on every core.
+    assert first["load_duration"] >= 90e6 and warm["load_duration"] < 80e6
     assert after["load_duration"] >= 90e6
-    assert kept["load_duration"] < 20e6 and still["load_duration"] < 20e6
+    assert kept["load_duration"] < 80e6 and still["load_duration"] < 80e6
 
 
 def test_ollama_keep_alive_env_sets_the_default(sim_server_factory, monkeypatch):

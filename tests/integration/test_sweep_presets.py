@@ -35,7 +35,7 @@ def job_dirs(cwd: Path) -> list[Path]:
 def test_slo_targets_give_verdicts_and_goodput(tmp_path):
     # 10 measured requests after 2 warmup; generation request 5 (the 3rd measured) fails.
     run = [*SIM, "workload.requests=10", "workload.warmup=2", "server.sim.faults={5:http_500}"]
-    met = run_cli(tmp_path, *run, "slo.request.ttft_ms=150", "slo.ttft_ms_p50=150", "slo.error_rate=0")
+    met = run_cli(tmp_path, *run, "slo.request.ttft_ms=300", "slo.ttft_ms_p50=300", "slo.error_rate=0")
     assert met.returncode == 0, met.output
     none = run_cli(tmp_path, *run, "slo.request.ttft_ms=35", "tracking.experiment=strict")
     assert none.returncode == 0, none.output
@@ -43,19 +43,23 @@ def test_slo_targets_give_verdicts_and_goodput(tmp_path):
     [ok] = mlflow_runs(tmp_path)
     m = ok.data.metrics
     assert m["requests_ok"] == 9 and m["requests_failed"] == 1
-    # Every successful request came within 150 ms (the server takes 40); the failed one met nothing.
+    # Every successful request came within 300 ms (the server takes 40; the target leaves room for a
+    # request woken late beside the other tests on two cores); the failed one met nothing.
     assert m["slo_request_fraction"] == pytest.approx(0.9)
     assert m["goodput_requests_per_s"] == pytest.approx(9 / m["measured_duration_s"])
     assert m["goodput_requests_per_s"] == pytest.approx(m["requests_per_s"])
     assert m["slo_ttft_ms_p50_pass"] == 1 and m["slo_error_rate_pass"] == 0
-    assert ok.data.tags["sentinel.slo"] == "fail" and ok.data.params["slo.ttft_ms_p50"] == "150"
+    assert ok.data.tags["sentinel.slo"] == "fail" and ok.data.params["slo.ttft_ms_p50"] == "300"
     line = re.search(r"^SLO: .*$", met.stdout, re.M)
     assert line, met.stdout
-    assert re.fullmatch(
-        r"SLO: ttft_ms_p50 4\d\.\d+ ≤ 150 pass, error_rate 0\.1 ≤ 0 FAIL; "
-        r"per request \(ttft_ms ≤ 150\): 9 of 10 met \(90\.0%\), goodput \d+\.\d\d req/s",
+    shown = re.fullmatch(
+        r"SLO: ttft_ms_p50 (\d+(?:\.\d+)?) ≤ 300 pass, error_rate 0\.1 ≤ 0 FAIL; "
+        r"per request \(ttft_ms ≤ 300\): 9 of 10 met \(90\.0%\), goodput \d+\.\d\d req/s",
         line.group(0),
-    ), line.group(0)
+    )
+    assert shown, line.group(0)
+    # The run's own p50 (4 significant digits): the server's 40 ms or more, however busy the machine.
+    assert float(shown.group(1)) == pytest.approx(m["ttft_ms_p50"], rel=1e-3) and m["ttft_ms_p50"] >= 40
 
     # The server cannot answer in 35 ms what takes it 40: no request meets that target.
     [strict] = mlflow_runs(tmp_path, "strict")

@@ -95,10 +95,12 @@ def test_a_sweep_over_server_urls_lands_under_one_parent_on_the_tracking_server(
         # Loopback targets: this machine is both the client and the target, and its fingerprint says so.
         assert tags["sentinel.client_host"] == host and tags["sentinel.target_host"] == host
         assert tags["sentinel.fingerprint_of"] == "client,target" and tags["sentinel.target_remote"] == "false"
-    # The two machines' measured difference is the one the servers were given (40 ms of TTFT).
+    # The two machines' measured difference is the one the servers were given (40 ms of TTFT): in
+    # that order, neither the same (0) nor swapped (-40). A median of 4 beside other tests on two
+    # cores can come several ms late on either side, so the band is wide.
     ttft_a = by_target[box_a.url]["metrics"]["ttft_ms_p50"]
     ttft_b = by_target[box_b.url]["metrics"]["ttft_ms_p50"]
-    assert ttft_a >= 20 and ttft_b >= 60 and 30 < ttft_b - ttft_a < 50
+    assert ttft_a >= 20 and ttft_b >= 60 and 15 < ttft_b - ttft_a < 100
 
 
 def test_a_remote_target_is_measured_and_tagged_as_another_host(tmp_path):
@@ -150,11 +152,12 @@ def test_a_joblib_sweep_of_four_jobs_lands_four_children_with_every_record(tmp_p
     parent, children = parent_and_children(rest_runs(tracking_server.uri, experiment="joblib"))
     assert parent["status"] == "FINISHED" and len(children) == 4
     # Each child holds its own job's requests: its TTFT is never below its own server's (records of
-    # a faster job would be), with room above it for four jobs and the tests beside them on two cores.
+    # a faster job would be), with room above it for four jobs and the tests beside them on two cores
+    # (a median of 6: late wake-ups of tens of ms are ordinary there).
     injected = {c["id"]: float(c["params"]["server.sim.ttft_ms"]) for c in children}
     assert sorted(injected.values()) == [10.0, 20.0, 30.0, 40.0]
     for child in children:
-        assert injected[child["id"]] <= child["metrics"]["ttft_ms_p50"] < injected[child["id"]] + 25, child
+        assert injected[child["id"]] <= child["metrics"]["ttft_ms_p50"] < injected[child["id"]] + 100, child
     for child in children:
         assert child["status"] == "FINISHED"
         assert child["metrics"]["requests_ok"] + child["metrics"].get("requests_failed", 0) == requests

@@ -91,11 +91,12 @@ def test_phases_follow_mark_phase():
     s = Sampler(interval_s=0.03, gpu=False)
     samples = run_sampler(s, (0.2, "warmup"), (0.3, "measured"), (0.3, None))
     phases = [x.phase for x in samples]
-    # contiguous blocks in order, each with several samples
+    # contiguous blocks in order, each with several samples (~7, ~10, ~10 on an idle machine; a
+    # sampler woken late skips ticks, so the floors allow for a stall of 100 ms or more in each)
     blocks = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
     assert blocks == ["setup", "warmup", "measured"]
-    assert phases.count("setup") >= 3 and phases.count("warmup") >= 5
-    assert phases.count("measured") >= 8
+    assert phases.count("setup") >= 3 and phases.count("warmup") >= 4
+    assert phases.count("measured") >= 4
     # each sample carries exactly the phase current at its timestamp
     marks = s.phase_marks
     assert [m[0] for m in marks] == ["warmup", "measured"]

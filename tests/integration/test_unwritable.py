@@ -44,7 +44,8 @@ def assert_clean_refusal(result, fragment: str, started: float) -> None:
     assert result.returncode == 2, result.output
     assert fragment in result.stderr and "error:" in result.stderr
     assert "Traceback" not in result.output
-    assert time.monotonic() - started < 20  # CLI start-up included; MLflow's retries alone take ~100 s
+    # CLI start-up included, beside other tests on two cores; MLflow's retries alone take ~100 s.
+    assert time.monotonic() - started < 50
 
 
 def test_an_output_folder_under_a_file(tmp_path):
@@ -60,6 +61,7 @@ def test_an_output_folder_on_a_read_only_file_system(tmp_path, tmpfs):
     started = time.monotonic()
     result = run_cli(tmp_path, *SIM, f"hydra.run.dir={read_only / 'run'}")
     assert_clean_refusal(result, "Read-only file system", started)
+    started = time.monotonic()
     sweep = run_cli(tmp_path, "-m", *SIM, "workload.requests=1,2", f"hydra.sweep.dir={read_only / 'sweep'}")
     assert_clean_refusal(sweep, "hydra.sweep.dir", started)
 

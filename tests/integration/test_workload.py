@@ -9,6 +9,7 @@ busy machine, where asyncio wake-ups come late by several ms.
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 from support.cli import SIM
@@ -39,9 +40,10 @@ def test_think_time_separates_a_clients_requests_and_stays_out_of_their_timings(
     records = measured(result)
     assert len(records) == 5 and all(r.ok for r in records)
     for gap in gaps_s(records):
-        assert 0.29 <= gap <= 0.4
-    # The wait is before the request is due: none of it in queue, TTFT or e2e.
-    assert all(r.queue_ms < 20 and 40 <= r.ttft_ms < 70 and r.e2e_ms < 110 for r in records)
+        assert 0.29 <= gap <= 0.5  # 0.3 s, not twice that
+    # The wait is before the request is due: none of it in queue, TTFT or e2e (40 ms to the first
+    # token, 55 ms to the last; the 300 ms of thinking would put each well over its ceiling).
+    assert all(r.queue_ms < 150 and 40 <= r.ttft_ms < 200 and r.e2e_ms < 250 for r in records)
     assert result.outcome.metrics["measured_duration_s"] >= 4 * 0.3
 
 
@@ -51,9 +53,13 @@ def test_a_think_time_drawn_from_a_distribution_is_seeded(tmp_path, run_experime
     first = run_experiment(tmp_path, *QUIET, "workload.requests=6", think, "hydra.run.dir=a")
     second = run_experiment(tmp_path, *QUIET, "workload.requests=6", think, "hydra.run.dir=b")
     a, b = gaps_s(measured(first)), gaps_s(measured(second))
-    assert all(0.09 <= g <= 0.35 for g in a + b)
+    assert all(0.09 <= g <= 0.45 for g in a + b)  # drawn from 0.1-0.3 s, plus a late wake-up
     assert max(a) - min(a) > 0.02  # drawn, not fixed
-    assert a == pytest.approx(b, abs=0.03)  # same seed, same waits
+    # Same seed, same waits: a gap is its draw plus the lateness of one wake-up, so most pairs agree
+    # to a few ms (independent draws would: ~2% of the time for a median of 5 under 15 ms), and one
+    # late wake-up of a busy machine moves one pair, not the median.
+    differences = [abs(x - y) for x, y in zip(a, b, strict=True)]
+    assert statistics.median(differences) < 0.015 and max(differences) < 0.15, (a, b)
 
 
 def test_think_time_longer_than_keep_alive_makes_every_request_after_it_cold(tmp_path, run_experiment):
@@ -70,7 +76,7 @@ def test_think_time_longer_than_keep_alive_makes_every_request_after_it_cold(tmp
     # The first measured request follows warmup at once (warm); each after a think time reloads.
     assert [r.cold for r in records] == [False, True, True]
     for record in records[1:]:
-        assert 195 <= record.load_duration_ms <= 300  # server.sim.load_ms=200
+        assert 195 <= record.load_duration_ms <= 380  # server.sim.load_ms=200: one load, not two
     assert result.outcome.metrics["cold_starts"] == 2
 
 
@@ -90,7 +96,7 @@ def test_idle_gaps_reproduce_keep_alive_expiry_between_bursts(tmp_path, run_expe
     records = sorted(measured(result), key=lambda r: r.index)
     # After the pause, the requests that wait on the reload are cold, the rest of the burst warm.
     assert [r.cold for r in records[:3]] == [False] * 3
-    assert records[3].cold is True and 195 <= records[3].load_duration_ms <= 300
+    assert records[3].cold is True and 195 <= records[3].load_duration_ms <= 380  # one 200 ms load
     first_burst_end = max(r.started_at + (r.queue_ms + r.e2e_ms) / 1000 for r in records[:3])
     assert min(r.started_at for r in records[3:]) - first_burst_end >= 1.39
 
@@ -147,10 +153,11 @@ def test_unique_prompts_miss_the_prompt_cache(tmp_path, run_experiment):
     common = (*QUIET, "server.sim.prefill_ms_per_token=1", long_prompt, "workload.requests=4", "server.sim.tokens=2")
     cached = measured(run_experiment(tmp_path, *common, "hydra.run.dir=cached"))
     unique = measured(run_experiment(tmp_path, *common, "workload.unique_prompts=true", "hydra.run.dir=unique"))
-    # The same prompt again: its ~100 prompt words are in the cache, only the TTFT's 40 ms is left.
-    assert all(40 <= r.ttft_ms < 60 for r in cached)
+    # The same prompt again: its ~100 prompt words are in the cache, only the TTFT's 40 ms is left
+    # (the ceiling: below the 140 ms of a prompt prefilled again).
+    assert all(40 <= r.ttft_ms < 120 for r in cached)
     # A nonce first: nothing in common with the cached prompt, every word is prefilled (1 ms each).
-    assert all(140 <= r.ttft_ms < 175 for r in unique)
+    assert all(140 <= r.ttft_ms < 260 for r in unique)
 
 
 def test_idle_pauses_also_hold_back_poisson_arrivals_and_a_stop_cuts_them_short():
