@@ -434,6 +434,8 @@ async def _tracked_run(
 
     def after_warmup(records: list[RequestRecord]) -> None:
         journal.set_tags(option_lint.recheck_after_warmup(records))
+        for warning in monitor.early_warnings(llama_threads(handle.kind, factory.options)):
+            log.warning("warning: %s", warning)
 
     signals = StopSignals(asyncio.get_running_loop(), asyncio.Event())
     try:

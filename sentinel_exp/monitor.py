@@ -20,7 +20,7 @@ import psutil
 
 from sentinel_exp.config import HardwareConfig, TelemetryConfig
 from sentinel_exp.hardware import check_with_probe, expects_gpu, unchecked_remote
-from sentinel_exp.names import TelemetrySource
+from sentinel_exp.names import Phase, TelemetrySource
 from sentinel_exp.servers import ServerHandle
 from sentinel_exp.telemetry import (
     GpuProbe,
@@ -37,6 +37,10 @@ from sentinel_exp.telemetry.sampler import HostProbe, NoHost
 from sentinel_exp.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
+
+# Samples before the measured phase that make a fair early reading of the machine's load (half a
+# second at the default interval); with fewer, the run's own check at the end is the only one.
+EARLY_MIN_SAMPLES = 5
 
 
 def server_pid(handle: ServerHandle) -> int | None:
@@ -222,6 +226,19 @@ class RunMonitor:
         self.warnings.extend(found)
         self._contended = bool(found)
         return out
+
+    def early_warnings(self, server_threads: int | None = None) -> list[str]:
+        """Contention already seen before the measured phase (start-up and warmup), said before a
+        long run is spent measuring a busy machine; the measured phase gets its own check at the end."""
+        if self._sampler is None:
+            return []
+        before = [s for s in self._sampler.samples if s.phase != Phase.MEASURED and s.phase != Phase.DONE]
+        if len(before) < EARLY_MIN_SAMPLES:
+            return []
+        threads = None if self.remote else server_threads
+        return contention_warnings(
+            summarize_telemetry(before, phase=None), psutil.cpu_count() or 1, threads, when="before measuring"
+        )
 
     def series(self) -> Iterable[Sequence[Any]]:
         if self._sampler is None or not self.cfg.log_series:

@@ -169,14 +169,17 @@ OTHER_BUSY_SHARE = 0.25
 OTHER_BUSY_MIN_PCT = 50.0
 
 
-def contention_warnings(metrics: Mapping[str, float], n_cpus: int, server_threads: int | None = None) -> list[str]:
+def contention_warnings(
+    metrics: Mapping[str, float], n_cpus: int, server_threads: int | None = None, when: str = "while measuring"
+) -> list[str]:
     """What, besides the server, may have slowed the measured requests (CPU % of one core).
-    `server_threads`: the compute threads of a llama.cpp server on this machine (None: not one)."""
+    `server_threads`: the compute threads of a llama.cpp server on this machine (None: not one);
+    `when`: the part of the run the metrics are of, as the warnings say it."""
     warnings = []
     client = metrics.get("client_cpu_pct_mean")
     if client is not None and client >= CLIENT_BOUND_PCT:
         warnings.append(
-            f"the load generator used {client:.0f}% of a core on average while measuring: it may be the "
+            f"the load generator used {client:.0f}% of a core on average {when}: it may be the "
             "bottleneck, and its own queueing is inside the latencies (lower workload.concurrency or "
             "workload.rate)"
         )
@@ -184,7 +187,7 @@ def contention_warnings(metrics: Mapping[str, float], n_cpus: int, server_thread
     if other is not None and other >= max(OTHER_BUSY_MIN_PCT, 100.0 * OTHER_BUSY_SHARE * n_cpus):
         warnings.append(
             f"other processes kept {other:.0f}% of a core busy on average (of {100 * n_cpus}% on "
-            f"{n_cpus} cores) while measuring: the latencies may include contention with them"
+            f"{n_cpus} cores) {when}: the latencies may include contention with them"
         )
         free = max(1, math.floor(n_cpus - other / 100.0))
         if server_threads is not None and server_threads > free:

@@ -8,6 +8,7 @@ machine whose cores other processes keep busy, where asyncio wake-ups come late 
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -236,7 +237,8 @@ def test_a_busy_bystander_is_measured_and_warned_about(tmp_path, run_experiment)
         subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(1, psutil.cpu_count() // 2))
     ]
     try:
-        result = run_experiment(tmp_path, *SIM, "workload.requests=30", "workload.warmup=1")
+        # Five warmup requests (~0.6 s at 0.1 s a sample) give the early check its five samples.
+        result = run_experiment(tmp_path, *SIM, "workload.requests=30", "workload.warmup=5")
     finally:
         for spinner in spinners:
             spinner.kill()
@@ -246,6 +248,9 @@ def test_a_busy_bystander_is_measured_and_warned_about(tmp_path, run_experiment)
     assert run.data.metrics["other_cpu_pct_mean"] > 50 * len(spinners)
     assert run.data.tags["sentinel.contended"] == "true"
     assert "warning: other processes kept" in result.stdout
+    # Said before measuring too, as the warmup ends: a long run is not spent on a busy machine unawares.
+    early = re.search(r"^warning: other processes kept (\d+)% of a core busy .* before measuring", result.stderr, re.M)
+    assert early and float(early.group(1)) > 50 * len(spinners), result.stderr
     summary = json.loads((output_dirs(tmp_path)[0] / "summary.json").read_text())
     assert any(w.startswith("other processes kept") for w in summary["warnings"])
 

@@ -270,6 +270,8 @@ def test_contention_warnings_name_the_client_or_the_bystanders():
     [other] = contention_warnings({"other_cpu_pct_mean": 120.0, "client_cpu_pct_mean": 10.0}, n_cpus=2)
     assert other.startswith("other processes kept 120% of a core busy on average (of 200% on 2 cores)")
     assert contention_warnings({}, n_cpus=2) == []
+    [early] = contention_warnings({"other_cpu_pct_mean": 120.0}, n_cpus=2, when="before measuring")
+    assert early.startswith("other processes kept 120% of a core busy on average (of 200% on 2 cores) before measuring")
 
 
 def test_bystanders_count_by_their_share_of_the_machine():
