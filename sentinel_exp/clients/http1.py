@@ -259,7 +259,10 @@ class LoopbackClient:
         self._limit = max(1, concurrency)
         self._idle: list[_Connection] = []
         self._open = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Requests waiting for a connection, first come first served: a freed connection is handed
+        # to the oldest (None: it was dropped, and the waiter opens one in its place), never taken by
+        # a newer request. _open counts connections and the places handed over to open one.
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
 
     async def __aenter__(self) -> LoopbackClient:
         return self
@@ -280,30 +283,44 @@ class LoopbackClient:
 
     async def acquire(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        while True:
+        if not self._waiters:  # else older requests wait: this one queues behind them
             while self._idle:
                 conn = self._idle.pop()
                 if conn.usable():
                     return conn
-                self._discard(conn)
+                self._drop(conn)
+                self._open -= 1
             if self._open < self._limit:
                 self._open += 1
-                try:
-                    return await self._connect(loop)
-                except BaseException:
-                    self._open -= 1
-                    self._wake_one()
-                    raise
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_one()  # woken, then cancelled: the connection freed for it goes to the next
-                elif waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                raise
+                return await self._connect_on_slot(loop)
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            handed = await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # Handed over, then cancelled: the connection (or the room for one) goes to the next.
+                handed = waiter.result()
+                if handed is None:
+                    self._pass_slot()
+                else:
+                    self._hand_over(handed)
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+        if handed is not None:
+            if handed.usable():
+                return handed
+            self._drop(handed)  # closed since it was handed over: its room is this request's to open one
+        return await self._connect_on_slot(loop)
+
+    async def _connect_on_slot(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        """A new connection in a place of the pool already counted in _open for it."""
+        try:
+            return await self._connect(loop)
+        except BaseException:
+            self._pass_slot()
+            raise
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         try:
@@ -321,23 +338,40 @@ class LoopbackClient:
 
     def release(self, conn: _Connection) -> None:
         if conn.usable() and conn.exchange is None:
-            self._idle.append(conn)
+            self._hand_over(conn)
         else:
-            self._discard(conn)
-        self._wake_one()
+            self._drop(conn)
+            self._pass_slot()
 
-    def _discard(self, conn: _Connection) -> None:
-        self._open -= 1
+    @staticmethod
+    def _drop(conn: _Connection) -> None:
         if conn.transport is not None:
             conn.transport.abort()
         conn.exchange = None
 
-    def _wake_one(self) -> None:
+    def _next_waiter(self) -> asyncio.Future[_Connection | None] | None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                return waiter
+        return None
+
+    def _hand_over(self, conn: _Connection) -> None:
+        """A freed connection goes to the oldest waiter, or idle when none waits."""
+        waiter = self._next_waiter()
+        if waiter is None:
+            self._idle.append(conn)
+        else:
+            waiter.set_result(conn)
+
+    def _pass_slot(self) -> None:
+        """A connection's place in the pool, freed: the oldest waiter opens one in it (so no newer
+        request takes it first), or the pool has room for one more."""
+        waiter = self._next_waiter()
+        if waiter is None:
+            self._open -= 1
+        else:
+            waiter.set_result(None)
 
     async def send(self, spec: RequestSpec, record: RequestRecord, read: ReaderFactory, submitted: int) -> None:
         """Send one request and read its stream into `record` (see common.send_request).
@@ -346,15 +380,24 @@ class LoopbackClient:
         the server often runs on this core as soon as the request lands, and any work of ours between
         the write and the wait would delay it inside the measured interval."""
         request = self.request_bytes(spec.path, spec.body)
+        conn = await self.acquire()
         while True:
-            conn = await self.acquire()
             try:
                 await self._exchange(conn, request, record, read, submitted)
-                return
             except (httpx.RemoteProtocolError, httpx.ReadError):
-                # Closed while idle, in the instant the request went out: not the server's answer.
                 if not (conn.served and conn.closed_unanswered):
+                    self.release(conn)
                     raise
+                # Closed while idle, in the instant the request went out: not the server's answer.
+                # The request goes again at once, on a new connection in the closed one's place.
+                self._drop(conn)
+                conn = await self._connect_on_slot(asyncio.get_running_loop())
+            except BaseException:
+                self.release(conn)
+                raise
+            else:
+                self.release(conn)
+                return
 
     async def _exchange(
         self, conn: _Connection, request: bytes, record: RequestRecord, read: ReaderFactory, submitted: int
@@ -381,7 +424,6 @@ class LoopbackClient:
             raise
         finally:
             stop_watching()
-            self.release(conn)
 
     def _watch(self, conn: _Connection, exchange: Exchange) -> Callable[[], None]:
         """Fail `exchange` with ReadTimeout once no byte has come for read_timeout_s (one timer,

@@ -186,3 +186,82 @@ def test_a_new_connection_closed_before_any_answer_fails_the_request_without_a_s
     record = asyncio.run(fetch(close_at_once, "chat", "loopback"))
     assert not record.ok and record.error_class == "RemoteProtocolError"
     assert record.error == "Server disconnected without sending a response."
+
+
+async def pool_order(scenario: Callable[[LoopbackClient], Awaitable[list[str]]]) -> tuple[list[str], int]:
+    """Run `scenario` on a one-connection loopback client against a server that only accepts
+    connections; returns what it returned and the connections the server saw."""
+    accepted = 0
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    async with server, LoopbackClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", 1, 5.0) as client:
+        order = await scenario(client)
+    return order, accepted
+
+
+def waiting_turns(client: LoopbackClient, order: list[str]) -> Callable[[str], asyncio.Task[None]]:
+    """A request-to-be that takes a connection, notes its turn and frees the connection at once."""
+
+    async def turn(name: str) -> None:
+        conn = await client.acquire()
+        order.append(name)
+        client.release(conn)
+
+    return lambda name: asyncio.create_task(turn(name), name=name)
+
+
+def test_the_pool_serves_waiting_requests_in_arrival_order_even_when_a_newer_one_is_due_at_the_release():
+    async def scenario(client: LoopbackClient) -> list[str]:
+        order: list[str] = []
+        start = waiting_turns(client, order)
+        held = await client.acquire()
+        waiting = [start(name) for name in "BCD"]
+        await asyncio.sleep(0.01)  # B, C and D are waiting, in that order
+        # E becomes due in the same turn of the loop as the release, and runs before B wakes:
+        # it must not take the freed connection, nor send B to the back of the queue.
+        late = start("E")
+        client.release(held)
+        await asyncio.gather(*waiting, late)
+        return order
+
+    order, accepted = asyncio.run(pool_order(scenario))
+    assert order == ["B", "C", "D", "E"] and accepted == 1
+
+
+def test_a_dropped_connection_s_place_goes_to_the_oldest_waiting_request():
+    async def scenario(client: LoopbackClient) -> list[str]:
+        order: list[str] = []
+        start = waiting_turns(client, order)
+        held = await client.acquire()
+        waiting = [start(name) for name in "BC"]
+        await asyncio.sleep(0.01)
+        late = start("E")
+        held.keep_alive = False  # as after a "Connection: close" answer: it cannot be reused
+        client.release(held)
+        await asyncio.gather(*waiting, late)
+        return order
+
+    order, accepted = asyncio.run(pool_order(scenario))
+    assert order == ["B", "C", "E"] and accepted == 2  # B opened the new one; C and E reused it
+
+
+def test_a_request_cancelled_after_a_connection_was_handed_to_it_passes_it_on():
+    async def scenario(client: LoopbackClient) -> list[str]:
+        order: list[str] = []
+        start = waiting_turns(client, order)
+        held = await client.acquire()
+        b, c = start("B"), start("C")
+        await asyncio.sleep(0.01)
+        client.release(held)  # handed to B ...
+        b.cancel()  # ... which is cancelled before it runs
+        await asyncio.gather(b, c, return_exceptions=True)
+        return order
+
+    order, accepted = asyncio.run(pool_order(scenario))
+    assert order == ["C"] and accepted == 1
