@@ -645,6 +645,10 @@ def main() -> None:
         "sentinel openai": sentinel("openai"),
     }
     runners.update(peers(args.peers_python))
+    names = {n.replace(" ", "-"): n for n in runners}
+    unknown = sorted(set(args.clients or ()) - set(names))
+    if unknown:
+        parser.error(f"unknown client(s) {', '.join(unknown)}: choose from {' '.join(names)}")
     wanted = [n for n in runners if args.clients is None or n.replace(" ", "-") in args.clients]
     console = Console(width=max(Console().width, 180))
     load = os.getloadavg()
