@@ -142,6 +142,7 @@ class _Connection(asyncio.Protocol):
         self.stray = False  # bytes nobody asked for: the connection cannot be reused
         self.keep_alive = True
         self.served = 0  # exchanges completed on this connection
+        self.interim = False  # the message being parsed is a 1xx: not the answer, which follows it
         self.closed_unanswered = False  # it ended while an exchange waited for its first byte
 
     # asyncio.Protocol
@@ -175,7 +176,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.exchange
-        if exchange is None:
+        if exchange is None or self.parser.get_status_code() < 200:
             return
         lower = name.lower()
         if lower == b"content-type":
@@ -184,6 +185,10 @@ class _Connection(asyncio.Protocol):
             exchange.delimited = True
 
     def on_headers_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            # 100 Continue, 103 Early Hints: skipped, as httpx does; the answer's own head follows.
+            self.interim = True
+            return
         self.keep_alive = self.parser.should_keep_alive()
         if self.exchange is not None:
             self.exchange.headers_in(self.parser.get_status_code(), self.now_ns)
@@ -193,6 +198,9 @@ class _Connection(asyncio.Protocol):
             self.exchange.feed_body(body, self.now_ns)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         exchange = self.exchange
         if exchange is None:
             return

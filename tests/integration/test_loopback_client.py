@@ -265,3 +265,20 @@ def test_a_request_cancelled_after_a_connection_was_handed_to_it_passes_it_on():
 
     order, accepted = asyncio.run(pool_order(scenario))
     assert order == ["C"] and accepted == 1
+
+
+@pytest.mark.parametrize(
+    "interim", [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n"]
+)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_informational_answer_before_the_real_one_is_skipped(transport, interim):
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(interim)
+        await writer.drain()
+        await asyncio.sleep(0.02)  # the answer's head comes later: TTFB is its arrival, not the 1xx's
+        writer.write(NDJSON_ANSWER)
+        await writer.drain()
+
+    record = asyncio.run(fetch(script, "chat", transport))
+    assert record.ok and record.error is None and record.http_status == 200, record.error
+    assert record.ttfb_ms is not None and record.ttfb_ms >= 20 and len(record.chunk_times_ms) == 1
