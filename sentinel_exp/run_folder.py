@@ -37,25 +37,54 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# Where the kernel's boot-relative start of a process cannot be read (not Linux), its start on the
+# wall clock is compared, which moves with the clock: psutil adds the boot time to the ticks since
+# boot, and the boot time it reads moves as the clock is adjusted (on this project's VM, by 20 s in
+# under an hour), hence the slack. A pid reused within 2 s of the first process's start is not guarded against.
+SAME_START_S = 2.0
+
+
+def boot_start(pid: int) -> tuple[str, int] | None:
+    """The boot a process runs in and its start in clock ticks since that boot: an identity no
+    clock adjustment changes (Linux; None elsewhere, or when the process is gone or a zombie)."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # After the command name, in parentheses that it may itself contain: state is the 3rd field,
+    # starttime the 22nd.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return boot_id, int(fields[19])
+
+
 @dataclass(frozen=True)
 class Runner:
-    """The process that measures a run. Its start time tells it from a later process that was
-    given the same pid."""
+    """The process that measures a run. Its start tells it from a later process that was given
+    the same pid: the boot and the ticks since boot where the kernel says them, else the wall
+    clock's reading of it."""
 
     pid: int
     host: str
-    started: float
+    started: float  # wall clock, unix s
+    boot_id: str | None = None
+    start_ticks: int | None = None
 
     @classmethod
     def this_process(cls) -> Runner:
-        return cls(os.getpid(), socket.gethostname(), psutil.Process().create_time())
+        boot_id, ticks = boot_start(os.getpid()) or (None, None)
+        return cls(os.getpid(), socket.gethostname(), psutil.Process().create_time(), boot_id, ticks)
 
     def gone(self) -> bool | None:
         """Whether the process has ended; None when it ran on another host (it cannot be told)."""
         if self.host != socket.gethostname():
             return None
+        if self.boot_id is not None and self.start_ticks is not None and Path("/proc/self/stat").exists():
+            return boot_start(self.pid) != (self.boot_id, self.start_ticks)
         try:
-            return abs(psutil.Process(self.pid).create_time() - self.started) > 0.01
+            return abs(psutil.Process(self.pid).create_time() - self.started) > SAME_START_S
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return True
         except psutil.Error:  # AccessDenied: it exists
@@ -66,7 +95,20 @@ class Runner:
             "sentinel.runner_pid": str(self.pid),
             "sentinel.runner_host": self.host,
             "sentinel.runner_started": f"{self.started:.3f}",
+            **({"sentinel.runner_boot": f"{self.boot_id}:{self.start_ticks}"} if self.boot_id else {}),
         }
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Runner:
+        """The runner its tags name (KeyError, ValueError: they do not)."""
+        boot_id, _, ticks = tags.get("sentinel.runner_boot", "").rpartition(":")
+        return cls(
+            int(tags["sentinel.runner_pid"]),
+            tags["sentinel.runner_host"],
+            float(tags["sentinel.runner_started"]),
+            boot_id or None,
+            int(ticks) if boot_id else None,
+        )
 
 
 @dataclass

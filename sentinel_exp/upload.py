@@ -242,8 +242,7 @@ class Uploader:
 
         for run_id, tags in tracker.running_here(socket.gethostname()):
             try:
-                pid, host = int(tags["sentinel.runner_pid"]), tags["sentinel.runner_host"]
-                runner = Runner(pid, host, float(tags["sentinel.runner_started"]))
+                runner = Runner.from_tags(tags)
             except (KeyError, ValueError):
                 continue
             if runner.gone() is not True:

@@ -6,7 +6,9 @@ the CLI, `mlflow server`, the simulated server."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from support.cli import SIM, cli_env, mlflow_runs, output_dirs, run_cli
 from support.mlflow_server import MlflowServer, free_port
 
 from sentinel_exp.records import read_records
+from sentinel_exp.run_folder import Runner, boot_start
 
 QUICK = [*SIM, "workload=quick", "telemetry.enabled=false"]
 # About 40 ms a request one at a time: 400 requests are 16 s, time enough to stop things midway.
@@ -212,3 +215,13 @@ def test_the_next_run_closes_a_sweep_killed_midway_and_sync_files_its_jobs_under
     assert synced.returncode == 0, synced.stdout + synced.stderr
     [job] = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert job.info.status == "FAILED" and job.data.metrics["requests_ok"] >= 19
+
+
+def test_a_zombie_runner_is_gone():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # ended, not yet waited for
+        time.sleep(0.01)
+    boot_id, ticks = boot_start(os.getpid()) or ("", 0)
+    assert boot_start(child.pid) is None
+    assert Runner(child.pid, socket.gethostname(), 0.0, boot_id, ticks).gone() is True
+    child.wait()

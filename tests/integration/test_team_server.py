@@ -85,7 +85,7 @@ def test_a_sweep_over_server_urls_lands_under_one_parent_on_the_tracking_server(
     assert result.returncode == 0, result.output
     assert "View run" not in result.stdout  # MLflow's own run links stay out of the console
     parent, children = parent_and_children(rest_runs(tracking_server.uri, experiment="machines"))
-    assert parent["status"] == "FINISHED" and len(children) == 2
+    assert parent["status"] == "FINISHED" and len(children) == 2, result.output
     host = socket.gethostname()
     by_target = {child["tags"]["sentinel.target"]: child for child in children}
     assert set(by_target) == {box_a.url, box_b.url}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 
@@ -56,9 +57,17 @@ def test_a_folder_without_a_readable_run_json_is_named(tmp_path):
 def test_the_runner_is_gone_when_its_pid_is_dead_or_reused():
     me = Runner.this_process()
     assert me.gone() is False
-    assert Runner(me.pid, me.host, me.started - 100).gone() is True  # the pid now belongs to another process
+    assert me.boot_id and me.start_ticks and me.start_ticks > 0  # Linux: the kernel's own start of it
+    # The wall clock's reading of a start moves as the clock is adjusted; the ticks since boot do not.
+    assert replace(me, started=me.started + 60).gone() is False
+    assert replace(me, start_ticks=me.start_ticks - 1).gone() is True  # the pid now belongs to another process
+    assert replace(me, boot_id="another boot").gone() is True  # the machine restarted since
     assert Runner(2**22 + 12345, me.host, 0.0).gone() is True  # no such pid
     assert Runner(me.pid, socket.gethostname() + "-elsewhere", me.started).gone() is None
+    # Written before the boot identity was kept: the wall clock's reading, with a second of slack.
+    assert Runner(me.pid, me.host, me.started + 1.0).gone() is False
+    assert Runner(me.pid, me.host, me.started - 100).gone() is True
+    assert Runner.from_tags(me.tags()) == replace(me, started=round(me.started, 3))
 
 
 def test_the_series_survives_a_line_cut_by_a_kill(tmp_path):
