@@ -236,9 +236,11 @@ class RunMonitor:
         if len(before) < EARLY_MIN_SAMPLES:
             return []
         threads = None if self.remote else server_threads
-        return contention_warnings(
-            summarize_telemetry(before, phase=None), psutil.cpu_count() or 1, threads, when="before measuring"
-        )
+        metrics = summarize_telemetry(before, phase=None)
+        # Warmup runs unpaced and holds the model load: the load generator's own CPU there says
+        # nothing of the measured phase's, and only the bystanders are judged.
+        metrics.pop("client_cpu_pct_mean", None)
+        return contention_warnings(metrics, psutil.cpu_count() or 1, threads, when="before measuring")
 
     def series(self) -> Iterable[Sequence[Any]]:
         if self._sampler is None or not self.cfg.log_series:

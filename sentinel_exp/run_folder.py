@@ -46,16 +46,19 @@ SAME_START_S = 2.0
 
 def boot_start(pid: int) -> tuple[str, int] | None:
     """The boot a process runs in and its start in clock ticks since that boot: an identity no
-    clock adjustment changes (Linux; None elsewhere, or when the process is gone or a zombie)."""
+    clock adjustment changes (Linux; None elsewhere, or when the process is gone or a zombie).
+    PermissionError: the process exists, but /proc hides it from this user (hidepid=1)."""
     try:
         boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except PermissionError:
+        raise
     except OSError:
         return None
     # After the command name, in parentheses that it may itself contain: state is the 3rd field,
     # starttime the 22nd.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X") or not fields[19].isdigit():
         return None
     return boot_id, int(fields[19])
 
@@ -74,7 +77,10 @@ class Runner:
 
     @classmethod
     def this_process(cls) -> Runner:
-        boot_id, ticks = boot_start(os.getpid()) or (None, None)
+        try:
+            boot_id, ticks = boot_start(os.getpid()) or (None, None)
+        except PermissionError:
+            boot_id, ticks = None, None
         return cls(os.getpid(), socket.gethostname(), psutil.Process().create_time(), boot_id, ticks)
 
     def gone(self) -> bool | None:
@@ -82,7 +88,10 @@ class Runner:
         if self.host != socket.gethostname():
             return None
         if self.boot_id is not None and self.start_ticks is not None and Path("/proc/self/stat").exists():
-            return boot_start(self.pid) != (self.boot_id, self.start_ticks)
+            try:
+                return boot_start(self.pid) != (self.boot_id, self.start_ticks)
+            except PermissionError:  # another user's, under hidepid=1: it exists
+                return False
         try:
             return abs(psutil.Process(self.pid).create_time() - self.started) > SAME_START_S
         except (psutil.NoSuchProcess, psutil.ZombieProcess):

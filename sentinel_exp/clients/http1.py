@@ -14,9 +14,10 @@ Failures raise httpx's exceptions, so a record names the same error class on eit
 
 A keep-alive connection that the server closes while idle (cpp-httplib, under llama.cpp's
 server, by default after 5 s without a request) can close just as a request is written on
-it. When a reused connection ends before a single byte of its answer, the request goes again, once
-per connection, on another: the server has not answered it, and counting it failed would charge
-the server with the client's choice of connection.
+it. When a reused connection ends right after the request went out (STALE_CLOSE_S), before a
+single byte of its answer, the request goes again on a new connection in its place: the server
+has not answered it, and counting it failed would charge the server with the client's choice of
+connection.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ CONNECT_TIMEOUT_S = 10.0
 # the whole read timeout.
 FINAL_CHUNK_GRACE_S = 1.0
 ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, kept for its message
+# A reused connection that closes this soon after the request went out, before a byte of the
+# answer, was closed while idle as the request crossed: it goes again. Later, the server had it
+# (a crash while working on it), and the close is the request's failure.
+STALE_CLOSE_S = 0.5
 
 
 class Exchange:
@@ -143,7 +148,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.served = 0  # exchanges completed on this connection
         self.interim = False  # the message being parsed is a 1xx: not the answer, which follows it
-        self.closed_unanswered = False  # it ended while an exchange waited for its first byte
+        self.closed_unanswered = False  # it ended just after a write, before a byte of the answer
 
     # asyncio.Protocol
 
@@ -162,6 +167,8 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             self._fail(exc.__context__ or exc)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("the server switched protocols (101): not an HTTP/1.1 stream"))
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
 
@@ -224,7 +231,8 @@ class _Connection(asyncio.Protocol):
                 self._fail(error)
             return
         if not exchange.headers.done():
-            self.closed_unanswered = not exchange.answered
+            since_write_ns = time.perf_counter_ns() - exchange.last_data_ns
+            self.closed_unanswered = not exchange.answered and since_write_ns < STALE_CLOSE_S * 1e9
             why = "Server disconnected without sending a response."
         else:
             why = "peer closed connection without sending complete message body"

@@ -120,7 +120,8 @@ NDJSON_ANSWER = (
 async def two_requests_one_after_the_other(second_on_reused: str) -> tuple[list[RequestRecord], list[int]]:
     """Two requests through a one-connection loopback client. The server answers each connection's
     first request; the second request on a connection gets `second_on_reused`: "close" (read, then
-    a close with no answer, as a server closing an idle connection just as it arrives) or
+    a close with no answer, as a server closing an idle connection just as it arrives),
+    "work-then-close" (the same close, 0.8 s later: a crash while working on it) or
     "headers-then-close". Returns the records and the requests each connection read. Loopback only:
     httpx (httpcore) drops an idle connection whose close has already arrived, but does not send a
     request again once it is written."""
@@ -139,6 +140,9 @@ async def two_requests_one_after_the_other(second_on_reused: str) -> tuple[list[
                 if per_connection[slot] == 1:
                     writer.write(NDJSON_ANSWER)
                 elif second_on_reused == "close":
+                    return
+                elif second_on_reused == "work-then-close":
+                    await asyncio.sleep(0.8)  # past STALE_CLOSE_S: the server had the request
                     return
                 else:
                     writer.write(
@@ -176,6 +180,13 @@ def test_a_reused_connection_that_answered_then_closed_fails_the_request_without
     records, per_connection = asyncio.run(two_requests_one_after_the_other("headers-then-close"))
     assert records[0].ok and not records[1].ok
     assert records[1].error_class == "RemoteProtocolError" and records[1].http_status == 200
+    assert per_connection == [2]
+
+
+def test_a_reused_connection_closed_after_the_server_worked_on_the_request_fails_it_without_a_second_try():
+    records, per_connection = asyncio.run(two_requests_one_after_the_other("work-then-close"))
+    assert records[0].ok and not records[1].ok
+    assert records[1].error == "Server disconnected without sending a response."
     assert per_connection == [2]
 
 
@@ -282,3 +293,14 @@ def test_an_informational_answer_before_the_real_one_is_skipped(transport, inter
     record = asyncio.run(fetch(script, "chat", transport))
     assert record.ok and record.error is None and record.http_status == 200, record.error
     assert record.ttfb_ms is not None and record.ttfb_ms >= 20 and len(record.chunk_times_ms) == 1
+
+
+def test_a_switch_of_protocols_fails_the_request_with_a_clear_error():
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+
+    record = asyncio.run(fetch(script, "chat", "loopback"))
+    assert not record.ok and record.error_class == "RemoteProtocolError"
+    assert record.error == "the server switched protocols (101): not an HTTP/1.1 stream"

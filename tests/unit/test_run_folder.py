@@ -64,7 +64,7 @@ def test_the_runner_is_gone_when_its_pid_is_dead_or_reused():
     assert replace(me, boot_id="another boot").gone() is True  # the machine restarted since
     assert Runner(2**22 + 12345, me.host, 0.0).gone() is True  # no such pid
     assert Runner(me.pid, socket.gethostname() + "-elsewhere", me.started).gone() is None
-    # Written before the boot identity was kept: the wall clock's reading, with a second of slack.
+    # Written before the boot identity was kept: the wall clock's reading, with 2 s of slack.
     assert Runner(me.pid, me.host, me.started + 1.0).gone() is False
     assert Runner(me.pid, me.host, me.started - 100).gone() is True
     assert Runner.from_tags(me.tags()) == replace(me, started=round(me.started, 3))
