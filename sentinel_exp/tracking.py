@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel_exp.errors import UserError
+from sentinel_exp.locks import exclusive
 from sentinel_exp.writable import sqlite_problem
 
 log = logging.getLogger(__name__)
@@ -102,22 +103,15 @@ def store_setup_lock(uri: str) -> Iterator[None]:
     """Runs started together on a new sqlite store would both create its tables (MLflow's
     migrations are not concurrency-safe: "duplicate column name") and both create the experiment;
     they take turns for that first step."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
-        yield
-        return
     database = sqlite_database(uri)
     if database is None:
         yield
         return
     key = hashlib.sha256(str(database).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"sentinel-exp-mlflow-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    lock = Path(tempfile.gettempdir()) / f"sentinel-exp-mlflow-{key}.lock"
+    lock.touch()
+    with exclusive(lock):
+        yield
 
 
 def quiet_client() -> None:

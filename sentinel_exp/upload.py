@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sentinel_exp.diagnosis import diagnose
 from sentinel_exp.errors import UserError
+from sentinel_exp.locks import exclusive
 from sentinel_exp.names import Phase, RunStatus
 from sentinel_exp.records import RequestRecord, iter_records
 from sentinel_exp.run_folder import (
@@ -233,7 +234,13 @@ class Uploader:
         if sweep_folder is None:
             log.warning("warning: the sweep folder of %s is not above it: uploaded without its parent run", folder)
             return None
-        return self.upload(sweep_folder, keep_open=True).run_id
+        # The sweep's jobs (joblib's processes, syncs run side by side) may all find it missing
+        # at once: they take turns, and the first one's upload is the others' parent.
+        with exclusive(sweep_folder):
+            found = self._tracker(run, folder).find_uid(run.parent_uid)
+            if found is not None:
+                return found[0]
+            return self.upload(sweep_folder, keep_open=True).run_id
 
     def _close_orphans(self, tracker: Tracker) -> None:
         """Runs this host's processes left RUNNING in the store and that are gone (kill -9, power

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -225,3 +226,39 @@ def test_a_zombie_runner_is_gone():
     assert boot_start(child.pid) is None
     assert Runner(child.pid, socket.gethostname(), 0.0, boot_id, ticks).gone() is True
     child.wait()
+
+
+def test_jobs_of_a_sweep_synced_side_by_side_file_under_one_parent(tmp_path):
+    # A sweep measured with tracking off: nothing of it is in any store yet.
+    sweep = run_cli(tmp_path, "-m", *QUICK, "tracking.enabled=false", "workload.seed=1,2,3")
+    assert sweep.returncode == 0, sweep.output
+    jobs = sorted(path.parent for path in tmp_path.glob("multirun/*/*/*/requests.jsonl"))
+    assert len(jobs) == 3
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    from sentinel_exp.tracking import Tracker
+    from sentinel_exp.upload import Uploader
+
+    # Each job at once, as joblib's processes or syncs run side by side: each finds the sweep's
+    # parent run missing from the store, and each would make it.
+    start = threading.Barrier(len(jobs))
+    failures: list[BaseException] = []
+
+    def upload(job: Path) -> None:
+        uploader = Uploader(uri, open_store=lambda store, experiment: Tracker(store, experiment))
+        start.wait()
+        try:
+            uploader.upload(job)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    runs = _runs(uri)
+    [parent] = [run for run in runs if run.data.tags.get("sentinel.role") == "sweep"]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 4 and len(children) == 3
