@@ -37,12 +37,22 @@ class ComposeOnce:
     2-core machine.
 
     A kept config is handed over once and then forgotten. A launcher that runs jobs in other
-    processes (joblib) gets the loader without the kept configs and composes there, as before.
+    processes (joblib) gets the loader without the kept configs and composes there, as before; what
+    it left unclaimed is forgotten when the next batch is checked, so a long sweep holds one
+    batch's configs at most.
     """
 
     def __init__(self, loader: Any) -> None:
         self._loader = loader
         self._kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+
+    def new_batch(self) -> None:
+        """Forget the configs the last batch's launch did not claim."""
+        self._kept.clear()
+
+    @property
+    def kept(self) -> int:
+        return len(self._kept)
 
     def check(self, master_config: DictConfig, sweep_overrides: list[str]) -> None:
         """Compose one job's config (raising what Hydra raises for a bad one) and keep it."""
@@ -77,6 +87,7 @@ class SentinelSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         assert self.hydra_context is not None and self.config is not None
+        self.hydra_context.config_loader.new_batch()  # type: ignore[attr-defined]
         for overrides in batch:
             self.hydra_context.config_loader.check(self.config, list(overrides))  # type: ignore[attr-defined]
 
