@@ -1,5 +1,7 @@
 """The loopback client and httpx against servers that misbehave at the level of HTTP: the same
-server behaviour gives the same record on either path (a raw asyncio server, one script per case)."""
+server behaviour gives the same record on either path (a raw asyncio server, one script per case).
+Then what is the loopback client's own: its resend after a stale keep-alive close, its pool's
+first-come-first-served hand-over, and a switch of protocols."""
 
 import asyncio
 import time
