@@ -27,6 +27,12 @@ from sentinel_exp.names import ErrorClass
 from sentinel_exp.records import RequestRecord
 
 NS_PER_MS = 1_000_000
+# A reused keep-alive connection that closes this soon after the request went out, before a byte
+# of the answer, was closed while idle as the request crossed (cpp-httplib, under llama.cpp's
+# server, closes one after 5 s idle; proxies after their own timeouts): the request goes again,
+# once, on a new connection. Later, the server had it (a crash while working on it), and the close
+# is the request's failure.
+STALE_CLOSE_S = 0.5
 
 
 class StreamFault(Exception):
@@ -47,15 +53,23 @@ class RequestSpec:
 class Clock:
     """Collects the trace events of one request."""
 
-    __slots__ = ("t0", "t_headers", "t_sent")
+    __slots__ = ("connected", "t0", "t_headers", "t_sent")
 
     def __init__(self) -> None:
+        self.connected = False  # the request opened its connection (else it reused a kept-alive one)
         self.t0: int | None = None
         self.t_sent: int | None = None
         self.t_headers: int | None = None
 
+    def stale_close(self) -> bool:
+        """Whether a close before any answer was a reused connection closing as the request crossed."""
+        sent = self.t_sent or self.t0
+        return not self.connected and sent is not None and time.perf_counter_ns() - sent < STALE_CLOSE_S * 1e9
+
     async def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event.endswith("send_request_headers.started"):
+        if event.endswith("connect_tcp.started"):
+            self.connected = True
+        elif event.endswith("send_request_headers.started"):
             self.t0 = time.perf_counter_ns()
         elif event.endswith("send_request_body.complete"):
             self.t_sent = time.perf_counter_ns()
@@ -214,7 +228,14 @@ async def _send_httpx(
     client: httpx.AsyncClient, spec: RequestSpec, record: RequestRecord, read: ReaderFactory, submitted: int
 ) -> None:
     clock = Clock()
-    async with client.stream("POST", spec.path, json=spec.body, extensions={"trace": clock.trace}) as response:
+    try:
+        response = await client.send(_httpx_request(client, spec, clock), stream=True)
+    except httpx.RemoteProtocolError:
+        if not clock.stale_close():
+            raise
+        clock = Clock()  # as the loopback client does (http1.py): once more
+        response = await client.send(_httpx_request(client, spec, clock), stream=True)
+    try:
         t0 = clock.t0 if clock.t0 is not None else submitted
         record.queue_ms = (t0 - submitted) / NS_PER_MS
         if clock.t_sent is not None:
@@ -227,3 +248,9 @@ async def _send_httpx(
             record.error = error_text(await response.aread())
             return
         await consume_response(response, read(TokenTimes(record, t0)))
+    finally:
+        await response.aclose()
+
+
+def _httpx_request(client: httpx.AsyncClient, spec: RequestSpec, clock: Clock) -> httpx.Request:
+    return client.build_request("POST", spec.path, json=spec.body, extensions={"trace": clock.trace})

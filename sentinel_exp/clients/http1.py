@@ -12,12 +12,11 @@ stamped just before it (t0), so the request's trip holds no client work.
 Plain http to loopback only (no TLS, no proxy, no redirects): anything else goes through httpx.
 Failures raise httpx's exceptions, so a record names the same error class on either path.
 
-A keep-alive connection that the server closes while idle (cpp-httplib, under llama.cpp's
-server, by default after 5 s without a request) can close just as a request is written on
-it. When a reused connection ends right after the request went out (STALE_CLOSE_S), before a
-single byte of its answer, the request goes again on a new connection in its place: the server
-has not answered it, and counting it failed would charge the server with the client's choice of
-connection.
+A keep-alive connection that the server closes while idle can close just as a request is written
+on it. When a reused connection ends right after the request went out (common.STALE_CLOSE_S),
+before a single byte of its answer, the request goes again on a new connection in its place (the
+httpx path does the same): the server has not answered it, and counting it failed would charge the
+server with the client's choice of connection.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ import httpx
 from sentinel_exp import __version__
 from sentinel_exp.clients.common import (
     NS_PER_MS,
+    STALE_CLOSE_S,
     ReaderFactory,
     RequestSpec,
     StreamReader,
@@ -55,10 +55,6 @@ CONNECT_TIMEOUT_S = 10.0
 # the whole read timeout.
 FINAL_CHUNK_GRACE_S = 1.0
 ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, kept for its message
-# A reused connection that closes this soon after the request went out, before a byte of the
-# answer, was closed while idle as the request crossed: it goes again. Later, the server had it
-# (a crash while working on it), and the close is the request's failure.
-STALE_CLOSE_S = 0.5
 
 
 class Exchange:

@@ -1,7 +1,7 @@
 """The loopback client and httpx against servers that misbehave at the level of HTTP: the same
 server behaviour gives the same record on either path (a raw asyncio server, one script per case).
-Then what is the loopback client's own: its resend after a stale keep-alive close, its pool's
-first-come-first-served hand-over, and a switch of protocols."""
+Then what is the loopback client's own: its pool's first-come-first-served hand-over, and a switch
+of protocols."""
 
 import asyncio
 import time
@@ -111,6 +111,12 @@ def test_an_sse_answer_with_another_content_type_keeps_its_status(transport):
     assert record.chunk_times_ms == []
 
 
+ERROR_BODY = b'{"error":"scripted"}'
+ERROR_ANSWER = (
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    % len(ERROR_BODY)
+    + ERROR_BODY
+)
 NDJSON_ANSWER = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncontent-length: %d\r\n\r\n"
     % len(NDJSON_TOKEN + NDJSON_FINAL)
@@ -119,14 +125,16 @@ NDJSON_ANSWER = (
 )
 
 
-async def two_requests_one_after_the_other(second_on_reused: str) -> tuple[list[RequestRecord], list[int]]:
-    """Two requests through a one-connection loopback client. The server answers each connection's
-    first request; the second request on a connection gets `second_on_reused`: "close" (read, then
+async def two_requests_one_after_the_other(
+    second_on_reused: str, transport: str
+) -> tuple[list[RequestRecord], list[int]]:
+    """Two requests through a one-connection client. The server answers each connection's
+    first request with an HTTP 500 (an answer both clients read to its end, so httpx too keeps the
+    connection for the next request); the second request on a connection gets `second_on_reused`:
+    "close" (read, then
     a close with no answer, as a server closing an idle connection just as it arrives),
     "work-then-close" (the same close, 0.8 s later: a crash while working on it) or
-    "headers-then-close". Returns the records and the requests each connection read. Loopback only:
-    httpx (httpcore) drops an idle connection whose close has already arrived, but does not send a
-    request again once it is written."""
+    "headers-then-close". Returns the records and the requests each connection read."""
     per_connection: list[int] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -140,7 +148,7 @@ async def two_requests_one_after_the_other(second_on_reused: str) -> tuple[list[
                 await reader.readexactly(length)
                 per_connection[slot] += 1
                 if per_connection[slot] == 1:
-                    writer.write(NDJSON_ANSWER)
+                    writer.write(ERROR_ANSWER)
                 elif second_on_reused == "close":
                     return
                 elif second_on_reused == "work-then-close":
@@ -159,7 +167,12 @@ async def two_requests_one_after_the_other(second_on_reused: str) -> tuple[list[
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    client = LoopbackClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", 1, 5.0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client: httpx.AsyncClient | LoopbackClient
+    if transport == "loopback":
+        client = LoopbackClient(url, 1, 5.0)
+    else:
+        client = httpx.AsyncClient(base_url=url, timeout=5.0, limits=httpx.Limits(max_connections=1))
     wire = wire_api("chat")
     records = []
     async with server, client:
@@ -170,33 +183,37 @@ async def two_requests_one_after_the_other(second_on_reused: str) -> tuple[list[
     return records, per_connection
 
 
-def test_a_reused_connection_closed_before_any_answer_sends_the_request_again_on_a_new_one():
-    records, per_connection = asyncio.run(two_requests_one_after_the_other("close"))
-    assert [r.error for r in records] == [None, None] and all(r.ok for r in records)
-    # The second request was read on the reused connection, closed unanswered, and went again on a new one.
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_reused_connection_closed_before_any_answer_sends_the_request_again_on_a_new_one(transport):
+    records, per_connection = asyncio.run(two_requests_one_after_the_other("close", transport))
+    # The second request was read on the reused connection, closed unanswered, and went again on a
+    # new one, whose answer it got: not the close.
     assert per_connection == [2, 1]
-    assert records[1].ttft_ms is not None and len(records[1].chunk_times_ms) == 1
+    assert [(r.error_class, r.error) for r in records] == [("HTTP500", "scripted")] * 2
 
 
-def test_a_reused_connection_that_answered_then_closed_fails_the_request_without_a_second_try():
-    records, per_connection = asyncio.run(two_requests_one_after_the_other("headers-then-close"))
-    assert records[0].ok and not records[1].ok
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_reused_connection_that_answered_then_closed_fails_the_request_without_a_second_try(transport):
+    records, per_connection = asyncio.run(two_requests_one_after_the_other("headers-then-close", transport))
+    assert records[0].error_class == "HTTP500"
     assert records[1].error_class == "RemoteProtocolError" and records[1].http_status == 200
     assert per_connection == [2]
 
 
-def test_a_reused_connection_closed_after_the_server_worked_on_the_request_fails_it_without_a_second_try():
-    records, per_connection = asyncio.run(two_requests_one_after_the_other("work-then-close"))
-    assert records[0].ok and not records[1].ok
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_reused_connection_closed_after_the_server_worked_on_the_request_fails_it_without_a_second_try(transport):
+    records, per_connection = asyncio.run(two_requests_one_after_the_other("work-then-close", transport))
+    assert records[0].error_class == "HTTP500" and not records[1].ok
     assert records[1].error == "Server disconnected without sending a response."
     assert per_connection == [2]
 
 
-def test_a_new_connection_closed_before_any_answer_fails_the_request_without_a_second_try():
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_new_connection_closed_before_any_answer_fails_the_request_without_a_second_try(transport):
     async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         return
 
-    record = asyncio.run(fetch(close_at_once, "chat", "loopback"))
+    record = asyncio.run(fetch(close_at_once, "chat", transport))
     assert not record.ok and record.error_class == "RemoteProtocolError"
     assert record.error == "Server disconnected without sending a response."
 
