@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -33,6 +33,10 @@ NS_PER_MS = 1_000_000
 # once, on a new connection. Later, the server had it (a crash while working on it), and the close
 # is the request's failure.
 STALE_CLOSE_S = 0.5
+# After the stream's final chunk, how long the body's own end (the chunked terminator, a few bytes
+# that follow at once) is waited for, outside the record: a server that stalls there must not hold
+# a worker for the whole read timeout, and one that ends it lets the connection be kept.
+FINAL_CHUNK_GRACE_S = 1.0
 
 
 class StreamFault(Exception):
@@ -116,26 +120,46 @@ class StreamReader(ABC):
 
 
 async def consume_response(response: httpx.Response, reader: StreamReader) -> None:
-    """Read an httpx response's body through `reader` (the path for servers off this machine)."""
+    """Read an httpx response's body through `reader` (the path for servers off this machine).
+    After the final chunk, what is left of the body (a chunked terminator, a few bytes) is read
+    for up to FINAL_CHUNK_GRACE_S, outside the record, so that the connection can be kept for the
+    next request: httpx closes one whose answer was not read to its end."""
     clock = time.perf_counter_ns
     if reader.framing is Framing.SSE:
+        events = EventSource(response).aiter_sse()
         try:
-            async for event in EventSource(response).aiter_sse():
+            async for event in events:
                 if reader.feed(event.data, clock()):
+                    await _drain(events)
                     return
         except SSEError as exc:
             raise StreamFault(ErrorClass.MALFORMED_CHUNK, str(exc)) from None
     else:
         lines, arrived = NdjsonLines(), 0
-        async for data in response.aiter_bytes():
+        chunks = response.aiter_bytes()
+        async for data in chunks:
             arrived = clock()
             for line in lines.feed(data):
                 if reader.feed(line, arrived):
+                    await _drain(chunks)
                     return
         for line in lines.flush():
             if reader.feed(line, arrived):
                 return
     reader.end()
+
+
+async def _drain(rest: AsyncIterator[Any]) -> None:
+    """Read the body's end past the final chunk, briefly; whatever it holds, the request is done."""
+
+    async def read_all() -> None:
+        async for _ in rest:
+            pass
+
+    try:
+        await asyncio.wait_for(read_all(), FINAL_CHUNK_GRACE_S)
+    except (TimeoutError, asyncio.TimeoutError, httpx.HTTPError, SSEError):
+        pass  # the connection is not kept: httpx closes a half-read one
 
 
 ReaderFactory = Callable[[TokenTimes], StreamReader]

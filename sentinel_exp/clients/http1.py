@@ -36,6 +36,7 @@ import httpx
 
 from sentinel_exp import __version__
 from sentinel_exp.clients.common import (
+    FINAL_CHUNK_GRACE_S,
     NS_PER_MS,
     STALE_CLOSE_S,
     ReaderFactory,
@@ -49,11 +50,6 @@ from sentinel_exp.clients.framing import Framing, NdjsonLines, SseEvents
 from sentinel_exp.records import RequestRecord
 
 CONNECT_TIMEOUT_S = 10.0
-# After the stream's final chunk, how long the body's own end (the chunked terminator, a few bytes
-# that follow at once) is waited for before the connection is dropped and the request returns:
-# httpx stops reading at that chunk, so a server that stalls there must not hold a worker for
-# the whole read timeout.
-FINAL_CHUNK_GRACE_S = 1.0
 ERROR_BODY_LIMIT = 64 * 1024  # of an error answer's body, kept for its message
 
 
@@ -113,7 +109,7 @@ class Exchange:
     def fail(self, exc: BaseException) -> None:
         if self.finished:
             # The stream's final chunk is in: a close or a stall before the body's end fails the
-            # connection (never reused), not the request, which httpx stops reading at that chunk.
+            # connection (never reused), not the request, which is complete at that chunk.
             self.complete()
             return
         for future in (self.headers, self.done):

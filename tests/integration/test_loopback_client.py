@@ -91,7 +91,7 @@ def test_a_server_stalling_after_the_final_chunk_does_not_hold_the_request_for_t
     record = asyncio.run(fetch(final_chunk_then(20), "chat", transport, timeout_s=15.0))
     took = time.monotonic() - started
     assert record.ok and record.e2e_ms is not None and record.e2e_ms < 1000, record.error
-    # httpx stops reading at the final chunk; the loopback client waits FINAL_CHUNK_GRACE_S (1 s) for the end.
+    # Both paths wait FINAL_CHUNK_GRACE_S (1 s) for the body's end after the final chunk, outside the record.
     assert took < 3.0, f"{took:.1f} s for a request whose final chunk came at once (read timeout 15 s)"
 
 
@@ -117,6 +117,12 @@ ERROR_ANSWER = (
     % len(ERROR_BODY)
     + ERROR_BODY
 )
+STREAMED_ANSWER = (  # as Ollama streams: chunked, the final line, then the body's end
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+    + chunk(NDJSON_TOKEN)
+    + chunk(NDJSON_FINAL)
+    + b"0\r\n\r\n"
+)
 NDJSON_ANSWER = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncontent-length: %d\r\n\r\n"
     % len(NDJSON_TOKEN + NDJSON_FINAL)
@@ -128,13 +134,12 @@ NDJSON_ANSWER = (
 async def two_requests_one_after_the_other(
     second_on_reused: str, transport: str
 ) -> tuple[list[RequestRecord], list[int]]:
-    """Two requests through a one-connection client. The server answers each connection's
-    first request with an HTTP 500 (an answer both clients read to its end, so httpx too keeps the
-    connection for the next request); the second request on a connection gets `second_on_reused`:
-    "close" (read, then
-    a close with no answer, as a server closing an idle connection just as it arrives),
-    "work-then-close" (the same close, 0.8 s later: a crash while working on it) or
-    "headers-then-close". Returns the records and the requests each connection read."""
+    """Two requests through a one-connection client; returns the records and the requests each
+    connection read. With `second_on_reused` "answer", every request gets a stream, as Ollama
+    streams. Otherwise each connection's first request gets an HTTP 500 (a short answer read to its
+    end) and the second one on it gets: "close" (read, then a close with no answer, as a server
+    closing an idle connection just as it arrives), "work-then-close" (the same close 0.8 s later:
+    a crash while working on it) or "headers-then-close"."""
     per_connection: list[int] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -147,7 +152,9 @@ async def two_requests_one_after_the_other(
                 )
                 await reader.readexactly(length)
                 per_connection[slot] += 1
-                if per_connection[slot] == 1:
+                if second_on_reused == "answer":
+                    writer.write(STREAMED_ANSWER)
+                elif per_connection[slot] == 1:
                     writer.write(ERROR_ANSWER)
                 elif second_on_reused == "close":
                     return
@@ -181,6 +188,15 @@ async def two_requests_one_after_the_other(
             spec = wire.build_request("m", "x", 0, None, {}, None)
             records.append(await asyncio.wait_for(send_request(client, spec, record, wire.reader), 10))
     return records, per_connection
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_streamed_answer_read_to_its_end_keeps_the_connection_for_the_next_request(transport):
+    # The record is complete at the final line; the body's end is read after it, so the
+    # connection is kept (httpx closes one whose answer was not read to its end).
+    records, per_connection = asyncio.run(two_requests_one_after_the_other("answer", transport))
+    assert all(r.ok and len(r.chunk_times_ms) == 1 for r in records), [r.error for r in records]
+    assert per_connection == [2]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
