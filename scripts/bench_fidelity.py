@@ -649,7 +649,7 @@ def main() -> None:
     unknown = sorted(set(args.clients or ()) - set(names))
     if unknown:
         parser.error(f"unknown client(s) {', '.join(unknown)}: choose from {' '.join(names)}")
-    wanted = [n for n in runners if args.clients is None or n.replace(" ", "-") in args.clients]
+    wanted = [name for short, name in names.items() if args.clients is None or short in args.clients]
     console = Console(width=max(Console().width, 180))
     load = os.getloadavg()
     cases: list[Case] = []

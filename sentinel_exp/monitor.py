@@ -222,7 +222,7 @@ class RunMonitor:
         out = summarize_telemetry(samples, phase="measured", output_tokens=output_tokens or None)
         out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == "measured"))
         out["telemetry_overhead_core_pct"] = 100.0 * self._sampler.overhead_core_fraction
-        found = contention_warnings(out, psutil.cpu_count() or 1, None if self.remote else server_threads)
+        found = self._contention(out, server_threads, "while measuring")
         self.warnings.extend(found)
         self._contended = bool(found)
         return out
@@ -232,15 +232,19 @@ class RunMonitor:
         long run is spent measuring a busy machine; the measured phase gets its own check at the end."""
         if self._sampler is None:
             return []
-        before = [s for s in self._sampler.samples if s.phase != Phase.MEASURED and s.phase != Phase.DONE]
+        before = [s for s in self._sampler.samples if s.phase not in (Phase.MEASURED, Phase.DONE)]
         if len(before) < EARLY_MIN_SAMPLES:
             return []
-        threads = None if self.remote else server_threads
         metrics = summarize_telemetry(before, phase=None)
         # Warmup runs unpaced and holds the model load: the load generator's own CPU there says
         # nothing of the measured phase's, and only the bystanders are judged.
         metrics.pop("client_cpu_pct_mean", None)
-        return contention_warnings(metrics, psutil.cpu_count() or 1, threads, when="before measuring")
+        return self._contention(metrics, server_threads, "before measuring")
+
+    def _contention(self, metrics: dict[str, float], server_threads: int | None, when: str) -> list[str]:
+        # A server elsewhere does not share this machine's cores, whatever its threads.
+        threads = None if self.remote else server_threads
+        return contention_warnings(metrics, psutil.cpu_count() or 1, threads, when)
 
     def series(self) -> Iterable[Sequence[Any]]:
         if self._sampler is None or not self.cfg.log_series:

@@ -87,7 +87,7 @@ class Runner:
         """Whether the process has ended; None when it ran on another host (it cannot be told)."""
         if self.host != socket.gethostname():
             return None
-        if self.boot_id is not None and self.start_ticks is not None and Path("/proc/self/stat").exists():
+        if self.boot_id is not None and self.start_ticks is not None:
             try:
                 return boot_start(self.pid) != (self.boot_id, self.start_ticks)
             except PermissionError:  # another user's, under hidepid=1: it exists

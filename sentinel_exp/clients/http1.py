@@ -395,23 +395,23 @@ class LoopbackClient:
         the write and the wait would delay it inside the measured interval."""
         request = self.request_bytes(spec.path, spec.body)
         conn = await self.acquire()
-        while True:
-            try:
-                await self._exchange(conn, request, record, read, submitted)
-            except (httpx.RemoteProtocolError, httpx.ReadError):
-                if not (conn.served and conn.closed_unanswered):
-                    self.release(conn)
-                    raise
+        held = True  # released in the end, unless a reconnect failed (it passes the place on itself)
+        try:
+            while True:
+                try:
+                    return await self._exchange(conn, request, record, read, submitted)
+                except (httpx.RemoteProtocolError, httpx.ReadError):
+                    if not (conn.served and conn.closed_unanswered):
+                        raise
                 # Closed while idle, in the instant the request went out: not the server's answer.
                 # The request goes again at once, on a new connection in the closed one's place.
                 self._drop(conn)
+                held = False
                 conn = await self._connect_on_slot(asyncio.get_running_loop())
-            except BaseException:
+                held = True
+        finally:
+            if held:
                 self.release(conn)
-                raise
-            else:
-                self.release(conn)
-                return
 
     async def _exchange(
         self, conn: _Connection, request: bytes, record: RequestRecord, read: ReaderFactory, submitted: int

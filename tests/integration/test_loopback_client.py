@@ -31,25 +31,36 @@ def chunk(data: bytes) -> bytes:
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
 
+async def read_request(reader: asyncio.StreamReader) -> None:
+    """One whole request (head and Content-Length body) off the connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    await reader.readexactly(length)
+
+
+def one_connection_client(
+    server: asyncio.Server, transport: str, read_timeout_s: float
+) -> httpx.AsyncClient | LoopbackClient:
+    """A client of `server` on either path, with one connection at most."""
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    if transport == "loopback":
+        return LoopbackClient(url, 1, read_timeout_s)
+    timeout = httpx.Timeout(10.0, read=read_timeout_s)
+    return httpx.AsyncClient(base_url=url, timeout=timeout, limits=httpx.Limits(max_connections=1))
+
+
 async def fetch(script: Script, api: str, transport: str, timeout_s: float = 0.5) -> RequestRecord:
     """One request to a server that reads the request, then runs `script` on the connection."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
-        await reader.readexactly(length)
+        await read_request(reader)
         try:
             await script(reader, writer)
         finally:
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    client: httpx.AsyncClient | LoopbackClient
-    if transport == "loopback":
-        client = LoopbackClient(url, 1, timeout_s)
-    else:
-        client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10.0, read=timeout_s))
+    client = one_connection_client(server, transport, timeout_s)
     wire = wire_api(api)
     async with server, client:
         record = RequestRecord(index=0, phase="measured", prompt_index=0, api=api)
@@ -146,11 +157,8 @@ async def two_requests_one_after_the_other(
         slot = len(per_connection)
         per_connection.append(0)
         try:
-            while head := await reader.readuntil(b"\r\n\r\n"):
-                length = next(
-                    int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
+            while True:
+                await read_request(reader)
                 per_connection[slot] += 1
                 if second_on_reused == "answer":
                     writer.write(STREAMED_ANSWER)
@@ -174,12 +182,7 @@ async def two_requests_one_after_the_other(
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    client: httpx.AsyncClient | LoopbackClient
-    if transport == "loopback":
-        client = LoopbackClient(url, 1, 5.0)
-    else:
-        client = httpx.AsyncClient(base_url=url, timeout=5.0, limits=httpx.Limits(max_connections=1))
+    client = one_connection_client(server, transport, 5.0)
     wire = wire_api("chat")
     records = []
     async with server, client:
