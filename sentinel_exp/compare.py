@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from sentinel_exp.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
+from sentinel_exp.analysis.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
 from sentinel_exp.errors import UserError
 from sentinel_exp.records import read_records
 from sentinel_exp.study import MeasuredJob, arms, compare_arms

@@ -472,7 +472,7 @@ class SloConfig:
         return {k: float(v) for k, v in self.targets().items() if _is_number(v)}
 
     def problems(self) -> list[str]:
-        from sentinel_exp.slo import metric_direction
+        from sentinel_exp.analysis.slo import metric_direction
 
         problems = self.request.problems()
         for metric, limit in self.targets().items():

@@ -11,12 +11,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sentinel_exp.comparison import Comparison
+from sentinel_exp.analysis.comparison import Comparison
+from sentinel_exp.analysis.slo import SloResult
 from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report import count_parts, rate_parts, summary_rows
 from sentinel_exp.report import fmt_ms as _fmt
-from sentinel_exp.slo import SloResult
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)

@@ -27,11 +27,7 @@ from rich.markup import escape
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp import console as ui
-from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
-from sentinel_exp.clients.http1 import LoopbackClient
-from sentinel_exp.clients.transport import measuring_client
-from sentinel_exp.config import ExperimentConfig, to_yaml
-from sentinel_exp.diagnosis import (
+from sentinel_exp.analysis.diagnosis import (
     Diagnosis,
     classify_cold_starts,
     cold_start_warnings,
@@ -39,6 +35,12 @@ from sentinel_exp.diagnosis import (
     keep_alive_in_force,
     parse_unloads,
 )
+from sentinel_exp.analysis.slo import SloResult, judge
+from sentinel_exp.analysis.stats import error_breakdown, is_cold, open_loop_warnings, summarize
+from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
+from sentinel_exp.clients.http1 import LoopbackClient
+from sentinel_exp.clients.transport import measuring_client
+from sentinel_exp.config import ExperimentConfig, to_yaml
 from sentinel_exp.distributions import parse_distribution
 from sentinel_exp.errors import FolderUnwritable, Interrupted, RunFailed, UserError
 from sentinel_exp.giving_up import GiveUp, measured_nothing
@@ -53,8 +55,6 @@ from sentinel_exp.run_folder import Role, RunJournal, new_run_file, write_series
 from sentinel_exp.run_lint import OptionLint
 from sentinel_exp.serve.threads import default_threads
 from sentinel_exp.servers import ServerHandle, resolve_server
-from sentinel_exp.slo import SloResult, judge
-from sentinel_exp.stats import error_breakdown, is_cold, open_loop_warnings, summarize
 from sentinel_exp.tracking import FinishedRun, config_hash, flatten, param_value, store_check
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload import Planned, PromptSource

@@ -6,7 +6,7 @@ chosen, no global figure registry grows, and PNGs render through Agg whatever th
 says. matplotlib is imported inside the functions: importing it costs about a second, which a run
 must not pay before it measures.
 
-Latency statistics come from `sentinel_exp.stats`, so a percentile marked on a plot is the number
+Latency statistics come from `sentinel_exp.analysis.stats`, so a percentile marked on a plot is the number
 in the summary: successful requests of the measured phase only (see docs/measurement.md, Metrics).
 """
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from sentinel_exp.analysis.stats import describe, latency_samples
 from sentinel_exp.names import Phase
-from sentinel_exp.stats import describe, latency_samples
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

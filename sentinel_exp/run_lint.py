@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import psutil
 
+from sentinel_exp.analysis.diagnosis import keep_alive_in_force
 from sentinel_exp.clients.base import Options
 from sentinel_exp.config import ExperimentConfig
-from sentinel_exp.diagnosis import keep_alive_in_force
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.lint import (
     RULES,

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from sentinel_exp.names import Direction, RunStatus
 
 if TYPE_CHECKING:
-    from sentinel_exp.comparison import Arm, Comparison
+    from sentinel_exp.analysis.comparison import Arm, Comparison
 
 OUTCOME_FILE = "sweep_job.json"
 REUSED = "reused_run_id"  # outcome field: the FINISHED run a job reused instead of measuring again
@@ -291,7 +291,7 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> lis
     """Compare the configurations that measured something: compare.md, report.md and plots in the
     sweep folder (their paths returned, for the parent run)."""
     from sentinel_exp import console as ui
-    from sentinel_exp.comparison import to_markdown
+    from sentinel_exp.analysis.comparison import to_markdown
     from sentinel_exp.study import MeasuredJob, arms, compare_arms, load_run
 
     measured = []

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sentinel_exp.diagnosis import diagnose
+from sentinel_exp.analysis.diagnosis import diagnose
+from sentinel_exp.analysis.stats import error_breakdown, summarize
 from sentinel_exp.errors import UserError
 from sentinel_exp.locks import exclusive
 from sentinel_exp.names import Phase, RunStatus
@@ -28,7 +29,6 @@ from sentinel_exp.run_folder import (
     read_series,
     write_run_file,
 )
-from sentinel_exp.stats import error_breakdown, summarize
 
 if TYPE_CHECKING:
     from sentinel_exp.tracking import Tracker

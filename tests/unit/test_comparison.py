@@ -1,4 +1,4 @@
-"""sentinel_exp.comparison on synthetic request records drawn with numpy: known effects must be
+"""sentinel_exp.analysis.comparison on synthetic request records drawn with numpy: known effects must be
 found with a CI that covers them, and identical configurations must rarely look different."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from sentinel_exp.comparison import (
+from sentinel_exp.analysis.comparison import (
     DEFAULT_RESAMPLES,
     Arm,
     Comparison,
@@ -296,7 +296,7 @@ def test_any_latency_percentile_can_be_the_objective() -> None:
 
 
 def test_holm_adjustment_of_secondary_rows() -> None:
-    from sentinel_exp.comparison import _holm
+    from sentinel_exp.analysis.comparison import _holm
 
     assert _holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     rng = np.random.default_rng(12)

@@ -5,7 +5,7 @@ from datetime import datetime
 
 import pytest
 
-from sentinel_exp.diagnosis import (
+from sentinel_exp.analysis.diagnosis import (
     ColdCause,
     classify_cold_starts,
     cold_start_warnings,
@@ -13,9 +13,9 @@ from sentinel_exp.diagnosis import (
     keep_alive_in_force,
     parse_unloads,
 )
+from sentinel_exp.analysis.stats import summarize
 from sentinel_exp.names import Phase
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.stats import summarize
 
 
 def server_record(

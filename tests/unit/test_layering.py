@@ -29,9 +29,9 @@ CONFIG_LAYER = frozenset(
 )
 PURE = frozenset(
     {
-        "sentinel_exp.stats",
-        "sentinel_exp.slo",
-        "sentinel_exp.diagnosis",
+        "sentinel_exp.analysis.stats",
+        "sentinel_exp.analysis.slo",
+        "sentinel_exp.analysis.diagnosis",
         "sentinel_exp.lint",
         "sentinel_exp.giving_up",
         "sentinel_exp.telemetry.summary",
@@ -194,7 +194,7 @@ def breaches() -> dict[tuple[str, str, str], list[int]]:
 
 
 def test_the_checker_sees_the_whole_package():
-    assert {"sentinel_exp.experiment", "sentinel_exp.tracking", "sentinel_exp.stats"} <= set(MODULES)
+    assert {"sentinel_exp.experiment", "sentinel_exp.tracking", "sentinel_exp.analysis.stats"} <= set(MODULES)
     assert {"sentinel_exp.serve.app", "sentinel_exp.serve.engines.simulated", "sentinel_exp.telemetry.summary"} <= set(
         MODULES
     )

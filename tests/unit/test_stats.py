@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from sentinel_exp.analysis.stats import describe, error_breakdown, is_cold, open_loop_warnings, summarize
 from sentinel_exp.names import Phase
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.stats import describe, error_breakdown, is_cold, open_loop_warnings, summarize
 
 
 def record(index, phase=Phase.MEASURED, ok=True, ttft=40.0, itl=5.0, tokens=5, load=0.1, error_class=None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel_exp.comparison import RunResult
+from sentinel_exp.analysis.comparison import RunResult
 from sentinel_exp.errors import UserError
 from sentinel_exp.study import MeasuredJob, arm_names, arms, configuration, pick_baseline
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from sentinel_exp.analysis.stats import inter_token_latencies, output_tokens, successful, time_per_output_token
 from sentinel_exp.names import Direction, StrEnum
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.stats import inter_token_latencies, output_tokens, successful, time_per_output_token
 
 CI_METHOD = "percentile"  # percentile bootstrap: the 2.5th and 97.5th percentiles of the replicates
 CONFIDENCE = 0.95

@@ -13,9 +13,9 @@ import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from sentinel_exp.analysis.stats import inter_token_latencies
 from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.stats import inter_token_latencies
 
 # Which way each logged metric is better, by name; the first pattern that matches decides. A
 # metric none matches (a count of samples, a model size) has no better direction, so no target.

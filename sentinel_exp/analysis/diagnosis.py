@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sentinel_exp.analysis.stats import output_tokens, successful
 from sentinel_exp.names import StrEnum
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.serve.keepalive import keep_alive_seconds, server_default_seconds
-from sentinel_exp.stats import output_tokens, successful
 
 # A part under half a percent is left out of the verdict's text (its share metric stays), but
 # model load never is: "no request was cold" rules out a cause as plainly as a large share names one.
