@@ -37,6 +37,7 @@ from sentinel_exp.analysis.diagnosis import (
 )
 from sentinel_exp.analysis.slo import SloResult, judge
 from sentinel_exp.analysis.stats import error_breakdown, is_cold, open_loop_warnings, summarize
+from sentinel_exp.checks.hardware import placement_kind, placement_warning
 from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
 from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.clients.transport import measuring_client
@@ -44,7 +45,6 @@ from sentinel_exp.config import ExperimentConfig, to_yaml
 from sentinel_exp.distributions import parse_distribution
 from sentinel_exp.errors import FolderUnwritable, Interrupted, RunFailed, UserError
 from sentinel_exp.giving_up import GiveUp, measured_nothing
-from sentinel_exp.hardware import placement_kind, placement_warning
 from sentinel_exp.hosts import host_tags
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor

@@ -12,10 +12,7 @@ from collections.abc import Sequence
 import psutil
 
 from sentinel_exp.analysis.diagnosis import keep_alive_in_force
-from sentinel_exp.clients.base import Options
-from sentinel_exp.config import ExperimentConfig
-from sentinel_exp.errors import ConfigError
-from sentinel_exp.lint import (
+from sentinel_exp.checks.options import (
     RULES,
     Findings,
     LintInput,
@@ -24,6 +21,9 @@ from sentinel_exp.lint import (
     lint,
     rules_named,
 )
+from sentinel_exp.clients.base import Options
+from sentinel_exp.config import ExperimentConfig
+from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import LintMode, ServerKind
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.servers import ServerHandle

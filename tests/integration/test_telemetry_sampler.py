@@ -447,7 +447,7 @@ for name in BLOCKED:
     sys.modules[name] = None  # any import of these now raises ImportError
 before = set(sys.modules)
 import sentinel_exp.telemetry as t
-import sentinel_exp.hardware as h
+import sentinel_exp.checks.hardware as h
 from sentinel_exp.config import HardwareConfig
 from sentinel_exp.telemetry import cpu, gpu, sampler, summary, fingerprint
 # exercise the lazy paths too

@@ -9,8 +9,8 @@ import yaml
 from support import fake_nvml
 from support.compose import variant
 
+from sentinel_exp.checks.hardware import HardwareCheck, check_hardware, check_with_probe
 from sentinel_exp.config import HardwareConfig
-from sentinel_exp.hardware import HardwareCheck, check_hardware, check_with_probe
 from sentinel_exp.telemetry import GpuProbe
 
 # The profiles under test are the shipped YAML files, so the check and the config cannot drift.

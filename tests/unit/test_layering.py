@@ -32,7 +32,7 @@ PURE = frozenset(
         "sentinel_exp.analysis.stats",
         "sentinel_exp.analysis.slo",
         "sentinel_exp.analysis.diagnosis",
-        "sentinel_exp.lint",
+        "sentinel_exp.checks.options",
         "sentinel_exp.giving_up",
         "sentinel_exp.telemetry.summary",
     }

@@ -7,8 +7,7 @@ import dataclasses
 import pytest
 from support.compose import variant
 
-from sentinel_exp.config import typed_config
-from sentinel_exp.lint import (
+from sentinel_exp.checks.options import (
     RULES,
     LintInput,
     counted_prompt_tokens,
@@ -16,6 +15,7 @@ from sentinel_exp.lint import (
     lint,
     rules_named,
 )
+from sentinel_exp.config import typed_config
 
 # What a plain run sends on this project's 2-core machine: nothing any rule objects to.
 CLEAN = LintInput(

@@ -1,0 +1,1 @@
+"""Checks made before a run measures: the option lint (pure) and the hardware profiles."""
