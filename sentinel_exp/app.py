@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from rich.markup import escape
 
 from sentinel_exp.cli_help import help_text, wants_help
-from sentinel_exp.config import register_configs, typed_config
+from sentinel_exp.config.schema import register_configs, typed_config
 from sentinel_exp.errors import Interrupted, NotLogged, RunFailed, UserError
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ def help_text(conf_dir: Path, overrides: list[str]) -> str:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sentinel_exp.config import settings_help
+    from sentinel_exp.config.schema import settings_help
 
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose("config", overrides=overrides)

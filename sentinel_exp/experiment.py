@@ -41,8 +41,8 @@ from sentinel_exp.checks.hardware import placement_kind, placement_warning
 from sentinel_exp.clients import ModelFacts, RequestSpec, WireApi, run_apis, send_request, unsent_warning
 from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.clients.transport import measuring_client
-from sentinel_exp.config import ExperimentConfig, to_yaml
-from sentinel_exp.distributions import parse_distribution
+from sentinel_exp.config.distributions import parse_distribution
+from sentinel_exp.config.schema import ExperimentConfig, to_yaml
 from sentinel_exp.errors import FolderUnwritable, Interrupted, RunFailed, UserError
 from sentinel_exp.giving_up import GiveUp, measured_nothing
 from sentinel_exp.hosts import host_tags

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel_exp.distributions import Distribution
+from sentinel_exp.config.distributions import Distribution
 from sentinel_exp.records import RequestRecord
 
 OnRecord = Callable[[RequestRecord], None]

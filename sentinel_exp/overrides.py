@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sentinel_exp.config import SECRET_SETTINGS, SLO_METRIC_HINT, ExperimentConfig, SloConfig
+from sentinel_exp.config.schema import SECRET_SETTINGS, SLO_METRIC_HINT, ExperimentConfig, SloConfig
 from sentinel_exp.urls import credentials_problem
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}

@@ -22,7 +22,7 @@ from sentinel_exp.checks.options import (
     rules_named,
 )
 from sentinel_exp.clients.base import Options
-from sentinel_exp.config import ExperimentConfig
+from sentinel_exp.config.schema import ExperimentConfig
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import LintMode, ServerKind
 from sentinel_exp.records import RequestRecord

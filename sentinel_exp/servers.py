@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sentinel_exp.config import ServerConfig
+from sentinel_exp.config.schema import ServerConfig
 from sentinel_exp.errors import ConfigError, ServerError
 from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.engines import registry

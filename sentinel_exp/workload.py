@@ -15,12 +15,12 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sentinel_exp.distributions import Distribution, parse_distribution
+from sentinel_exp.config.distributions import Distribution, parse_distribution
 from sentinel_exp.prompts import Prompt, read_prompts_file
 from sentinel_exp.synthetic import PRIOR, LengthFit, fit_length, nonce_prefix, synthetic_text
 
 if TYPE_CHECKING:
-    from sentinel_exp.config import WorkloadConfig
+    from sentinel_exp.config.schema import WorkloadConfig
     from sentinel_exp.records import RequestRecord
 
 

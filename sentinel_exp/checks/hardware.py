@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sentinel_exp.config import HardwareConfig
+from sentinel_exp.config.schema import HardwareConfig
 from sentinel_exp.names import Placement
 from sentinel_exp.telemetry.gpu import GpuProbe
 

@@ -73,7 +73,7 @@ def run_experiment(
     from omegaconf import open_dict
 
     from sentinel_exp.app import config_dir
-    from sentinel_exp.config import register_configs, typed_config
+    from sentinel_exp.config.schema import register_configs, typed_config
     from sentinel_exp.experiment import RunContext, run
 
     # As cli_env does for the CLI's subprocesses: never a real Ollama by accident.

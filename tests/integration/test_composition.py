@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from support.compose import NotPlain, composed, plain_group_file, variant
 
 from sentinel_exp.app import config_dir
-from sentinel_exp.config import ExperimentConfig, register_configs, typed_config
+from sentinel_exp.config.schema import ExperimentConfig, register_configs, typed_config
 
 register_configs()
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())

@@ -448,7 +448,7 @@ for name in BLOCKED:
 before = set(sys.modules)
 import sentinel_exp.telemetry as t
 import sentinel_exp.checks.hardware as h
-from sentinel_exp.config import HardwareConfig
+from sentinel_exp.config.schema import HardwareConfig
 from sentinel_exp.telemetry import cpu, gpu, sampler, summary, fingerprint
 # exercise the lazy paths too
 tags = t.environment_fingerprint()
@@ -479,7 +479,7 @@ def test_telemetry_imports_without_heavy_dependencies():
 
 
 def test_a_run_monitor_releases_nvml_whether_or_not_it_sampled():
-    from sentinel_exp.config import HardwareConfig, TelemetryConfig
+    from sentinel_exp.config.schema import HardwareConfig, TelemetryConfig
     from sentinel_exp.monitor import RunMonitor
     from sentinel_exp.names import ServerKind
     from sentinel_exp.servers import ServerHandle

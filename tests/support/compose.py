@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sentinel_exp.app import config_dir
-from sentinel_exp.config import ExperimentConfig, register_configs
+from sentinel_exp.config.schema import ExperimentConfig, register_configs
 
 
 def composed(*overrides: str, hydra: bool = False) -> DictConfig:

@@ -9,7 +9,7 @@ from hydra.types import RunMode
 
 from hydra_plugins.sentinel_exp_sweeper.sentinel_sweeper import ComposeOnce
 from sentinel_exp.app import config_dir
-from sentinel_exp.config import register_configs
+from sentinel_exp.config.schema import register_configs
 
 
 def _loader_and_master():

@@ -10,7 +10,7 @@ from support import fake_nvml
 from support.compose import variant
 
 from sentinel_exp.checks.hardware import HardwareCheck, check_hardware, check_with_probe
-from sentinel_exp.config import HardwareConfig
+from sentinel_exp.config.schema import HardwareConfig
 from sentinel_exp.telemetry import GpuProbe
 
 # The profiles under test are the shipped YAML files, so the check and the config cannot drift.
@@ -104,7 +104,7 @@ def test_pattern_or_vram_alone_implies_a_gpu():
 
 
 def test_profiles_reach_the_check_as_composed():
-    from sentinel_exp.config import typed_config
+    from sentinel_exp.config.schema import typed_config
 
     for name, profile in PROFILES.items():
         assert typed_config(variant(f"hardware={name}")).hardware == profile

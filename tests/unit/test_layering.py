@@ -25,7 +25,13 @@ TELEMETRY = "sentinel_exp.telemetry"
 # Importable from every side: the package itself (its __version__), the vocabularies, the loop.
 SHARED = frozenset({"sentinel_exp", "sentinel_exp.names", "sentinel_exp.eventloop"})
 CONFIG_LAYER = frozenset(
-    {"sentinel_exp.app", "sentinel_exp.cli_help", "sentinel_exp.config", "sentinel_exp.overrides", "sentinel_exp.sweep"}
+    {
+        "sentinel_exp.app",
+        "sentinel_exp.cli_help",
+        "sentinel_exp.config.schema",
+        "sentinel_exp.overrides",
+        "sentinel_exp.sweep",
+    }
 )
 PURE = frozenset(
     {

@@ -15,7 +15,7 @@ from sentinel_exp.checks.options import (
     lint,
     rules_named,
 )
-from sentinel_exp.config import typed_config
+from sentinel_exp.config.schema import typed_config
 
 # What a plain run sends on this project's 2-core machine: nothing any rule objects to.
 CLEAN = LintInput(

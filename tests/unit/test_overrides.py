@@ -94,7 +94,7 @@ def test_lines_that_change_where_configs_come_from_are_left_to_hydra(args: list[
 
 
 def test_every_ollama_option_is_a_setting_and_plus_is_refused_for_it() -> None:
-    from sentinel_exp.config import OptionsConfig
+    from sentinel_exp.config.schema import OptionsConfig
     from sentinel_exp.serve.wire import OPTION_TYPES
 
     assert set(OptionsConfig.__dataclass_fields__) == set(OPTION_TYPES)

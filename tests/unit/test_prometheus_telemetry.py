@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support.compose import variant
 
-from sentinel_exp.config import typed_config
+from sentinel_exp.config.schema import typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.telemetry.prometheus import (
     ExpositionError,

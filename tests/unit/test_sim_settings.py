@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 from omegaconf import OmegaConf
 
-from sentinel_exp.config import ExperimentConfig, SimConfig, typed_config
+from sentinel_exp.config.schema import ExperimentConfig, SimConfig, typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import FaultKind, ServerKind
 from sentinel_exp.serve.__main__ import build_parser

@@ -6,7 +6,7 @@ from support.compose import variant
 
 from sentinel_exp.analysis.slo import judge, judge_requests, judge_targets, meets, metric_direction
 from sentinel_exp.app import config_dir
-from sentinel_exp.config import register_configs, typed_config
+from sentinel_exp.config.schema import register_configs, typed_config
 from sentinel_exp.console import slo_line
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import Direction

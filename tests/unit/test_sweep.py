@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from support.compose import composed, variant
 
 from sentinel_exp.app import config_dir
-from sentinel_exp.config import typed_config
+from sentinel_exp.config.schema import typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.overrides import override_problems
 from sentinel_exp.sweep import (

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from support.compose import composed, variant
 
 from sentinel_exp.app import config_dir
-from sentinel_exp.config import register_configs, typed_config
+from sentinel_exp.config.schema import register_configs, typed_config
 from sentinel_exp.sweeper import InterleaveError, arrange
 from sentinel_exp.tracking import config_hash
 

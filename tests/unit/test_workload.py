@@ -12,8 +12,8 @@ import statistics
 import pytest
 from support.compose import variant
 
-from sentinel_exp.config import WorkloadConfig, typed_config
-from sentinel_exp.distributions import Distribution, DistributionError, parse_distribution
+from sentinel_exp.config.distributions import Distribution, DistributionError, parse_distribution
+from sentinel_exp.config.schema import WorkloadConfig, typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import DistributionKind, Phase
 from sentinel_exp.prompts import parse_prompt_lines, read_prompts_file

@@ -263,7 +263,7 @@ class WorkloadConfig:
         """Longest time, in seconds, the workload leaves the server without a new request: an idle
         pause, a think time, or (open loop) a gap between arrivals. For an unbounded distribution,
         the value one draw in a hundred exceeds (distributions.TYPICAL_MAX_QUANTILE)."""
-        from sentinel_exp.distributions import TYPICAL_MAX_QUANTILE, DistributionError, parse_distribution
+        from sentinel_exp.config.distributions import TYPICAL_MAX_QUANTILE, DistributionError, parse_distribution
 
         gaps = [self.idle_s if self.idle_every > 0 else 0.0]
         try:
@@ -275,7 +275,7 @@ class WorkloadConfig:
         return max(gaps)
 
     def _pacing_problems(self) -> list[str]:
-        from sentinel_exp.distributions import distribution_problems, parse_distribution
+        from sentinel_exp.config.distributions import distribution_problems, parse_distribution
 
         problems = distribution_problems("workload.think_time_s", self.think_time_s)
         if not problems and self.rate is not None and not parse_distribution(self.think_time_s).is_zero:
@@ -294,7 +294,7 @@ class WorkloadConfig:
         return problems
 
     def _prompt_problems(self) -> list[str]:
-        from sentinel_exp.distributions import distribution_problems, parse_distribution
+        from sentinel_exp.config.distributions import distribution_problems, parse_distribution
         from sentinel_exp.prompts import read_prompts_file
 
         if self.input_tokens is not None:

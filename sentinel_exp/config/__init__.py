@@ -1,0 +1,1 @@
+"""The typed config: dataclass schemas, their checks and field docs, and Hydra's registration."""
