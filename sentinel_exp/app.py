@@ -34,8 +34,8 @@ def config_dir() -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
-    from sentinel_exp import console as ui
     from sentinel_exp.experiment import run
+    from sentinel_exp.report import console as ui
     from sentinel_exp.sweep import objective_value, record_not_logged, record_reused
 
     # A full disk must not print a traceback per log line from Hydra's log file in the run folder:
@@ -82,7 +82,7 @@ def _stop_if_unwritable(folder: Path, setting: str) -> None:
 
     problem = folder_problem(folder)
     if problem:
-        from sentinel_exp import console as ui
+        from sentinel_exp.report import console as ui
 
         ui.stderr.print(
             f"[bold red]error:[/] {escape(f'cannot write the output folder {folder} ({setting}): {problem}')}",
@@ -112,7 +112,7 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
     """A single run exits with the error's status. In a sweep, one unusable combination (a model
     not pulled, say) must not cost the others: the job is recorded as failed and the sweep goes
     on; it still ends with exit status 2 (sweep.SweepSummary)."""
-    from sentinel_exp import console as ui
+    from sentinel_exp.report import console as ui
     from sentinel_exp.sweep import record_error
 
     ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
@@ -155,7 +155,7 @@ def _stop_on_bad_overrides(argv: list[str]) -> None:
 
     problems = override_problems(command_line_overrides(argv), config_dir())
     if problems:
-        from sentinel_exp import console as ui
+        from sentinel_exp.report import console as ui
 
         for problem in problems:
             ui.stderr.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)

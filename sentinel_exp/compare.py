@@ -144,7 +144,7 @@ def run_comparison(args: argparse.Namespace) -> tuple[list[Comparison], Path | N
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.markup import escape
 
-    from sentinel_exp import console as ui
+    from sentinel_exp.report import console as ui
 
     args = build_parser().parse_args(argv)
     if args.min_effect_pct < 0:

@@ -26,7 +26,6 @@ import psutil
 from rich.markup import escape
 
 from sentinel_exp import __version__, eventloop
-from sentinel_exp import console as ui
 from sentinel_exp.analysis.diagnosis import (
     Diagnosis,
     classify_cold_starts,
@@ -51,6 +50,7 @@ from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.names import Phase, RunStatus, ServerKind
 from sentinel_exp.prompts import prompts_file_digest
 from sentinel_exp.records import RecordWriter, RequestRecord
+from sentinel_exp.report import console as ui
 from sentinel_exp.run_folder import Role, RunJournal, new_run_file, write_series
 from sentinel_exp.run_lint import OptionLint
 from sentinel_exp.serve.threads import default_threads
@@ -674,7 +674,7 @@ def _write_report(
     ctx: RunContext, measurement: Measurement, monitor: RunMonitor, summary: dict[str, Any]
 ) -> list[Path]:
     """report.md with the latency CDFs and the timeline; a failure here costs only the pictures."""
-    from sentinel_exp.report import write_run_artifacts
+    from sentinel_exp.report.markdown import write_run_artifacts
 
     try:
         return write_run_artifacts(ctx.output_dir, measurement.records, monitor.samples, summary)

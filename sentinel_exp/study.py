@@ -16,8 +16,8 @@ import numpy as np
 from sentinel_exp.analysis.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, compare
 from sentinel_exp.analysis.stats import latency_samples
 from sentinel_exp.errors import UserError
-from sentinel_exp.plots import BarRow
 from sentinel_exp.records import RequestRecord, read_records
+from sentinel_exp.report.plots import BarRow
 
 # Overrides that run a configuration again rather than change it.
 REPEAT_KEYS = frozenset({"repeat", "chunk"})

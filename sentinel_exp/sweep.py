@@ -144,8 +144,8 @@ class SweepSummary(Callback):
         config = self._config
         from rich.markup import escape
 
-        from sentinel_exp import console as ui
         from sentinel_exp.errors import UserError
+        from sentinel_exp.report import console as ui
 
         # Resolved as the launcher resolved it: `${now:...}` is cached in the config.
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -201,7 +201,7 @@ class SweepSummary(Callback):
 
     def _close_parent(self, status: RunStatus, compared: list[Path], best: JobOutcome | None, objective: str) -> bool:
         """End the parent's run.json and upload it; False when the store did not take it."""
-        from sentinel_exp import console as ui
+        from sentinel_exp.report import console as ui
         from sentinel_exp.upload import upload_now
 
         if self._parent is None:
@@ -261,7 +261,7 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
     """The sweep's parent run: its run.json in the sweep folder, uploaded to MLflow at once so
     that the runs of its jobs nest under it as they end. A store that cannot take it only warns:
     each job's upload, or a later sync, makes the parent from the folder."""
-    from sentinel_exp import console as ui
+    from sentinel_exp.report import console as ui
     from sentinel_exp.run_folder import Role, RunJournal, new_run_file
     from sentinel_exp.upload import upload_now
 
@@ -290,8 +290,8 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
 def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> list[Path]:
     """Compare the configurations that measured something: compare.md, report.md and plots in the
     sweep folder (their paths returned, for the parent run)."""
-    from sentinel_exp import console as ui
     from sentinel_exp.analysis.comparison import to_markdown
+    from sentinel_exp.report import console as ui
     from sentinel_exp.study import MeasuredJob, arms, compare_arms, load_run
 
     measured = []
@@ -319,8 +319,8 @@ def _sweep_report(
     config: DictConfig, sweep_dir: Path, configurations: list[Arm], comparisons: list[Comparison], table: str
 ) -> list[Path]:
     """report.md of the sweep with its CDFs and percentile bars; a failure costs only the pictures."""
-    from sentinel_exp import console as ui
-    from sentinel_exp.report import write_sweep_report
+    from sentinel_exp.report import console as ui
+    from sentinel_exp.report.markdown import write_sweep_report
     from sentinel_exp.study import arm_records, percentile_rows, verdict_line
 
     try:

@@ -101,8 +101,8 @@ class SentinelSweeper(BasicSweeper):
         except InterleaveError as exc:
             from rich.markup import escape
 
-            from sentinel_exp import console as ui
             from sentinel_exp.errors import UserError
+            from sentinel_exp.report import console as ui
 
             ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             sys.exit(UserError.exit_code)  # Hydra lets SystemExit through: a config error's status

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from support.run_data import run_records, samples
 
-from sentinel_exp import plots, report
 from sentinel_exp.names import Phase, RunStatus
-from sentinel_exp.plots import BarRow
 from sentinel_exp.records import RequestRecord
+from sentinel_exp.report import markdown as report
+from sentinel_exp.report import plots
+from sentinel_exp.report.plots import BarRow
 from sentinel_exp.telemetry.sampler import Sample
 
 

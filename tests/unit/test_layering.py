@@ -208,7 +208,7 @@ def test_the_checker_sees_the_whole_package():
     targets = {imp.target for module, imp in module_imports() if module == "sentinel_exp.servers"}
     assert {"sentinel_exp.serve.engines.registry", "sentinel_exp.errors"} <= targets
     experiment = {imp.target for module, imp in module_imports() if module == "sentinel_exp.experiment"}
-    assert {"sentinel_exp", "sentinel_exp.console"} <= experiment
+    assert {"sentinel_exp", "sentinel_exp.report.console"} <= experiment
 
 
 def test_imports_resolve_relative_and_submodule_forms():

@@ -14,9 +14,9 @@ from matplotlib.figure import Figure
 from support.run_data import T_START, record, run_records, samples
 
 import sentinel_exp
-from sentinel_exp import plots
 from sentinel_exp.names import Phase
-from sentinel_exp.plots import BarRow
+from sentinel_exp.report import plots
+from sentinel_exp.report.plots import BarRow
 
 
 def legend_texts(ax: object) -> list[str]:
@@ -269,7 +269,7 @@ def test_timeline_without_telemetry_or_requests():
 def test_importing_the_modules_does_not_import_matplotlib(monkeypatch):
     # matplotlib takes about a second to import: a run must not pay it before it measures.
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # any import of it now fails
-    for name in ("sentinel_exp.plots", "sentinel_exp.report"):
+    for name in ("sentinel_exp.report.plots", "sentinel_exp.report.markdown"):
         monkeypatch.delitem(sys.modules, name, raising=False)
         monkeypatch.delattr(sentinel_exp, name.rsplit(".", 1)[1], raising=False)
         module = importlib.import_module(name)

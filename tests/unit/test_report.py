@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.console import Console
 
-from sentinel_exp import report
-from sentinel_exp.console import summary_table
 from sentinel_exp.names import RunStatus
+from sentinel_exp.report import markdown as report
+from sentinel_exp.report.console import summary_table
 
 METRICS: dict[str, float] = {
     "ttfb_ms_p50": 40.25,

@@ -7,11 +7,11 @@ from support.compose import variant
 from sentinel_exp.analysis.slo import judge, judge_requests, judge_targets, meets, metric_direction
 from sentinel_exp.app import config_dir
 from sentinel_exp.config.schema import register_configs, typed_config
-from sentinel_exp.console import slo_line
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import Direction
 from sentinel_exp.overrides import override_problems
 from sentinel_exp.records import RequestRecord
+from sentinel_exp.report.console import slo_line
 
 register_configs()
 

@@ -2,7 +2,7 @@
 `write_run_artifacts` to put the figures and the report into a run's folder.
 
 The report says what the console summary says (the same rows, numbers formatted alike), with the
-figures of `sentinel_exp.plots` embedded by relative links, so the folder can be read as it is or
+figures of `sentinel_exp.report.plots` embedded by relative links, so the folder can be read as it is or
 from MLflow's artifact view.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # plots imports matplotlib only inside its functions: importing it here costs nothing.
-from sentinel_exp.plots import METRIC_LABELS, BarRow
+from sentinel_exp.report.plots import METRIC_LABELS, BarRow
 
 if TYPE_CHECKING:
     from sentinel_exp.records import RequestRecord
@@ -210,7 +210,7 @@ def write_run_artifacts(
 ) -> list[Path]:
     """latency_cdf.png, timeline.png and report.md in the run's folder; returns their paths for
     the tracker to log. Call it after the measurement: it imports matplotlib (about a second)."""
-    from sentinel_exp import plots
+    from sentinel_exp.report import plots
 
     output_dir = Path(output_dir)
     title = str(summary.get("run_name") or "run")
@@ -233,7 +233,7 @@ def write_sweep_report(
 ) -> list[Path]:
     """`<metric>_cdfs.png`, `<metric>_percentiles.png` (when there are `rows`) and
     report.md of a sweep in `output_dir`; returns their paths."""
-    from sentinel_exp import plots
+    from sentinel_exp.report import plots
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

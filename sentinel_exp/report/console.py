@@ -15,8 +15,8 @@ from sentinel_exp.analysis.comparison import Comparison
 from sentinel_exp.analysis.slo import SloResult
 from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.report import count_parts, rate_parts, summary_rows
-from sentinel_exp.report import fmt_ms as _fmt
+from sentinel_exp.report.markdown import count_parts, rate_parts, summary_rows
+from sentinel_exp.report.markdown import fmt_ms as _fmt
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)

@@ -1,0 +1,1 @@
+"""What a person reads: the console, report.md and the figures."""
