@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from headless_chromium import Chromium
 
-from sentinel_exp.tracking import runs_table_path
+from sentinel_exp.store.tracking import runs_table_path
 
 
 def free_port() -> int:

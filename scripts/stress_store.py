@@ -29,7 +29,7 @@ SERIES_POINTS = 3000  # as a 5-minute run's telemetry at 10 Hz, several series
 
 
 def log_one(uri: str, experiment: str, index: int, start_at: float, out: Path) -> str:
-    from sentinel_exp.tracking import Tracker
+    from sentinel_exp.store.tracking import Tracker
 
     time.sleep(max(0.0, start_at - time.time()))  # all processes open the store together
     tracker = Tracker(uri, experiment)

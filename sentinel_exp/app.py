@@ -78,7 +78,7 @@ class OutputFolderCheck(Callback):
 
 
 def _stop_if_unwritable(folder: Path, setting: str) -> None:
-    from sentinel_exp.writable import folder_problem
+    from sentinel_exp.store.writable import folder_problem
 
     problem = folder_problem(folder)
     if problem:

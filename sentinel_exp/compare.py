@@ -74,7 +74,7 @@ def arms_from_folder(folder: Path) -> list[Arm]:
 
 def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]]:
     """The runs the arguments name, grouped by configuration; also which arm holds each run id."""
-    from sentinel_exp.tracking import RunStore
+    from sentinel_exp.store.tracking import RunStore
 
     store = RunStore(args.tracking_uri)
     if args.sweep:
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.write_text(to_markdown(comparisons), encoding="utf-8")
             ui.stdout.print(escape(f"written: {out}"), soft_wrap=True)
             if args.sweep:
-                from sentinel_exp.tracking import RunStore
+                from sentinel_exp.store.tracking import RunStore
 
                 RunStore(args.tracking_uri).log_artifact(args.sweep, out)
     except UserError as exc:

@@ -51,11 +51,11 @@ from sentinel_exp.names import Phase, RunStatus, ServerKind
 from sentinel_exp.prompts import prompts_file_digest
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.report import console as ui
-from sentinel_exp.run_folder import Role, RunJournal, new_run_file, write_series
 from sentinel_exp.run_lint import OptionLint
 from sentinel_exp.serve.threads import default_threads
 from sentinel_exp.servers import ServerHandle, resolve_server
-from sentinel_exp.tracking import FinishedRun, config_hash, flatten, param_value, store_check
+from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file, write_series
+from sentinel_exp.store.tracking import FinishedRun, config_hash, flatten, param_value, store_check
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload import Planned, PromptSource
 
@@ -336,7 +336,7 @@ def _input_digests(cfg: ExperimentConfig) -> dict[str, str]:
 
 
 def _finished_before(cfg: ExperimentConfig, resolved: dict[str, Any]) -> FinishedRun | None:
-    from sentinel_exp.upload import shared_tracker
+    from sentinel_exp.store.upload import shared_tracker
 
     try:
         tracker = shared_tracker(cfg.tracking.uri, cfg.tracking.experiment)
@@ -509,7 +509,7 @@ def _log_and_end(cfg: ExperimentConfig, ctx: RunContext, ended: Ended) -> Outcom
 def _upload(cfg: ExperimentConfig, ctx: RunContext) -> tuple[str | None, str | None]:
     """The ended run folder uploaded to MLflow: (run id, None), or (None, why not) after a warning
     that says how to upload it later. Nothing measured is lost either way: the folder holds it."""
-    from sentinel_exp.upload import upload_now
+    from sentinel_exp.store.upload import upload_now
 
     try:
         uploaded, line = upload_now(ctx.output_dir)

@@ -202,7 +202,7 @@ class SweepSummary(Callback):
     def _close_parent(self, status: RunStatus, compared: list[Path], best: JobOutcome | None, objective: str) -> bool:
         """End the parent's run.json and upload it; False when the store did not take it."""
         from sentinel_exp.report import console as ui
-        from sentinel_exp.upload import upload_now
+        from sentinel_exp.store.upload import upload_now
 
         if self._parent is None:
             return True
@@ -262,8 +262,8 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
     that the runs of its jobs nest under it as they end. A store that cannot take it only warns:
     each job's upload, or a later sync, makes the parent from the folder."""
     from sentinel_exp.report import console as ui
-    from sentinel_exp.run_folder import Role, RunJournal, new_run_file
-    from sentinel_exp.upload import upload_now
+    from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file
+    from sentinel_exp.store.upload import upload_now
 
     swept = " ".join(str(o) for o in config.hydra.overrides.task)
     name = str(config.sweep.name) if config.sweep.name != "none" else "sweep"

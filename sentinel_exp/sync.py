@@ -23,8 +23,8 @@ from rich.table import Table
 
 from sentinel_exp.errors import NotLogged, UserError
 from sentinel_exp.report import console as ui
-from sentinel_exp.run_folder import RUN_FILE, Role, is_run_folder, read_run_file
-from sentinel_exp.upload import Uploader
+from sentinel_exp.store.run_folder import RUN_FILE, Role, is_run_folder, read_run_file
+from sentinel_exp.store.upload import Uploader
 from sentinel_exp.urls import credentials_problem
 
 

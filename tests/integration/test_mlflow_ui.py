@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import mlflow_ui
 from headless_chromium import Chromium, find_chromium
 
-from sentinel_exp.tracking import browse_hint, runs_table_path
+from sentinel_exp.store.tracking import browse_hint, runs_table_path
 
 pytestmark = pytest.mark.slow
 

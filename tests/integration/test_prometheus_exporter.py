@@ -23,8 +23,8 @@ import psutil
 import pytest
 from support.cli import SIM, mlflow_runs, run_cli
 
-from sentinel_exp.run_folder import read_run_file, read_series
 from sentinel_exp.serve.launch import BundledServer
+from sentinel_exp.store.run_folder import read_run_file, read_series
 
 EXPORTER = shutil.which("prometheus-node-exporter")
 SIM_FLAGS = ("--model", "smollm2:135m", "--load-ms", "0", "--ttft-ms", "40", "--itl-ms", "5", "--jitter-ms", "0")

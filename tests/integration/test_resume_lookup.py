@@ -3,7 +3,7 @@ repeat, in a real MLflow sqlite store."""
 
 import json
 
-from sentinel_exp.tracking import Tracker
+from sentinel_exp.store.tracking import Tracker
 
 
 def _run(tracker: Tracker, tags: dict[str, str], status: str, summary_metrics: dict[str, float] | None, tmp_path):

@@ -21,7 +21,7 @@ from support.cli import SIM, cli_env, mlflow_runs, output_dirs, run_cli
 from support.mlflow_server import MlflowServer, free_port
 
 from sentinel_exp.records import read_records
-from sentinel_exp.run_folder import Runner, boot_start
+from sentinel_exp.store.run_folder import Runner, boot_start
 
 QUICK = [*SIM, "workload=quick", "telemetry.enabled=false"]
 # About 40 ms a request one at a time: 400 requests are 16 s, time enough to stop things midway.
@@ -236,8 +236,8 @@ def test_jobs_of_a_sweep_synced_side_by_side_file_under_one_parent(tmp_path):
     assert len(jobs) == 3
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    from sentinel_exp.tracking import Tracker
-    from sentinel_exp.upload import Uploader
+    from sentinel_exp.store.tracking import Tracker
+    from sentinel_exp.store.upload import Uploader
 
     # Each job at once, as joblib's processes or syncs run side by side: each finds the sweep's
     # parent run missing from the store, and each would make it.

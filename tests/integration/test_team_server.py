@@ -22,7 +22,7 @@ from support.remote_host import LoopbackProxy
 from sentinel_exp.errors import UserError
 from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.launch import running_server
-from sentinel_exp.tracking import Tracker
+from sentinel_exp.store.tracking import Tracker
 
 QUICK = ["workload.warmup=0", "plots=false", "telemetry.interval_s=0.5"]
 

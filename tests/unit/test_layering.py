@@ -166,7 +166,7 @@ def telemetry_light(module: str, target: str) -> bool:
 
 
 def mlflow_in_tracking(module: str, target: str) -> bool:
-    return top(target) != "mlflow" or module == "sentinel_exp.tracking"
+    return top(target) != "mlflow" or module == "sentinel_exp.store.tracking"
 
 
 def hydra_in_config_layer(module: str, target: str) -> bool:
@@ -200,7 +200,7 @@ def breaches() -> dict[tuple[str, str, str], list[int]]:
 
 
 def test_the_checker_sees_the_whole_package():
-    assert {"sentinel_exp.experiment", "sentinel_exp.tracking", "sentinel_exp.analysis.stats"} <= set(MODULES)
+    assert {"sentinel_exp.experiment", "sentinel_exp.store.tracking", "sentinel_exp.analysis.stats"} <= set(MODULES)
     assert {"sentinel_exp.serve.app", "sentinel_exp.serve.engines.simulated", "sentinel_exp.telemetry.summary"} <= set(
         MODULES
     )

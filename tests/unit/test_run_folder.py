@@ -13,7 +13,7 @@ import pytest
 from sentinel_exp.errors import NotLogged, UserError
 from sentinel_exp.names import RunStatus
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.run_folder import (
+from sentinel_exp.store.run_folder import (
     RUN_FILE,
     Role,
     RunFile,
@@ -24,8 +24,8 @@ from sentinel_exp.run_folder import (
     read_series,
     write_series,
 )
+from sentinel_exp.store.upload import abandoned_summary, find_sweep_folder, records_in
 from sentinel_exp.sync import Synced, exit_status, folders_to_sync
-from sentinel_exp.upload import abandoned_summary, find_sweep_folder, records_in
 
 
 def _run_file(**kw) -> RunFile:

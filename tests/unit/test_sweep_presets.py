@@ -12,8 +12,8 @@ from support.compose import composed, variant
 
 from sentinel_exp.app import config_dir
 from sentinel_exp.config.schema import register_configs, typed_config
+from sentinel_exp.store.tracking import config_hash
 from sentinel_exp.sweeper import InterleaveError, arrange
-from sentinel_exp.tracking import config_hash
 
 register_configs()
 
@@ -129,7 +129,7 @@ def test_the_digest_of_a_file_a_setting_names_is_part_of_the_identity():
 
 
 def test_settings_added_later_keep_the_identity_of_configurations_measured_before_them():
-    from sentinel_exp.tracking import ADDED_SETTINGS
+    from sentinel_exp.store.tracking import ADDED_SETTINGS
 
     now = typed_config(variant("server=simulated")).as_dict()
     before = copy.deepcopy(now)  # the same configuration as logged before these settings existed

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from sentinel_exp.analysis.diagnosis import diagnose
 from sentinel_exp.analysis.stats import error_breakdown, summarize
 from sentinel_exp.errors import UserError
-from sentinel_exp.locks import exclusive
 from sentinel_exp.names import Phase, RunStatus
 from sentinel_exp.records import RequestRecord, iter_records
-from sentinel_exp.run_folder import (
+from sentinel_exp.store.locks import exclusive
+from sentinel_exp.store.run_folder import (
     RUN_FILE,
     Role,
     RunFile,
@@ -31,7 +31,7 @@ from sentinel_exp.run_folder import (
 )
 
 if TYPE_CHECKING:
-    from sentinel_exp.tracking import Tracker
+    from sentinel_exp.store.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ _SHARED: dict[tuple[str, str], Tracker] = {}
 
 
 def shared_tracker(uri: str, experiment: str) -> Tracker:
-    from sentinel_exp.tracking import Tracker
+    from sentinel_exp.store.tracking import Tracker
 
     key = (uri, experiment)
     if key not in _SHARED:
@@ -267,7 +267,7 @@ class Uploader:
 
 
 def where_logged(uploaded: Uploaded) -> str:
-    from sentinel_exp.tracking import browse_hint
+    from sentinel_exp.store.tracking import browse_hint
 
     return f"MLflow run {uploaded.run_id} in {uploaded.uri}  ({browse_hint(uploaded.uri, uploaded.experiment_id)})"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sentinel_exp.errors import UserError
-from sentinel_exp.locks import exclusive
-from sentinel_exp.writable import sqlite_problem
+from sentinel_exp.store.locks import exclusive
+from sentinel_exp.store.writable import sqlite_problem
 
 log = logging.getLogger(__name__)
 
