@@ -48,7 +48,6 @@ from sentinel_exp.hosts import host_tags
 from sentinel_exp.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.names import Phase, RunStatus, ServerKind
-from sentinel_exp.prompts import prompts_file_digest
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.report import console as ui
 from sentinel_exp.run_lint import OptionLint
@@ -57,7 +56,8 @@ from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file, write_series
 from sentinel_exp.store.tracking import FinishedRun, config_hash, flatten, param_value, store_check
 from sentinel_exp.urls import is_loopback_url
-from sentinel_exp.workload import Planned, PromptSource
+from sentinel_exp.workload.prompts_file import prompts_file_digest
+from sentinel_exp.workload.source import Planned, PromptSource
 
 log = logging.getLogger(__name__)
 

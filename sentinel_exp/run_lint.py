@@ -28,7 +28,7 @@ from sentinel_exp.names import LintMode, ServerKind
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.servers import ServerHandle
 from sentinel_exp.urls import is_loopback_url
-from sentinel_exp.workload import PromptSource
+from sentinel_exp.workload.source import PromptSource
 
 log = logging.getLogger(__name__)
 

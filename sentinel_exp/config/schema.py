@@ -295,7 +295,7 @@ class WorkloadConfig:
 
     def _prompt_problems(self) -> list[str]:
         from sentinel_exp.config.distributions import distribution_problems, parse_distribution
-        from sentinel_exp.prompts import read_prompts_file
+        from sentinel_exp.workload.prompts_file import read_prompts_file
 
         if self.input_tokens is not None:
             if self.prompts_file:

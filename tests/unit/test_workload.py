@@ -16,10 +16,10 @@ from sentinel_exp.config.distributions import Distribution, DistributionError, p
 from sentinel_exp.config.schema import WorkloadConfig, typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import DistributionKind, Phase
-from sentinel_exp.prompts import parse_prompt_lines, read_prompts_file
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.synthetic import LengthFit, fit_length, nonce_prefix, synthetic_text
-from sentinel_exp.workload import PromptSource
+from sentinel_exp.workload.prompts_file import parse_prompt_lines, read_prompts_file
+from sentinel_exp.workload.source import PromptSource
+from sentinel_exp.workload.synthetic import LengthFit, fit_length, nonce_prefix, synthetic_text
 
 # --- think time and other drawn quantities ----------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from sentinel_exp.errors import ConfigError
 
-BUNDLED_DATA = Path(__file__).resolve().parent / "data"
+BUNDLED_DATA = Path(__file__).resolve().parents[1] / "data"
 # Shown in an error: the first few bad lines, not hundreds.
 MAX_LINE_PROBLEMS = 5
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sentinel_exp.config.distributions import Distribution, parse_distribution
-from sentinel_exp.prompts import Prompt, read_prompts_file
-from sentinel_exp.synthetic import PRIOR, LengthFit, fit_length, nonce_prefix, synthetic_text
+from sentinel_exp.workload.prompts_file import Prompt, read_prompts_file
+from sentinel_exp.workload.synthetic import PRIOR, LengthFit, fit_length, nonce_prefix, synthetic_text
 
 if TYPE_CHECKING:
     from sentinel_exp.config.schema import WorkloadConfig
