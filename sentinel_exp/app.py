@@ -23,7 +23,7 @@ from sentinel_exp.errors import Interrupted, NotLogged, RunFailed, UserError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from sentinel_exp.experiment import RunContext
+    from sentinel_exp.run.experiment import RunContext
 
 
 def config_dir() -> Path:
@@ -34,8 +34,8 @@ def config_dir() -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
-    from sentinel_exp.experiment import run
     from sentinel_exp.report import console as ui
+    from sentinel_exp.run.experiment import run
     from sentinel_exp.sweep import objective_value, record_not_logged, record_reused
 
     # A full disk must not print a traceback per log line from Hydra's log file in the run folder:
@@ -92,7 +92,7 @@ def _stop_if_unwritable(folder: Path, setting: str) -> None:
 
 
 def _run_context() -> RunContext:
-    from sentinel_exp.experiment import RunContext
+    from sentinel_exp.run.experiment import RunContext
     from sentinel_exp.sweep import sweep_record, swept_keys
 
     hc = HydraConfig.get()

@@ -14,7 +14,7 @@ from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api
 
 if TYPE_CHECKING:
-    from sentinel_exp.servers import ServerHandle
+    from sentinel_exp.run.servers import ServerHandle
 
 # Ollama's keep_alive: a duration string ("5m"), seconds, or a negative number for "forever".
 KeepAlive = str | float | None

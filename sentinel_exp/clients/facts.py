@@ -11,7 +11,7 @@ from sentinel_exp.errors import ServerError
 from sentinel_exp.names import ServerKind
 
 if TYPE_CHECKING:
-    from sentinel_exp.servers import ServerHandle
+    from sentinel_exp.run.servers import ServerHandle
 
 
 @dataclass

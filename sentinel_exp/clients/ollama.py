@@ -17,7 +17,7 @@ from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api, ErrorClass
 
 if TYPE_CHECKING:
-    from sentinel_exp.servers import ServerHandle
+    from sentinel_exp.run.servers import ServerHandle
 
 
 # Any: a parsed NDJSON chunk; its fields are read with .get and checked where it matters.

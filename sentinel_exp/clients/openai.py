@@ -14,7 +14,7 @@ from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api, ErrorClass
 
 if TYPE_CHECKING:
-    from sentinel_exp.servers import ServerHandle
+    from sentinel_exp.run.servers import ServerHandle
 
 # The Ollama options that have an OpenAI field; runner options (num_ctx, num_gpu, ...) have none.
 _OPTION_TO_OPENAI = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support.cli import NO_OLLAMA
 
-from sentinel_exp.experiment import Outcome
+from sentinel_exp.run.experiment import Outcome
 
 HERE = Path(__file__).resolve().parent
 
@@ -74,7 +74,7 @@ def run_experiment(
 
     from sentinel_exp.app import config_dir
     from sentinel_exp.config.schema import register_configs, typed_config
-    from sentinel_exp.experiment import RunContext, run
+    from sentinel_exp.run.experiment import RunContext, run
 
     # As cli_env does for the CLI's subprocesses: never a real Ollama by accident.
     monkeypatch.setenv("OLLAMA_HOST", NO_OLLAMA)

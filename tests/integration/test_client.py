@@ -133,7 +133,7 @@ def test_cancellation_leaves_a_cancelled_record_and_the_client_usable(sim_server
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.timing
 def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_factory, transport):
-    from sentinel_exp.load import PhasePlan, run_phase
+    from sentinel_exp.run.load import PhasePlan, run_phase
 
     # Each request takes ~60 ms; arrivals come every ~20 ms on average; one may be in flight.
     server = sim_server_factory("--load-ms", "0", "--ttft-ms", "40", "--itl-ms", "5", "--tokens", "5")

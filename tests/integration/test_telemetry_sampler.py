@@ -480,9 +480,9 @@ def test_telemetry_imports_without_heavy_dependencies():
 
 def test_a_run_monitor_releases_nvml_whether_or_not_it_sampled():
     from sentinel_exp.config.schema import HardwareConfig, TelemetryConfig
-    from sentinel_exp.monitor import RunMonitor
     from sentinel_exp.names import ServerKind
-    from sentinel_exp.servers import ServerHandle
+    from sentinel_exp.run.monitor import RunMonitor
+    from sentinel_exp.run.servers import ServerHandle
 
     handle = ServerHandle(kind=ServerKind.simulated, url="http://127.0.0.1:9")
     h100 = HardwareConfig("h100", True, "H100", 70000)

@@ -10,7 +10,7 @@ from sentinel_exp.clients.ollama import OllamaChat
 from sentinel_exp.clients.openai import OpenAIChat
 from sentinel_exp.errors import ServerError
 from sentinel_exp.names import Api, ServerKind
-from sentinel_exp.servers import ServerHandle
+from sentinel_exp.run.servers import ServerHandle
 
 
 def test_each_api_reads_what_a_real_server_says_about_its_model(sim_server_factory):

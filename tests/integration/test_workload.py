@@ -164,7 +164,7 @@ def test_idle_pauses_also_hold_back_poisson_arrivals_and_a_stop_cuts_them_short(
     import asyncio
     import time
 
-    from sentinel_exp.load import PhasePlan, run_phase
+    from sentinel_exp.run.load import PhasePlan, run_phase
 
     async def scenario(stop_after_s: float | None) -> tuple[list[tuple[int, float, float]], float]:
         spans: list[tuple[int, float, float]] = []

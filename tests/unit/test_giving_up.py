@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel_exp.giving_up import DEAD_AFTER, GiveUp, measured_nothing
 from sentinel_exp.names import ErrorClass, Phase
 from sentinel_exp.records import RequestRecord
+from sentinel_exp.run.give_up import DEAD_AFTER, GiveUp, measured_nothing
 
 URL = "http://127.0.0.1:11500"
 

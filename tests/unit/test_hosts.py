@@ -12,8 +12,8 @@ from sentinel_exp.app import config_dir
 from sentinel_exp.checks.hardware import unchecked_remote
 from sentinel_exp.config.schema import ExperimentConfig, typed_config
 from sentinel_exp.errors import ConfigError
-from sentinel_exp.hosts import FingerprintOf, host_tags, target_host
 from sentinel_exp.overrides import command_line_overrides, override_problems
+from sentinel_exp.run.hosts import FingerprintOf, host_tags, target_host
 from sentinel_exp.urls import credentials_problem, has_credentials, url_host
 
 

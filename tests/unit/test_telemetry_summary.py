@@ -384,8 +384,8 @@ def test_a_llama_cpp_server_with_more_threads_than_free_cores_is_told_how_many_t
 def test_the_threads_of_each_server_kind(monkeypatch):
     import psutil
 
-    from sentinel_exp.experiment import llama_threads
     from sentinel_exp.names import ServerKind
+    from sentinel_exp.run.experiment import llama_threads
     from sentinel_exp.serve.threads import THREADS_ENV
 
     monkeypatch.delenv(THREADS_ENV, raising=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sentinel_exp.errors import ConfigError
-from sentinel_exp.servers import normalize_url, ollama_url_from_env
+from sentinel_exp.run.servers import normalize_url, ollama_url_from_env
 
 
 @pytest.mark.parametrize(

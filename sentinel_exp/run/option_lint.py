@@ -26,7 +26,7 @@ from sentinel_exp.config.schema import ExperimentConfig
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import LintMode, ServerKind
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.servers import ServerHandle
+from sentinel_exp.run.servers import ServerHandle
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload.source import PromptSource
 

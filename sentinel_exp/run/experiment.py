@@ -43,16 +43,16 @@ from sentinel_exp.clients.transport import measuring_client
 from sentinel_exp.config.distributions import parse_distribution
 from sentinel_exp.config.schema import ExperimentConfig, to_yaml
 from sentinel_exp.errors import FolderUnwritable, Interrupted, RunFailed, UserError
-from sentinel_exp.giving_up import GiveUp, measured_nothing
-from sentinel_exp.hosts import host_tags
-from sentinel_exp.load import OnRecord, PhasePlan, run_phase
-from sentinel_exp.monitor import RunMonitor
 from sentinel_exp.names import Phase, RunStatus, ServerKind
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.report import console as ui
-from sentinel_exp.run_lint import OptionLint
+from sentinel_exp.run.give_up import GiveUp, measured_nothing
+from sentinel_exp.run.hosts import host_tags
+from sentinel_exp.run.load import OnRecord, PhasePlan, run_phase
+from sentinel_exp.run.monitor import RunMonitor
+from sentinel_exp.run.option_lint import OptionLint
+from sentinel_exp.run.servers import ServerHandle, resolve_server
 from sentinel_exp.serve.threads import default_threads
-from sentinel_exp.servers import ServerHandle, resolve_server
 from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file, write_series
 from sentinel_exp.store.tracking import FinishedRun, config_hash, flatten, param_value, store_check
 from sentinel_exp.urls import is_loopback_url

@@ -21,7 +21,7 @@ import psutil
 from sentinel_exp.checks.hardware import check_with_probe, expects_gpu, unchecked_remote
 from sentinel_exp.config.schema import HardwareConfig, TelemetryConfig
 from sentinel_exp.names import Phase, TelemetrySource
-from sentinel_exp.servers import ServerHandle
+from sentinel_exp.run.servers import ServerHandle
 from sentinel_exp.telemetry import (
     GpuProbe,
     Sample,

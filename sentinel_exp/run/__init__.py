@@ -1,0 +1,1 @@
+"""One run, from the server to the upload: the experiment's straight line and its parts."""
