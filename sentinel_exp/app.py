@@ -36,7 +36,7 @@ def config_dir() -> Path:
 def _hydra_main(cfg: DictConfig) -> float:
     from sentinel_exp.report import console as ui
     from sentinel_exp.run.experiment import run
-    from sentinel_exp.sweep import objective_value, record_not_logged, record_reused
+    from sentinel_exp.sweep.callbacks import objective_value, record_not_logged, record_reused
 
     # A full disk must not print a traceback per log line from Hydra's log file in the run folder:
     # the run reports the full disk itself, once.
@@ -93,7 +93,7 @@ def _stop_if_unwritable(folder: Path, setting: str) -> None:
 
 def _run_context() -> RunContext:
     from sentinel_exp.run.experiment import RunContext
-    from sentinel_exp.sweep import sweep_record, swept_keys
+    from sentinel_exp.sweep.callbacks import sweep_record, swept_keys
 
     hc = HydraConfig.get()
     in_sweep = hc.mode == RunMode.MULTIRUN
@@ -113,7 +113,7 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
     not pulled, say) must not cost the others: the job is recorded as failed and the sweep goes
     on; it still ends with exit status 2 (sweep.SweepSummary)."""
     from sentinel_exp.report import console as ui
-    from sentinel_exp.sweep import record_error
+    from sentinel_exp.sweep.callbacks import record_error
 
     ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -140,7 +140,7 @@ def main() -> None:
         _hydra_main()
     except (KeyboardInterrupt, SystemExit):
         # A sweep stopped midway (Ctrl-C, SIGTERM): what finished is still compared and logged.
-        from sentinel_exp.sweep import finish_interrupted_sweep
+        from sentinel_exp.sweep.callbacks import finish_interrupted_sweep
 
         finish_interrupted_sweep()
         raise

@@ -21,7 +21,7 @@ from pathlib import Path
 from sentinel_exp.analysis.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
 from sentinel_exp.errors import UserError
 from sentinel_exp.records import read_records
-from sentinel_exp.study import MeasuredJob, arms, compare_arms
+from sentinel_exp.sweep.study import MeasuredJob, arms, compare_arms
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def arms_from_folder(folder: Path) -> list[Arm]:
     """The configurations of a sweep folder (multirun/<date>/<time>), as the sweep itself compared them."""
-    from sentinel_exp.sweep import read_outcomes, sweep_record
+    from sentinel_exp.sweep.callbacks import read_outcomes, sweep_record
 
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder")

@@ -1,5 +1,5 @@
 """sentinel-exp's default sweeper, hydra/sweeper=sentinel (conf/config.yaml): Hydra's basic
-sweeper with each configuration's runs ordered by `sweep.order` (sentinel_exp/sweeper.py), and each
+sweeper with each configuration's runs ordered by `sweep.order` (sentinel_exp/sweep/order.py), and each
 job's config composed once (ComposeOnce).
 
 Hydra instantiates sweepers only from the `hydra_plugins` namespace package, and finds them by
@@ -92,7 +92,7 @@ class SentinelSweeper(BasicSweeper):
             self.hydra_context.config_loader.check(self.config, list(overrides))  # type: ignore[attr-defined]
 
     def sweep(self, arguments: list[str]) -> Any:
-        from sentinel_exp.sweeper import InterleaveError, arrange
+        from sentinel_exp.sweep.order import InterleaveError, arrange
 
         assert self.config is not None  # setup() comes first
         params = [f"{key}={value}" for key, value in self.params.items()]

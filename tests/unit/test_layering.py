@@ -30,7 +30,7 @@ CONFIG_LAYER = frozenset(
         "sentinel_exp.cli_help",
         "sentinel_exp.config.schema",
         "sentinel_exp.overrides",
-        "sentinel_exp.sweep",
+        "sentinel_exp.sweep.callbacks",
     }
 )
 PURE = frozenset(

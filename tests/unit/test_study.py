@@ -6,7 +6,7 @@ import pytest
 
 from sentinel_exp.analysis.comparison import RunResult
 from sentinel_exp.errors import UserError
-from sentinel_exp.study import MeasuredJob, arm_names, arms, configuration, pick_baseline
+from sentinel_exp.sweep.study import MeasuredJob, arm_names, arms, configuration, pick_baseline
 
 EMPTY = RunResult(records=())
 

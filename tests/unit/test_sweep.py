@@ -13,7 +13,7 @@ from sentinel_exp.app import config_dir
 from sentinel_exp.config.schema import typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.overrides import override_problems
-from sentinel_exp.sweep import (
+from sentinel_exp.sweep.callbacks import (
     OUTCOME_FILE,
     SweepSummary,
     distinguishing_labels,
@@ -138,7 +138,7 @@ def test_sweep_jobs_are_named_by_what_differs_between_them():
 
 
 def test_swept_keys_come_from_the_sweeps_own_record(tmp_path):
-    from sentinel_exp.sweep import swept_keys
+    from sentinel_exp.sweep.callbacks import swept_keys
 
     (tmp_path / "multirun.yaml").write_text(
         "hydra:\n"
@@ -151,7 +151,7 @@ def test_swept_keys_come_from_the_sweeps_own_record(tmp_path):
 
 
 def test_the_best_job_is_the_one_with_the_best_objective_among_those_that_measured_it():
-    from sentinel_exp.sweep import JobOutcome, best_job
+    from sentinel_exp.sweep.callbacks import JobOutcome, best_job
 
     jobs = [
         JobOutcome(0, ["a=1"], None, {"ttft_ms_p50": 50.0, "output_tokens_per_s": 90.0}),

@@ -1,5 +1,5 @@
 """The sweep presets (conf/sweep/), the ablation arms (conf/ablation/), the order of a sweep's
-jobs (sentinel_exp/sweeper.py) and what makes runs repeats of one configuration.
+jobs (sentinel_exp/sweep/order.py) and what makes runs repeats of one configuration.
 (tests/integration/test_composition.py composes each preset through Hydra itself.)"""
 
 import copy
@@ -13,7 +13,7 @@ from support.compose import composed, variant
 from sentinel_exp.app import config_dir
 from sentinel_exp.config.schema import register_configs, typed_config
 from sentinel_exp.store.tracking import config_hash
-from sentinel_exp.sweeper import InterleaveError, arrange
+from sentinel_exp.sweep.order import InterleaveError, arrange
 
 register_configs()
 

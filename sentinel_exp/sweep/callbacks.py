@@ -292,7 +292,7 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> lis
     sweep folder (their paths returned, for the parent run)."""
     from sentinel_exp.analysis.comparison import to_markdown
     from sentinel_exp.report import console as ui
-    from sentinel_exp.study import MeasuredJob, arms, compare_arms, load_run
+    from sentinel_exp.sweep.study import MeasuredJob, arms, compare_arms, load_run
 
     measured = []
     for job in jobs:
@@ -321,7 +321,7 @@ def _sweep_report(
     """report.md of the sweep with its CDFs and percentile bars; a failure costs only the pictures."""
     from sentinel_exp.report import console as ui
     from sentinel_exp.report.markdown import write_sweep_report
-    from sentinel_exp.study import arm_records, percentile_rows, verdict_line
+    from sentinel_exp.sweep.study import arm_records, percentile_rows, verdict_line
 
     try:
         return write_sweep_report(
