@@ -1,3 +1,3 @@
-from sentinel_exp.app import main
+from sentinel_exp.cli.app import main
 
 main()

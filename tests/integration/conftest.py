@@ -72,7 +72,7 @@ def run_experiment(
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from sentinel_exp.app import config_dir
+    from sentinel_exp.cli.app import config_dir
     from sentinel_exp.config.schema import register_configs, typed_config
     from sentinel_exp.run.experiment import RunContext, run
 

@@ -8,7 +8,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from support.compose import NotPlain, composed, plain_group_file, variant
 
-from sentinel_exp.app import config_dir
+from sentinel_exp.cli.app import config_dir
 from sentinel_exp.config.schema import ExperimentConfig, register_configs, typed_config
 
 register_configs()

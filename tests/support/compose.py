@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sentinel_exp.app import config_dir
+from sentinel_exp.cli.app import config_dir
 from sentinel_exp.config.schema import ExperimentConfig, register_configs
 
 

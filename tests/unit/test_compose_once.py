@@ -8,7 +8,7 @@ from hydra._internal.utils import create_config_search_path
 from hydra.types import RunMode
 
 from hydra_plugins.sentinel_exp_sweeper.sentinel_sweeper import ComposeOnce
-from sentinel_exp.app import config_dir
+from sentinel_exp.cli.app import config_dir
 from sentinel_exp.config.schema import register_configs
 
 

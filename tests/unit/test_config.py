@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from support.compose import NotPlain, composed, plain_group_file, variant
 
-from sentinel_exp.app import config_dir
+from sentinel_exp.cli.app import config_dir
 from sentinel_exp.config.schema import ExperimentConfig, register_configs, settings_help, typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import Api, ServerKind

@@ -8,11 +8,11 @@ import socket
 import pytest
 from support.compose import variant
 
-from sentinel_exp.app import config_dir
 from sentinel_exp.checks.hardware import unchecked_remote
+from sentinel_exp.cli.app import config_dir
+from sentinel_exp.cli.overrides import command_line_overrides, override_problems
 from sentinel_exp.config.schema import ExperimentConfig, typed_config
 from sentinel_exp.errors import ConfigError
-from sentinel_exp.overrides import command_line_overrides, override_problems
 from sentinel_exp.run.hosts import FingerprintOf, host_tags, target_host
 from sentinel_exp.urls import credentials_problem, has_credentials, url_host
 

@@ -26,10 +26,10 @@ TELEMETRY = "sentinel_exp.telemetry"
 SHARED = frozenset({"sentinel_exp", "sentinel_exp.names", "sentinel_exp.eventloop"})
 CONFIG_LAYER = frozenset(
     {
-        "sentinel_exp.app",
-        "sentinel_exp.cli_help",
+        "sentinel_exp.cli.app",
+        "sentinel_exp.cli.help",
         "sentinel_exp.config.schema",
-        "sentinel_exp.overrides",
+        "sentinel_exp.cli.overrides",
         "sentinel_exp.sweep.callbacks",
     }
 )

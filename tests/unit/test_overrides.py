@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_exp.app import config_dir
-from sentinel_exp.overrides import command_line_overrides, override_problems
+from sentinel_exp.cli.app import config_dir
+from sentinel_exp.cli.overrides import command_line_overrides, override_problems
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from sentinel_exp.cli.sync import Synced, exit_status, folders_to_sync
 from sentinel_exp.errors import NotLogged, UserError
 from sentinel_exp.names import RunStatus
 from sentinel_exp.records import RequestRecord
@@ -25,7 +26,6 @@ from sentinel_exp.store.run_folder import (
     write_series,
 )
 from sentinel_exp.store.upload import abandoned_summary, find_sweep_folder, records_in
-from sentinel_exp.sync import Synced, exit_status, folders_to_sync
 
 
 def _run_file(**kw) -> RunFile:

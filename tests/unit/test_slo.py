@@ -5,11 +5,11 @@ import pytest
 from support.compose import variant
 
 from sentinel_exp.analysis.slo import judge, judge_requests, judge_targets, meets, metric_direction
-from sentinel_exp.app import config_dir
+from sentinel_exp.cli.app import config_dir
+from sentinel_exp.cli.overrides import override_problems
 from sentinel_exp.config.schema import register_configs, typed_config
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import Direction
-from sentinel_exp.overrides import override_problems
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report.console import slo_line
 

@@ -9,10 +9,10 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from support.compose import composed, variant
 
-from sentinel_exp.app import config_dir
+from sentinel_exp.cli.app import config_dir
+from sentinel_exp.cli.overrides import override_problems
 from sentinel_exp.config.schema import typed_config
 from sentinel_exp.errors import ConfigError
-from sentinel_exp.overrides import override_problems
 from sentinel_exp.sweep.callbacks import (
     OUTCOME_FILE,
     SweepSummary,

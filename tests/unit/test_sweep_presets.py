@@ -10,7 +10,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from support.compose import composed, variant
 
-from sentinel_exp.app import config_dir
+from sentinel_exp.cli.app import config_dir
 from sentinel_exp.config.schema import register_configs, typed_config
 from sentinel_exp.store.tracking import config_hash
 from sentinel_exp.sweep.order import InterleaveError, arrange

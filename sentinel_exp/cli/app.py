@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
-from sentinel_exp.cli_help import help_text, wants_help
+from sentinel_exp.cli.help import help_text, wants_help
 from sentinel_exp.config.schema import register_configs, typed_config
 from sentinel_exp.errors import Interrupted, NotLogged, RunFailed, UserError
 
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 
 def config_dir() -> Path:
-    """conf/ ships inside the wheel as sentinel_exp/conf; in a checkout it is ../conf."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+    """conf/ ships inside the wheel as sentinel_exp/conf; in a checkout it is beside sentinel_exp/."""
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "conf"
+    return packaged if packaged.is_dir() else package.parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -126,13 +127,13 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["compare"]:  # `sentinel-exp compare ...` is `python -m sentinel_exp.compare ...`
-        from sentinel_exp.compare import main as compare_main
+        from sentinel_exp.cli.compare import main as compare_main
 
         sys.exit(compare_main(sys.argv[2:]))
     register_configs()
     _stop_on_bad_overrides(sys.argv[1:])
     if wants_help(sys.argv[1:]):
-        from sentinel_exp.overrides import command_line_overrides
+        from sentinel_exp.cli.overrides import command_line_overrides
 
         print(help_text(config_dir(), command_line_overrides(sys.argv[1:])))
         return
@@ -151,7 +152,7 @@ def main() -> None:
 
 
 def _stop_on_bad_overrides(argv: list[str]) -> None:
-    from sentinel_exp.overrides import command_line_overrides, override_problems
+    from sentinel_exp.cli.overrides import command_line_overrides, override_problems
 
     problems = override_problems(command_line_overrides(argv), config_dir())
     if problems:

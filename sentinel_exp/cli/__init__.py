@@ -1,0 +1,1 @@
+"""The commands: `python -m sentinel_exp` (Hydra), `compare` and `sync`."""

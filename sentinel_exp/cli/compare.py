@@ -1,0 +1,170 @@
+"""`python -m sentinel_exp.compare`: which change helps? Runs compared with a baseline, per metric,
+with a bootstrap CI of each change and a verdict (the statistics are in comparison.py).
+
+    python -m sentinel_exp.compare multirun/2026-12-02/13-46-26-976002     a sweep's folder
+    python -m sentinel_exp.compare --sweep PARENT_RUN_ID                   a sweep's MLflow run
+    python -m sentinel_exp.compare --experiment sentinel-exp --filter "params.model.name = 'qwen2.5:0.5b'"
+    python -m sentinel_exp.compare RUN_ID RUN_ID [RUN_ID ...] --baseline RUN_ID
+
+Runs of one configuration (the same sentinel.config_hash: repeats) are the runs of one arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sentinel_exp.analysis.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
+from sentinel_exp.errors import UserError
+from sentinel_exp.records import read_records
+from sentinel_exp.sweep.study import MeasuredJob, arms, compare_arms
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sentinel_exp.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("runs", nargs="*", metavar="FOLDER | RUN_ID", help="a multirun folder, or MLflow run ids")
+    parser.add_argument("--sweep", metavar="PARENT_RUN_ID", help="the MLflow run of a sweep: compare its jobs")
+    parser.add_argument("--experiment", help="compare the runs of this MLflow experiment")
+    parser.add_argument("--filter", default="", help='MLflow search filter, e.g. "metrics.error_rate = 0"')
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI),
+        help=f"MLflow store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})",
+    )
+    parser.add_argument(
+        "--baseline", help="a run id, or a swept value such as options=default (default: the first configuration)"
+    )
+    parser.add_argument("--objective", default="ttft_ms_p50", help="the decisive metric (default: ttft_ms_p50)")
+    parser.add_argument(
+        "--min-effect-pct",
+        type=float,
+        default=DEFAULT_MIN_EFFECT_PCT,
+        help=f"smaller changes are never improved/worse (default {DEFAULT_MIN_EFFECT_PCT:g})",
+    )
+    parser.add_argument("--out", type=Path, help="markdown file to write (default: compare.md in a sweep folder)")
+    return parser
+
+
+def arms_from_folder(folder: Path) -> list[Arm]:
+    """The configurations of a sweep folder (multirun/<date>/<time>), as the sweep itself compared them."""
+    from sentinel_exp.sweep.callbacks import read_outcomes, sweep_record
+
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder")
+    sweep_id = sweep_record(folder)
+    measured = []
+    for job in read_outcomes(folder, sweep_id):
+        if job.folder is not None and job.metrics is not None and (job.folder / "requests.jsonl").is_file():
+            run = RunResult(tuple(read_records(job.folder / "requests.jsonl")), job.metrics)
+            measured.append(MeasuredJob(job.num, tuple(job.overrides), run))
+    if not measured:
+        raise UserError(f"{folder} holds no finished sweep job (no sweep_job.json with a summary.json beside it)")
+    return arms(measured)
+
+
+def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]]:
+    """The runs the arguments name, grouped by configuration; also which arm holds each run id."""
+    from sentinel_exp.store.tracking import RunStore
+
+    store = RunStore(args.tracking_uri)
+    if args.sweep:
+        runs = store.children(args.sweep)
+    elif args.runs:
+        runs = [store.get(run_id) for run_id in args.runs]
+    else:
+        runs = store.search(args.experiment, args.filter)
+    runs = [run for run in runs if run.status == "FINISHED"]
+    if not runs:
+        raise UserError("no finished run matches: nothing to compare")
+    grouped: dict[str, list[RunResult]] = {}
+    members: dict[str, list[str]] = {}
+    params: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="sentinel-compare-") as scratch:
+        for run in runs:
+            path = store.records_file(run.run_id, Path(scratch) / run.run_id)
+            if path is None:
+                continue
+            key = run.tags.get("sentinel.config_hash", run.run_id)
+            grouped.setdefault(key, []).append(RunResult(tuple(read_records(path)), run.metrics))
+            members.setdefault(key, []).append(run.run_id)
+            params.setdefault(key, run.params)
+    names = _names_by_params(list(params.values()))
+    configurations = [Arm(name, tuple(results)) for name, results in zip(names, grouped.values(), strict=True)]
+    where = {run_id: i for i, ids in enumerate(members.values()) for run_id in ids}
+    return configurations, where
+
+
+def _names_by_params(configurations: Sequence[dict[str, str]]) -> list[str]:
+    """Each configuration named by the params that differ between them, keys shortened."""
+    keys = sorted({k for params in configurations for k in params})
+    differing = [
+        k
+        for k in keys
+        if len({params.get(k) for params in configurations}) > 1 and not k.startswith(("tracking.", "sweep."))
+    ]
+    names = [
+        " ".join(f"{k.rsplit('.', 1)[-1]}={params.get(k, 'null')}" for k in differing) or f"run {i}"
+        for i, params in enumerate(configurations)
+    ]
+    # Two configurations that differ only in what names leave out still need two names.
+    return [name if names.count(name) == 1 else f"{name} #{i}" for i, name in enumerate(names)]
+
+
+def run_comparison(args: argparse.Namespace) -> tuple[list[Comparison], Path | None]:
+    folder = Path(args.runs[0]) if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else None
+    baseline = args.baseline
+    if folder is not None:
+        configurations = arms_from_folder(folder)
+    else:
+        configurations, where = arms_from_store(args)
+        if baseline in where:  # a run id: its configuration, whatever it is named
+            index = where[baseline]
+            configurations.insert(0, configurations.pop(index))
+            baseline = None
+    if len(configurations) < 2:
+        names = ", ".join(arm.name for arm in configurations)
+        raise UserError(f"only one configuration among these runs ({names}): nothing to compare it with")
+    comparisons = compare_arms(
+        configurations, baseline=baseline, objective=args.objective, min_effect_pct=args.min_effect_pct
+    )
+    out = args.out if args.out is not None else (folder / "compare.md" if folder is not None else None)
+    return comparisons, out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.markup import escape
+
+    from sentinel_exp.report import console as ui
+
+    args = build_parser().parse_args(argv)
+    if args.min_effect_pct < 0:
+        ui.stderr.print("[bold red]error:[/] --min-effect-pct must be 0 or more", soft_wrap=True)
+        return UserError.exit_code
+    try:
+        comparisons, out = run_comparison(args)
+        ui.print_comparisons(comparisons)
+        if out is not None:
+            out.write_text(to_markdown(comparisons), encoding="utf-8")
+            ui.stdout.print(escape(f"written: {out}"), soft_wrap=True)
+            if args.sweep:
+                from sentinel_exp.store.tracking import RunStore
+
+                RunStore(args.tracking_uri).log_artifact(args.sweep, out)
+    except UserError as exc:
+        ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
