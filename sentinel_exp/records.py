@@ -44,6 +44,7 @@ class RequestRecord:
     cold: bool | None = None
     input_tokens_target: int | None = None  # workload.input_tokens drawn for it; prompt_eval_count is what it got
     num_predict: int | None = None  # the num_predict sent (None = not sent); eval_count is what came back
+    block: int | None = None  # the round of an interleaved study it was measured in (None: not in one)
 
     @property
     def measured(self) -> bool:

@@ -62,7 +62,7 @@ def reference(tmp_path: Path) -> Iterator[Reference]:
 async def _drive(url: str, api: Api) -> list[RequestRecord]:
     wire = wire_api(api)
     records = []
-    # The client a run's requests to a loopback server go through (experiment._request_client).
+    # The client a run's requests to a loopback server go through (run/live.py _request_client).
     async with LoopbackClient(url, concurrency=1, read_timeout_s=10.0) as client:
         for i in range(WARMUP + REQUESTS):
             spec = wire.build_request("reference", f"{api}-{i}", i, None, {}, None)
