@@ -17,12 +17,13 @@ import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
 from sentinel_exp.analysis.stats import inter_token_latencies, output_tokens, successful, time_per_output_token
-from sentinel_exp.names import Direction, StrEnum
+from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 
 CI_METHOD = "percentile"  # percentile bootstrap: the 2.5th and 97.5th percentiles of the replicates
