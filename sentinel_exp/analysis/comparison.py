@@ -19,13 +19,14 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
 from sentinel_exp.analysis.inference import Clustered, LogRatio, independent_log_ratio, paired_log_ratio
 from sentinel_exp.analysis.stats import inter_token_latencies, output_tokens, successful, time_per_output_token
-from sentinel_exp.names import Direction, StrEnum
+from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 
 CONFIDENCE = 0.95

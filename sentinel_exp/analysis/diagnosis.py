@@ -22,10 +22,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sentinel_exp.analysis.stats import output_tokens, successful
-from sentinel_exp.names import StrEnum
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.serve.keepalive import keep_alive_seconds, server_default_seconds
 

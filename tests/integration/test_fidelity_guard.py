@@ -2,7 +2,7 @@
 milliseconds of the true emit times of the reference server (scripts/reference_server.py).
 
 The same comparison as scripts/bench_fidelity.py, short and with loose bounds: the floor on this
-machine is ~0.15 ms and the client adds 0.1 to 0.2 ms (README, Measurement fidelity), so a bound of 4 ms
+machine is ~0.15 ms and the client adds 0.1 to 0.2 ms (docs/fidelity.md), so a bound of 4 ms
 leaves room for a busy machine and still fails when a few milliseconds creep into every read
 (a blocking call, a per-chunk sleep, parsing before the stamp of a slow decoder).
 """

@@ -29,6 +29,7 @@ CONFIG_LAYER = frozenset(
         "sentinel_exp.cli.app",
         "sentinel_exp.cli.help",
         "sentinel_exp.config.schema",
+        "sentinel_exp.config.reference",
         "sentinel_exp.cli.overrides",
         "sentinel_exp.sweep.callbacks",
         "sentinel_exp.cli.study",
