@@ -108,7 +108,7 @@ def paired_study(
     rounds: int = 10,
     per_block: int = 4,
     effect: float = 1.0,
-    noise: Noise = Noise(),  # noqa: B008 - frozen
+    noise: Noise = Noise(),
     ttft: float = 40.0,
     candidate_itl: float = 10.0,
     study: str = "s1",
@@ -141,7 +141,7 @@ def repeated_runs(
     runs: int = 3,
     per_run: int = 40,
     effect: float = 1.0,
-    noise: Noise = Noise(),  # noqa: B008 - frozen
+    noise: Noise = Noise(),
     metrics: list[dict[str, float]] | None = None,
 ) -> tuple[Arm, Arm]:
     """Two arms of independent runs (a sequential sweep's repeats): every run its own offset."""

@@ -173,7 +173,7 @@ def test_equivalence_when_the_whole_interval_lies_within_the_minimum_effect() ->
     base, cand = paired_study(np.random.default_rng(11), rounds=20, per_block=20, noise=Noise(0.0, 0.0, 1.0))
     result = compare(base, cand)
     row = result.primary
-    assert row is not None and row.ci_low is not None and -2 <= row.ci_low and row.ci_high <= 2
+    assert row is not None and row.ci_low is not None and row.ci_low >= -2 and row.ci_high <= 2
     assert row.verdict == Verdict.EQUIVALENT
     assert verdict_text(row, result.min_effect_pct) == "no change larger than 2%"
     # A secondary row is never called equivalent: only the objective decides.

@@ -76,7 +76,7 @@ def test_arrange_puts_the_repeat_where_the_order_wants_it(overrides, order, expe
 
 
 def test_the_aa_preset_is_one_configuration_as_two_arms():
-    assert [job for job in jobs(preset_params("aa"))] == [["arm=A"], ["arm=B"]]
+    assert list(jobs(preset_params("aa"))) == [["arm=A"], ["arm=B"]]
     a, b = (typed_config(variant(f"arm={arm}")) for arm in "AB")
     assert config_hash(a.as_dict()) == config_hash(b.as_dict())  # one configuration, measured twice
     assert OmegaConf.load(config_dir() / "sweep" / "aa.yaml").force is True
