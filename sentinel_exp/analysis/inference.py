@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats as scipy_stats
+# scipy.special, not scipy.stats: the same distributions, imported in a sixth of the time.
+from scipy import special
 
 Statistic = Callable[[NDArray[np.float64]], float]
 POWER = 0.80  # the minimum detectable effect is the change found with this power
@@ -72,7 +73,7 @@ class LogRatio:
         """Two-sided p of "no change" under t(df)."""
         if self.se == 0.0:
             return 1.0 if self.mean == 0.0 else 0.0
-        return float(2.0 * scipy_stats.t.sf(abs(self.mean) / self.se, self.df))
+        return float(2.0 * special.stdtr(self.df, -abs(self.mean) / self.se))
 
     def minimum_detectable_pct(self, alpha: float, power: float = POWER) -> float:
         """The smallest change (in %, upward) this design finds with `power` at level alpha: (t_{1-a/2}
@@ -81,7 +82,7 @@ class LogRatio:
 
 
 def _t_quantile(p: float, df: float) -> float:
-    return float(scipy_stats.t.ppf(p, df)) if math.isfinite(df) else float(scipy_stats.norm.ppf(p))
+    return float(special.stdtrit(df, p)) if math.isfinite(df) else float(special.ndtri(p))
 
 
 def _logs(stats: list[float]) -> NDArray[np.float64] | None:
@@ -128,8 +129,8 @@ def spent_alpha(fraction: float, alpha: float) -> float:
     may have spent by `fraction` (0..1) of its budget, 2 - 2 Phi(z_{1-alpha/2} / sqrt(fraction))."""
     if fraction <= 0:
         return 0.0
-    z = float(scipy_stats.norm.ppf(1 - alpha / 2))
-    return float(min(alpha, 2.0 - 2.0 * scipy_stats.norm.cdf(z / math.sqrt(min(1.0, fraction)))))
+    z = float(special.ndtri(1 - alpha / 2))
+    return float(min(alpha, 2.0 - 2.0 * special.ndtr(z / math.sqrt(min(1.0, fraction)))))
 
 
 def look_alpha(fraction: float, previous_fraction: float, alpha: float) -> float:

@@ -16,6 +16,7 @@ uploads its folder (run/experiment.py, `adopt`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -29,8 +30,9 @@ from rich.markup import escape
 
 from sentinel_exp import eventloop
 from sentinel_exp.analysis.comparison import ALPHA, Arm, Comparison, RunResult, compare
-from sentinel_exp.config.schema import CompareConfig, ExperimentConfig
+from sentinel_exp.config.schema import CompareConfig, ExperimentConfig, ServerConfig
 from sentinel_exp.errors import Interrupted, UserError
+from sentinel_exp.names import ServerKind
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.context import RunContext
 from sentinel_exp.run.experiment import STUDY_ARM_FILE, Outcome, prepare, upload
@@ -126,16 +128,27 @@ def _start_servers(stack: ExitStack, arms: list[StudyArm]) -> tuple[dict[str, Se
     folder of the first arm that uses it; a server that cannot start costs only its arms."""
     handles: dict[str, ServerHandle] = {}
     errors: dict[str, str] = {}
+    epoch = time.time()
     for arm in arms:
         key = _server_key(arm.cfg)
         if key in handles or key in errors:
             continue
         try:
-            handles[key] = stack.enter_context(resolve_server(arm.cfg.server, arm.cfg.model.name, arm.ctx.output_dir))
+            server = _with_study_epoch(arm.cfg.server, epoch)
+            handles[key] = stack.enter_context(resolve_server(server, arm.cfg.model.name, arm.ctx.output_dir))
         except UserError as exc:
             errors[key] = str(exc)
             ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     return handles, errors
+
+
+def _with_study_epoch(server: ServerConfig, epoch: float) -> ServerConfig:
+    """A simulated server's drift and spells counted from the study's start, unless the config
+    fixes their origin: every simulated server of the study then sees the same machine, and a
+    seeded study the same noise whenever it runs."""
+    if server.kind != ServerKind.simulated or server.sim.noise_epoch:
+        return server
+    return dataclasses.replace(server, sim=dataclasses.replace(server.sim, noise_epoch=epoch))
 
 
 def _runner_identity(cfg: ExperimentConfig) -> str:

@@ -58,6 +58,7 @@ class SimSettings:
     spell_pct: float = setting(0.0, "every delay slower by this many percent during a spell (a neighbour's burst)")
     spell_every_s: float = setting(20.0, "mean time in s between the starts of spells")
     spell_s: float = setting(2.0, "length in s of a spell")
+    noise_epoch: float = setting(0.0, "unix time the drift and spells count from; an interleaved study sets its start")
 
     def problems(self, prefix: str = "") -> list[str]:
         """Each setting out of range, one line each, named `prefix` + field; empty when usable."""
@@ -169,8 +170,10 @@ def machine_slowdown(settings: SimSettings, unix_time: float) -> float:
     drift period and shorter, phases drawn from the seed, together within +-drift_pct) times the
     spells (in each half of spell_every_s, with chance 1/2, one spell of spell_s at a seeded
     offset). A function of the wall clock alone, with no state: two server processes with the same
-    settings slow down together, as two arms on one shared machine do."""
+    settings slow down together, as two arms on one shared machine do. Counted from noise_epoch, a
+    study's noise is the same whenever it runs."""
     factor = 1.0
+    unix_time -= settings.noise_epoch
     if settings.drift_pct > 0:
         phases = random.Random(f"{settings.seed}:drift")
         waves = ((1.0, 1.0), (0.5, 2.7), (0.25, 6.3))  # (weight, period divisor)

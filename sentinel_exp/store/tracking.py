@@ -66,6 +66,7 @@ ADDED_SETTINGS: Mapping[str, Any] = {
     "server.sim.spell_pct": 0,
     "server.sim.spell_every_s": 20,
     "server.sim.spell_s": 2,
+    "server.sim.noise_epoch": 0,
     "workload.max_error_rate": None,
     "workload.error_rate_min_requests": 10,
     "telemetry.prometheus_url": None,

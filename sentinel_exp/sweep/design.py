@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-MAX_AUTO_ROUNDS = 10  # compare.blocks=null: at most this many rounds
+MAX_AUTO_ROUNDS = 50  # compare.blocks=null: at most this many rounds
 REQUESTS_PER_STREAM = 2  # ... and blocks of at least two requests per concurrent stream
 
 
