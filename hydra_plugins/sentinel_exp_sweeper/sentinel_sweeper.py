@@ -123,7 +123,7 @@ class SentinelSweeper(BasicSweeper):
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from omegaconf import OmegaConf
 
-        from sentinel_exp.errors import UserError
+        from sentinel_exp.errors import Interrupted, UserError
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         loader = self.hydra_context.config_loader
@@ -140,7 +140,12 @@ class SentinelSweeper(BasicSweeper):
         except UserError as exc:
             _stop(str(exc))
         master = self.config
-        measure_study(master, batch, lambda overrides: loader.peek(master, list(overrides)))  # type: ignore[attr-defined]
+        try:
+            measure_study(master, batch, lambda overrides: loader.peek(master, list(overrides)))  # type: ignore[attr-defined]
+        except Interrupted as exc:
+            # Every arm's folder is ended and uploaded; the entry point compares what finished and
+            # closes the sweep's parent as KILLED (Hydra lets SystemExit through).
+            sys.exit(exc.exit_code)
         results = self.launcher.launch(batch, initial_job_idx=0)
         for result in results:
             _ = result.return_value  # a job's unexpected exception, raised here as Hydra's sweeper does

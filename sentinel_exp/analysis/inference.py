@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+
 # scipy.special, not scipy.stats: the same distributions, imported in a sixth of the time.
 from scipy import special
 
