@@ -234,7 +234,8 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
         await state.running.warmup()
     started = time.monotonic()
     looks = LookPlan(cfg.budget_s, schedule.rounds) if cfg.budget_s is not None else None
-    previous: str | None = None
+    # The server holds the model as the last warmup loaded it.
+    previous: str | None = _runner_identity(arms[-1].setup.cfg)
     done = 0
     while done < schedule.rounds and not all(a.stop.is_set() for a in arms):
         for index in schedule.orders[done]:

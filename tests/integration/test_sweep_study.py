@@ -108,3 +108,29 @@ def test_ctrl_c_during_a_sweep_compares_what_finished_and_closes_the_parent_as_k
     assert parent.info.status == "KILLED"
     assert sorted(run.info.status for run in job_runs(tmp_path)) == ["KILLED", "KILLED", "KILLED"]
     assert all(4 <= measured(folder) < 200 for folder in "012"), [measured(folder) for folder in "012"]
+
+
+def test_resumed_jobs_take_part_in_the_comparison(tmp_path):
+    # One run first; then a sweep whose first arm is that run's configuration ("already done").
+    assert run_cli(tmp_path, *SIM, "workload.requests=20").returncode == 0
+    sweep = ["-m", *SIM, "workload.requests=20"]
+    first = run_cli(tmp_path, *sweep, "telemetry.interval_s=0.1,0.1001,0.1002")
+    assert first.returncode == 0, first.output
+    assert first.stdout.count("already done (") == 1
+    # The reused run is the baseline, as the first configuration, and says why it gets no verdict.
+    assert "vs interval_s=0.1: TTFT p50" in first.stdout
+    assert "#0 reused an earlier run of the same configuration (already done): it is not paired" in first.stdout
+    lines = [line for line in first.stdout.splitlines() if "interval_s=0.100" in line and "%" in line]
+    assert len(lines) == 2 and all("no verdict (one run per arm)" in line for line in lines), lines
+
+    # Two arms reused and one new: still one comparison, a report and plots.
+    second = run_cli(tmp_path, *sweep, "telemetry.interval_s=0.1,0.1001,0.1003")
+    assert second.returncode == 0, second.output
+    assert second.stdout.count("already done (") == 2
+    assert "vs interval_s=0.1: TTFT p50" in second.stdout and "interval_s=0.1003" in second.stdout
+    folders = sorted(tmp_path.glob("multirun/*/*/compare.md"))
+    assert len(folders) == 2
+    assert {"report.md", "ttft_cdfs.png"} <= {p.name for p in folders[-1].parent.iterdir()}
+    # ... and `compare` on that folder agrees.
+    again = run_cli(tmp_path, str(folders[-1].parent), module="sentinel_exp.compare")
+    assert again.returncode == 0 and "interval_s=0.1003" in again.stdout, again.output
