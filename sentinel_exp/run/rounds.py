@@ -246,7 +246,7 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
             if look.stop:
                 break
             schedule = extended(schedule, looks.next_rounds, cfg.seed)
-    _write_design(study, arms, schedule, done, looks)
+    _write_design(study, arms, schedule, done, looks, time.monotonic() - started)
 
 
 async def _block(state: _Arm, sizes: tuple[int, ...], round_index: int, previous: str | None, warmup: int) -> str:
@@ -292,9 +292,12 @@ def _say_design(arms: list[_Arm], schedule: Schedule, cfg: CompareConfig) -> Non
     )
 
 
-def _write_design(study: StudyPlan, arms: list[_Arm], schedule: Schedule, done: int, looks: LookPlan | None) -> None:
+def _write_design(
+    study: StudyPlan, arms: list[_Arm], schedule: Schedule, done: int, looks: LookPlan | None, seconds: float
+) -> None:
     design: dict[str, Any] = {
         "rounds": done,
+        "seconds": round(seconds, 3),  # the rounds' machine time, every arm's blocks
         "planned_rounds": schedule.rounds,
         "orders": [[arms[i].arm.num for i in order] for order in schedule.orders[:done]],
         "block_sizes": {

@@ -411,6 +411,22 @@ class RunStore:
             raise UserError(f"MLflow cannot search {self.uri} with {filter_string!r}: {exc}") from None
         return [self._stored(run) for run in runs if run.data.tags.get("sentinel.role") != "sweep"]
 
+    def latest_tagged(self, experiment: str, tag: str, value: str) -> StoredRun | None:
+        """The latest FINISHED run of the experiment with tag == value, sweep parents included (an
+        A/A study's noise is its parent's); None when there is none or the store cannot say."""
+        try:
+            ids = self.experiment_ids(experiment)
+            found = self.client.search_runs(
+                ids,
+                filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+                max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )
+        except Exception as exc:
+            log.debug("no run tagged %s=%s: %s", tag, value, exc)
+            return None
+        return self._stored(found[0]) if found else None
+
     def children(self, parent_run_id: str) -> list[StoredRun]:
         parent = self.get(parent_run_id)
         experiment = self.client.get_experiment(self.client.get_run(parent.run_id).info.experiment_id).name

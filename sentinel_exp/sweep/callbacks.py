@@ -204,6 +204,9 @@ class SweepSummary(Callback):
             return True
         if best is not None and best.name is not None:
             self._parent.set_tags({"sentinel.best_job": best.name, "sentinel.best_why": best.why})
+        if _PENDING_TAGS:
+            self._parent.set_tags(dict(_PENDING_TAGS))
+            _PENDING_TAGS.clear()
         self._parent.add_artifacts(compared)
         self._parent.end(status)
         if self._parent.run.tracking_uri is None:
@@ -303,11 +306,74 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> tup
         return [], None
     comparisons = [_with_sweep_notes(c, jobs) for c in comparisons]
     path = sweep_dir / COMPARE_FILE
-    ui.print_study(comparisons, study_lines(sweep_dir), str(path))
+    lines = study_lines(sweep_dir)
+    noise_files: list[Path] = []
+    if str(config.sweep.name) == "aa":
+        noise_files, noise_lines = _noise_of_this_machine(config, jobs, sweep_dir, comparisons[0])
+        lines += noise_lines
+    else:
+        lines += _quoted_noise(config, jobs)
+    ui.print_study(comparisons, lines, str(path))
     table = to_markdown(comparisons)
     path.write_text(table, encoding="utf-8")
     best = best_arm(comparisons[0].baseline, comparisons)
-    return [path, *_sweep_report(config, sweep_dir, configurations, comparisons, table)], best
+    report = _sweep_report(config, sweep_dir, configurations, comparisons, table)
+    return [path, *noise_files, *report], best
+
+
+def _first_run(jobs: list[JobOutcome]) -> dict[str, Any]:
+    """The run.json of the sweep's first measured job: whose host, server and model it is."""
+    for job in jobs:
+        run = None if job.folder is None else _read_json(job.folder / "run.json")
+        if run:
+            return run
+    return {}
+
+
+def _noise_of_this_machine(
+    config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path, comparison: Comparison
+) -> tuple[list[Path], list[str]]:
+    """sweep=aa: the A/A comparison as this machine's noise: noise.md, console lines, and the
+    parent's metrics and tag (by which later comparisons find it)."""
+    from sentinel_exp.sweep.noise import NOISE_TAG, console_lines, noise_identity, noise_report, to_markdown
+    from sentinel_exp.sweep.study import read_study
+
+    design = read_study(sweep_dir)
+    report = noise_report(comparison, int(config.workload.requests), float(design.get("seconds", 0.0)))
+    objective = str(config.sweep.objective)
+    path = sweep_dir / "noise.md"
+    path.write_text(to_markdown(report, objective), encoding="utf-8")
+    (sweep_dir / SUMMARY_FILE).write_text(json.dumps({"metrics": report.metrics()}, indent=2), encoding="utf-8")
+    run = _first_run(jobs)
+    identity = noise_identity(run.get("tags") or {}, run.get("params") or {})
+    _PENDING_TAGS.update({NOISE_TAG: identity})
+    return [path], console_lines(report, objective)
+
+
+def _quoted_noise(config: DictConfig, jobs: list[JobOutcome]) -> list[str]:
+    """The latest A/A study of this host, server and model, quoted beside a comparison."""
+    if not config.tracking.enabled:
+        return []
+    from datetime import datetime
+
+    from sentinel_exp.store.tracking import RunStore
+    from sentinel_exp.sweep.noise import NOISE_TAG, noise_identity, quote
+
+    run = _first_run(jobs)
+    identity = noise_identity(run.get("tags") or {}, run.get("params") or {})
+    try:
+        found = RunStore(str(config.tracking.uri)).latest_tagged(str(config.tracking.experiment), NOISE_TAG, identity)
+    except Exception:  # the store is away: the comparison stands without the quote
+        return []
+    if found is None:
+        return []
+    when = datetime.fromtimestamp(found.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    line = quote(found.metrics, str(config.sweep.objective), when)
+    return [line] if line else []
+
+
+# Tags the sweep's parent gets when it is closed (the A/A study's noise identity).
+_PENDING_TAGS: dict[str, str] = {}
 
 
 def _with_sweep_notes(comparison: Comparison, jobs: list[JobOutcome]) -> Comparison:

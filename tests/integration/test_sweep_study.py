@@ -134,3 +134,19 @@ def test_resumed_jobs_take_part_in_the_comparison(tmp_path):
     # ... and `compare` on that folder agrees.
     again = run_cli(tmp_path, str(folders[-1].parent), module="sentinel_exp.compare")
     assert again.returncode == 0 and "interval_s=0.1003" in again.stdout, again.output
+
+
+def test_an_aa_study_reports_the_noise_and_later_comparisons_quote_it(tmp_path):
+    aa = run_cli(tmp_path, "sweep=aa", *SIM, "workload.requests=20")
+    assert aa.returncode == 0, aa.output
+    assert "noise of this machine: TTFT p50 ±" in aa.stdout and "% in 300 s" in aa.stdout
+    [noise_md] = tmp_path.glob("multirun/*/*/noise.md")
+    assert "| TTFT p50 | ±" in noise_md.read_text()
+    [parent] = [run for run in mlflow_runs(tmp_path) if run.data.tags.get("sentinel.role") == "sweep"]
+    assert parent.data.tags["sentinel.noise_of"].endswith("|simulated|smollm2:135m")
+    half = parent.data.metrics["noise_ttft_ms_p50_halfwidth_pct"]
+    assert 0 < half < 50 and parent.data.metrics["noise_requests"] == 20
+
+    later = run_cli(tmp_path, "-m", *SIM, "workload.requests=20", "server.sim.ttft_ms=40,44")
+    assert later.returncode == 0, later.output
+    assert f"ttft_ms_p50 ±{half:.1f}% CI half-width" in later.stdout
