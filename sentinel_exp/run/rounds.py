@@ -119,8 +119,17 @@ def run_study(arms: Sequence[StudyArm], study: StudyPlan) -> None:
 
 
 def _server_key(cfg: ExperimentConfig) -> str:
-    """Arms with the same server settings share one server; a bundled server serves one model."""
-    return json.dumps({"server": cfg.as_dict()["server"], "model": cfg.model.name}, sort_keys=True, default=str)
+    """Arms with the same server settings share one server; a bundled server serves one model. Arms
+    that differ in keep_alive get a bundled server each: a request's keep_alive sets how long the
+    model stays for every later request (omitted, it keeps the last one), so on one server each arm
+    would keep the model warm for the other."""
+    own_state = {"keep_alive": cfg.workload.keep_alive} if cfg.server.kind in BUNDLED else {}
+    return json.dumps(
+        {"server": cfg.as_dict()["server"], "model": cfg.model.name, **own_state}, sort_keys=True, default=str
+    )
+
+
+BUNDLED = (ServerKind.simulated, ServerKind.embedded)
 
 
 def _start_servers(stack: ExitStack, arms: list[StudyArm]) -> tuple[dict[str, ServerHandle], dict[str, str]]:
@@ -227,9 +236,11 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
     after the planned rounds until the objective is decided or the budget is spent."""
     cfg = study.compare
     requests = [a.setup.cfg.workload.requests for a in arms]
-    concurrency = max(a.setup.cfg.workload.concurrency for a in arms)
-    schedule = plan(requests, concurrency, cfg.blocks, cfg.seed)
+    # Concurrent streams fill a block only in a closed loop; paced arrivals come one at a time.
+    streams = max(a.setup.cfg.workload.concurrency if a.setup.cfg.workload.rate is None else 1 for a in arms)
+    schedule = plan(requests, streams, cfg.blocks, cfg.seed)
     _say_design(arms, schedule, cfg)
+    _warn_of_shared_state(arms)
     for state in arms:
         await state.running.warmup()
     started = time.monotonic()
@@ -258,6 +269,19 @@ async def _block(state: _Arm, sizes: tuple[int, ...], round_index: int, previous
         await state.running.warmup(warmup, block=round_index)
     await state.running.measure(sizes[round_index], sum(sizes[:round_index]), block=round_index)
     return identity
+
+
+def _warn_of_shared_state(arms: list[_Arm]) -> None:
+    """keep_alive arms on one server the study cannot split (Ollama, a URL): they interfere."""
+    shared: dict[int, set[str]] = {}
+    for state in arms:
+        shared.setdefault(id(state.setup.handle), set()).add(str(state.setup.cfg.workload.keep_alive))
+    if any(len(values) > 1 for values in shared.values()):
+        log.warning(
+            "warning: arms that differ in workload.keep_alive share one server: each request's keep_alive "
+            "also keeps the model for the other arm, so their difference is understated; for a keep_alive "
+            "comparison on this server use sweep.order=sequential with repeats (sweep=repeat3)"
+        )
 
 
 def _comparisons(arms: list[_Arm], study: StudyPlan, alpha: float) -> list[Comparison]:

@@ -14,7 +14,8 @@ import random
 from dataclasses import dataclass
 
 MAX_AUTO_ROUNDS = 50  # compare.blocks=null: at most this many rounds
-REQUESTS_PER_STREAM = 2  # ... and blocks of at least two requests per concurrent stream
+REQUESTS_PER_STREAM = 4  # ... and blocks of at least four requests per concurrent stream: a block's median
+# must not be the mean of two, which one cold start would drag
 
 
 @dataclass(frozen=True)

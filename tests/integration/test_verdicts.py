@@ -69,4 +69,4 @@ def test_identical_arms_rarely_differ_and_a_true_ten_percent_is_found(tmp_path: 
     assert found >= 28
     assert covered >= 34
     # Every study was paired by round, and says so.
-    assert all(r.comparisons[0].design == "paired rounds" and r.comparisons[0].clusters == 20 for r in results)
+    assert all(r.comparisons[0].design == "paired rounds" and r.comparisons[0].clusters == 10 for r in results)
