@@ -67,6 +67,8 @@ class StudyPlan:
     compare: CompareConfig
     objective: str
     progress: bool
+    # Each candidate's level: below 0.05 where several candidates share the 5% (the doctor's).
+    alpha: float = ALPHA
 
 
 @dataclass
@@ -244,7 +246,7 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
     for state in arms:
         await state.running.warmup()
     started = time.monotonic()
-    looks = LookPlan(cfg.budget_s, schedule.rounds) if cfg.budget_s is not None else None
+    looks = LookPlan(cfg.budget_s, schedule.rounds, study.alpha) if cfg.budget_s is not None else None
     # The server holds the model as the last warmup loaded it.
     previous: str | None = _runner_identity(arms[-1].setup.cfg)
     done = 0
@@ -328,7 +330,7 @@ def _write_design(
             str(a.arm.num): list(sizes[:done]) for a, sizes in zip(arms, schedule.block_sizes, strict=True)
         },
         "seed": study.compare.seed,
-        "alpha": ALPHA,
+        "alpha": study.alpha,
     }
     if looks is not None:
         design.update(looks.as_dict())
