@@ -33,6 +33,7 @@ CONFIG_LAYER = frozenset(
         "sentinel_exp.cli.overrides",
         "sentinel_exp.sweep.callbacks",
         "sentinel_exp.cli.study",
+        "sentinel_exp.cli.doctor",
     }
 )
 PURE = frozenset(
@@ -43,6 +44,10 @@ PURE = frozenset(
         "sentinel_exp.checks.options",
         "sentinel_exp.run.give_up",
         "sentinel_exp.telemetry.summary",
+        "sentinel_exp.doctor.evidence",
+        "sentinel_exp.doctor.hypotheses",
+        "sentinel_exp.doctor.verdicts",
+        "sentinel_exp.doctor.text",
     }
 )
 # What a pure module must not import: files, processes, sockets, clocks, threads, logging.
