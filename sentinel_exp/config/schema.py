@@ -530,6 +530,8 @@ class DiagnoseConfig:
     """A decode slower than this (tokens/s per request) is worth a fix; faster, decode is not a cause."""
     long_prompt_tokens: int = 64
     """Prompts shorter than this many tokens (on average) are too short for prefill to be the cause."""
+    min_gain_pct: float = 10.0
+    """A hypothesis is refuted once its candidates' intervals rule out an improvement this large (percent)."""
 
     def problems(self) -> list[str]:
         problems = []
@@ -543,6 +545,8 @@ class DiagnoseConfig:
             )
         if self.long_prompt_tokens < 1:
             problems.append(f"diagnose.long_prompt_tokens must be at least 1 (got {self.long_prompt_tokens})")
+        if self.min_gain_pct <= 0:
+            problems.append(f"diagnose.min_gain_pct must be a positive percentage (got {self.min_gain_pct:g})")
         return problems
 
 

@@ -46,9 +46,11 @@ Compose = Callable[[Sequence[str]], ExperimentConfig]
 GIVEN = "as given"
 BASELINE = "baseline"
 # A study's estimate: each request as long as the baseline's, this much more for warmups and
-# switches, and a few seconds per server started.
+# switches, and a few seconds per arm (its server's start, its conclusion and upload).
 MARGIN = 1.3
-SERVER_START_S = 3.0
+ARM_OVERHEAD_S = 5.0
+# Kept back from the budget for the end: the report, its figures, the parent run's upload.
+FINISH_S = 10.0
 # A study may add rounds until decided, up to this many times its planned rounds' time: a larger
 # budget would leave its first looks almost no alpha (sweep/sequential.py spends by the fraction used).
 EXTENSION = 4.0
@@ -216,7 +218,7 @@ class Session:
         per_request = self.baseline.seconds_per_request
         rounds = arms * h.study.requests * per_request
         warmups = arms * self.cfg.workload.warmup * per_request
-        return MARGIN * (rounds + warmups) + arms * SERVER_START_S, rounds
+        return MARGIN * (rounds + warmups) + arms * ARM_OVERHEAD_S, rounds
 
     def _study(self, h: Hypothesis, later: Sequence[Hypothesis]) -> Outcome:
         assert h.study is not None
@@ -224,7 +226,7 @@ class Session:
             ui.stdout.print(escape(f"{h.title}: reused from {self.state.studies[h.cause]}"), soft_wrap=True)
             return self.outcome(h, Path(self.state.studies[h.cause]))
         needed, in_rounds = self.estimate(h)
-        left = self.cfg.diagnose.budget_s - self.spent()
+        left = self.cfg.diagnose.budget_s - FINISH_S - self.spent()
         if needed > left:
             budget = f"{max(0.0, left):,.0f} s of diagnose.budget_s={self.cfg.diagnose.budget_s:g}"
             return not_run(h, f"out of budget: it needs about {needed:,.0f} s, {budget} left")
@@ -274,7 +276,9 @@ class Session:
             return dataclasses.replace(not_run(h, "the configuration as given measured nothing"), folder=str(folder))
         alpha = study_alpha(folder)
         measured = [Measured(c, self._compare(h, c, runs, alpha)) for c in h.study.candidates if c.label in runs]
-        outcome = dataclasses.replace(judge(h, measured), folder=str(folder), note="; ".join(errors))
+        outcome = judge(h, measured, self.cfg.diagnose.min_gain_pct)
+        note = "; ".join(filter(None, [*errors, outcome.note]))
+        outcome = dataclasses.replace(outcome, folder=str(folder), note=note)
         if h.study.axis is not None:
             outcome = self._ladder(h, outcome, runs)
         return outcome
@@ -421,7 +425,9 @@ def conclude(session: Session, status: RunStatus, why_not: str) -> Report | None
     for line in lines[1:]:
         ui.stdout.print(escape(line), soft_wrap=True)
     ui.stdout.print(escape(f"report: {folder / 'report.md'}"), soft_wrap=True)
-    session.journal.set_tags({"sentinel.verdict": answer(report.evidence, report.outcomes)[:5000]})
+    first = answer(report.evidence, report.outcomes)[:5000]
+    # The answer is the parent's verdict, and its description where MLflow's UI shows one.
+    session.journal.set_tags({"sentinel.verdict": first, "mlflow.note.content": first})
     _close_parent(session, status, paths, uploaded=True)
     return report
 

@@ -97,7 +97,7 @@ def hypothesis_line(outcome: Outcome, evidence: Evidence) -> str:
     if outcome.best is not None and outcome.best.candidate.lever == Lever.TRADE:
         parts.append(f"{trade_note(outcome.best)}.")
     if outcome.note:
-        parts.append(f"{outcome.note}.")
+        parts.append(f"{outcome.note[0].upper()}{outcome.note[1:]}.")
     if h.named:
         parts.append(f"Named, not run: {'; '.join(h.named)}.")
     return " ".join(parts)
@@ -114,12 +114,14 @@ def trade_note(m: Measured) -> str:
 
 
 def fix_text(m: Measured) -> str:
-    """`Fix: keep_alive=-1 -> TTFT p50 47 ms (-96% [-97, -95]), measured.`"""
+    """`Fix: keep_alive=-1: TTFT p50 1,180 -> 47 ms (-96% [-97, -95]), measured.`: both ends from the
+    study's rounds, where the candidate and the configuration as given ran side by side."""
     row = m.row
     assert row is not None and row.change_pct is not None
     kind = "Fix" if m.candidate.lever == Lever.FIX else "Fix (a trade)"
+    start = ms(row.baseline).removesuffix(" ms") if row.unit == "ms" else f"{row.baseline:,.3g}"
     change = f"{pct(row.change_pct)}{interval(row)}"
-    return f"{kind}: {m.candidate.label} -> {row.label} {_value(row, row.candidate)} ({change}), measured."
+    return f"{kind}: {m.candidate.label}: {row.label} {start} -> {_value(row, row.candidate)} ({change}), measured."
 
 
 def _lead(outcome: Outcome, evidence: Evidence) -> str:
@@ -154,8 +156,9 @@ def answer(evidence: Evidence, outcomes: Sequence[Outcome]) -> str:
         return f"{latencies}: no fix confirmed, and not everything was decided: {names}."
     refuted = sum(1 for o in outcomes if o.status == Status.REFUTED)
     skipped = sum(1 for o in outcomes if o.status == Status.SKIPPED)
+    busy = " (on a machine busy with other processes: not its quiet numbers)" if evidence.facts.contended else ""
     return (
-        f"{latencies}: nothing wrong found. {refuted} measured and refuted, {skipped} ruled out "
+        f"{latencies}: nothing wrong found{busy}. {refuted} measured and refuted, {skipped} ruled out "
         f"by the baseline, none confirmed: no change measured made it faster."
     )
 

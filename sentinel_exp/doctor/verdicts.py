@@ -15,6 +15,7 @@ from scipy import special
 from sentinel_exp.analysis.comparison import CONFIDENCE, Comparison, MetricComparison, Verdict
 from sentinel_exp.analysis.stats import successful
 from sentinel_exp.doctor.hypotheses import Candidate, Hypothesis, Lever, Status
+from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 
 BOOTSTRAP = 2000
@@ -36,10 +37,16 @@ class Measured:
     def improved(self) -> bool:
         return self.row is not None and self.row.verdict == Verdict.IMPROVED
 
-    @property
-    def decided(self) -> bool:
-        """Its objective got a verdict from an interval (not too few requests, not one run)."""
-        return self.row is not None and self.row.verdict not in (Verdict.TOO_FEW, Verdict.NO_CI)
+    def rules_out_gain(self, min_gain_pct: float) -> bool:
+        """Its interval rules out an improvement of `min_gain_pct` or more: worse, equivalent, or
+        no significant change with the improving end of the interval short of it."""
+        row = self.row
+        if row is None or row.verdict in (Verdict.TOO_FEW, Verdict.NO_CI) or row.ci_low is None or row.ci_high is None:
+            return False
+        if row.verdict in (Verdict.WORSE, Verdict.EQUIVALENT):
+            return True
+        best_end = row.ci_low if row.direction != Direction.maximize else -row.ci_high
+        return best_end > -min_gain_pct
 
 
 @dataclass(frozen=True)
@@ -93,17 +100,22 @@ def _gain(m: Measured) -> float:
     return -(row.change_pct or 0.0) if row is not None else 0.0
 
 
-def judge(hypothesis: Hypothesis, measured: Sequence[Measured]) -> Outcome:
+def judge(hypothesis: Hypothesis, measured: Sequence[Measured], min_gain_pct: float) -> Outcome:
     """Confirmed when a fix or trade came out improved (the best is the largest improvement, a
-    fix before a trade); refuted when every one was decided and none improved; else undecided.
-    A probe (the cold run) measures a cost and confirms nothing by itself."""
+    fix before a trade); refuted when every one's interval rules out a gain of `min_gain_pct` or
+    more; else undecided: an interval still allows a gain worth having. A probe (the cold run)
+    measures a cost and confirms nothing by itself."""
     fixes = [m for m in measured if m.candidate.lever != Lever.PROBE]
     improved = [m for m in fixes if m.improved]
     if improved:
         best = max(improved, key=lambda m: (m.candidate.lever == Lever.FIX, _gain(m)))
         return Outcome(hypothesis, Status.CONFIRMED, tuple(measured), best)
-    status = Status.REFUTED if fixes and all(m.decided for m in fixes) else Status.UNDECIDED
-    return Outcome(hypothesis, status, tuple(measured))
+    if fixes and all(m.rules_out_gain(min_gain_pct) for m in fixes):
+        why = f"none improved, and every interval rules out a gain of {min_gain_pct:g}% or more"
+        return Outcome(hypothesis, Status.REFUTED, tuple(measured), note=why)
+    open_ = [m.candidate.label for m in fixes if not m.rules_out_gain(min_gain_pct)]
+    why = f"the interval of {', '.join(open_)} still allows a gain of {min_gain_pct:g}% or more"
+    return Outcome(hypothesis, Status.UNDECIDED, tuple(measured), note=why)
 
 
 def with_ladder(outcome: Outcome, ladder: Sequence[Point], rate: Rate | None) -> Outcome:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_exp.analysis.comparison import Arm, RunResult, compare
+from sentinel_exp.analysis.comparison import Arm, RunResult, Verdict, compare
 from sentinel_exp.analysis.stats import summarize
 from sentinel_exp.cli.doctor import doctors_own, merge_overrides
 from sentinel_exp.config.schema import DiagnoseConfig
@@ -312,15 +312,30 @@ def test_a_hypothesis_is_confirmed_only_by_a_fix_or_trade_measured_improved(cand
     base = arm("as given", 100.0)
     hypothesis = by_cause(plan(evidence(LONG_PROMPTS), SETTINGS), Cause.PREFILL)
     results = [measured(label, lever, base, arm(label, ttft)) for label, lever, ttft in candidates]
-    outcome = judge(hypothesis, results)
+    outcome = judge(hypothesis, results, SETTINGS.min_gain_pct)
     assert outcome.status == status
     assert (outcome.best.candidate.label if outcome.best else None) == best
+
+
+def test_an_interval_that_still_allows_a_gain_worth_having_leaves_it_undecided():
+    """A noisy study that ran out of rounds: no significant change, but the interval reaches far
+    into improvement; a refutation needs the interval to rule out a gain of min_gain_pct."""
+    base = arm("as given", 100.0)
+    swings = (60.0, 130.0, 70.0, 120.0, 75.0, 110.0)  # round by round: a noisy machine
+    records = [rec(r * 4 + i, prefill=ttft, block=r) for r, ttft in enumerate(swings) for i in range(4)]
+    cand = Arm("a", [RunResult(tuple(records), study="s")])
+    hypothesis = by_cause(plan(evidence(LONG_PROMPTS), SETTINGS), Cause.PREFILL)
+    one = measured("a", Lever.FIX, base, cand)
+    assert one.row is not None and one.row.verdict == Verdict.NO_CHANGE and one.row.ci_low < -10
+    outcome = judge(hypothesis, [one], 10.0)
+    assert outcome.status == Status.UNDECIDED and "the interval of a still allows a gain of 10%" in outcome.note
+    assert judge(hypothesis, [one], -one.row.ci_low + 1).status == Status.REFUTED
 
 
 def test_too_few_requests_leave_a_hypothesis_undecided():
     base, cand = arm("as given", 100.0, rounds=2), arm("a", 50.0, rounds=2)
     hypothesis = by_cause(plan(evidence(LONG_PROMPTS), SETTINGS), Cause.PREFILL)
-    assert judge(hypothesis, [measured("a", Lever.FIX, base, cand)]).status == Status.UNDECIDED
+    assert judge(hypothesis, [measured("a", Lever.FIX, base, cand)], 10.0).status == Status.UNDECIDED
 
 
 def test_the_prefill_rate_is_fitted_round_by_round():
@@ -349,7 +364,7 @@ def confirmed_load():
     assert load.study is not None
     fix = next(c for c in load.study.candidates if c.lever == Lever.FIX)
     base, cand = arm("as given", 160.0), arm(fix.label, 40.0)
-    outcome = judge(load, [Measured(fix, compare(base, cand, objective="ttft_ms_p50"))])
+    outcome = judge(load, [Measured(fix, compare(base, cand, objective="ttft_ms_p50"))], 10.0)
     return e, [outcome if h.cause == Cause.LOAD else planned(h) for h in hypotheses]
 
 
@@ -358,7 +373,7 @@ def test_the_answer_names_the_cause_with_its_share_and_the_fix_measured():
     text = answer(e, outcomes)
     assert text.startswith("TTFT p50 ")
     assert "% model load (10 of 20 requests were cold: idle gaps of 6 min exceed keep_alive 5 min)." in text
-    assert "Fix: keep_alive=-1 -> TTFT p50 " in text and text.endswith("), measured.")
+    assert "Fix: keep_alive=-1: TTFT p50 " in text and text.endswith("), measured.")
     line = hypothesis_line(outcomes[0], e)
     assert line.startswith('model load and cold starts (the seed\'s "cold start and keep_alive"): confirmed.')
     assert "keep_alive=-1: TTFT p50 " in line and ", improved" in line and "6 paired rounds" in line
@@ -426,3 +441,48 @@ def test_the_doctors_functions_are_small():
                 if lines > 60 or params > 6:
                     too_big.append(f"{path.name}:{node.name} ({lines} lines, {params} parameters)")
     assert not too_big
+
+
+# --- resuming ------------------------------------------------------------------------------------
+
+
+def _earlier(folder, **changes):
+    from sentinel_exp.doctor.state import DoctorState
+
+    (folder / "baseline").mkdir(parents=True)
+    (folder / "load").mkdir()
+    state = DoctorState(str(folder), "abc", baseline=str(folder / "baseline"), studies={"load": str(folder / "load")})
+    dataclasses.replace(state, spent_s=42.0, **changes).save()
+
+
+@pytest.mark.parametrize(
+    ("changes", "force", "resumed"),
+    [({}, False, True), ({"finished": True}, False, False), ({}, True, False), ({"identity": "other"}, False, False)],
+    ids=["stopped", "finished", "force", "another-configuration"],
+)
+def test_a_stopped_doctor_of_the_same_configuration_is_resumed_from_its_folder(tmp_path, changes, force, resumed):
+    from sentinel_exp.doctor.state import open_state
+
+    _earlier(tmp_path, **changes)
+    cfg = dataclasses.replace(typed_default(), force=force)
+    state = open_state(tmp_path, cfg, "abc")
+    assert (state.baseline is not None) == resumed
+    if resumed:
+        assert state.studies == {"load": str(tmp_path / "load")} and state.spent_s == 42.0
+        assert state.resumed_from == str(tmp_path)
+    assert state.fresh_folder("load").name == "load-2"  # an interrupted try's folder is never reused
+
+
+def test_without_its_baseline_nothing_of_a_stopped_doctor_is_reused(tmp_path):
+    from sentinel_exp.doctor.state import open_state
+
+    _earlier(tmp_path)
+    (tmp_path / "baseline").rmdir()
+    state = open_state(tmp_path, typed_default(), "abc")
+    assert state.baseline is None and state.studies == {} and state.spent_s == 0.0
+
+
+def typed_default():
+    from sentinel_exp.config.schema import ExperimentConfig, ModelConfig, TrackingConfig
+
+    return ExperimentConfig(model=ModelConfig("m"), tracking=TrackingConfig(enabled=False))
