@@ -159,9 +159,11 @@ def main() -> None:
 
 
 def _stop_on_bad_overrides(argv: list[str]) -> None:
+    from sentinel_exp.cli.doctor import multirun_problem
     from sentinel_exp.cli.overrides import command_line_overrides, override_problems
 
     problems = override_problems(command_line_overrides(argv), config_dir())
+    problems += [p for p in [multirun_problem(argv)] if p]
     if problems:
         from sentinel_exp.report import console as ui
 

@@ -5,13 +5,24 @@ line's overrides and the candidate's own, as if it had been typed on the command
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sentinel_exp.config.schema import ExperimentConfig, typed_config
-from sentinel_exp.doctor.steps import Compose, Doctor, diagnose
 from sentinel_exp.errors import UserError
-from sentinel_exp.run.context import RunContext
+
+if TYPE_CHECKING:
+    from sentinel_exp.doctor.steps import Compose
+    from sentinel_exp.run.context import RunContext
 
 PRESET = "diagnose"  # sweep=diagnose
+MULTIRUN = "sweep=diagnose is one run that plans and runs its own studies: start it without -m (--multirun)"
+
+
+def multirun_problem(argv: Sequence[str]) -> str | None:
+    """The doctor asked for as a sweep: said before Hydra starts one (whose study would measure
+    first and refuse after)."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    return MULTIRUN if multirun and f"sweep={PRESET}" in argv else None
 
 
 def _key(override: str) -> str:
@@ -44,9 +55,9 @@ def hydra_composer(given: Sequence[str]) -> Compose:
 def run_doctor(cfg: ExperimentConfig, ctx: RunContext, multirun: bool) -> None:
     """The doctor in this run's folder; raises what it raises (Interrupted, UserError) once its
     report is written."""
+    from sentinel_exp.doctor.steps import Doctor, diagnose
+
     if multirun:
-        raise UserError(
-            "sweep=diagnose is one run that plans and runs its own studies: start it without -m (--multirun)"
-        )
+        raise UserError(MULTIRUN)
     given = tuple(o for o in ctx.overrides if not doctors_own(o))
     diagnose(Doctor(cfg, ctx.output_dir, given, ctx.choices, hydra_composer(ctx.overrides)))

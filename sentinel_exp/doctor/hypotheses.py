@@ -253,7 +253,8 @@ def context_hypothesis(e: Evidence, s: DiagnoseConfig) -> Hypothesis:
     evidence = f"{window} is larger than the prompts need ({fits}: the longest prompt is {e.longest_prompt} tokens)"
     candidate = Candidate(f"num_ctx={fits}", (f"options.num_ctx={fits}",), Lever.FIX, float(fits))
     study = Study("ttft_ms_p50", (candidate,), arm_requests(e))
-    return Hypothesis(Cause.CONTEXT, Status.TEST, evidence, study, share=e.share("ttft", PartName.PREFILL))
+    # No part of the latency is seen to come from the window itself: studied after the causes seen.
+    return Hypothesis(Cause.CONTEXT, Status.TEST, evidence, study)
 
 
 def _no_runner_options(kind: str, option: str) -> str:
@@ -311,7 +312,9 @@ def _queue_candidates(e: Evidence) -> tuple[list[Candidate], tuple[str, ...]]:
 
 def threads_hypothesis(e: Evidence, s: DiagnoseConfig) -> Hypothesis:
     """A llama.cpp server with more threads than the cores left free: its threads wait for each
-    other at every step. Candidates: num_thread at the free cores, and at the physical cores."""
+    other at every step. The candidate: num_thread at the cores the threads can have to themselves,
+    the free ones and at most the physical ones (one candidate: a second would halve each one's
+    share of the 5%, and a count between the two stalls as the given one does)."""
     f = e.facts
     if not f.runner_options:
         return _untestable(Cause.THREADS, _no_runner_options(f.server_kind, "num_thread"))
@@ -321,7 +324,7 @@ def threads_hypothesis(e: Evidence, s: DiagnoseConfig) -> Hypothesis:
     evidence = f"{f.threads} llama.cpp threads on {f.logical_cpus} cores{busy} ({e.free_cores} free)"
     if f.threads <= e.free_cores and "num_thread" not in f.lint:
         return _skip(Cause.THREADS, f"{evidence}: no more threads than free cores")
-    values = _lower_values(f.threads, e.free_cores, f.physical_cores)
+    values = _lower_values(f.threads, min(e.free_cores, f.physical_cores or e.free_cores))
     if not values:
         return _skip(Cause.THREADS, f"{evidence}: one thread already")
     candidates = tuple(Candidate(f"num_thread={n}", (f"options.num_thread={n}",), Lever.FIX, float(n)) for n in values)

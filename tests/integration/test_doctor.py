@@ -214,3 +214,17 @@ def test_ctrl_c_writes_the_report_of_what_finished_and_a_rerun_resumes(tmp_path,
     baseline = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == stopped_run.info.run_id]
     assert any(r.info.run_name == "doctor baseline: as given" for r in baseline)
     assert os.path.exists(tmp_path / "second" / "report.md")
+
+
+def test_mistakes_are_one_error_line_and_no_folder(tmp_path):
+    """`-m` with the doctor, and a server that does not answer: exit status 2, one `error:` line,
+    no traceback, and no half-made doctor folder left."""
+    from support.cli import run_cli
+
+    multirun = run_cli(tmp_path, "-m", "sweep=diagnose", "server=simulated", "tracking.enabled=false")
+    assert multirun.returncode == 2, multirun.output
+    assert "error: sweep=diagnose is one run that plans and runs its own studies" in multirun.stderr
+    absent = run_cli(tmp_path, "sweep=diagnose", "server=ollama", "tracking.enabled=false", "hydra.run.dir=gone")
+    assert absent.returncode == 2, absent.output
+    assert "error: Ollama does not answer at" in absent.stderr and "Traceback" not in absent.output
+    assert not (tmp_path / "gone").exists()

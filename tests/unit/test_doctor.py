@@ -190,18 +190,22 @@ def test_threads_over_the_free_cores_are_tested_at_the_free_and_the_physical_cor
     hypotheses = plan(e, SETTINGS)
     threads = by_cause(hypotheses, Cause.THREADS)
     assert threads.evidence == "4 llama.cpp threads on 2 cores, 1.7 of them busy with other processes (1 free)"
-    assert threads.study is not None and [c.overrides for c in threads.study.candidates] == [
-        ("options.num_thread=2",),
-        ("options.num_thread=1",),
-    ]
+    # The cores the threads can have to themselves: one is free.
+    assert threads.study is not None and [c.overrides for c in threads.study.candidates] == [("options.num_thread=1",)]
     assert threads.study.objective == "e2e_ms_p50" and threads.study.given_value == 4
     # The embedded server's default window (2048) is far larger than 20-token prompts need.
     context = by_cause(hypotheses, Cause.CONTEXT)
     assert context.study is not None and context.study.candidates[0].overrides == ("options.num_ctx=256",)
     gpu = by_cause(hypotheses, Cause.GPU)
     assert gpu.status == Status.NOT_TESTABLE and gpu.evidence.startswith("no GPU on this machine")
+    # Threads were studied first: a window larger than needed is no part of the latency seen.
+    assert [h.cause for h in to_test(hypotheses)] == [Cause.THREADS, Cause.CONTEXT]
     quiet = by_cause(plan(evidence(HEALTHY, server_kind="embedded", threads=2), SETTINGS), Cause.THREADS)
     assert quiet.status == Status.SKIPPED and "no more threads than free cores" in quiet.evidence
+    # No other process busy: the lint's physical cores.
+    idle = evidence(HEALTHY, {"other_cpu_pct_mean": 5.0}, server_kind="embedded", threads=4, logical_cpus=4)
+    alone = by_cause(plan(idle, SETTINGS), Cause.THREADS)
+    assert alone.study is not None and [c.label for c in alone.study.candidates] == ["num_thread=2"]
 
 
 def test_gpu_offload_is_tested_where_a_gpu_holds_only_part_of_the_model():
