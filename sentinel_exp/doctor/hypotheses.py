@@ -93,11 +93,9 @@ class Candidate:
 
     @property
     def recommended(self) -> bool:
-        """Whether a confirmed candidate belongs in the recommended configuration: a fix, or a
-        trade the user makes through an option (num_predict); the prompts and the load are theirs."""
-        return self.lever == Lever.FIX or (
-            self.lever == Lever.TRADE and all(o.startswith("options.") for o in self.overrides)
-        )
+        """Whether a confirmed candidate belongs in the recommended configuration: a fix does; a
+        trade changes the work (the prompts, the answers, the load), which is the user's to choose."""
+        return self.lever == Lever.FIX
 
 
 @dataclass(frozen=True)

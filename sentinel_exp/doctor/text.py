@@ -144,7 +144,8 @@ def answer(evidence: Evidence, outcomes: Sequence[Outcome]) -> str:
     was found wrong, or what is still open."""
     confirmed = [o for o in outcomes if o.status == Status.CONFIRMED and o.best is not None]
     if confirmed:
-        lead = max(confirmed, key=lambda o: o.hypothesis.share)
+        # The largest part of the latency; at the same part, a fix before a trade.
+        lead = max(confirmed, key=lambda o: (o.hypothesis.share, o.best is not None and o.best.candidate.recommended))
         assert lead.best is not None
         text = f"{_lead(lead, evidence)}. {fix_text(lead.best)}"
         others = [f"{o.hypothesis.title} ({o.best.candidate.label})" for o in confirmed if o is not lead and o.best]
@@ -181,13 +182,21 @@ def recommended_line(given: Sequence[str], outcomes: Sequence[Outcome]) -> str |
     return "python -m sentinel_exp " + " ".join([*kept, *extra])
 
 
-def no_setting_line(outcomes: Sequence[Outcome]) -> str:
-    """What stands in for the recommended line where no setting is to change: the configuration as
-    given, and the trades confirmed, which are the user's to make."""
-    trades = [o.best.candidate.label for o in outcomes if o.status == Status.CONFIRMED and o.best is not None]
-    if not trades:
-        return "the configuration as given: no fix was confirmed"
-    return f"no setting to change; what was confirmed is yours to change, not a setting: {'; '.join(trades)}"
+NO_FIX = "the configuration as given: no fix was confirmed"
+
+
+def trades_line(outcomes: Sequence[Outcome]) -> str | None:
+    """The trades confirmed, beside the recommended line and not in it: they change the work."""
+    trades = [
+        f"{o.best.candidate.label} ({pct(o.best.row.change_pct)})"
+        for o in outcomes
+        if o.status == Status.CONFIRMED
+        and o.best is not None
+        and o.best.candidate.lever == Lever.TRADE
+        and o.best.row is not None
+        and o.best.row.change_pct is not None
+    ]
+    return "; ".join(trades) or None
 
 
 def not_tested(outcomes: Sequence[Outcome]) -> list[str]:
@@ -227,9 +236,9 @@ def console_lines(report: Report) -> list[str]:
     """What the console prints: the answer, one line per hypothesis, the recommended line."""
     lines = [answer(report.evidence, report.outcomes), ""]
     lines += [f"- {hypothesis_line(o, report.evidence)}" for o in report.outcomes]
-    line = recommended_line(report.given, report.outcomes)
-    lines += ["", f"recommended: {line or no_setting_line(report.outcomes)}"]
-    return lines
+    lines += ["", f"recommended: {recommended_line(report.given, report.outcomes) or NO_FIX}"]
+    trades = trades_line(report.outcomes)
+    return lines + ([f"trades measured, yours to choose (they change the work): {trades}"] if trades else [])
 
 
 def markdown(report: Report) -> str:
@@ -241,7 +250,10 @@ def markdown(report: Report) -> str:
     lines += [f"- {md_escape(hypothesis_line(o, report.evidence))}" for o in report.outcomes]
     line = recommended_line(report.given, report.outcomes)
     lines += ["", "## Recommended configuration", ""]
-    lines += ["```bash", line, "```"] if line else [md_escape(no_setting_line(report.outcomes).capitalize() + ".")]
+    lines += ["```bash", line, "```"] if line else [md_escape(NO_FIX.capitalize() + ".")]
+    trades = trades_line(report.outcomes)
+    if trades:
+        lines += ["", md_escape(f"Trades measured, yours to choose (they change the work, not the server): {trades}.")]
     untested = not_tested(report.outcomes)
     lines += ["", "## Could not be tested", "", *([f"- {md_escape(t)}" for t in untested] or ["Nothing."])]
     lines += ["", "## The baseline", "", *[f"- {md_escape(t)}" for t in report.baseline_lines]]

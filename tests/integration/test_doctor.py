@@ -129,6 +129,12 @@ def test_a_slow_decode_is_named_and_shorter_answers_measured(tmp_path):
     assert best_change(report, Cause.DECODE) < -30
     [decode] = [o for o in report.outcomes if o.hypothesis.cause == Cause.DECODE]
     assert "a smaller or more quantized model (model=...)" in decode.hypothesis.named
+    # Shorter answers change the work: beside the recommended configuration, not in it.
+    lines = _lines(report)
+    assert "recommended: the configuration as given: no fix was confirmed" in lines
+    assert any(
+        line.startswith("trades measured, yours to choose (they change the work): num_predict=3 (-") for line in lines
+    )
 
 
 @pytest.mark.timing
