@@ -228,7 +228,6 @@ class Report:
     alpha: float  # each candidate's share of the 5%
     finished: bool
     plots: Mapping[str, str] = field(default_factory=dict)  # cause -> figure file
-    comparisons: Mapping[str, str] = field(default_factory=dict)  # cause -> design line and tables
     resumed_from: str | None = None
 
 

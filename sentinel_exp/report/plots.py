@@ -357,7 +357,7 @@ def ladder(points: Sequence[LadderPoint], xlabel: str, ylabel: str, title: str) 
             ax.errorbar(xs, ys, yerr=errors, color=_MEASURED, marker="o", linewidth=1.8, capsize=3, label="p50")
             for p in ordered:
                 if p.given:
-                    ax.plot([p.x], [p.y], marker="o", markersize=12, fillstyle="none", color=_FAILED, label="as given")
+                    ax.plot([p.x], [p.y], "o", markersize=12, fillstyle="none", color=_FAILED, label="as given")
             ax.set_ylim(bottom=0)
             ax.legend(loc="best")
         ax.set_xlabel(xlabel)
