@@ -14,7 +14,7 @@ import math
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,10 +163,11 @@ class SweepSummary(Callback):
                 soft_wrap=True,
             )
         try:
-            compared, best = _compare(config, jobs, sweep_dir)
+            compared = _compare(config, jobs, sweep_dir)
         except UserError as exc:
             ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            compared, best = [], None
+            compared = Compared()
+        best = compared.best
         if best is not None:
             ui.stdout.print(escape(f"best: {best.name or 'none'} ({best.why})"), soft_wrap=True)
         failed = [job for job in jobs if job.error is not None]
@@ -174,7 +175,7 @@ class SweepSummary(Callback):
             ui.stderr.print(f"[bold red]{len(failed)} sweep job(s) failed:[/]", soft_wrap=True)
             for job in failed:
                 ui.stderr.print("  " + escape(f"{' '.join(job.label)}: {job.error}"), soft_wrap=True)
-        parent_logged = self._close_parent(_sweep_status(interrupted, bool(failed)), compared, best)
+        parent_logged = self._close_parent(_sweep_status(interrupted, bool(failed)), compared)
         not_logged = [f"#{job.num}" for job in jobs if job.not_logged]
         if not_logged or not parent_logged:
             ui.stderr.print(
@@ -195,19 +196,18 @@ class SweepSummary(Callback):
 
             sys.exit(NotLogged.exit_code)
 
-    def _close_parent(self, status: RunStatus, compared: list[Path], best: Best | None) -> bool:
+    def _close_parent(self, status: RunStatus, compared: Compared) -> bool:
         """End the parent's run.json and upload it; False when the store did not take it."""
         from sentinel_exp.report import console as ui
         from sentinel_exp.store.upload import upload_now
 
         if self._parent is None:
             return True
+        best = compared.best
         if best is not None and best.name is not None:
             self._parent.set_tags({"sentinel.best_job": best.name, "sentinel.best_why": best.why})
-        if _PENDING_TAGS:
-            self._parent.set_tags(dict(_PENDING_TAGS))
-            _PENDING_TAGS.clear()
-        self._parent.add_artifacts(compared)
+        self._parent.set_tags(compared.tags)
+        self._parent.add_artifacts(compared.files)
         self._parent.end(status)
         if self._parent.run.tracking_uri is None:
             return True
@@ -218,15 +218,6 @@ class SweepSummary(Callback):
             return False
         ui.stdout.print(f"sweep: {line}", soft_wrap=True, markup=False)
         return True
-
-
-def best_job(jobs: list[JobOutcome], objective: str, direction: str) -> JobOutcome | None:
-    """The job with the best `objective` (lowest when minimising), among those that measured it."""
-    measured = [job for job in jobs if job.metrics is not None and objective in job.metrics]
-    if not measured:
-        return None
-    sign = 1.0 if direction == Direction.minimize else -1.0
-    return min(measured, key=lambda job: sign * (job.metrics or {})[objective])
 
 
 def _sweep_title(config: DictConfig) -> str:
@@ -281,7 +272,16 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
     return journal
 
 
-def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> tuple[list[Path], Best | None]:
+@dataclass
+class Compared:
+    """What a sweep's comparison leaves for its parent run: the files, the best, more tags."""
+
+    files: list[Path] = field(default_factory=list)
+    best: Best | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> Compared:
     """Compare the configurations that measured something: the one-screen table on the console,
     compare.md, report.md and plots in the sweep folder (their paths returned, for the parent
     run), and the best configuration where the verdicts name one."""
@@ -303,13 +303,14 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> tup
         alpha=study_alpha(sweep_dir),
     )
     if not comparisons:
-        return [], None
+        return Compared()
     comparisons = [_with_sweep_notes(c, jobs) for c in comparisons]
     path = sweep_dir / COMPARE_FILE
     lines = study_lines(sweep_dir)
     noise_files: list[Path] = []
+    noise_tags: dict[str, str] = {}
     if str(config.sweep.name) == "aa":
-        noise_files, noise_lines = _noise_of_this_machine(config, jobs, sweep_dir, comparisons[0])
+        noise_files, noise_lines, noise_tags = _noise_of_this_machine(config, jobs, sweep_dir, comparisons[0])
         lines += noise_lines
     else:
         lines += _quoted_noise(config, jobs)
@@ -318,7 +319,7 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> tup
     path.write_text(table, encoding="utf-8")
     best = best_arm(comparisons[0].baseline, comparisons)
     report = _sweep_report(config, sweep_dir, configurations, comparisons, table)
-    return [path, *noise_files, *report], best
+    return Compared([path, *noise_files, *report], best, noise_tags)
 
 
 def _first_run(jobs: list[JobOutcome]) -> dict[str, Any]:
@@ -332,7 +333,7 @@ def _first_run(jobs: list[JobOutcome]) -> dict[str, Any]:
 
 def _noise_of_this_machine(
     config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path, comparison: Comparison
-) -> tuple[list[Path], list[str]]:
+) -> tuple[list[Path], list[str], dict[str, str]]:
     """sweep=aa: the A/A comparison as this machine's noise: noise.md, console lines, and the
     parent's metrics and tag (by which later comparisons find it)."""
     from sentinel_exp.sweep.noise import NOISE_TAG, console_lines, noise_identity, noise_report, to_markdown
@@ -346,8 +347,7 @@ def _noise_of_this_machine(
     (sweep_dir / SUMMARY_FILE).write_text(json.dumps({"metrics": report.metrics()}, indent=2), encoding="utf-8")
     run = _first_run(jobs)
     identity = noise_identity(run.get("tags") or {}, run.get("params") or {})
-    _PENDING_TAGS.update({NOISE_TAG: identity})
-    return [path], console_lines(report, objective)
+    return [path], console_lines(report, objective), {NOISE_TAG: identity}
 
 
 def _quoted_noise(config: DictConfig, jobs: list[JobOutcome]) -> list[str]:
@@ -370,10 +370,6 @@ def _quoted_noise(config: DictConfig, jobs: list[JobOutcome]) -> list[str]:
     when = datetime.fromtimestamp(found.start_time / 1000).strftime("%Y-%m-%d %H:%M")
     line = quote(found.metrics, str(config.sweep.objective), when)
     return [line] if line else []
-
-
-# Tags the sweep's parent gets when it is closed (the A/A study's noise identity).
-_PENDING_TAGS: dict[str, str] = {}
 
 
 def _with_sweep_notes(comparison: Comparison, jobs: list[JobOutcome]) -> Comparison:

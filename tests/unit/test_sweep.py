@@ -148,17 +148,3 @@ def test_swept_keys_come_from_the_sweeps_own_record(tmp_path):
     )
     assert swept_keys(tmp_path) == {"options", "workload.requests", "workload.keep_alive"}
     assert swept_keys(tmp_path / "missing") == frozenset()
-
-
-def test_the_best_job_is_the_one_with_the_best_objective_among_those_that_measured_it():
-    from sentinel_exp.sweep.callbacks import JobOutcome, best_job
-
-    jobs = [
-        JobOutcome(0, ["a=1"], None, {"ttft_ms_p50": 50.0, "output_tokens_per_s": 90.0}),
-        JobOutcome(1, ["a=2"], None, {"ttft_ms_p50": 40.0, "output_tokens_per_s": 80.0}),
-        JobOutcome(2, ["a=3"], "boom", None),
-        JobOutcome(3, ["a=4"], None, {"output_tokens_per_s": 99.0}),
-    ]
-    assert best_job(jobs, "ttft_ms_p50", "minimize").num == 1
-    assert best_job(jobs, "output_tokens_per_s", "maximize").num == 3
-    assert best_job(jobs, "e2e_ms_p50", "minimize") is None
