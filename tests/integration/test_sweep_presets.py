@@ -147,8 +147,10 @@ def test_an_interleaved_study_runs_every_arm_in_balanced_rounds_against_one_serv
 
 
 def test_a_sequential_sweep_gives_no_significance_verdict(tmp_path):
-    # The legacy design: each job on its own, one run per arm. The noise between runs is unknown.
-    sweep = ["-m", *SIM, "server.sim.ttft_ms=40,80", "sweep.order=sequential", "workload.requests=20"]
+    # The legacy design under a drifting machine: each job on its own, one run per arm. Even a
+    # doubled TTFT gets no verdict: the noise between runs is unknown.
+    drift = ["server.sim.drift_pct=30", "server.sim.drift_period_s=20"]
+    sweep = ["-m", *SIM, *drift, "server.sim.ttft_ms=40,80", "sweep.order=sequential", "workload.requests=20"]
     result = run_cli(tmp_path, *sweep, "workload.warmup=0")
     assert result.returncode == 0, result.output
     assert "one run per arm: the noise between runs is unknown" in result.stdout
