@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from support.cli import REPO, SIM, cli_env, job_runs, mlflow_runs, output_dirs, run_cli
+from support.require import require_module
 
 from sentinel_exp.records import read_records
 
@@ -174,7 +175,7 @@ def test_the_installed_wheel_runs_from_any_directory(tmp_path):
 @pytest.mark.embedded
 @pytest.mark.timing
 def test_the_default_run_benchmarks_the_embedded_model(tmp_path):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
     from sentinel_exp.serve.threads import THREADS_ENV
 
     # One llama.cpp thread, as in test_embedded.py: two spin at barriers, and with one core taken by

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.require import require_module
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
@@ -79,7 +80,7 @@ def test_gpu_check_without_torch_or_cuda_says_so_and_exits_2(tmp_path: Path) -> 
 @pytest.mark.embedded
 @pytest.mark.timing
 def test_embedded_adapter_benchmark_compares_both_sides(tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
     result = run_script(
         "bench_embedded_adapter.py",
         "--requests",

@@ -3,7 +3,8 @@ and a read-only MLflow store. Each is one clear message and exit status 2 throug
 in seconds (not after MLflow's ~100 s of retries), with no traceback and no half-made run folder.
 
 Read-only and full file systems are real tmpfs mounts (root and mount privileges, as on this
-project's machines and CI); where mounting is not allowed those cases are skipped, saying so."""
+project's machines and CI); where mounting is not allowed those cases are skipped, saying so, and
+fail under CI=true (tests/support/require.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from support.cli import cli_env, run_cli
+from support.require import require
 
 SIM = ["server=simulated", "workload=quick", "telemetry.enabled=false", "plots=false"]
 # About 40 ms a request, one at a time: the disk fills up long before the 400 are done.
@@ -30,8 +32,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
         target = tmp_path / f"mnt{len(mounted)}"
         target.mkdir()
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"mounting a tmpfs is not allowed here: {done.stderr.decode().strip()}")
+        require(done.returncode == 0, f"mounting a tmpfs is not allowed here: {done.stderr.decode().strip()}")
         mounted.append(target)
         return target
 
