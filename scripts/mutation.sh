@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing of the pure analysis modules with mutmut: does every documented rule have a unit
 # test that fails when the code breaks it? Each module runs on its own, in a scratch copy of this
-# checkout (.mutation/<module>/, mutmut's mutants/ and its results kept there between runs), against
-# tests/unit only, with at most MUTATION_JOBS (default 2) test processes.
+# checkout (.mutation/<module>/, made afresh each time, where mutmut's mutants/ stay for `mutmut show`),
+# against tests/unit only, with at most MUTATION_JOBS (default 2) test processes.
 #
 #   scripts/mutation.sh                                   the default modules
 #   scripts/mutation.sh sentinel_exp/analysis/slo.py      the ones named
@@ -33,10 +33,11 @@ for module in "${modules[@]}"; do
   name=${name//\//.}
   work=$root/$name
   mkdir -p "$work"
-  # A fresh copy of the checkout, uncommitted edits included, beside mutmut's mutants/ and its
-  # results: mutmut regenerates a file's mutants when its mtime changes (tar keeps mtimes) and
-  # retests a function when its code does.
-  find "$work" -mindepth 1 -maxdepth 1 ! -name mutants -exec rm -rf {} +
+  # A fresh copy of the checkout, uncommitted edits included, and no results of an earlier run:
+  # mutmut keeps a mutant's result until the function's own code changes, so a new test would not
+  # be run against the mutants it kills.
+  rm -rf "$work"
+  mkdir -p "$work"
   git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$work"
   python - "$work/pyproject.toml" "$module" <<'PY'
 import sys

@@ -292,6 +292,7 @@ def test_shares_of_tiny_zero_and_noisy_latencies():
     # Nothing at all: shares 0, no rate (no division by zero).
     nothing = diagnose([client_record(0.0, 0.0, 0.0)])
     assert [b.mean_ms for b in nothing.breakdowns] == [0.0, 0.0]
+    assert [p.mean_ms for b in nothing.breakdowns for p in b.parts] == [0.0] * 4
     assert [p.share for b in nothing.breakdowns for p in b.parts] == [0.0] * 4
     assert nothing.breakdowns[1].parts[1].detail == "21 output tokens"
     # The first byte stamped after the first token (clock noise): its share is capped at the whole.

@@ -193,3 +193,10 @@ def test_the_open_loop_warning_starts_just_above_the_mean_gap_or_10_ms():
     # 1000 requests/s: a 1 ms gap, so 10 ms is the floor.
     assert open_loop_warnings({"queue_ms_p95": 10.0}, rate=1000.0, concurrency=1) == []
     assert len(open_loop_warnings({"queue_ms_p95": 10.5}, rate=1000.0, concurrency=1)) == 1
+
+
+def test_an_answer_delivered_in_one_burst_has_no_decode_rate():
+    # Every token in one chunk: TPOT 0 ms, no rate (not a division by zero).
+    burst = server_record(0, e2e_ms=10.0, chunk_times_ms=[10.0, 10.0, 10.0], eval_count=3)
+    m = summarize([burst])
+    assert m["tpot_ms_p50"] == 0.0 and "output_tokens_per_s" not in m
