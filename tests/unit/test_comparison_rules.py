@@ -1,14 +1,17 @@
-"""Each documented rule of the comparison (README, "Which change helps?") at its boundary, on
-records whose values are laid out by hand, so that the boundary is exact: the minimum effect,
-Holm's correction of the secondary rows, the 95% level, the change against the baseline, the 20
-successful requests a side and the 10% difference in output length. Each test fails when its
-rule changes (scripts/mutation_survivors.md lists the mutants that prove it)."""
+"""Each documented rule of the comparison (docs/statistics.md) at its boundary, on records whose
+values are laid out by hand, so that the boundary is exact: the minimum effect, Holm's correction
+of the secondary rows, the 95% level, the change against the baseline, the 20 successful requests
+a side and the 10% difference in output length. The arms are mostly one interleaved study's
+(paired by round), whose interval is a t interval over the rounds' log ratios: the expected
+numbers are computed here from the rounds with scipy. Each test fails when its rule changes
+(scripts/mutation_survivors.md lists the mutants that prove it)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from scipy import stats
 
 from sentinel_exp.analysis.comparison import (
     DEFAULT_MIN_EFFECT_PCT,
@@ -32,7 +35,13 @@ def spread(n: int, half_width: float) -> NDArray[np.float64]:
 
 
 def request(
-    index: int, ttft: float, *, ttfb: float | None = None, tokens: int = 20, itl: float = 10.0
+    index: int,
+    ttft: float,
+    *,
+    ttfb: float | None = None,
+    tokens: int = 20,
+    itl: float = 10.0,
+    block: int | None = None,
 ) -> RequestRecord:
     """A successful measured request: TTFB (default TTFT − 1 ms), TTFT, then `tokens` chunks
     `itl` apart; E2E is the last chunk plus 0.5 ms."""
@@ -48,6 +57,7 @@ def request(
         e2e_ms=chunks[-1] + 0.5,
         chunk_times_ms=chunks,
         eval_count=tokens,
+        block=block,
     )
 
 
@@ -79,40 +89,73 @@ def row(result: Comparison, metric: str) -> MetricComparison:
     return found
 
 
+def study_arm(name: str, rounds: list[NDArray[np.float64]], ttfbs: list[NDArray[np.float64]] | None = None) -> Arm:
+    """One run of an interleaved study ("s"): round k's requests have the TTFTs rounds[k] (and the
+    TTFBs ttfbs[k], else TTFT - 1 ms)."""
+    records = []
+    for k, ttfts in enumerate(rounds):
+        for j, ttft in enumerate(ttfts):
+            ttfb = None if ttfbs is None else float(ttfbs[k][j])
+            records.append(request(len(records), float(ttft), ttfb=ttfb, block=k))
+    return Arm(name, [RunResult(records, study="s")])
+
+
+def t_test(log_ratios: NDArray[np.float64]) -> tuple[float, float, float]:
+    """The paired t of the rounds' log ratios, written out: mean, standard error, two-sided p."""
+    n = log_ratios.size
+    mean, se = float(log_ratios.mean()), float(log_ratios.std(ddof=1) / np.sqrt(n))
+    return mean, se, float(2 * stats.t.sf(abs(mean) / se, n - 1))
+
+
+ROUNDS = 10
+# Each round's ratio candidate / baseline is exp(mean + WOBBLE[k]): the rounds disagree a little,
+# as a real study's do. WOBBLE has mean 0 and standard deviation 1.
+WOBBLE = np.array([1.2, -0.8, 0.3, -1.5, 0.9, -0.2, 1.6, -1.1, 0.4, -0.8])
+WOBBLE = (WOBBLE - WOBBLE.mean()) / WOBBLE.std(ddof=1)
+
+
+def scaled_rounds(base: NDArray[np.float64], mean: float, spread: float) -> list[NDArray[np.float64]]:
+    """The same baseline values in every round, and the candidate's: times exp(mean + spread * WOBBLE[k])."""
+    return [base * np.exp(mean + spread * w) for w in WOBBLE]
+
+
 # --- the minimum effect ---------------------------------------------------------------------------
 
 
 def test_a_one_percent_change_is_significant_but_below_the_default_minimum_effect() -> None:
-    # 2001 requests a side, TTFT 100 ± 5 ms against 99 ± 5 ms: -1.000% exactly, with a CI about
-    # ±0.3 points wide. Significant, yet smaller than the default minimum effect of 2%.
-    offsets = spread(2001, 5.0)
-    base, cand = arm("base", 100.0 + offsets), arm("cand", 99.0 + offsets)
+    # 10 rounds of 201 requests (2010 a side), TTFT 100 ± 5 ms against 1% less, the rounds within
+    # ±0.1% of that: significant, yet smaller than the default minimum effect of 2%.
+    base = 100.0 + spread(201, 5.0)
+    baseline = study_arm("base", [base] * ROUNDS)
+    candidate = study_arm("cand", scaled_rounds(base, np.log(0.99), 0.0005))
 
-    default = compare(base, cand)
+    default = compare(baseline, candidate)
     ttft = row(default, "ttft_ms_p50")
     assert DEFAULT_MIN_EFFECT_PCT == 2.0 and "min effect 2%" in default.method
-    assert ttft.primary and ttft.change_pct == pytest.approx(-1.0, abs=1e-9)
-    assert ttft.ci_low is not None and ttft.ci_high is not None and -1.5 < ttft.ci_low < ttft.ci_high < -0.5
-    assert ttft.verdict == Verdict.NO_CHANGE
-    # TTFB (TTFT − 1 ms) moved by 1.01%: a secondary row, significant after Holm, and still too small.
+    assert ttft.primary and ttft.n_baseline == 2010 and ttft.change_pct == pytest.approx(-1.0, abs=1e-9)
+    assert ttft.ci_low is not None and ttft.ci_high is not None and -1.1 < ttft.ci_low < ttft.ci_high < -0.9
+    # Not improved: the whole CI lies within the minimum effect, so the objective is "equivalent".
+    assert ttft.verdict == Verdict.EQUIVALENT
+    # TTFB (TTFT − 1 ms) moved by about 1.01%: a secondary row, significant after Holm, still too small.
     ttfb = row(default, "ttfb_ms_p50")
     assert ttfb.p_adjusted is not None and ttfb.p_adjusted < 0.01 and ttfb.verdict == Verdict.NO_CHANGE
 
-    gate_off = compare(base, cand, min_effect_pct=0.0)
+    gate_off = compare(baseline, candidate, min_effect_pct=0.0)
     assert row(gate_off, "ttft_ms_p50").verdict == Verdict.IMPROVED
     assert row(gate_off, "ttfb_ms_p50").verdict == Verdict.IMPROVED
     assert "min effect 0%" in gate_off.method
 
 
 def test_a_change_counts_only_when_larger_than_the_minimum_effect() -> None:
-    # -5.000% exactly, its CI far from 0: improved under a minimum effect of 4.9%, not under 5.1%.
-    offsets = spread(101, 2.0)
-    base, cand = arm("base", 100.0 + offsets, tokens=2), arm("cand", 95.0 + offsets, tokens=2)
-    assert row(compare(base, cand, min_effect_pct=4.9), "ttft_ms_p50").verdict == Verdict.IMPROVED
-    assert row(compare(base, cand, min_effect_pct=5.1), "ttft_ms_p50").verdict == Verdict.NO_CHANGE
-    # A slower candidate is held to the same gate.
-    assert row(compare(cand, base, min_effect_pct=5.1), "ttft_ms_p50").verdict == Verdict.WORSE
-    assert row(compare(cand, base, min_effect_pct=5.3), "ttft_ms_p50").verdict == Verdict.NO_CHANGE
+    # -5% (pooled p50s within ±0.05% of it), its CI far from 0: improved under a minimum effect of
+    # 4.9%, not under 5.1%.
+    base = 100.0 + spread(21, 2.0)
+    baseline, candidate = study_arm("base", [base] * ROUNDS), study_arm("cand", scaled_rounds(base, np.log(0.95), 1e-4))
+    assert row(compare(baseline, candidate, min_effect_pct=4.9), "ttft_ms_p50").verdict == Verdict.IMPROVED
+    assert row(compare(baseline, candidate, min_effect_pct=5.1), "ttft_ms_p50").verdict != Verdict.IMPROVED
+    # A slower candidate (+5.26%) is held to the same gate.
+    assert row(compare(candidate, baseline, min_effect_pct=5.1), "ttft_ms_p50").verdict == Verdict.WORSE
+    assert row(compare(candidate, baseline, min_effect_pct=5.4), "ttft_ms_p50").verdict != Verdict.WORSE
 
 
 # --- Holm–Bonferroni on the secondary rows --------------------------------------------------------
@@ -141,47 +184,63 @@ def assert_holm_row_by_row(result: Comparison) -> None:
             assert r.p_adjusted is None
 
 
-def ttfb_arm(name: str, ttfbs: NDArray[np.float64]) -> Arm:
-    """TTFT 100 ± 5 ms in every arm; only TTFB, which feeds no other row, differs."""
-    ttfts = 100.0 + spread(ttfbs.size, 5.0)
-    return Arm(
-        name,
-        [RunResult([request(i, float(t), ttfb=float(b)) for i, (t, b) in enumerate(zip(ttfts, ttfbs, strict=True))])],
-    )
+# Round k's log ratio of the candidate's TTFB p95: 0.04 + 0.04518 * WOBBLE[k], a t of 2.8 over
+# 9 degrees of freedom, p = 0.0207.
+P95_SHIFT, P95_SPREAD = 0.04, 0.04 * np.sqrt(ROUNDS) / 2.8
+
+
+def ttfb_study() -> tuple[Arm, Arm, NDArray[np.float64]]:
+    """TTFT 100 ± 5 ms in both arms, in every round; TTFB 50 ± 15 ms, the candidate's slowest fifth
+    scaled per round, which moves TTFB p95 (and no other row) by that round's ratio."""
+    ttft, ttfb = 100.0 + spread(101, 5.0), 50.0 + spread(101, 15.0)
+    logs = P95_SHIFT + P95_SPREAD * WOBBLE
+    slower = []
+    for log_ratio in logs:
+        values = ttfb.copy()
+        values[80:] *= np.exp(log_ratio)
+        slower.append(values)
+    baseline = study_arm("base", [ttft] * ROUNDS, [ttfb] * ROUNDS)
+    return baseline, study_arm("cand", [ttft] * ROUNDS, slower), logs
 
 
 def test_holm_keeps_a_secondary_row_at_p_002_from_counting() -> None:
-    # TTFB 50 ± 15 ms; the candidate's slowest fifth 2.25 ms slower: TTFB p95 +3.5%, raw p ≈ 0.02,
-    # while every other row is the same in both arms (p = 1). With ten rows tested, nine of them
-    # secondary, Holm multiplies the smallest p by 9: no significant change.
-    base_ttfb = 50.0 + spread(101, 15.0)
-    cand_ttfb = base_ttfb.copy()
-    cand_ttfb[80:] += 2.25
-    base, cand = ttfb_arm("base", base_ttfb), ttfb_arm("cand", cand_ttfb)
-
-    result = compare(base, cand)
+    baseline, candidate, logs = ttfb_study()
+    result = compare(baseline, candidate)
     p95 = row(result, "ttfb_ms_p95")
-    assert not p95.primary and p95.change_pct is not None and p95.change_pct > DEFAULT_MIN_EFFECT_PCT
-    assert p95.p_value is not None and 0.01 < p95.p_value < 0.03
-    tested = [r for r in result.rows if r.p_value is not None]
-    assert len(tested) == 10 and sum(r.p_value is not None and r.p_value < 0.5 for r in tested) == 1
+    mean, _, p = t_test(logs)
+    assert not p95.primary and p95.change_pct == pytest.approx(100 * np.expm1(mean))
+    assert p95.change_pct is not None and p95.change_pct > DEFAULT_MIN_EFFECT_PCT
+    assert p95.p_value == pytest.approx(p, rel=1e-9) and 0.019 < p95.p_value < 0.022
+    # Every other row is the same in both arms (p = 1): nine rows tested besides the objective, so
+    # Holm multiplies the smallest p by 9.
+    tested = [r for r in result.rows if r.p_value is not None and not r.primary]
+    assert len(tested) == 9 and [r.metric for r in tested if r.p_value is not None and r.p_value < 1] == ["ttfb_ms_p95"]
     assert p95.p_adjusted == pytest.approx(9 * p95.p_value) and p95.p_adjusted > 0.05
     assert p95.verdict == Verdict.NO_CHANGE
     assert_holm_row_by_row(result)
     # The same difference as the objective, the one row that is not corrected, counts.
-    decisive = compare(base, cand, objective="ttfb_ms_p95")
+    decisive = compare(baseline, candidate, objective="ttfb_ms_p95")
     assert decisive.rows[0].metric == "ttfb_ms_p95" and decisive.rows[0].verdict == Verdict.WORSE
 
 
 def test_p_adjusted_is_holms_value_row_by_row() -> None:
     # Many rows moved by different amounts, so the step-down and its running maximum both matter.
     rng = np.random.default_rng(20)
-    base_runs = [request(i, float(t), tokens=30, itl=10.0) for i, t in enumerate(rng.normal(100, 8, 120))]
-    cand_runs = [
-        request(i, float(t), ttfb=float(t) - float(rng.uniform(0.5, 4.0)), tokens=int(k), itl=10.3)
-        for i, (t, k) in enumerate(zip(rng.normal(103, 9, 120), rng.integers(28, 33, 120), strict=True))
-    ]
-    result = compare(Arm("base", [RunResult(base_runs)]), Arm("cand", [RunResult(cand_runs)]))
+
+    def runs(ttft: float, itl: float, tokens: tuple[int, int]) -> list[RunResult]:
+        return [
+            RunResult(
+                [
+                    request(i, float(t), ttfb=float(t) - float(rng.uniform(0.5, 4.0)), tokens=int(k), itl=itl)
+                    for i, (t, k) in enumerate(
+                        zip(rng.normal(ttft, 8, 40), rng.integers(tokens[0], tokens[1], 40), strict=True)
+                    )
+                ]
+            )
+            for _ in range(4)
+        ]
+
+    result = compare(Arm("base", runs(100, 10.0, (29, 31))), Arm("cand", runs(104, 10.3, (28, 33))))
     p_values = sorted(r.p_value for r in result.rows if not r.primary and r.p_value is not None)
     assert len(set(p_values)) >= 4 and p_values[0] < 0.05
     assert_holm_row_by_row(result)
@@ -190,39 +249,42 @@ def test_p_adjusted_is_holms_value_row_by_row() -> None:
 # --- the 95% level --------------------------------------------------------------------------------
 
 
+def test_the_interval_is_the_95_percent_t_interval_over_the_rounds() -> None:
+    # Round k's ratio of TTFT p50: exp(0.05 + 0.03 * WOBBLE[k]). The 95% interval is
+    # mean ± t(0.975, 9) standard errors of the rounds' log ratios, back on the % scale.
+    base = 100.0 + spread(41, 10.0)
+    logs = 0.05 + 0.03 * WOBBLE
+    ttft = row(
+        compare(study_arm("base", [base] * ROUNDS), study_arm("cand", [base * np.exp(x) for x in logs])), "ttft_ms_p50"
+    )
+    mean, se, p = t_test(logs)
+    half = stats.t.ppf(0.975, ROUNDS - 1) * se
+    assert (ttft.ci_low, ttft.ci_high) == pytest.approx((100 * np.expm1(mean - half), 100 * np.expm1(mean + half)))
+    assert ttft.p_value == pytest.approx(p) and ttft.verdict == Verdict.WORSE
+
+
 def test_a_change_significant_only_at_a_lower_level_is_not_counted() -> None:
-    # 61 requests a side, TTFT 100 ± 20 ms against 106 ± 20 ms: +6% (above the minimum effect) with a
-    # bootstrap p ≈ 0.12. Its 95% CI holds 0, so no significant change; an 80% one would not.
-    offsets = spread(61, 20.0)
-    ttft = row(compare(arm("base", 100.0 + offsets), arm("cand", 106.0 + offsets)), "ttft_ms_p50")
+    # +6% with a t of 1.7 over 9 df (p ≈ 0.12): its 95% interval holds 0, so no significant
+    # change, though an 80% one would not.
+    base = 100.0 + spread(41, 10.0)
+    logs = np.log(1.06) + np.log(1.06) * np.sqrt(ROUNDS) / 1.7 * WOBBLE
+    ttft = row(
+        compare(study_arm("base", [base] * ROUNDS), study_arm("cand", [base * np.exp(x) for x in logs])), "ttft_ms_p50"
+    )
     assert ttft.change_pct == pytest.approx(6.0)
     assert ttft.p_value is not None and 0.05 < ttft.p_value < 0.2
     assert ttft.ci_low is not None and ttft.ci_high is not None and ttft.ci_low < 0 < ttft.ci_high
     assert ttft.verdict == Verdict.NO_CHANGE
 
 
-def test_the_interval_is_the_central_95_percent_of_the_replicates() -> None:
-    # Two runs a side of a run-level metric: each replicate's mean is a run's value or the mean of
-    # both, so the change takes nine values. The lowest, 120 against 110 (+9.09%), and the highest,
-    # 130 against 100 (+30%), each have chance 1/16 = 6.25%: more than 2.5%, so they are the 95%
-    # interval's ends exactly (an 80% interval would end at the next values, +13.6% and +25%).
-    runs = [RunResult([request(i, 100.0) for i in range(20)], {"throughput_tokens_per_s": v}) for v in (100.0, 110.0)]
-    faster = [RunResult(r.records, {"throughput_tokens_per_s": v}) for r, v in zip(runs, (120.0, 130.0), strict=True)]
-    result = compare(Arm("base", runs), Arm("cand", faster))
-    throughput = row(result, "throughput_tokens_per_s")
-    assert throughput.change_pct == pytest.approx(100 * (125 / 105 - 1))
-    assert (throughput.ci_low, throughput.ci_high) == pytest.approx((100 * (120 / 110 - 1), 30.0))
-    assert "95% CIs" in result.method
-
-
 # --- the change, against the baseline -------------------------------------------------------------
 
 
 def test_the_change_is_relative_to_the_baseline_exactly_as_the_records_give_it() -> None:
-    # The candidate's every TTFT is 1.2 times the baseline's: +20% at every percentile, not the
-    # 16.7% that (cand − base) / cand would give.
+    # The candidate's every TTFT is 1.2 times the baseline's, in every round: +20% at every
+    # percentile, not the -16.7% of the baseline against the candidate.
     base_ttft = 100.0 + spread(41, 10.0)
-    base, cand = arm("base", base_ttft), arm("cand", 1.2 * base_ttft)
+    base, cand = study_arm("base", [base_ttft] * 3), study_arm("cand", [1.2 * base_ttft] * 3)
     result = compare(base, cand)
     for metric, q in (("ttft_ms_p50", 50), ("ttft_ms_p95", 95)):
         r = row(result, metric)
@@ -231,21 +293,25 @@ def test_the_change_is_relative_to_the_baseline_exactly_as_the_records_give_it()
         assert r.change_pct == pytest.approx(20.0, rel=1e-9)
         assert r.verdict == Verdict.WORSE
     assert row(result, "ttft_ms_p50").baseline == 100.0
-    # E2E is TTFT + 190.5 ms here: its change follows the records, 100·(c − b)/b, not a ratio of TTFTs.
+    # E2E is TTFT + 190.5 ms here: its change follows the records, 20 / 290.5, not a ratio of TTFTs.
     e2e = row(result, "e2e_ms_p50")
     assert (e2e.baseline, e2e.candidate) == pytest.approx((290.5, 310.5))
     assert e2e.change_pct == pytest.approx(100 * 20 / 290.5)
     # Backwards, the same records are -16.67%, against the other baseline.
     back = row(compare(cand, base), "ttft_ms_p50")
     assert back.change_pct == pytest.approx(100 * (100 - 120) / 120) and back.verdict == Verdict.IMPROVED
+    # One run per arm (no verdict): the change is of the pooled values, against the baseline too.
+    single = row(compare(arm("base", base_ttft), arm("cand", 1.2 * base_ttft)), "ttft_ms_p50")
+    assert single.change_pct == pytest.approx(20.0) and single.verdict == Verdict.NO_CI
 
 
 # --- 20 successful requests a side ----------------------------------------------------------------
 
 
 def counted_arm(name: str, ok: int, failures: int = 0) -> Arm:
-    records = [request(i, 100.0 + 10 * (i % 5)) for i in range(ok)]
-    return Arm(name, [RunResult(records + [failed(ok + i) for i in range(failures)])])
+    """`ok` successful requests and `failures` failed ones, over the two rounds of one study."""
+    records = [request(i, 100.0 + 10 * (i % 5), block=i % 2) for i in range(ok)]
+    return Arm(name, [RunResult(records + [failed(ok + i) for i in range(failures)], study="s")])
 
 
 @pytest.mark.parametrize("side", ["baseline", "candidate"])
