@@ -39,14 +39,19 @@ for module in "${modules[@]}"; do
   rm -rf "$work"
   mkdir -p "$work"
   git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$work"
-  python - "$work/pyproject.toml" "$module" <<'PY'
+  python - "$work" "$module" <<'PY'
+import json
 import sys
 from pathlib import Path
 
-path, module = Path(sys.argv[1]), sys.argv[2]
+work, module = Path(sys.argv[1]), sys.argv[2]
+path = work / "pyproject.toml"
 text = path.read_text(encoding="utf-8")
 assert "\n[tool.mutmut]\n" in text, "pyproject.toml has no [tool.mutmut] table"
-path.write_text(text.replace("\n[tool.mutmut]\n", f'\n[tool.mutmut]\nonly_mutate = ["{module}"]\n'), encoding="utf-8")
+# Everything beside the package goes into mutants/ too: tests read the docs, conf/ and the scripts.
+rest = sorted(p.name + ("/" if p.is_dir() else "") for p in work.iterdir() if p.name != "sentinel_exp")
+settings = f"only_mutate = {json.dumps([module])}\nalso_copy = {json.dumps(rest)}\n"
+path.write_text(text.replace("\n[tool.mutmut]\n", "\n[tool.mutmut]\n" + settings), encoding="utf-8")
 PY
   echo "== $module"
   (cd "$work" && mutmut run --max-children "${MUTATION_JOBS:-2}" >"$work/run.log" 2>&1) || {
