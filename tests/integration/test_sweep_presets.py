@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.cli import job_runs, mlflow_runs, run_cli
+from support.require import require
 
 from sentinel_exp.records import read_records
 
@@ -159,11 +160,9 @@ def test_a_sequential_sweep_gives_no_significance_verdict(tmp_path):
     assert "best: none (one run per arm: the noise between runs is unknown)" in result.stdout
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
-    reason="the optuna extra is not installed (pip install -e '.[optuna]')",
-)
 def test_optuna_preset_runs_its_trials_and_names_the_best(tmp_path):
+    optuna_sweeper = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper")
+    require(optuna_sweeper, "the optuna extra is not installed (pip install -e '.[optuna]')")
     result = run_cli(tmp_path, "sweep=optuna", "hydra.sweeper.n_trials=4", *SIM, *QUICK, timeout_s=400)
     assert result.returncode == 0, result.output
     runs = job_runs(tmp_path)

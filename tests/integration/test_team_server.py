@@ -18,6 +18,7 @@ import pytest
 from support.cli import cli_env, mlflow_runs, run_cli
 from support.mlflow_server import MlflowServer, ScriptServer
 from support.remote_host import LoopbackProxy
+from support.require import require
 
 from sentinel_exp.errors import UserError
 from sentinel_exp.names import ServerKind
@@ -178,8 +179,9 @@ def _postgres_missing() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_postgres_missing() is not None, reason=str(_postgres_missing()))
 def test_the_team_server_script_keeps_runs_in_postgresql_behind_basic_auth(tmp_path, monkeypatch):
+    missing = _postgres_missing()
+    require(missing is None, str(missing))
     credentials = ("sentinel-admin", "team-" + secrets.token_hex(8))  # MLflow wants 12 characters or more
     # A short path the postgres user can reach (pytest's own temporary folders are root's only).
     root = Path(tempfile.mkdtemp(prefix="sx-pg-", dir="/tmp"))
