@@ -67,14 +67,14 @@ def _ray_parts() -> tuple[Any, Any]:
         import ray
         from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
     except ImportError as exc:
+        from rich.markup import escape
+
         from sentinel_exp.report import console as ui
 
-        ui.stderr.print(
-            f"[bold red]error:[/] hydra/launcher=sentinel_ray needs Ray and hydra-ray-launcher "
-            f"(pip install 'sentinel-exp[cluster]'): {exc}",
-            soft_wrap=True,
-            markup=True,
+        message = (
+            f"hydra/launcher=sentinel_ray needs Ray and hydra-ray-launcher (pip install 'sentinel-exp[cluster]'): {exc}"
         )
+        ui.stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
         sys.exit(UserError.exit_code)
     return ray, start_ray
 
@@ -129,6 +129,8 @@ def _lost(launcher: SentinelRayLauncher, job: Job, exc: BaseException) -> JobRet
     """A job whose task ended without a result (its worker or node died): failed in the sweep's
     outcome files as a job with a user error is, and handed to the sweeper as a job that measured
     nothing (the worst objective), so that the sweep goes on and ends FAILED."""
+    from rich.markup import escape
+
     from sentinel_exp.report import console as ui
     from sentinel_exp.sweep.callbacks import failed_value, record_error
 
@@ -141,7 +143,7 @@ def _lost(launcher: SentinelRayLauncher, job: Job, exc: BaseException) -> JobRet
         config.hydra.runtime.output_dir = os.path.abspath(output_dir)
     first_line = (str(exc).strip().splitlines() or [""])[0]
     message = f"lost on the Ray cluster ({type(exc).__name__}: {first_line}); its folder keeps what it measured"
-    ui.stderr.print(f"[bold red]error:[/] job #{job.idx}: {message}", soft_wrap=True, markup=True, highlight=False)
+    ui.stderr.print(f"[bold red]error:[/] {escape(f'job #{job.idx}: {message}')}", soft_wrap=True, highlight=False)
     record_error(Path(config.hydra.runtime.output_dir), message)
     result = JobReturn(
         overrides=job.overrides,

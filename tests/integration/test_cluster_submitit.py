@@ -20,7 +20,8 @@ import pytest
 from support.cli import SIM, cli_env
 from support.mlflow_server import MlflowServer, parent_and_children, rest_runs
 
-pytestmark = pytest.mark.slow
+# Four jobs at once, each a fresh Python with its imports, on two busy cores: more than the default 300 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 INSTALLED = find_spec("hydra_plugins.hydra_submitit_launcher") is not None
 if not INSTALLED and os.environ.get("CI") != "true":

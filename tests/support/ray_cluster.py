@@ -71,7 +71,7 @@ class RayCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         log = self.root / f"ray-{name}.log"
         with open(log, "wb") as out:
-            command = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus_per_node}"]
+            command = [RAY, "start", "--block", f"--num-cpus={self.cpus_per_node}"]
             command += ["--object-store-memory=80000000", "--disable-usage-stats", *self._ports(), *args]
             process = subprocess.Popen(
                 command,
@@ -130,18 +130,6 @@ class RayCluster:
 
     def node_id_with(self, resource: str) -> str:
         return next(str(node["NodeID"]) for node in self.alive_nodes() if resource in node["Resources"])
-
-    def processes_running(self, text: str) -> list[psutil.Process]:
-        """This cluster's processes (workers and what they started) whose command line holds `text`."""
-        found = []
-        for node in self.nodes:
-            for process in _descendants(node.process.pid):
-                try:
-                    if text in " ".join(process.cmdline()):
-                        found.append(process)
-                except psutil.Error:
-                    pass
-        return found
 
     def stop(self) -> None:
         """SIGKILL to each node's session, as `ray stop --force` does to every Ray on the machine: a
