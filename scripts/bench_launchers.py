@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -70,7 +71,9 @@ def ray_head(scratch: Path) -> Iterator[str]:
     log = scratch / "ray-head.log"
     command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}"]
     command += ["--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]
-    command += [f"--temp-dir={tempfile.mkdtemp(prefix='ray', dir='/tmp')}", f"--ray-client-server-port={_free_port()}"]
+    # Ray's socket paths must stay under the 107 bytes of a unix socket name: a short folder.
+    ray_temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    command += [f"--temp-dir={ray_temp}", f"--ray-client-server-port={_free_port()}"]
     with open(log, "wb") as out:
         head = subprocess.Popen(command, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -88,6 +91,7 @@ def ray_head(scratch: Path) -> Iterator[str]:
             with contextlib.suppress(psutil.Error):
                 process.kill()
         head.wait(timeout=30)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 def _first_and_last(folder: Path) -> tuple[float, float]:
