@@ -11,12 +11,11 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from support.cli import cli_env, mlflow_runs, run_cli
-from support.mlflow_server import MlflowServer, ScriptServer
+from support.mlflow_server import MlflowServer, ScriptServer, parent_and_children, rest_runs
 from support.remote_host import LoopbackProxy
 from support.require import require
 
@@ -26,36 +25,6 @@ from sentinel_exp.serve.launch import running_server
 from sentinel_exp.store.tracking import Tracker
 
 QUICK = ["workload.warmup=0", "plots=false", "telemetry.interval_s=0.5"]
-
-
-def rest_runs(uri: str, auth: tuple[str, str] | None = None, experiment: str = "sentinel-exp") -> list[dict[str, Any]]:
-    """Every run of the experiment as the REST API gives it, tags and metrics made dicts."""
-    found = httpx.get(
-        f"{uri}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": experiment}, auth=auth
-    )
-    found.raise_for_status()
-    experiment_id = found.json()["experiment"]["experiment_id"]
-    runs = httpx.post(
-        f"{uri}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id], "max_results": 100}, auth=auth
-    )
-    runs.raise_for_status()
-    return [
-        {
-            "id": run["info"]["run_id"],
-            "status": run["info"]["status"],
-            "tags": {t["key"]: t["value"] for t in run["data"].get("tags", [])},
-            "metrics": {m["key"]: m["value"] for m in run["data"].get("metrics", [])},
-            "params": {p["key"]: p["value"] for p in run["data"].get("params", [])},
-        }
-        for run in runs.json().get("runs", [])
-    ]
-
-
-def parent_and_children(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    [parent] = [run for run in runs if run["tags"].get("sentinel.role") == "sweep"]
-    children = [run for run in runs if run["tags"].get("mlflow.parentRunId") == parent["id"]]
-    assert len(children) == len(runs) - 1  # no run outside the sweep
-    return parent, children
 
 
 @pytest.fixture(scope="module")
