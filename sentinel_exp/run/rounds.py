@@ -241,16 +241,16 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
     schedule = plan(requests, streams, cfg.blocks, cfg.seed)
     _say_design(arms, schedule, cfg)
     _warn_of_shared_state(arms)
+    loaded: dict[int, str] = {}  # each server's model, as the last request to it loaded it
     for state in arms:
         await state.running.warmup()
+        loaded[id(state.setup.handle)] = _runner_identity(state.setup.cfg)
     started = time.monotonic()
     looks = LookPlan(cfg.budget_s, schedule.rounds) if cfg.budget_s is not None else None
-    # The server holds the model as the last warmup loaded it.
-    previous: str | None = _runner_identity(arms[-1].setup.cfg)
     done = 0
     while done < schedule.rounds and not all(a.stop.is_set() for a in arms):
         for index in schedule.orders[done]:
-            previous = await _block(arms[index], schedule.block_sizes[index], done, previous, cfg.switch_warmup)
+            await _block(arms[index], schedule.block_sizes[index], done, loaded, cfg.switch_warmup)
         done += 1
         if looks is not None and looks.due(done):
             look = looks.look(done, time.monotonic() - started, lambda alpha: _comparisons(arms, study, alpha))
@@ -260,15 +260,16 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
     _write_design(study, arms, schedule, done, looks, time.monotonic() - started)
 
 
-async def _block(state: _Arm, sizes: tuple[int, ...], round_index: int, previous: str | None, warmup: int) -> str:
-    """One arm's block of one round; after a switch that reloads the model, warmup first."""
-    identity = _runner_identity(state.setup.cfg)
+async def _block(state: _Arm, sizes: tuple[int, ...], round_index: int, loaded: dict[int, str], warmup: int) -> None:
+    """One arm's block of one round. Where its server holds the model with other runner options (the
+    last request to it came from another arm), the switch reloads it: warmup first."""
     if state.stop.is_set():
-        return previous or identity
-    if previous is not None and previous != identity and warmup > 0:
+        return
+    server, identity = id(state.setup.handle), _runner_identity(state.setup.cfg)
+    if loaded.get(server) != identity and warmup > 0:
         await state.running.warmup(warmup, block=round_index)
+    loaded[server] = identity
     await state.running.measure(sizes[round_index], sum(sizes[:round_index]), block=round_index)
-    return identity
 
 
 def _warn_of_shared_state(arms: list[_Arm]) -> None:
