@@ -13,6 +13,7 @@ import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.stats import inter_token_latencies
 from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
@@ -83,7 +84,7 @@ def slo_tags(verdicts: Sequence[TargetVerdict]) -> dict[str, str]:
     """`sentinel.slo`: pass when every run-level target passed; no tag without targets."""
     if not verdicts:
         return {}
-    return {"sentinel.slo": "pass" if all(v.passed for v in verdicts) else "fail"}
+    return {tag.SLO: "pass" if all(v.passed for v in verdicts) else "fail"}
 
 
 def _mean_itl(record: RequestRecord) -> float | None:

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.comparison import ALPHA, DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
 from sentinel_exp.errors import UserError
 from sentinel_exp.records import read_records
@@ -95,8 +96,8 @@ def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]
             path = store.records_file(run.run_id, Path(scratch) / run.run_id)
             if path is None:
                 continue
-            key = run.tags.get("sentinel.config_hash", run.run_id)
-            study = run.tags.get("sentinel.study_id")
+            key = run.tags.get(tag.CONFIG_HASH, run.run_id)
+            study = run.tags.get(tag.STUDY_ID)
             grouped.setdefault(key, []).append(RunResult(tuple(read_records(path)), run.metrics, study=study))
             members.setdefault(key, []).append(run.run_id)
             params.setdefault(key, run.params)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from sentinel_exp import __version__
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.diagnosis import (
     Diagnosis,
     classify_cold_starts,
@@ -59,21 +60,21 @@ def run_tags(setup: RunSetup, factory: RequestFactory, facts: ModelFacts, monito
     cfg, ctx, handle = setup.cfg, setup.ctx, setup.handle
     inputs = input_digests(cfg)
     return {
-        "sentinel.version": __version__,
-        "sentinel.server_kind": handle.kind,
-        "sentinel.server_url": handle.url,
-        "sentinel.config_hash": config_hash(setup.resolved, inputs),
-        **{f"sentinel.input_sha256.{k}": v for k, v in inputs.items()},
-        "sentinel.repeat": str(setup.resolved["repeat"]),
-        "sentinel.output_dir": str(ctx.output_dir),
-        "sentinel.api": factory.api,
-        **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
-        **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
+        tag.VERSION: __version__,
+        tag.SERVER_KIND: handle.kind,
+        tag.SERVER_URL: handle.url,
+        tag.CONFIG_HASH: config_hash(setup.resolved, inputs),
+        **{tag.input_sha256(k): v for k, v in inputs.items()},
+        tag.REPEAT: str(setup.resolved["repeat"]),
+        tag.OUTPUT_DIR: str(ctx.output_dir),
+        tag.API: factory.api,
+        **{tag.choice(k): v for k, v in ctx.choices.items()},
+        **({tag.OPTIONS_NOT_SENT: "true"} if factory.unsent else {}),
         **facts.tags(),
         **monitor.tags(),
         **host_tags(handle.url),
-        **({"sentinel.sweep_id": ctx.sweep_id} if ctx.sweep_id else {}),
-        **({"sentinel.study_id": ctx.study_id} if ctx.study_id else {}),
+        **({tag.SWEEP_ID: ctx.sweep_id} if ctx.sweep_id else {}),
+        **({tag.STUDY_ID: ctx.study_id} if ctx.study_id else {}),
     }
 
 
@@ -113,7 +114,7 @@ async def conclude(run: LiveRun, status: RunStatus, failure: str | None) -> Conc
     try:
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         reports = _write_report(out, measurement.records, monitor, summary) if cfg.plots else []
-        verdict_tag = {"sentinel.verdict": verdict.text()} if verdict.text() else {}
+        verdict_tag = {tag.VERDICT: verdict.text()} if verdict.text() else {}
         journal.set_tags({**slo.tags(), **placement_tags, **verdict_tag, **monitor.late_tags()})
         write_series(out, monitor.series())
         journal.add_artifacts([*reports, *([handle.log_path] if handle.log_path is not None else [])])
@@ -174,7 +175,7 @@ def _placement(cfg: ExperimentConfig, metrics: dict[str, float]) -> tuple[dict[s
     warning = placement_warning(cfg.hardware, fraction)
     if warning:
         log.warning("warning: %s", warning)
-    return {"sentinel.placement": placement_kind(fraction)}, [warning] if warning else []
+    return {tag.PLACEMENT: placement_kind(fraction)}, [warning] if warning else []
 
 
 def _write_report(out: Path, records: list[RequestRecord], monitor: RunMonitor, summary: dict[str, Any]) -> list[Path]:

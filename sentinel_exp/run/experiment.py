@@ -19,6 +19,7 @@ from typing import Any
 from rich.markup import escape
 
 from sentinel_exp import eventloop
+from sentinel_exp import tags as tag
 from sentinel_exp.config.schema import ExperimentConfig, to_yaml
 from sentinel_exp.errors import Interrupted, RunFailed, UserError
 from sentinel_exp.names import RunStatus
@@ -106,7 +107,7 @@ def already_done(cfg: ExperimentConfig, ctx: RunContext, done: FinishedRun) -> O
 
     summary = {**done.summary, "run_id": done.run_id, "status": RunStatus.FINISHED, "metrics": done.metrics}
     summary["already_done"] = True
-    summary["study_id"] = done.tags.get("sentinel.study_id")
+    summary["study_id"] = done.tags.get(tag.STUDY_ID)
     tracker = shared_tracker(cfg.tracking.uri, cfg.tracking.experiment)
     tracker.copy_artifact(done.run_id, "requests.jsonl", ctx.output_dir / REUSED_RECORDS)
     (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")

@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from sentinel_exp import tags as tag
 from sentinel_exp.errors import UserError
 from sentinel_exp.names import RunStatus
 
@@ -101,20 +102,20 @@ class Runner:
 
     def tags(self) -> dict[str, str]:
         return {
-            "sentinel.runner_pid": str(self.pid),
-            "sentinel.runner_host": self.host,
-            "sentinel.runner_started": f"{self.started:.3f}",
-            **({"sentinel.runner_boot": f"{self.boot_id}:{self.start_ticks}"} if self.boot_id else {}),
+            tag.RUNNER_PID: str(self.pid),
+            tag.RUNNER_HOST: self.host,
+            tag.RUNNER_STARTED: f"{self.started:.3f}",
+            **({tag.RUNNER_BOOT: f"{self.boot_id}:{self.start_ticks}"} if self.boot_id else {}),
         }
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Runner:
         """The runner its tags name (KeyError, ValueError: they do not)."""
-        boot_id, _, ticks = tags.get("sentinel.runner_boot", "").rpartition(":")
+        boot_id, _, ticks = tags.get(tag.RUNNER_BOOT, "").rpartition(":")
         return cls(
-            int(tags["sentinel.runner_pid"]),
-            tags["sentinel.runner_host"],
-            float(tags["sentinel.runner_started"]),
+            int(tags[tag.RUNNER_PID]),
+            tags[tag.RUNNER_HOST],
+            float(tags[tag.RUNNER_STARTED]),
             boot_id or None,
             int(ticks) if boot_id else None,
         )

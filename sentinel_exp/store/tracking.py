@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentinel_exp import tags as tag
 from sentinel_exp.errors import UserError
 from sentinel_exp.store.locks import exclusive
 from sentinel_exp.store.writable import sqlite_problem
@@ -249,12 +250,12 @@ class Tracker:
         (a run without a `sentinel.repeat` tag is repeat 0)."""
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`sentinel.config_hash` = '{config_hash}' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.`{tag.CONFIG_HASH}` = '{config_hash}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=100,
         )
         for run in found:
-            if run.data.tags.get("sentinel.repeat", "0") == str(repeat):
+            if run.data.tags.get(tag.REPEAT, "0") == str(repeat):
                 run_id = run.info.run_id
                 return FinishedRun(run_id, self._summary_of(run_id) or {}, dict(run.data.metrics), dict(run.data.tags))
         return None
@@ -295,7 +296,7 @@ class Tracker:
     def find_uid(self, uid: str) -> tuple[str, str] | None:
         """(run id, status) of the live run uploaded from the run folder `uid`, if any."""
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`sentinel.run_uid` = '{uid}'", max_results=1
+            [self.experiment_id], filter_string=f"tags.`{tag.RUN_UID}` = '{uid}'", max_results=1
         )
         return (found[0].info.run_id, found[0].info.status) if found else None
 
@@ -303,7 +304,7 @@ class Tracker:
         """(run id, tags) of the runs still RUNNING that a process on `host` started."""
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and tags.`sentinel.runner_host` = '{host}'",
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{tag.RUNNER_HOST}` = '{host}'",
             max_results=1000,
         )
         return [(run.info.run_id, dict(run.data.tags)) for run in found]
@@ -409,7 +410,7 @@ class RunStore:
             if isinstance(exc, UserError):
                 raise
             raise UserError(f"MLflow cannot search {self.uri} with {filter_string!r}: {exc}") from None
-        return [self._stored(run) for run in runs if run.data.tags.get("sentinel.role") != "sweep"]
+        return [self._stored(run) for run in runs if run.data.tags.get(tag.ROLE) != "sweep"]
 
     def latest_tagged(self, experiment: str, tag: str, value: str) -> StoredRun | None:
         """The latest FINISHED run of the experiment with tag == value, sweep parents included (an
@@ -430,7 +431,7 @@ class RunStore:
     def children(self, parent_run_id: str) -> list[StoredRun]:
         parent = self.get(parent_run_id)
         experiment = self.client.get_experiment(self.client.get_run(parent.run_id).info.experiment_id).name
-        return self.search(experiment, f"tags.mlflow.parentRunId = '{parent.run_id}'")
+        return self.search(experiment, f"tags.{tag.PARENT_RUN_ID} = '{parent.run_id}'")
 
     def get(self, run_id: str) -> StoredRun:
         try:

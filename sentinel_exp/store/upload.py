@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.diagnosis import diagnose
 from sentinel_exp.analysis.stats import error_breakdown, summarize
 from sentinel_exp.errors import UserError
@@ -194,12 +195,12 @@ class Uploader:
         found = tracker.find_uid(run.uid)
         if found is not None and found[1] != RunStatus.RUNNING:
             return self._done(folder, run, tracker, found[0], already=True)
-        tags = {**run.tags, "sentinel.run_uid": run.uid}
+        tags = {**run.tags, tag.RUN_UID: run.uid}
         if run.role == Role.SWEEP:
-            tags["sentinel.role"] = "sweep"
+            tags[tag.ROLE] = "sweep"
         parent = self._parent_id(run, folder)
         if parent is not None:
-            tags["mlflow.parentRunId"] = parent
+            tags[tag.PARENT_RUN_ID] = parent
         if found is None:
             # The uid and runner tags from the start: a cut-short upload is found by them and completed.
             tracker.start(run.run_name, tags, start_ms=run.start_ms)
@@ -254,9 +255,9 @@ class Uploader:
                 continue
             if runner.gone() is not True:
                 continue
-            folder = Path(tags.get("sentinel.output_dir", ""))
+            folder = Path(tags.get(tag.OUTPUT_DIR, ""))
             try:
-                if (folder / RUN_FILE).is_file() and read_run_file(folder).uid == tags.get("sentinel.run_uid"):
+                if (folder / RUN_FILE).is_file() and read_run_file(folder).uid == tags.get(tag.RUN_UID):
                     uploaded = self.upload(folder)
                     self.closed_orphans.append(f"{run_id} ({uploaded.status}, from {folder})")
                     continue

@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from sentinel_exp import tags as tag
 from sentinel_exp.names import Direction, RunStatus
 
 if TYPE_CHECKING:
@@ -205,7 +206,7 @@ class SweepSummary(Callback):
             return True
         best = compared.best
         if best is not None and best.name is not None:
-            self._parent.set_tags({"sentinel.best_job": best.name, "sentinel.best_why": best.why})
+            self._parent.set_tags({tag.BEST_JOB: best.name, tag.BEST_WHY: best.why})
         self._parent.set_tags(compared.tags)
         self._parent.add_artifacts(compared.files)
         self._parent.end(status)
@@ -253,11 +254,11 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
     swept = " ".join(str(o) for o in config.hydra.overrides.task)
     name = str(config.sweep.name) if config.sweep.name != "none" else "sweep"
     tags = {
-        "sentinel.role": "sweep",
-        "sentinel.sweep_id": sweep_id,
-        "sentinel.sweep_overrides": swept,
-        "sentinel.objective": f"{config.sweep.objective} ({config.sweep.direction})",
-        "sentinel.output_dir": str(sweep_dir),
+        tag.ROLE: "sweep",
+        tag.SWEEP_ID: sweep_id,
+        tag.SWEEP_OVERRIDES: swept,
+        tag.OBJECTIVE: f"{config.sweep.objective} ({config.sweep.direction})",
+        tag.OUTPUT_DIR: str(sweep_dir),
     }
     tracking_uri = str(config.tracking.uri) if config.tracking.enabled else None
     run_file = new_run_file(
@@ -386,11 +387,11 @@ def _with_sweep_notes(comparison: Comparison, jobs: list[JobOutcome]) -> Compari
             f"this study's rounds, so its comparisons get no significance verdict; force=true measures it "
             f"again beside the others"
         )
-    contended = [job for job in jobs if job.folder is not None and _tag(job.folder, "sentinel.contended") == "true"]
+    contended = [job for job in jobs if job.folder is not None and _tag(job.folder, tag.CONTENDED) == "true"]
     if contended:
         names = ", ".join(f"#{job.num}" for job in contended)
         notes.append(
-            f"{names} ran on a contended machine (sentinel.contended=true: other processes took CPU the "
+            f"{names} ran on a contended machine ({tag.CONTENDED}=true: other processes took CPU the "
             f"server needed); the verdicts hold for the noise the rounds saw, but the numbers are not this "
             f"machine's quiet ones"
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.comparison import (
     ALPHA,
     DEFAULT_MIN_EFFECT_PCT,
@@ -199,7 +200,7 @@ def study_of(folder: Path) -> str | None:
 
 def _tag_study(run: dict[str, Any]) -> str | None:
     tags = run.get("tags") if isinstance(run, dict) else None
-    return str(tags["sentinel.study_id"]) if isinstance(tags, dict) and tags.get("sentinel.study_id") else None
+    return str(tags[tag.STUDY_ID]) if isinstance(tags, dict) and tags.get(tag.STUDY_ID) else None
 
 
 def _summary_study(summary: dict[str, Any]) -> str | None:

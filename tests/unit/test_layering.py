@@ -23,7 +23,7 @@ SERVE = "sentinel_exp.serve"
 ENGINES = "sentinel_exp.serve.engines"
 TELEMETRY = "sentinel_exp.telemetry"
 # Importable from every side: the package itself (its __version__), the vocabularies, the loop.
-SHARED = frozenset({"sentinel_exp", "sentinel_exp.names", "sentinel_exp.eventloop"})
+SHARED = frozenset({"sentinel_exp", "sentinel_exp.names", "sentinel_exp.tags", "sentinel_exp.eventloop"})
 CONFIG_LAYER = frozenset(
     {
         "sentinel_exp.cli.app",
@@ -163,7 +163,7 @@ def telemetry_light(module: str, target: str) -> bool:
     if not inside(module, TELEMETRY):
         return True
     if top(target) == "sentinel_exp":
-        return target == "sentinel_exp.names" or inside(target, TELEMETRY)
+        return target in ("sentinel_exp.names", "sentinel_exp.tags") or inside(target, TELEMETRY)
     return top(target) not in ("mlflow", "hydra", "omegaconf", "httpx", "httpx_sse", "numpy")
 
 
