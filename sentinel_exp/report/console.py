@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -17,6 +18,7 @@ from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report.markdown import count_parts, rate_parts, summary_rows
 from sentinel_exp.report.markdown import fmt_ms as _fmt
+from sentinel_exp.store.run_folder import RunFolder
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -129,7 +131,7 @@ def print_summary(
         stdout.print(escape(slo_line(slo)), soft_wrap=True)
     for warning in warnings:
         stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
-    stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
+    stdout.print(escape(f"records: {RunFolder(Path(output_dir)).records}"), soft_wrap=True)
     if logged_to:
         stdout.print(escape(logged_to), soft_wrap=True)
 

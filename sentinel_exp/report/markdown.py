@@ -15,14 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 # plots imports matplotlib only inside its functions: importing it here costs nothing.
 from sentinel_exp.report.plots import METRIC_LABELS, BarRow
+from sentinel_exp.store.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from sentinel_exp.records import RequestRecord
     from sentinel_exp.telemetry.sampler import Sample
-
-LATENCY_CDF_PNG = "latency_cdf.png"
-TIMELINE_PNG = "timeline.png"
-REPORT_MD = "report.md"
 
 # The rows of the summary table, in the console (console.summary_table) and in report.md.
 SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
@@ -47,8 +44,8 @@ OTHER_ROWS: tuple[tuple[str, tuple[str | None, str | None, str | None], str], ..
 
 # Alt text of the figures write_run_artifacts writes; any other image is named by its file.
 PLOT_CAPTIONS: Mapping[str, str] = {
-    LATENCY_CDF_PNG: "TTFT and E2E CDFs",
-    TIMELINE_PNG: "Requests and telemetry over time",
+    RunFolder.LATENCY_CDF: "TTFT and E2E CDFs",
+    RunFolder.TIMELINE: "Requests and telemetry over time",
 }
 
 # What could turn free text (a run name, a warning) into markup: emphasis, code, links, HTML.
@@ -212,12 +209,12 @@ def write_run_artifacts(
     the tracker to log. Call it after the measurement: it imports matplotlib (about a second)."""
     from sentinel_exp.report import plots
 
-    output_dir = Path(output_dir)
+    folder = RunFolder(Path(output_dir))
     title = str(summary.get("run_name") or "run")
     cdf = plots.latency_cdfs(records, title)
-    written = [plots.save_png(cdf, output_dir / LATENCY_CDF_PNG)]
-    written.append(plots.save_png(plots.timeline(records, samples, title), output_dir / TIMELINE_PNG))
-    report = output_dir / REPORT_MD
+    written = [plots.save_png(cdf, folder.latency_cdf)]
+    written.append(plots.save_png(plots.timeline(records, samples, title), folder.timeline))
+    report = folder.report
     report.write_text(run_report(summary, [p.name for p in written]), encoding="utf-8")
     return [*written, report]
 
@@ -235,11 +232,11 @@ def write_sweep_report(
     report.md of a sweep in `output_dir`; returns their paths."""
     from sentinel_exp.report import plots
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = [plots.save_png(plots.overlaid_cdfs(arms, metric), output_dir / f"{metric}_cdfs.png")]
+    folder = RunFolder(Path(output_dir))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    written = [plots.save_png(plots.overlaid_cdfs(arms, metric), folder.sweep_cdfs(metric))]
     if rows:
-        written.append(plots.save_png(plots.percentile_bars(rows, metric), output_dir / f"{metric}_percentiles.png"))
-    report = output_dir / REPORT_MD
+        written.append(plots.save_png(plots.percentile_bars(rows, metric), folder.sweep_percentiles(metric)))
+    report = folder.report
     report.write_text(sweep_report(title, table_markdown, verdict_lines, [p.name for p in written]), encoding="utf-8")
     return [*written, report]

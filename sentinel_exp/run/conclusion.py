@@ -32,7 +32,7 @@ from sentinel_exp.records import RequestRecord
 from sentinel_exp.run.hosts import host_tags
 from sentinel_exp.run.monitor import RunMonitor
 from sentinel_exp.serve.threads import default_threads
-from sentinel_exp.store.run_folder import write_series
+from sentinel_exp.store.run_folder import RunFolder, write_series
 from sentinel_exp.store.tracking import config_hash
 from sentinel_exp.workload.prompts_file import prompts_file_digest
 
@@ -112,7 +112,7 @@ async def conclude(run: LiveRun, status: RunStatus, failure: str | None) -> Conc
     }
     out = run.output_dir
     try:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        RunFolder(out).summary.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
         reports = _write_report(out, measurement.records, monitor, summary) if cfg.plots else []
         verdict_tag = {tag.VERDICT: verdict.text()} if verdict.text() else {}
         journal.set_tags({**slo.tags(), **placement_tags, **verdict_tag, **monitor.late_tags()})

@@ -35,7 +35,7 @@ from sentinel_exp.run.load import OnRecord, PhasePlan, SendOne, run_phase
 from sentinel_exp.run.monitor import RunMonitor
 from sentinel_exp.run.option_lint import OptionLint
 from sentinel_exp.run.servers import ServerHandle
-from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file
+from sentinel_exp.store.run_folder import Role, RunFolder, RunJournal, new_run_file
 from sentinel_exp.store.tracking import flatten, param_value
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload.source import Planned, PromptSource
@@ -235,7 +235,7 @@ class LiveRun:
             log.warning("warning: %s", warning)
         w = cfg.workload
         measurement = Measurement(give_up=GiveUp(handle.url, w.max_error_rate, w.error_rate_min_requests))
-        writer = RecordWriter(setup.ctx.output_dir / "requests.jsonl")
+        writer = RecordWriter(RunFolder(setup.ctx.output_dir).records)
         return cls(setup, clients, facts, monitor, journal, factory, option_lint, run_name, writer, measurement, stop)
 
     async def warmup(self, count: int | None = None, block: int | None = None) -> None:

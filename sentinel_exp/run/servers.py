@@ -22,6 +22,7 @@ from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE
 from sentinel_exp.serve.launch import ServerStartError, prepare_standby, start_server
+from sentinel_exp.store.run_folder import RunFolder
 from sentinel_exp.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def resolve_server(
     server_cfg: ServerConfig, model: str, output_dir: Path, more_to_come: bool = False
 ) -> Iterator[ServerHandle]:
     kind = server_cfg.kind
-    log_path = output_dir / "server.log"
+    log_path = RunFolder(output_dir).server_log
     if kind == "auto":
         url = configured_url(server_cfg) or ollama_url_from_env()
         version = probe_ollama(url)

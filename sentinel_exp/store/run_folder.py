@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psutil
 
@@ -24,9 +24,127 @@ from sentinel_exp import tags as tag
 from sentinel_exp.errors import UserError
 from sentinel_exp.names import RunStatus
 
-RUN_FILE = "run.json"
-TELEMETRY_FILE = "telemetry.jsonl"
 FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run's folder and the name of every file in it: the one place those names are spelt.
+
+    A sweep's folder is a run folder too (its parent run's run.json), with the sweep's own files.
+    The upper-case names are the bare file names, for what names a file without a folder at hand
+    (an MLflow artifact, a search below a folder); the properties are the paths in this folder."""
+
+    path: Path
+
+    RUN_JSON: ClassVar[str] = "run.json"
+    RECORDS: ClassVar[str] = "requests.jsonl"
+    SUMMARY: ClassVar[str] = "summary.json"
+    TELEMETRY: ClassVar[str] = "telemetry.jsonl"
+    CONFIG: ClassVar[str] = "config.yaml"
+    REPORT: ClassVar[str] = "report.md"
+    LATENCY_CDF: ClassVar[str] = "latency_cdf.png"
+    TIMELINE: ClassVar[str] = "timeline.png"
+    SERVER_LOG: ClassVar[str] = "server.log"  # a bundled server's log, kept beside the records
+    # A sweep's folder and its jobs' folders.
+    SWEEP_JOB: ClassVar[str] = "sweep_job.json"  # in each job's folder: its outcome, for the closing table
+    SWEEP_JSON: ClassVar[str] = "sweep.json"  # in the sweep folder: the sweep's id, its jobs' parent uid
+    COMPARE: ClassVar[str] = "compare.md"
+    NOISE: ClassVar[str] = "noise.md"  # an A/A sweep's (sweep=aa): this machine's noise per metric
+    MULTIRUN: ClassVar[str] = "multirun.yaml"  # Hydra's record of the sweep's overrides
+    # An interleaved study's (run/rounds.py): its design as it ran and its log, in the sweep folder,
+    # and in each arm's folder the ended run its Hydra job adopts and uploads.
+    STUDY: ClassVar[str] = "study.json"
+    STUDY_LOG: ClassVar[str] = "study.log"
+    STUDY_ARM: ClassVar[str] = "study_arm.json"
+    # In the folder of a job that reused an earlier run: that run's records, for the comparison.
+    REUSED_RECORDS: ClassVar[str] = "reused_requests.jsonl"
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / self.RUN_JSON
+
+    def partial_run_json(self, pid: int) -> Path:
+        """Where run.json is written before it is renamed over the old one."""
+        return self.path / f".{self.RUN_JSON}.{pid}.tmp"
+
+    @property
+    def records(self) -> Path:
+        return self.path / self.RECORDS
+
+    @property
+    def summary(self) -> Path:
+        return self.path / self.SUMMARY
+
+    @property
+    def telemetry(self) -> Path:
+        return self.path / self.TELEMETRY
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def report(self) -> Path:
+        return self.path / self.REPORT
+
+    @property
+    def latency_cdf(self) -> Path:
+        return self.path / self.LATENCY_CDF
+
+    @property
+    def timeline(self) -> Path:
+        return self.path / self.TIMELINE
+
+    @property
+    def server_log(self) -> Path:
+        return self.path / self.SERVER_LOG
+
+    @property
+    def sweep_job(self) -> Path:
+        return self.path / self.SWEEP_JOB
+
+    @property
+    def sweep_json(self) -> Path:
+        return self.path / self.SWEEP_JSON
+
+    @property
+    def compare(self) -> Path:
+        return self.path / self.COMPARE
+
+    @property
+    def noise(self) -> Path:
+        return self.path / self.NOISE
+
+    @property
+    def multirun(self) -> Path:
+        return self.path / self.MULTIRUN
+
+    @property
+    def study(self) -> Path:
+        return self.path / self.STUDY
+
+    @property
+    def study_log(self) -> Path:
+        return self.path / self.STUDY_LOG
+
+    @property
+    def study_arm(self) -> Path:
+        return self.path / self.STUDY_ARM
+
+    @property
+    def reused_records(self) -> Path:
+        return self.path / self.REUSED_RECORDS
+
+    def records_or_reused(self) -> Path | None:
+        """The job's records: its own, or those of the earlier run it reused; None: neither."""
+        return next((path for path in (self.records, self.reused_records) if path.is_file()), None)
+
+    def sweep_cdfs(self, metric: str) -> Path:
+        return self.path / f"{metric}_cdfs.png"
+
+    def sweep_percentiles(self, metric: str) -> Path:
+        return self.path / f"{metric}_percentiles.png"
 
 
 class Role:
@@ -187,8 +305,8 @@ def new_run_file(
 
 def write_run_file(folder: Path, run_file: RunFile) -> None:
     """Replaces run.json whole (written beside it, then renamed over it)."""
-    target = folder / RUN_FILE
-    partial = folder / f".{RUN_FILE}.{os.getpid()}.tmp"
+    target = RunFolder(folder).run_json
+    partial = RunFolder(folder).partial_run_json(os.getpid())
     with open(partial, "w", encoding="utf-8") as out:
         out.write(run_file.to_json())
         out.flush()
@@ -197,17 +315,17 @@ def write_run_file(folder: Path, run_file: RunFile) -> None:
 
 
 def read_run_file(folder: Path) -> RunFile:
-    path = folder / RUN_FILE
+    path = RunFolder(folder).run_json
     try:
         return RunFile.from_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{folder} is not a run folder: it has no {RUN_FILE}") from None
+        raise UserError(f"{folder} is not a run folder: it has no {RunFolder.RUN_JSON}") from None
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
 
 
 def is_run_folder(folder: Path) -> bool:
-    return (folder / RUN_FILE).is_file()
+    return RunFolder(folder).run_json.is_file()
 
 
 class RunJournal:
@@ -242,7 +360,7 @@ SeriesPoint = Sequence[Any]  # (key, value, timestamp_ms, step)
 
 def write_series(folder: Path, points: Iterable[SeriesPoint]) -> Path:
     """The telemetry series, one JSON array [key, value, timestamp_ms, step] per line."""
-    path = folder / TELEMETRY_FILE
+    path = RunFolder(folder).telemetry
     with open(path, "w", encoding="utf-8") as out:
         for key, value, timestamp, step in points:
             out.write(json.dumps([key, float(value), int(timestamp), int(step)]) + "\n")
@@ -250,7 +368,7 @@ def write_series(folder: Path, points: Iterable[SeriesPoint]) -> Path:
 
 
 def read_series(folder: Path) -> list[tuple[str, float, int, int]]:
-    path = folder / TELEMETRY_FILE
+    path = RunFolder(folder).telemetry
     if not path.exists():
         return []
     points = []

@@ -19,6 +19,7 @@ from typing import Any
 from sentinel_exp import tags as tag
 from sentinel_exp.errors import UserError
 from sentinel_exp.store.locks import exclusive
+from sentinel_exp.store.run_folder import RunFolder
 from sentinel_exp.store.writable import sqlite_problem
 
 log = logging.getLogger(__name__)
@@ -277,10 +278,10 @@ class Tracker:
         mix in the last point of each telemetry series)."""
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(self.client.download_artifacts(run_id, "summary.json", tmp))
+                path = Path(self.client.download_artifacts(run_id, RunFolder.SUMMARY, tmp))
                 summary = json.loads(path.read_text(encoding="utf-8"))
         except Exception as exc:  # a store without the artifact, or unreachable artifacts: the metrics stand in
-            log.debug("no summary.json for run %s: %s", run_id, exc)
+            log.debug("no %s for run %s: %s", RunFolder.SUMMARY, run_id, exc)
             return None
         return summary if isinstance(summary, dict) else None
 
@@ -442,7 +443,7 @@ class RunStore:
     def records_file(self, run_id: str, into: Path) -> Path | None:
         """The run's requests.jsonl, downloaded into `into`; None when the run logged none."""
         try:
-            return Path(self.client.download_artifacts(run_id, "requests.jsonl", str(into)))
+            return Path(self.client.download_artifacts(run_id, RunFolder.RECORDS, str(into)))
         except Exception:
             return None
 

@@ -22,9 +22,9 @@ from sentinel_exp.names import Phase, RunStatus
 from sentinel_exp.records import RequestRecord, iter_records
 from sentinel_exp.store.locks import exclusive
 from sentinel_exp.store.run_folder import (
-    RUN_FILE,
     Role,
     RunFile,
+    RunFolder,
     Runner,
     read_run_file,
     read_series,
@@ -36,10 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-RECORDS_FILE = "requests.jsonl"
 # Always uploaded when present; a run adds its report and server log to run.json's artifacts.
-STANDARD_ARTIFACTS = (RECORDS_FILE, "config.yaml", SUMMARY_FILE)
+STANDARD_ARTIFACTS = (RunFolder.RECORDS, RunFolder.CONFIG, RunFolder.SUMMARY)
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class Uploaded:
 
 def records_in(folder: Path) -> list[RequestRecord]:
     """The records a folder holds; a last line cut by a kill is left out, the ones before stand."""
-    path = folder / RECORDS_FILE
+    path = RunFolder(folder).records
     if not path.exists():
         return []
     records: list[RequestRecord] = []
@@ -108,9 +106,9 @@ def close_abandoned(folder: Path, run: RunFile, *, runner_unknown_ok: bool = Fal
         f"the runner (pid {run.runner.pid} on {run.runner.host}) ended without closing the run; "
         f"closed as FAILED with the {len(records)} record(s) it left"
     )
-    if run.role == Role.RUN and not (folder / SUMMARY_FILE).exists():
+    if run.role == Role.RUN and not RunFolder(folder).summary.exists():
         summary = abandoned_summary(records, run, reason)
-        (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        RunFolder(folder).summary.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     run.status, run.failure = RunStatus.FAILED, reason
     run.end_ms = _last_record_ms(records) or run.start_ms
     write_run_file(folder, run)
@@ -119,7 +117,7 @@ def close_abandoned(folder: Path, run: RunFile, *, runner_unknown_ok: bool = Fal
 
 def _metrics(folder: Path) -> dict[str, float]:
     try:
-        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+        summary = json.loads(RunFolder(folder).summary.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     metrics = summary.get("metrics") if isinstance(summary, dict) else None
@@ -135,8 +133,7 @@ def _artifacts(folder: Path, run: RunFile) -> list[Path]:
 def find_sweep_folder(folder: Path, uid: str) -> Path | None:
     """The sweep folder of a job folder: the nearest folder above it whose run.json has `uid`."""
     for above in folder.resolve().parents:
-        path = above / RUN_FILE
-        if path.is_file():
+        if RunFolder(above).run_json.is_file():
             try:
                 if read_run_file(above).uid == uid:
                     return above
@@ -257,7 +254,7 @@ class Uploader:
                 continue
             folder = Path(tags.get(tag.OUTPUT_DIR, ""))
             try:
-                if (folder / RUN_FILE).is_file() and read_run_file(folder).uid == tags.get(tag.RUN_UID):
+                if RunFolder(folder).run_json.is_file() and read_run_file(folder).uid == tags.get(tag.RUN_UID):
                     uploaded = self.upload(folder)
                     self.closed_orphans.append(f"{run_id} ({uploaded.status}, from {folder})")
                     continue

@@ -25,17 +25,14 @@ from omegaconf import DictConfig
 
 from sentinel_exp import tags as tag
 from sentinel_exp.names import Direction, RunStatus
+from sentinel_exp.store.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from sentinel_exp.analysis.comparison import Arm, Comparison
     from sentinel_exp.sweep.study import Best
 
-OUTCOME_FILE = "sweep_job.json"
 REUSED = "reused_run_id"  # outcome field: the FINISHED run a job reused instead of measuring again
 NOT_LOGGED = "not_logged"  # outcome field: why the MLflow store did not take the job's run
-SUMMARY_FILE = "summary.json"
-SWEEP_FILE = "sweep.json"  # in the sweep folder: the sweep's id, which its jobs name as their parent's uid
-COMPARE_FILE = "compare.md"
 
 
 def failed_value(direction: str) -> float:
@@ -53,18 +50,18 @@ def objective_value(metrics: Mapping[str, float] | None, objective: str, directi
 def record_error(output_dir: Path, message: str) -> None:
     """Leave a job's user error where the main process finds it (on_job_end adds the rest)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / OUTCOME_FILE).write_text(json.dumps({"error": message}), encoding="utf-8")
+    RunFolder(output_dir).sweep_job.write_text(json.dumps({"error": message}), encoding="utf-8")
 
 
 def record_reused(output_dir: Path, run_id: str) -> None:
     """Leave the finished run that a job stood in for (its configuration and repeat were done)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / OUTCOME_FILE).write_text(json.dumps({REUSED: run_id}), encoding="utf-8")
+    RunFolder(output_dir).sweep_job.write_text(json.dumps({REUSED: run_id}), encoding="utf-8")
 
 
 def record_not_logged(output_dir: Path, message: str) -> None:
     """Leave why a job's run is only in its folder (the store did not take it)."""
-    path = output_dir / OUTCOME_FILE
+    path = RunFolder(output_dir).sweep_job
     outcome = _read_json(path) or {}
     outcome[NOT_LOGGED] = message
     path.write_text(json.dumps(outcome), encoding="utf-8")
@@ -95,7 +92,7 @@ class SweepSummary(Callback):
     reaches every job's on_job_end, but nothing goes back the other way.
 
     The sweep is one parent run. Its run.json is in the sweep folder (as a run's is in its own) and
-    is uploaded to MLflow before the first job; the sweep's id, left in SWEEP_FILE, is the parent's
+    is uploaded to MLflow before the first job; the sweep's id, left in sweep.json, is the parent's
     uid, by which every job's upload finds the parent. At the end the parent is closed with the
     comparison of the configurations among its artifacts."""
 
@@ -111,14 +108,14 @@ class SweepSummary(Callback):
         self._config = config
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"sweep_id": self.sweep_id}), encoding="utf-8")
+        RunFolder(sweep_dir).sweep_json.write_text(json.dumps({"sweep_id": self.sweep_id}), encoding="utf-8")
         self._parent = _open_parent_run(config, self.sweep_id, sweep_dir)
         _ACTIVE.append(self)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        path = Path(config.hydra.runtime.output_dir) / OUTCOME_FILE
+        path = RunFolder(Path(config.hydra.runtime.output_dir)).sweep_job
         outcome = _read_json(path) or {}
         if job_return.status == JobStatus.FAILED:  # an exception the task did not expect
             exc = job_return._return_value  # the `return_value` property would raise it
@@ -306,7 +303,7 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> Com
     if not comparisons:
         return Compared()
     comparisons = [_with_sweep_notes(c, jobs) for c in comparisons]
-    path = sweep_dir / COMPARE_FILE
+    path = RunFolder(sweep_dir).compare
     lines = study_lines(sweep_dir)
     noise_files: list[Path] = []
     noise_tags: dict[str, str] = {}
@@ -326,7 +323,7 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> Com
 def _first_run(jobs: list[JobOutcome]) -> dict[str, Any]:
     """The run.json of the sweep's first measured job: whose host, server and model it is."""
     for job in jobs:
-        run = None if job.folder is None else _read_json(job.folder / "run.json")
+        run = None if job.folder is None else _read_json(RunFolder(job.folder).run_json)
         if run:
             return run
     return {}
@@ -343,9 +340,9 @@ def _noise_of_this_machine(
     design = read_study(sweep_dir)
     report = noise_report(comparison, int(config.workload.requests), float(design.get("seconds", 0.0)))
     objective = str(config.sweep.objective)
-    path = sweep_dir / "noise.md"
+    path = RunFolder(sweep_dir).noise
     path.write_text(to_markdown(report, objective), encoding="utf-8")
-    (sweep_dir / SUMMARY_FILE).write_text(json.dumps({"metrics": report.metrics()}, indent=2), encoding="utf-8")
+    RunFolder(sweep_dir).summary.write_text(json.dumps({"metrics": report.metrics()}, indent=2), encoding="utf-8")
     run = _first_run(jobs)
     identity = noise_identity(run.get("tags") or {}, run.get("params") or {})
     return [path], console_lines(report, objective), {NOISE_TAG: identity}
@@ -399,7 +396,7 @@ def _with_sweep_notes(comparison: Comparison, jobs: list[JobOutcome]) -> Compari
 
 
 def _tag(folder: Path, name: str) -> str | None:
-    run = _read_json(folder / "run.json") or {}
+    run = _read_json(RunFolder(folder).run_json) or {}
     tags = run.get("tags")
     return str(tags[name]) if isinstance(tags, dict) and name in tags else None
 
@@ -430,11 +427,11 @@ def read_outcomes(sweep_dir: Path, sweep_id: str | None) -> list[JobOutcome]:
     """Every job of sweep `sweep_id` under `sweep_dir`, in job order; an outcome file of another
     sweep is skipped. The search goes down any depth: hydra.sweep.subdir may nest folders."""
     jobs = []
-    for path in sweep_dir.rglob(OUTCOME_FILE):
+    for path in sweep_dir.rglob(RunFolder.SWEEP_JOB):
         outcome = _read_json(path)
         if outcome is None or outcome.get("sweep_id") != sweep_id:
             continue
-        summary = _read_json(path.parent / SUMMARY_FILE)
+        summary = _read_json(RunFolder(path.parent).summary)
         error = outcome.get("error")
         jobs.append(
             JobOutcome(
@@ -479,7 +476,7 @@ def distinguishing_labels(jobs: list[tuple[str, ...]]) -> list[str]:
 
 def sweep_record(sweep_dir: Path) -> str | None:
     """The sweep id that on_multirun_start left in the sweep folder for the jobs."""
-    sweep_id = (_read_json(sweep_dir / SWEEP_FILE) or {}).get("sweep_id")
+    sweep_id = (_read_json(RunFolder(sweep_dir).sweep_json) or {}).get("sweep_id")
     return None if sweep_id is None else str(sweep_id)
 
 
@@ -487,7 +484,7 @@ def swept_keys(sweep_dir: Path) -> frozenset[str]:
     """The settings a sweep varies (`a=x,y`, ranges, and a preset's hydra.sweeper.params), read from
     the multirun.yaml Hydra writes into the sweep folder, so a job on any launcher can name its run
     by them."""
-    record = sweep_dir / "multirun.yaml"
+    record = RunFolder(sweep_dir).multirun
     try:
         written = record.stat().st_mtime_ns
     except OSError:

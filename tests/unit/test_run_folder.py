@@ -15,9 +15,9 @@ from sentinel_exp.errors import NotLogged, UserError
 from sentinel_exp.names import RunStatus
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.store.run_folder import (
-    RUN_FILE,
     Role,
     RunFile,
+    RunFolder,
     RunJournal,
     Runner,
     new_run_file,
@@ -43,13 +43,13 @@ def test_run_json_round_trips_and_is_replaced_whole(tmp_path):
     assert back.artifacts == ["report.md"] and back.parent_uid == "sweep1"
     assert back.status == "FAILED" and back.failure == "why" and back.end_ms >= back.start_ms
     assert back.tags["sentinel.runner_pid"] == str(os.getpid())
-    assert sorted(p.name for p in tmp_path.iterdir()) == [RUN_FILE]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RunFolder.RUN_JSON]  # no temporary file left
 
 
 def test_a_folder_without_a_readable_run_json_is_named(tmp_path):
     with pytest.raises(UserError, match="is not a run folder"):
         read_run_file(tmp_path)
-    (tmp_path / RUN_FILE).write_text(json.dumps({"format": 99}))
+    (tmp_path / RunFolder.RUN_JSON).write_text(json.dumps({"format": 99}))
     with pytest.raises(UserError, match="cannot read"):
         read_run_file(tmp_path)
 
