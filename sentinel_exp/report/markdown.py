@@ -14,32 +14,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # plots imports matplotlib only inside its functions: importing it here costs nothing.
-from sentinel_exp.report.plots import METRIC_LABELS, BarRow
+from sentinel_exp.analysis.metrics import LATENCIES, METRICS, OUTPUT_TOKENS, Metric, axis_label
+from sentinel_exp.report.plots import BarRow
 from sentinel_exp.store.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from sentinel_exp.records import RequestRecord
     from sentinel_exp.telemetry.sampler import Sample
 
-# The rows of the summary table, in the console (console.summary_table) and in report.md.
-SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
-    ("ttfb", "TTFB"),
-    ("ttft", "TTFT"),
-    ("itl", "ITL"),
-    ("tpot", "TPOT"),
-    ("e2e", "E2E"),
-    ("server_load", "server load"),
-    ("server_prefill", "server prefill"),
-    ("server_decode", "server decode"),
-    ("server_queue", "server queue"),
-    ("queue", "client queue"),
-    ("client_overhead", "E2E − server total"),
-)
-
-# Rows in other units after the latencies: label, the metric in each column (p50, p95, max), unit.
-OTHER_ROWS: tuple[tuple[str, tuple[str | None, str | None, str | None], str], ...] = (
-    ("output tokens", ("output_tokens_p50", "output_tokens_p95", "output_tokens_max"), "tok"),
-    ("prefill rate", ("prefill_tokens_per_s", None, None), "tok/s"),
+# The rows of the summary table, in the console (console.summary_table) and in report.md: the
+# latencies, then rows in other units with the metric in each column (p50, p95, max).
+SUMMARY_LATENCIES = tuple(latency for latency in LATENCIES if latency.in_summary)
+OTHER_ROWS: tuple[tuple[Metric, tuple[str | None, str | None, str | None]], ...] = (
+    (OUTPUT_TOKENS, ("output_tokens_p50", "output_tokens_p95", "output_tokens_max")),
+    (METRICS["prefill_tokens_per_s"], ("prefill_tokens_per_s", None, None)),
 )
 
 # Alt text of the figures write_run_artifacts writes; any other image is named by its file.
@@ -69,19 +57,19 @@ def summary_rows(metrics: Mapping[str, float]) -> list[tuple[str, str, str, str]
     """label, p50, p95, max of each row the run has: the console's summary table and report.md's."""
     rows = [
         (
-            label,
-            fmt_ms(metrics.get(f"{name}_ms_p50")),
-            fmt_ms(metrics.get(f"{name}_ms_p95")),
-            fmt_ms(metrics.get(f"{name}_ms_max")),
+            latency.label,
+            fmt_ms(metrics.get(latency.metric("p50")), latency.unit),
+            fmt_ms(metrics.get(latency.metric("p95")), latency.unit),
+            fmt_ms(metrics.get(latency.metric("max")), latency.unit),
         )
-        for name, label in SUMMARY_ROWS
-        if f"{name}_ms_p50" in metrics
+        for latency in SUMMARY_LATENCIES
+        if latency.metric("p50") in metrics
     ]
     if rows:
-        for label, names, unit in OTHER_ROWS:
+        for metric, names in OTHER_ROWS:
             if names[0] in metrics:
-                p50, p95, top = (fmt_ms(metrics.get(n) if n else None, unit) for n in names)
-                rows.append((label, p50, p95, top))
+                p50, p95, top = (fmt_ms(metrics.get(n) if n else None, metric.unit) for n in names)
+                rows.append((metric.label, p50, p95, top))
     return rows
 
 
@@ -138,7 +126,7 @@ def image_links(plots: Sequence[str]) -> list[str]:
 
 def _sweep_caption(stem: str) -> str:
     metric, _, kind = stem.rpartition("_")
-    label = METRIC_LABELS.get(metric, metric)
+    label = axis_label(metric)
     if kind == "cdfs":
         return f"{label} CDFs by configuration"
     if kind == "percentiles":

@@ -83,7 +83,7 @@ def test_run_report_table_has_the_console_rows_and_numbers():
 
 
 def test_run_report_rows_follow_the_console_for_every_latency():
-    every = {f"{name}_ms_{stat}": 1000.0 + i for i, (name, _) in enumerate(report.SUMMARY_ROWS) for stat in ("p50",)}
+    every = {latency.metric("p50"): 1000.0 + i for i, latency in enumerate(report.SUMMARY_LATENCIES)}
     every |= {k.replace("_p50", "_p95"): v * 2 for k, v in every.items()}
     assert table_rows(report.run_report(summary(metrics=every), [])) == console_rows(every)
 
