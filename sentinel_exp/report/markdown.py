@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # plots imports matplotlib only inside its functions: importing it here costs nothing.
 from sentinel_exp.analysis.metrics import LATENCIES, METRICS, OUTPUT_TOKENS, Metric, axis_label
 from sentinel_exp.report.plots import BarRow
-from sentinel_exp.store.run_folder import RunFolder
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 
 if TYPE_CHECKING:
     from sentinel_exp.records import RequestRecord
@@ -138,37 +138,37 @@ def _bullets(items: Sequence[object]) -> list[str]:
     return [f"- {md_escape(str(item))}" for item in items]
 
 
-def _run_facts(summary: Mapping[str, Any]) -> str:
-    facts = [f"status **{md_escape(str(summary.get('status', 'unknown')))}**"]
-    model = summary.get("model")
+def _run_facts(summary: RunSummary) -> str:
+    facts = [f"status **{md_escape(str(summary.status or 'unknown'))}**"]
+    model = summary.model
     if isinstance(model, Mapping) and model.get("tag"):
         facts.append(f"model `{model['tag']}`")
-    server = summary.get("server")
-    if isinstance(server, Mapping) and server.get("kind"):
-        where = f" at {server['url']}" if server.get("url") else ""
-        facts.append(f"server {md_escape(str(server['kind']))}{md_escape(where)}")
-    if summary.get("run_id"):
-        facts.append(f"MLflow run `{summary['run_id']}`")
+    server = summary.server
+    if server is not None and server.kind:
+        where = f" at {server.url}" if server.url else ""
+        facts.append(f"server {md_escape(str(server.kind))}{md_escape(where)}")
+    if summary.run_id:
+        facts.append(f"MLflow run `{summary.run_id}`")
     return " · ".join(facts)
 
 
-def run_report(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
+def run_report(summary: RunSummary, plots: Sequence[str]) -> str:
     """report.md of one run, from what summary.json holds (run/conclusion.py writes it)."""
-    metrics: Mapping[str, float] = summary.get("metrics") or {}
-    errors: Mapping[str, int] = summary.get("errors") or {}
-    name = str(summary.get("run_name") or summary.get("run_id") or "run")
+    metrics = summary.metrics
+    errors = summary.errors or {}
+    name = str(summary.run_name or summary.run_id or "run")
     lines = [f"# {md_escape(name)}", "", _run_facts(summary), "", "## Latency", "", summary_table_md(metrics), ""]
-    verdict: Sequence[str] = summary.get("verdict") or ()
+    verdict = summary.verdict or ()
     if verdict:
         lines += [*_bullets(verdict), ""]
     lines += [counts_line(metrics, errors), ""]
     rates = rates_line(metrics)
     if rates:
         lines += [rates, ""]
-    warnings: Sequence[str] = summary.get("warnings") or ()
+    warnings = summary.warnings or ()
     if warnings:
         lines += ["## Warnings", "", *_bullets(warnings), ""]
-    notes: Sequence[str] = summary.get("telemetry_notes") or ()
+    notes = summary.telemetry_notes or ()
     if notes:
         lines += ["## Telemetry notes", "", *_bullets(notes), ""]
     if plots:
@@ -191,14 +191,14 @@ def sweep_report(title: str, table_markdown: str, verdict_lines: Sequence[str], 
 
 
 def write_run_artifacts(
-    output_dir: Path, records: Sequence[RequestRecord], samples: Sequence[Sample], summary: Mapping[str, Any]
+    output_dir: Path, records: Sequence[RequestRecord], samples: Sequence[Sample], summary: RunSummary
 ) -> list[Path]:
     """latency_cdf.png, timeline.png and report.md in the run's folder; returns their paths for
     the tracker to log. Call it after the measurement: it imports matplotlib (about a second)."""
     from sentinel_exp.report import plots
 
     folder = RunFolder(Path(output_dir))
-    title = str(summary.get("run_name") or "run")
+    title = str(summary.run_name or "run")
     cdf = plots.latency_cdfs(records, title)
     written = [plots.save_png(cdf, folder.latency_cdf)]
     written.append(plots.save_png(plots.timeline(records, samples, title), folder.timeline))

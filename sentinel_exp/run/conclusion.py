@@ -3,7 +3,6 @@ summary.json and the report, and tagged; plus the tags a run starts with."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from sentinel_exp.records import RequestRecord
 from sentinel_exp.run.hosts import host_tags
 from sentinel_exp.run.monitor import RunMonitor
 from sentinel_exp.serve.threads import default_threads
-from sentinel_exp.store.run_folder import RunFolder, write_series
+from sentinel_exp.store.run_folder import RunSummary, SummaryServer, write_series
 from sentinel_exp.store.tracking import config_hash
 from sentinel_exp.workload.prompts_file import prompts_file_digest
 
@@ -96,23 +95,23 @@ async def conclude(run: LiveRun, status: RunStatus, failure: str | None) -> Conc
         *_cold_start_warnings(cfg, handle.log_path, measurement.records),
         *placement_note,
     ]
-    summary = {
-        "run_uid": journal.run.uid,
-        "run_name": run.run_name,
-        "status": status,
-        "metrics": metrics,
-        "errors": error_breakdown(measurement.records),
-        "server": {"kind": handle.kind, "url": handle.url},
-        "model": run.facts.__dict__,
-        "telemetry_notes": monitor.notes(),
-        "warnings": warnings,
-        "verdict": verdict.lines(),
-        **({"failure": failure} if failure else {}),
-        **({"slo": slo.as_dict()} if slo.any else {}),
-    }
+    summary = RunSummary(
+        run_uid=journal.run.uid,
+        run_name=run.run_name,
+        status=status,
+        metrics=metrics,
+        errors=error_breakdown(measurement.records),
+        server=SummaryServer(handle.kind, handle.url),
+        model=run.facts.__dict__,
+        telemetry_notes=monitor.notes(),
+        warnings=warnings,
+        verdict=verdict.lines(),
+        failure=failure or None,
+        slo=slo.as_dict() if slo.any else None,
+    )
     out = run.output_dir
     try:
-        RunFolder(out).summary.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        summary.write(out)
         reports = _write_report(out, measurement.records, monitor, summary) if cfg.plots else []
         verdict_tag = {tag.VERDICT: verdict.text()} if verdict.text() else {}
         journal.set_tags({**slo.tags(), **placement_tags, **verdict_tag, **monitor.late_tags()})
@@ -178,7 +177,7 @@ def _placement(cfg: ExperimentConfig, metrics: dict[str, float]) -> tuple[dict[s
     return {tag.PLACEMENT: placement_kind(fraction)}, [warning] if warning else []
 
 
-def _write_report(out: Path, records: list[RequestRecord], monitor: RunMonitor, summary: dict[str, Any]) -> list[Path]:
+def _write_report(out: Path, records: list[RequestRecord], monitor: RunMonitor, summary: RunSummary) -> list[Path]:
     """report.md with the latency CDFs and the timeline; a failure here costs only the pictures."""
     from sentinel_exp.report.markdown import write_run_artifacts
 

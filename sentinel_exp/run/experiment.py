@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.markup import escape
@@ -28,7 +28,7 @@ from sentinel_exp.run.conclusion import input_digests
 from sentinel_exp.run.context import RunContext
 from sentinel_exp.run.live import Ended, RunSetup, measure_single
 from sentinel_exp.run.servers import resolve_server
-from sentinel_exp.store.run_folder import RunFolder
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 from sentinel_exp.store.tracking import FinishedRun, config_hash, store_check
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,17 @@ def already_done(cfg: ExperimentConfig, ctx: RunContext, done: FinishedRun) -> O
     its records go into this job's folder, so the sweep's table and comparison see its numbers."""
     from sentinel_exp.store.upload import shared_tracker
 
-    summary = {**done.summary, "run_id": done.run_id, "status": RunStatus.FINISHED, "metrics": done.metrics}
-    summary["already_done"] = True
-    summary["study_id"] = done.tags.get(tag.STUDY_ID)
+    summary = replace(
+        done.summary or RunSummary(),
+        run_id=done.run_id,
+        status=RunStatus.FINISHED,
+        metrics=done.metrics,
+        already_done=True,
+        study_id=done.tags.get(tag.STUDY_ID),
+    )
     tracker = shared_tracker(cfg.tracking.uri, cfg.tracking.experiment)
     tracker.copy_artifact(done.run_id, RunFolder.RECORDS, RunFolder(ctx.output_dir).reused_records)
-    RunFolder(ctx.output_dir).summary.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    summary.write(ctx.output_dir)
     ui.stdout.print(f"already done ({done.run_id}): not measured again; force=true measures it anew", soft_wrap=True)
     return Outcome(done.run_id, RunStatus.FINISHED, done.metrics, reused=True)
 
@@ -118,7 +123,8 @@ def adopt(cfg: ExperimentConfig, ctx: RunContext) -> Outcome | None:
         return None
     arm = json.loads(marker.read_text(encoding="utf-8"))
     if arm.get("reused_run_id"):
-        metrics = json.loads(RunFolder(ctx.output_dir).summary.read_text(encoding="utf-8"))["metrics"]
+        reused = RunSummary.read(ctx.output_dir)
+        metrics = reused.metrics if reused is not None else {}
         return Outcome(str(arm["reused_run_id"]), RunStatus.FINISHED, metrics, reused=True)
     if arm.get("error"):
         raise UserError(str(arm["error"]))

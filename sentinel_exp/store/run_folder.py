@@ -328,6 +328,113 @@ def is_run_folder(folder: Path) -> bool:
     return RunFolder(folder).run_json.is_file()
 
 
+@dataclass(frozen=True)
+class SummaryServer:
+    kind: str
+    url: str
+
+
+@dataclass
+class RunSummary:
+    """The contents of summary.json: what a run measured, as the report, the sweep's table and an
+    upload read it. A field left None is not written (an abandoned run's summary has no server,
+    model or telemetry notes); keys this version does not know are kept in `extra`, so a
+    summary read from an older or newer folder is written back whole."""
+
+    status: RunStatus | None = None  # None: a summary without one (a sweep's noise metrics)
+    run_uid: str | None = None
+    run_name: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, int] | None = None  # failed measured requests by error class
+    server: SummaryServer | None = None
+    model: dict[str, Any] | None = None  # the model facts the server gave (clients.ModelFacts)
+    telemetry_notes: list[str] | None = None
+    warnings: list[str] | None = None
+    verdict: list[str] | None = None  # the diagnosis, a line each
+    failure: str | None = None  # why a FAILED run failed
+    slo: dict[str, Any] | None = None  # analysis.slo.SloResult.as_dict(), when any target was set
+    run_id: str | None = None  # the MLflow run, where one stands for this folder (`already_done`)
+    already_done: bool = False  # a sweep job that reused an earlier FINISHED run of its configuration
+    study_id: str | None = None  # the interleaved study the reused run was measured in
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # The order summary.json has always had (json keeps it).
+    _ORDER: ClassVar[tuple[str, ...]] = (
+        "run_uid",
+        "run_name",
+        "status",
+        "metrics",
+        "errors",
+        "server",
+        "model",
+        "telemetry_notes",
+        "warnings",
+        "verdict",
+        "failure",
+        "slo",
+        "run_id",
+        "already_done",
+        "study_id",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in self._ORDER:
+            value = getattr(self, key)
+            if value is None or (key == "already_done" and not value):
+                continue
+            out[key] = asdict(value) if isinstance(value, SummaryServer) else value
+        return {**out, **{k: v for k, v in self.extra.items() if k not in out}}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSummary:
+        """A summary as any version wrote it: absent keys take their defaults, metrics that are
+        not numbers are left out, and unknown keys go to `extra` (ValueError: not a summary)."""
+        metrics = data.get("metrics") or {}
+        server = data.get("server")
+        if not isinstance(metrics, Mapping) or not (server is None or isinstance(server, Mapping)):
+            raise ValueError("not a summary.json")
+        return cls(
+            status=RunStatus(data["status"]) if data.get("status") is not None else None,
+            run_uid=data.get("run_uid"),
+            run_name=data.get("run_name"),
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)},
+            errors=data.get("errors"),
+            server=None if server is None else SummaryServer(str(server.get("kind", "")), str(server.get("url", ""))),
+            model=data.get("model"),
+            telemetry_notes=data.get("telemetry_notes"),
+            warnings=data.get("warnings"),
+            verdict=data.get("verdict"),
+            failure=data.get("failure"),
+            slo=data.get("slo"),
+            run_id=data.get("run_id"),
+            already_done=bool(data.get("already_done", False)),
+            study_id=data.get("study_id"),
+            extra={k: v for k, v in data.items() if k not in cls._ORDER},
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSummary:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a summary.json")
+        return cls.from_dict(data)
+
+    def write(self, folder: Path) -> None:
+        RunFolder(folder).summary.write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def read(cls, folder: Path) -> RunSummary | None:
+        """The folder's summary.json; None when it has none, or one that cannot be read."""
+        try:
+            return cls.from_json(RunFolder(folder).summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
 class RunJournal:
     """A live run's run.json: started before the first request, amended as tags become known,
     ended with the run's status. Nothing here imports MLflow."""

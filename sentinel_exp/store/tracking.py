@@ -19,7 +19,7 @@ from typing import Any
 from sentinel_exp import tags as tag
 from sentinel_exp.errors import UserError
 from sentinel_exp.store.locks import exclusive
-from sentinel_exp.store.run_folder import RunFolder
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 from sentinel_exp.store.writable import sqlite_problem
 
 log = logging.getLogger(__name__)
@@ -197,14 +197,13 @@ class FinishedRun:
     """A finished run of a configuration, as a sweep that meets it again reuses it."""
 
     run_id: str
-    summary: dict[str, Any]  # its summary.json; empty when the artifact could not be read
+    summary: RunSummary | None  # its summary.json; None when the artifact could not be read
     logged_metrics: dict[str, float]  # MLflow's latest value of each metric
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
-        metrics = self.summary.get("metrics")
-        return dict(metrics) if isinstance(metrics, dict) else self.logged_metrics
+        return dict(self.summary.metrics) if self.summary is not None and self.summary.metrics else self.logged_metrics
 
 
 class Tracker:
@@ -258,7 +257,7 @@ class Tracker:
         for run in found:
             if run.data.tags.get(tag.REPEAT, "0") == str(repeat):
                 run_id = run.info.run_id
-                return FinishedRun(run_id, self._summary_of(run_id) or {}, dict(run.data.metrics), dict(run.data.tags))
+                return FinishedRun(run_id, self._summary_of(run_id), dict(run.data.metrics), dict(run.data.tags))
         return None
 
     def copy_artifact(self, run_id: str, name: str, to: Path) -> bool:
@@ -273,17 +272,16 @@ class Tracker:
             return False
         return True
 
-    def _summary_of(self, run_id: str) -> dict[str, Any] | None:
+    def _summary_of(self, run_id: str) -> RunSummary | None:
         """The summary.json a run logged, the exact per-run metrics (MLflow's latest values would
         mix in the last point of each telemetry series)."""
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(self.client.download_artifacts(run_id, RunFolder.SUMMARY, tmp))
-                summary = json.loads(path.read_text(encoding="utf-8"))
+                return RunSummary.from_json(path.read_text(encoding="utf-8"))
         except Exception as exc:  # a store without the artifact, or unreachable artifacts: the metrics stand in
             log.debug("no %s for run %s: %s", RunFolder.SUMMARY, run_id, exc)
             return None
-        return summary if isinstance(summary, dict) else None
 
     def start(self, run_name: str, tags: Mapping[str, str], start_ms: int | None = None) -> str:
         run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=run_name, tags=dict(tags))

@@ -7,12 +7,11 @@ already complete in the store is left as it is, and one cut short is completed, 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sentinel_exp import tags as tag
 from sentinel_exp.analysis.diagnosis import diagnose
@@ -26,6 +25,7 @@ from sentinel_exp.store.run_folder import (
     RunFile,
     RunFolder,
     Runner,
+    RunSummary,
     read_run_file,
     read_series,
     write_run_file,
@@ -63,7 +63,7 @@ def records_in(folder: Path) -> list[RequestRecord]:
     return records
 
 
-def abandoned_summary(records: list[RequestRecord], run: RunFile, reason: str) -> dict[str, Any]:
+def abandoned_summary(records: list[RequestRecord], run: RunFile, reason: str) -> RunSummary:
     """summary.json for a run whose process ended without writing one: the metrics of the
     measured records it left (the measured phase taken from the first start to the last end)."""
     measured = [r for r in records if r.phase == Phase.MEASURED]
@@ -72,16 +72,16 @@ def abandoned_summary(records: list[RequestRecord], run: RunFile, reason: str) -
     metrics = summarize(records, (max(ends) - min(starts)) if starts else None)
     verdict = diagnose(records, metrics)
     metrics.update(verdict.metrics())
-    return {
-        "run_uid": run.uid,
-        "run_name": run.run_name,
-        "status": RunStatus.FAILED,
-        "metrics": metrics,
-        "errors": error_breakdown(records),
-        "warnings": [reason],
-        "verdict": verdict.lines(),
-        "failure": reason,
-    }
+    return RunSummary(
+        run_uid=run.uid,
+        run_name=run.run_name,
+        status=RunStatus.FAILED,
+        metrics=metrics,
+        errors=error_breakdown(records),
+        warnings=[reason],
+        verdict=verdict.lines(),
+        failure=reason,
+    )
 
 
 def _last_record_ms(records: list[RequestRecord]) -> int | None:
@@ -107,8 +107,7 @@ def close_abandoned(folder: Path, run: RunFile, *, runner_unknown_ok: bool = Fal
         f"closed as FAILED with the {len(records)} record(s) it left"
     )
     if run.role == Role.RUN and not RunFolder(folder).summary.exists():
-        summary = abandoned_summary(records, run, reason)
-        RunFolder(folder).summary.write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        abandoned_summary(records, run, reason).write(folder)
     run.status, run.failure = RunStatus.FAILED, reason
     run.end_ms = _last_record_ms(records) or run.start_ms
     write_run_file(folder, run)
@@ -116,12 +115,8 @@ def close_abandoned(folder: Path, run: RunFile, *, runner_unknown_ok: bool = Fal
 
 
 def _metrics(folder: Path) -> dict[str, float]:
-    try:
-        summary = json.loads(RunFolder(folder).summary.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    metrics = summary.get("metrics") if isinstance(summary, dict) else None
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)} if isinstance(metrics, dict) else {}
+    summary = RunSummary.read(folder)
+    return summary.metrics if summary is not None else {}
 
 
 def _artifacts(folder: Path, run: RunFile) -> list[Path]:

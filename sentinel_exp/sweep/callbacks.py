@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from sentinel_exp import tags as tag
 from sentinel_exp.names import Direction, RunStatus
-from sentinel_exp.store.run_folder import RunFolder
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 
 if TYPE_CHECKING:
     from sentinel_exp.analysis.comparison import Arm, Comparison
@@ -342,7 +342,7 @@ def _noise_of_this_machine(
     objective = str(config.sweep.objective)
     path = RunFolder(sweep_dir).noise
     path.write_text(to_markdown(report, objective), encoding="utf-8")
-    RunFolder(sweep_dir).summary.write_text(json.dumps({"metrics": report.metrics()}, indent=2), encoding="utf-8")
+    RunSummary(metrics=report.metrics()).write(sweep_dir)
     run = _first_run(jobs)
     identity = noise_identity(run.get("tags") or {}, run.get("params") or {})
     return [path], console_lines(report, objective), {NOISE_TAG: identity}
@@ -431,14 +431,14 @@ def read_outcomes(sweep_dir: Path, sweep_id: str | None) -> list[JobOutcome]:
         outcome = _read_json(path)
         if outcome is None or outcome.get("sweep_id") != sweep_id:
             continue
-        summary = _read_json(RunFolder(path.parent).summary)
+        summary = RunSummary.read(path.parent)
         error = outcome.get("error")
         jobs.append(
             JobOutcome(
                 num=int(outcome["num"]),
                 overrides=[str(o) for o in outcome["overrides"]],
                 error=None if error is None else str(error),
-                metrics=None if error is not None or summary is None else dict(summary["metrics"]),
+                metrics=None if error is not None or summary is None else dict(summary.metrics),
                 folder=path.parent,
                 reused_run_id=outcome.get(REUSED),
                 not_logged=outcome.get(NOT_LOGGED),

@@ -32,7 +32,7 @@ from sentinel_exp.analysis.stats import latency_samples
 from sentinel_exp.errors import UserError
 from sentinel_exp.records import RequestRecord, read_records
 from sentinel_exp.report.plots import BarRow
-from sentinel_exp.store.run_folder import RunFolder
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 
 # Overrides that run a configuration again rather than change it.
 REPEAT_KEYS = frozenset({"repeat", "chunk"})
@@ -181,25 +181,17 @@ def load_run(folder: Path, metrics: dict[str, float]) -> RunResult | None:
 
 def study_of(folder: Path) -> str | None:
     """The study a job's run was measured in: its run.json's tag, or the reused run's (summary.json)."""
-    for path, read in ((RunFolder(folder).run_json, _tag_study), (RunFolder(folder).summary, _summary_study)):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        found = read(data)
-        if found:
-            return found
-    return None
+    try:
+        found = _tag_study(json.loads(RunFolder(folder).run_json.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        found = None
+    reused = RunSummary.read(folder)
+    return found or (reused.study_id if reused is not None else None)
 
 
 def _tag_study(run: dict[str, Any]) -> str | None:
     tags = run.get("tags") if isinstance(run, dict) else None
     return str(tags[tag.STUDY_ID]) if isinstance(tags, dict) and tags.get(tag.STUDY_ID) else None
-
-
-def _summary_study(summary: dict[str, Any]) -> str | None:
-    study = summary.get("study_id") if isinstance(summary, dict) else None
-    return str(study) if study else None
 
 
 @dataclass(frozen=True)

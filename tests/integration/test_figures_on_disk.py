@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import struct
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support.run_data import run_records, samples
@@ -17,21 +16,24 @@ from sentinel_exp.records import RequestRecord
 from sentinel_exp.report import markdown as report
 from sentinel_exp.report import plots
 from sentinel_exp.report.plots import BarRow
+from sentinel_exp.store.run_folder import RunSummary
 from sentinel_exp.telemetry.sampler import Sample
 
 
-def summary() -> dict[str, Any]:
-    return {
-        "run_id": "abc123",
-        "run_name": "options=low_ctx qwen2.5:0.5b @simulated",
-        "status": RunStatus.FINISHED,
-        "metrics": {"ttft_ms_p50": 81.5, "ttft_ms_p95": 90.0, "ttft_ms_max": 91.0, "requests_ok": 10.0},
-        "errors": {},
-        "server": {"kind": "simulated", "url": "http://127.0.0.1:11434"},
-        "model": {"tag": "qwen2.5:0.5b"},
-        "telemetry_notes": [],
-        "warnings": [],
-    }
+def summary() -> RunSummary:
+    return RunSummary.from_dict(
+        {
+            "run_id": "abc123",
+            "run_name": "options=low_ctx qwen2.5:0.5b @simulated",
+            "status": RunStatus.FINISHED,
+            "metrics": {"ttft_ms_p50": 81.5, "ttft_ms_p95": 90.0, "ttft_ms_max": 91.0, "requests_ok": 10.0},
+            "errors": {},
+            "server": {"kind": "simulated", "url": "http://127.0.0.1:11434"},
+            "model": {"tag": "qwen2.5:0.5b"},
+            "telemetry_notes": [],
+            "warnings": [],
+        }
+    )
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from rich.console import Console
 from sentinel_exp.names import RunStatus
 from sentinel_exp.report import markdown as report
 from sentinel_exp.report.console import summary_table
+from sentinel_exp.store.run_folder import RunSummary
 
 METRICS: dict[str, float] = {
     "ttfb_ms_p50": 40.25,
@@ -40,7 +41,7 @@ METRICS: dict[str, float] = {
 WARNING = "arrivals at workload.rate=50/s outran 1 concurrent client(s): raise workload.concurrency"
 
 
-def summary(**changes: Any) -> dict[str, Any]:
+def summary(**changes: Any) -> RunSummary:
     base: dict[str, Any] = {
         "run_id": "abc123",
         "run_name": "options=low_ctx qwen2.5:0.5b @simulated",
@@ -54,7 +55,7 @@ def summary(**changes: Any) -> dict[str, Any]:
     }
     base.update(changes)
     # As the runner hands it over: what summary.json holds, read back.
-    return dict(json.loads(json.dumps(base, default=str)))
+    return RunSummary.from_json(json.dumps(base, default=str))
 
 
 def table_rows(markdown: str) -> list[list[str]]:
