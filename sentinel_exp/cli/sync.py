@@ -22,8 +22,9 @@ from rich.progress import track
 from rich.table import Table
 
 from sentinel_exp.errors import NotLogged, UserError
+from sentinel_exp.names import Role
 from sentinel_exp.report import console as ui
-from sentinel_exp.store.run_folder import Role, RunFolder, is_run_folder, read_run_file
+from sentinel_exp.store.run_folder import RunFolder, is_run_folder, read_run_file
 from sentinel_exp.store.upload import Uploader
 from sentinel_exp.urls import credentials_problem
 
@@ -93,7 +94,7 @@ def results_table(results: Sequence[Synced]) -> Table:
     return table
 
 
-def _role(folder: Path) -> str:
+def _role(folder: Path) -> Role:
     try:
         return read_run_file(folder).role
     except UserError:

@@ -15,7 +15,7 @@ from rich.table import Table
 from sentinel_exp.analysis.comparison import Comparison
 from sentinel_exp.analysis.metrics import LATENCY, describe
 from sentinel_exp.analysis.slo import SloResult
-from sentinel_exp.names import Direction
+from sentinel_exp.names import Direction, RunStatus
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report.markdown import count_parts, rate_parts, summary_rows
 from sentinel_exp.report.markdown import fmt_ms as _fmt
@@ -117,7 +117,7 @@ def print_summary(
     logged_to: str | None,
     output_dir: str,
     errors: Mapping[str, int],
-    status: str,
+    status: RunStatus,
     warnings: Sequence[str] = (),
     slo: SloResult | None = None,
     verdict: Sequence[str] = (),

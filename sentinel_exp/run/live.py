@@ -25,7 +25,7 @@ from sentinel_exp.clients.transport import measuring_client
 from sentinel_exp.config.distributions import parse_distribution
 from sentinel_exp.config.schema import ExperimentConfig
 from sentinel_exp.errors import FolderUnwritable
-from sentinel_exp.names import Phase, RunStatus
+from sentinel_exp.names import Phase, Role, RunStatus
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.conclusion import Conclusion, conclude, llama_threads, run_tags
@@ -35,7 +35,7 @@ from sentinel_exp.run.load import OnRecord, PhasePlan, SendOne, run_phase
 from sentinel_exp.run.monitor import RunMonitor
 from sentinel_exp.run.option_lint import OptionLint
 from sentinel_exp.run.servers import ServerHandle
-from sentinel_exp.store.run_folder import Role, RunFolder, RunJournal, new_run_file
+from sentinel_exp.store.run_folder import RunFolder, RunJournal, new_run_file
 from sentinel_exp.store.tracking import flatten, param_value
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload.source import Planned, PromptSource
@@ -287,7 +287,7 @@ class LiveRun:
         if self.measurement.placement_read is not None:
             await asyncio.gather(self.measurement.placement_read, return_exceptions=True)
 
-    def _sender(self, phase: str, first: int, block: int | None) -> SendOne:
+    def _sender(self, phase: Phase, first: int, block: int | None) -> SendOne:
         w, factory, out = self.cfg.workload, self.factory, self.measurement
         # The measured phase goes on through the prompts where warmup stopped: its first request
         # must not reuse the prompt the server has just cached (a prefill-free, flattering TTFT).

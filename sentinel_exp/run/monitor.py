@@ -226,7 +226,7 @@ class RunMonitor:
         if self.study is not None:
             self.study[0].sampler = self._sampler
 
-    def mark_phase(self, phase: str) -> None:
+    def mark_phase(self, phase: Phase) -> None:
         if self.study is not None:
             self.study[0].mark(self.study[1], phase)
         elif self._sampler is not None:
@@ -268,8 +268,8 @@ class RunMonitor:
         if sampler is None:
             return {}
         samples = self.samples
-        out = summarize_telemetry(samples, phase="measured", output_tokens=output_tokens or None)
-        out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == "measured"))
+        out = summarize_telemetry(samples, phase=Phase.MEASURED, output_tokens=output_tokens or None)
+        out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == Phase.MEASURED))
         out["telemetry_overhead_core_pct"] = 100.0 * sampler.overhead_core_fraction
         found = self._contention(out, server_threads, "while measuring")
         self.warnings.extend(found)
@@ -304,7 +304,7 @@ class RunMonitor:
         """Tags only known once sampling is over."""
         if self._sampling is None:
             return {}
-        energy = gpu_energy(self.samples, phase="measured")
+        energy = gpu_energy(self.samples, phase=Phase.MEASURED)
         return {tag.GPU_ENERGY_METHOD: energy.method, tag.CONTENDED: str(self._contended).lower()}
 
     def notes(self) -> list[str]:

@@ -22,7 +22,7 @@ import psutil
 
 from sentinel_exp import tags as tag
 from sentinel_exp.errors import UserError
-from sentinel_exp.names import RunStatus
+from sentinel_exp.names import Role, RunStatus
 
 FORMAT = 1
 
@@ -147,11 +147,6 @@ class RunFolder:
         return self.path / f"{metric}_percentiles.png"
 
 
-class Role:
-    RUN = "run"
-    SWEEP = "sweep"  # a sweep's parent: it measured nothing itself, its jobs are its children
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -244,13 +239,13 @@ class RunFile:
     """The contents of run.json."""
 
     uid: str  # the run's identity in every store it is uploaded to (tag sentinel.run_uid)
-    role: str
+    role: Role
     run_name: str
     experiment: str
     tracking_uri: str | None  # None: tracking was off; sync then needs --tracking-uri
     runner: Runner
     start_ms: int
-    status: str = RunStatus.RUNNING
+    status: RunStatus = RunStatus.RUNNING
     end_ms: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
@@ -270,6 +265,7 @@ class RunFile:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a run.json of format {FORMAT}")
         data["runner"] = Runner(**data["runner"])
+        data["role"], data["status"] = Role(data["role"]), RunStatus(data.get("status", RunStatus.RUNNING))
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -279,7 +275,7 @@ class RunFile:
 
 
 def new_run_file(
-    role: str,
+    role: Role,
     run_name: str,
     experiment: str,
     tracking_uri: str | None,
@@ -457,7 +453,7 @@ class RunJournal:
                 self.run.artifacts.append(name)
         write_run_file(self.folder, self.run)
 
-    def end(self, status: str, failure: str | None = None) -> None:
+    def end(self, status: RunStatus, failure: str | None = None) -> None:
         self.run.status, self.run.failure, self.run.end_ms = status, failure, now_ms()
         write_run_file(self.folder, self.run)
 

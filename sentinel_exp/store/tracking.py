@@ -18,6 +18,7 @@ from typing import Any
 
 from sentinel_exp import tags as tag
 from sentinel_exp.errors import UserError
+from sentinel_exp.names import Role, RunStatus
 from sentinel_exp.store.locks import exclusive
 from sentinel_exp.store.run_folder import RunFolder, RunSummary
 from sentinel_exp.store.writable import sqlite_problem
@@ -308,7 +309,7 @@ class Tracker:
         )
         return [(run.info.run_id, dict(run.data.tags)) for run in found]
 
-    def close(self, run_id: str, status: str) -> None:
+    def close(self, run_id: str, status: RunStatus) -> None:
         self.client.set_terminated(run_id, status=status)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -351,7 +352,7 @@ class Tracker:
         if path.exists():
             self.client.log_artifact(self.started_run, str(path), artifact_path=subdir)
 
-    def end(self, status: str, end_ms: int | None = None) -> None:
+    def end(self, status: RunStatus, end_ms: int | None = None) -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status, end_time=end_ms)
 
@@ -409,7 +410,7 @@ class RunStore:
             if isinstance(exc, UserError):
                 raise
             raise UserError(f"MLflow cannot search {self.uri} with {filter_string!r}: {exc}") from None
-        return [self._stored(run) for run in runs if run.data.tags.get(tag.ROLE) != "sweep"]
+        return [self._stored(run) for run in runs if run.data.tags.get(tag.ROLE) != Role.SWEEP]
 
     def latest_tagged(self, experiment: str, tag: str, value: str) -> StoredRun | None:
         """The latest FINISHED run of the experiment with tag == value, sweep parents included (an

@@ -17,11 +17,10 @@ from sentinel_exp import tags as tag
 from sentinel_exp.analysis.diagnosis import diagnose
 from sentinel_exp.analysis.stats import error_breakdown, summarize
 from sentinel_exp.errors import UserError
-from sentinel_exp.names import Phase, RunStatus
+from sentinel_exp.names import Phase, Role, RunStatus
 from sentinel_exp.records import RequestRecord, iter_records
 from sentinel_exp.store.locks import exclusive
 from sentinel_exp.store.run_folder import (
-    Role,
     RunFile,
     RunFolder,
     Runner,
@@ -46,7 +45,7 @@ class Uploaded:
     uri: str
     experiment_id: str
     already: bool  # the store held this run complete before: nothing was written
-    status: str
+    status: RunStatus
 
 
 def records_in(folder: Path) -> list[RequestRecord]:
@@ -189,7 +188,7 @@ class Uploader:
             return self._done(folder, run, tracker, found[0], already=True)
         tags = {**run.tags, tag.RUN_UID: run.uid}
         if run.role == Role.SWEEP:
-            tags[tag.ROLE] = "sweep"
+            tags[tag.ROLE] = Role.SWEEP
         parent = self._parent_id(run, folder)
         if parent is not None:
             tags[tag.PARENT_RUN_ID] = parent

@@ -244,14 +244,15 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
     """The sweep's parent run: its run.json in the sweep folder, uploaded to MLflow at once so
     that the runs of its jobs nest under it as they end. A store that cannot take it only warns:
     each job's upload, or a later sync, makes the parent from the folder."""
+    from sentinel_exp.names import Role
     from sentinel_exp.report import console as ui
-    from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file
+    from sentinel_exp.store.run_folder import RunJournal, new_run_file
     from sentinel_exp.store.upload import upload_now
 
     swept = " ".join(str(o) for o in config.hydra.overrides.task)
     name = str(config.sweep.name) if config.sweep.name != "none" else "sweep"
     tags = {
-        tag.ROLE: "sweep",
+        tag.ROLE: Role.SWEEP,
         tag.SWEEP_ID: sweep_id,
         tag.SWEEP_OVERRIDES: swept,
         tag.OBJECTIVE: f"{config.sweep.objective} ({config.sweep.direction})",

@@ -7,11 +7,15 @@ a string constant that spells a stored name outside its home fails, with where i
 from __future__ import annotations
 
 import ast
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from sentinel_exp import tags as tag
+from sentinel_exp.store.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = REPO / "sentinel_exp"
@@ -95,8 +99,6 @@ def test_run_folder_file_names_are_spelt_only_in_run_folder_py():
 
 
 def test_run_folder_names_every_file_a_run_leaves(tmp_path):
-    from sentinel_exp.store.run_folder import RunFolder
-
     folder = RunFolder(tmp_path)
     paths = [
         folder.run_json,
@@ -131,3 +133,20 @@ def test_run_folder_names_every_file_a_run_leaves(tmp_path):
     assert folder.records_or_reused() == folder.reused_records
     folder.records.write_text("")
     assert folder.records_or_reused() == folder.records
+
+
+def test_what_files_hold_is_read_back_as_the_vocabulary_s_members(tmp_path):
+    from sentinel_exp.names import Api, Phase, Role, RunStatus
+    from sentinel_exp.records import RequestRecord
+    from sentinel_exp.store.run_folder import new_run_file, read_run_file, write_run_file
+
+    record = RequestRecord.from_dict(json.loads(RequestRecord(0, Phase.WARMUP, 0, Api.openai).to_json()))
+    assert type(record.phase) is Phase and record.phase is Phase.WARMUP and record.api is Api.openai
+    assert '"phase":"warmup"' in record.to_json()  # the file holds the plain value
+    with pytest.raises(ValueError):
+        RequestRecord.from_dict({"index": 0, "phase": "cooldown", "prompt_index": 0, "api": "chat"})
+
+    write_run_file(tmp_path, new_run_file(Role.SWEEP, "s", "e", None, {}, {}))
+    run = read_run_file(tmp_path)
+    assert run.role is Role.SWEEP and run.status is RunStatus.RUNNING
+    assert json.loads(RunFolder(tmp_path).run_json.read_text())["role"] == "sweep"
