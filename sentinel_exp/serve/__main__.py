@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from sentinel_exp.serve.app import create_app
+    from sentinel_exp.serve.app import AppSettings, create_app
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -214,14 +214,14 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    app = create_app(
-        engine,
+    settings = AppSettings(
         parallel=parallel,
         version=f"{__version__}-sentinel-{engine.name}",
         default_keep_alive_s=keep_alive_s,
         api_key=api_key,
         max_body_bytes=args.max_body_kb * 1024,
     )
+    app = create_app(engine, settings)
     # Stopped by the runner, nothing is left to finish: a load in progress must not hold the exit
     # back for seconds. (uvicorn annotates this as int but hands it to asyncio.wait_for.)
     config = uvicorn.Config(
