@@ -15,11 +15,11 @@ from rich.table import Table
 from sentinel_exp.analysis.comparison import Comparison
 from sentinel_exp.analysis.metrics import LATENCY, describe
 from sentinel_exp.analysis.slo import SloResult
-from sentinel_exp.names import Direction, RunStatus
+from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report.markdown import count_parts, rate_parts, summary_rows
 from sentinel_exp.report.markdown import fmt_ms as _fmt
-from sentinel_exp.store.run_folder import RunFolder
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 
 stdout = Console(highlight=False)
 # The sweep table's columns after the job's name; each header is the catalogue's.
@@ -111,32 +111,23 @@ def summary_table(metrics: Mapping[str, float]) -> Table:
     return table
 
 
-def print_summary(
-    metrics: Mapping[str, float],
-    run_name: str,
-    logged_to: str | None,
-    output_dir: str,
-    errors: Mapping[str, int],
-    status: RunStatus,
-    warnings: Sequence[str] = (),
-    slo: SloResult | None = None,
-    verdict: Sequence[str] = (),
-) -> None:
-    stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
+def print_summary(summary: RunSummary, output_dir: Path, slo: SloResult | None = None) -> None:
+    """A run's closing summary: its name and status, the latency table, the verdict, the counts
+    and rates, the SLO line, the warnings, and where its records are."""
+    metrics = summary.metrics
+    stdout.print(f"[bold]{escape(summary.run_name or '')}[/]  " + escape(f"[{summary.status}]"), soft_wrap=True)
     stdout.print(summary_table(metrics))
-    for line in verdict:
+    for line in summary.verdict or ():
         stdout.print(escape(line), soft_wrap=True)
-    stdout.print(escape("  ".join(count_parts(metrics, errors))), soft_wrap=True)
+    stdout.print(escape("  ".join(count_parts(metrics, summary.errors or {}))), soft_wrap=True)
     rates = rate_parts(metrics)
     if rates:
         stdout.print("  ".join(rates))
     if slo is not None and slo.any:
         stdout.print(escape(slo_line(slo)), soft_wrap=True)
-    for warning in warnings:
+    for warning in summary.warnings or ():
         stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
-    stdout.print(escape(f"records: {RunFolder(Path(output_dir)).records}"), soft_wrap=True)
-    if logged_to:
-        stdout.print(escape(logged_to), soft_wrap=True)
+    stdout.print(escape(f"records: {RunFolder(output_dir).records}"), soft_wrap=True)
 
 
 def comparison_table(comparison: Comparison) -> Table:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -207,11 +208,19 @@ def write_run_artifacts(
     return [*written, report]
 
 
+@dataclass(frozen=True)
+class SweepText:
+    """The words of a sweep's report.md: its title, the compare table (markdown made elsewhere)
+    and a verdict line per configuration."""
+
+    title: str
+    table_markdown: str
+    verdict_lines: Sequence[str]
+
+
 def write_sweep_report(
     output_dir: Path,
-    title: str,
-    table_markdown: str,
-    verdict_lines: Sequence[str],
+    text: SweepText,
     arms: Mapping[str, Sequence[RequestRecord]],
     rows: Sequence[BarRow],
     metric: str = "ttft",
@@ -226,5 +235,6 @@ def write_sweep_report(
     if rows:
         written.append(plots.save_png(plots.percentile_bars(rows, metric), folder.sweep_percentiles(metric)))
     report = folder.report
-    report.write_text(sweep_report(title, table_markdown, verdict_lines, [p.name for p in written]), encoding="utf-8")
+    names = [p.name for p in written]
+    report.write_text(sweep_report(text.title, text.table_markdown, text.verdict_lines, names), encoding="utf-8")
     return [*written, report]

@@ -25,7 +25,7 @@ from sentinel_exp.clients.transport import measuring_client
 from sentinel_exp.config.distributions import parse_distribution
 from sentinel_exp.config.schema import ExperimentConfig
 from sentinel_exp.errors import FolderUnwritable
-from sentinel_exp.names import Phase, Role, RunStatus
+from sentinel_exp.names import Phase, RunStatus
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.conclusion import Conclusion, conclude, llama_threads, run_tags
@@ -35,7 +35,7 @@ from sentinel_exp.run.load import OnRecord, PhasePlan, SendOne, run_phase
 from sentinel_exp.run.monitor import RunMonitor
 from sentinel_exp.run.option_lint import OptionLint
 from sentinel_exp.run.servers import ServerHandle
-from sentinel_exp.store.run_folder import RunFolder, RunJournal, new_run_file
+from sentinel_exp.store.run_folder import RunFolder, RunJournal, RunSummary, new_run_file
 from sentinel_exp.store.tracking import flatten, param_value
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload.source import Planned, PromptSource
@@ -84,15 +84,7 @@ class RequestFactory:
 
     def spec(self, index: int, phase: str = Phase.MEASURED) -> tuple[RequestSpec, Planned]:
         planned = self.prompts.next(index, warmup=phase == Phase.WARMUP)
-        spec = self.wire.build_request(
-            self.model,
-            planned.text,
-            planned.prompt_index,
-            planned.system,
-            self.options,
-            self.keep_alive,
-            planned.messages,
-        )
+        spec = self.wire.build_request(self.model, planned, self.options, self.keep_alive)
         return spec, planned
 
 
@@ -221,7 +213,6 @@ class LiveRun:
         params = {k: param_value(v) for k, v in {**flatten(setup.resolved), "sent_options": factory.options}.items()}
         tracking = cfg.tracking
         run_file = new_run_file(
-            Role.RUN,
             run_name,
             tracking.experiment,
             tracking.uri if tracking.enabled else None,
@@ -385,17 +376,15 @@ class LiveRun:
         if brief:
             ui.print_arm_line(self.run_name, status, conclusion.metrics, error_breakdown(self.measurement.records))
             return
-        ui.print_summary(
-            conclusion.metrics,
-            self.run_name,
-            None,
-            str(self.output_dir),
-            error_breakdown(self.measurement.records),
+        shown = RunSummary(
             status,
-            conclusion.warnings,
-            conclusion.slo,
-            conclusion.verdict.lines(),
+            run_name=self.run_name,
+            metrics=conclusion.metrics,
+            errors=error_breakdown(self.measurement.records),
+            warnings=conclusion.warnings,
+            verdict=conclusion.verdict.lines(),
         )
+        ui.print_summary(shown, self.output_dir, conclusion.slo)
 
 
 async def measure_single(setup: RunSetup) -> Ended:

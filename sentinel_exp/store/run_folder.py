@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -275,19 +275,19 @@ class RunFile:
 
 
 def new_run_file(
-    role: Role,
     run_name: str,
     experiment: str,
     tracking_uri: str | None,
     tags: Mapping[str, str],
     params: Mapping[str, str],
     parent_uid: str | None = None,
-    uid: str | None = None,
 ) -> RunFile:
+    """A run's run.json as it starts (RUNNING), with a new uid and this process as its runner;
+    `parent_uid`: the sweep it is a job of."""
     runner = Runner.this_process()
     return RunFile(
-        uid=uid or uuid.uuid4().hex,
-        role=role,
+        uid=uuid.uuid4().hex,
+        role=Role.RUN,
         run_name=run_name,
         experiment=experiment,
         tracking_uri=tracking_uri,
@@ -297,6 +297,14 @@ def new_run_file(
         params=dict(params),
         parent_uid=parent_uid,
     )
+
+
+def new_sweep_file(
+    run_name: str, experiment: str, tracking_uri: str | None, tags: Mapping[str, str], uid: str
+) -> RunFile:
+    """A sweep's parent run: it measures nothing itself; its uid is the sweep's id, which every
+    job names as its parent's."""
+    return replace(new_run_file(run_name, experiment, tracking_uri, tags, {}), uid=uid, role=Role.SWEEP)
 
 
 def write_run_file(folder: Path, run_file: RunFile) -> None:

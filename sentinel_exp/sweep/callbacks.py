@@ -246,7 +246,7 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
     each job's upload, or a later sync, makes the parent from the folder."""
     from sentinel_exp.names import Role
     from sentinel_exp.report import console as ui
-    from sentinel_exp.store.run_folder import RunJournal, new_run_file
+    from sentinel_exp.store.run_folder import RunJournal, new_sweep_file
     from sentinel_exp.store.upload import upload_now
 
     swept = " ".join(str(o) for o in config.hydra.overrides.task)
@@ -259,9 +259,7 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
         tag.OUTPUT_DIR: str(sweep_dir),
     }
     tracking_uri = str(config.tracking.uri) if config.tracking.enabled else None
-    run_file = new_run_file(
-        Role.SWEEP, f"{name}: {swept}"[:250], str(config.tracking.experiment), tracking_uri, tags, {}, uid=sweep_id
-    )
+    run_file = new_sweep_file(f"{name}: {swept}"[:250], str(config.tracking.experiment), tracking_uri, tags, sweep_id)
     journal = RunJournal(sweep_dir, run_file)
     if tracking_uri is not None:
         try:
@@ -407,15 +405,13 @@ def _sweep_report(
 ) -> list[Path]:
     """report.md of the sweep with its CDFs and percentile bars; a failure costs only the pictures."""
     from sentinel_exp.report import console as ui
-    from sentinel_exp.report.markdown import write_sweep_report
+    from sentinel_exp.report.markdown import SweepText, write_sweep_report
     from sentinel_exp.sweep.study import arm_records, percentile_rows, verdict_line
 
     try:
         return write_sweep_report(
             sweep_dir,
-            _sweep_title(config),
-            table,
-            [verdict_line(comparison) for comparison in comparisons],
+            SweepText(_sweep_title(config), table, [verdict_line(comparison) for comparison in comparisons]),
             {arm.name: arm_records(arm) for arm in configurations},
             percentile_rows(configurations),
         )

@@ -102,9 +102,11 @@ def test_write_sweep_report(tmp_path):
     arms = {"options=low_ctx": records, "options=high_ctx": records[:6]}
     rows = [BarRow("options=low_ctx", 90.0, 95.0), BarRow("options=high_ctx", 85.0, 87.0)]
     out = tmp_path / "sweep"
-    paths = report.write_sweep_report(out, "sweep", "| a |\n|---|\n| 1 |", ["no difference"], arms, rows)
+    paths = report.write_sweep_report(
+        out, report.SweepText("sweep", "| a |\n|---|\n| 1 |", ["no difference"]), arms, rows
+    )
     assert paths == [out / "ttft_cdfs.png", out / "ttft_percentiles.png", out / "report.md"]
     assert is_png(paths[0]) and is_png(paths[1])
     assert "![TTFT CDFs by configuration](ttft_cdfs.png)" in paths[2].read_text(encoding="utf-8")
-    no_rows = report.write_sweep_report(tmp_path / "e2e", "sweep", "", [], arms, [], metric="e2e")
+    no_rows = report.write_sweep_report(tmp_path / "e2e", report.SweepText("sweep", "", []), arms, [], metric="e2e")
     assert [p.name for p in no_rows] == ["e2e_cdfs.png", "report.md"]

@@ -15,7 +15,6 @@ from sentinel_exp.errors import NotLogged, UserError
 from sentinel_exp.names import RunStatus, ServerKind
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.store.run_folder import (
-    Role,
     RunFile,
     RunFolder,
     RunJournal,
@@ -30,8 +29,9 @@ from sentinel_exp.store.run_folder import (
 from sentinel_exp.store.upload import abandoned_summary, find_sweep_folder, records_in
 
 
-def _run_file(**kw) -> RunFile:
-    return new_run_file(Role.RUN, "a run", "sentinel-exp", "sqlite:///mlflow.db", {"k": "v"}, {"p": "1"}, **kw)
+def _run_file(uid: str | None = None, **kw) -> RunFile:
+    run = new_run_file("a run", "sentinel-exp", "sqlite:///mlflow.db", {"k": "v"}, {"p": "1"}, **kw)
+    return run if uid is None else replace(run, uid=uid)
 
 
 def test_run_json_round_trips_and_is_replaced_whole(tmp_path):

@@ -138,7 +138,7 @@ def test_run_folder_names_every_file_a_run_leaves(tmp_path):
 def test_what_files_hold_is_read_back_as_the_vocabulary_s_members(tmp_path):
     from sentinel_exp.names import Api, Phase, Role, RunStatus
     from sentinel_exp.records import RequestRecord
-    from sentinel_exp.store.run_folder import new_run_file, read_run_file, write_run_file
+    from sentinel_exp.store.run_folder import new_sweep_file, read_run_file, write_run_file
 
     record = RequestRecord.from_dict(json.loads(RequestRecord(0, Phase.WARMUP, 0, Api.openai).to_json()))
     assert type(record.phase) is Phase and record.phase is Phase.WARMUP and record.api is Api.openai
@@ -146,7 +146,7 @@ def test_what_files_hold_is_read_back_as_the_vocabulary_s_members(tmp_path):
     with pytest.raises(ValueError):
         RequestRecord.from_dict({"index": 0, "phase": "cooldown", "prompt_index": 0, "api": "chat"})
 
-    write_run_file(tmp_path, new_run_file(Role.SWEEP, "s", "e", None, {}, {}))
+    write_run_file(tmp_path, new_sweep_file("s", "e", None, {}, "sweep-uid"))
     run = read_run_file(tmp_path)
-    assert run.role is Role.SWEEP and run.status is RunStatus.RUNNING
+    assert run.role is Role.SWEEP and run.status is RunStatus.RUNNING and run.uid == "sweep-uid"
     assert json.loads(RunFolder(tmp_path).run_json.read_text())["role"] == "sweep"
