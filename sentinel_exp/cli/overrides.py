@@ -130,9 +130,9 @@ def _setting_problems(key: str, values: list[Any]) -> list[str]:
 
 def _slo_target_problems(key: str, metric: str, values: list[Any]) -> list[str]:
     """`slo.<metric>=<limit>`: a run-level target, for a metric whose better direction is known."""
-    from sentinel_exp.analysis.slo import metric_direction
+    from sentinel_exp.analysis.metrics import direction
 
-    if metric_direction(metric) is None:
+    if direction(metric) is None:
         return [f"{key}: {SLO_METRIC_HINT}"]
     return [
         f"{key}={value!r} is not valid: {key} takes a number (the limit) or null"

@@ -452,7 +452,7 @@ class RequestSloConfig:
 @dataclass
 class SloConfig:
     """Service-level targets. A run-level target is a key of its own, `slo.<metric>: <limit>`, for
-    any metric whose better direction is known (slo.METRIC_DIRECTIONS); `request` holds the
+    any metric whose better direction is known (analysis/metrics.py); `request` holds the
     per-request targets. The `slo` node is open (register_configs), so `slo.ttft_ms_p50=300` needs
     no `+`, and OmegaConf.to_object sets those keys as attributes: `targets()` reads them back."""
 
@@ -467,11 +467,11 @@ class SloConfig:
         return {k: float(v) for k, v in self.targets().items() if _is_number(v)}
 
     def problems(self) -> list[str]:
-        from sentinel_exp.analysis.slo import metric_direction
+        from sentinel_exp.analysis.metrics import direction
 
         problems = self.request.problems()
         for metric, limit in self.targets().items():
-            if metric_direction(metric) is None:
+            if direction(metric) is None:
                 problems.append(f"slo.{metric}: {SLO_METRIC_HINT}")
             elif not _is_number(limit):
                 problems.append(f"slo.{metric} must be a number, the limit (got {limit!r})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import sys
 
+from sentinel_exp import tags as tag
 from sentinel_exp.urls import is_loopback_url, url_host
 
 
@@ -36,12 +37,12 @@ def host_tags(url: str) -> dict[str, str]:
     """The run's hosts as tags: the client, the target, and whose machine the fingerprint is."""
     remote = not is_loopback_url(url)
     return {
-        "sentinel.client_host": client_host(),
-        "sentinel.target_host": target_host(url),
-        "sentinel.target": url,
-        "sentinel.target_remote": str(remote).lower(),
-        "sentinel.fingerprint_of": FingerprintOf.CLIENT if remote else FingerprintOf.CLIENT_AND_TARGET,
-        "sentinel.fingerprint_host": client_host(),
+        tag.CLIENT_HOST: client_host(),
+        tag.TARGET_HOST: target_host(url),
+        tag.TARGET: url,
+        tag.TARGET_REMOTE: str(remote).lower(),
+        tag.FINGERPRINT_OF: FingerprintOf.CLIENT if remote else FingerprintOf.CLIENT_AND_TARGET,
+        tag.FINGERPRINT_HOST: client_host(),
         **ray_node_tags(),
     }
 
@@ -54,4 +55,4 @@ def ray_node_tags() -> dict[str, str]:
     ray = sys.modules.get("ray")
     if ray is None or not bool(ray.is_initialized()):
         return {}
-    return {"sentinel.ray_node_id": str(ray.get_runtime_context().get_node_id())}
+    return {tag.RAY_NODE_ID: str(ray.get_runtime_context().get_node_id())}

@@ -35,18 +35,16 @@ from sentinel_exp.errors import Interrupted, UserError
 from sentinel_exp.names import ServerKind
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.context import RunContext
-from sentinel_exp.run.experiment import STUDY_ARM_FILE, Outcome, prepare, upload
+from sentinel_exp.run.experiment import Outcome, prepare, upload
 from sentinel_exp.run.live import Ended, LiveRun, RunSetup, StopSignals, open_clients
 from sentinel_exp.run.monitor import RunMonitor, StudySampling
 from sentinel_exp.run.servers import ServerHandle, resolve_server
 from sentinel_exp.serve.wire import RUNNER_DEFAULTS
+from sentinel_exp.store.run_folder import RunFolder
 from sentinel_exp.sweep.design import Schedule, extended, plan
 from sentinel_exp.sweep.sequential import LookPlan
 
 log = logging.getLogger(__name__)
-
-STUDY_FILE = "study.json"  # in the sweep folder: the design as it ran, for the comparison
-OUTCOME_FILE = "sweep_job.json"  # as sweep/callbacks.py reads it
 
 
 @dataclass(frozen=True)
@@ -86,8 +84,8 @@ class _Arm:
 
 def run_study(arms: Sequence[StudyArm], study: StudyPlan) -> None:
     """Measure the arms in interleaved rounds. Each arm's folder ends with its run ended (or the
-    earlier run it reused, or its error) and a STUDY_ARM_FILE its Hydra job adopts; the sweep
-    folder gets STUDY_FILE, the design as it ran."""
+    earlier run it reused, or its error) and a study_arm.json its Hydra job adopts; the sweep
+    folder gets study.json, the design as it ran."""
     measuring: list[tuple[StudyArm, dict[str, Any]]] = []
     for arm in arms:
         try:
@@ -333,7 +331,7 @@ def _write_design(
     }
     if looks is not None:
         design.update(looks.as_dict())
-    (study.sweep_dir / STUDY_FILE).write_text(json.dumps(design, indent=2), encoding="utf-8")
+    RunFolder(study.sweep_dir).study.write_text(json.dumps(design, indent=2), encoding="utf-8")
 
 
 def _leave(arm: StudyArm, fields: dict[str, Any]) -> None:
@@ -350,13 +348,13 @@ def _leave_in(ctx: RunContext, num: int, overrides: tuple[str, ...], fields: dic
     here too, so a study stopped before its jobs run still has one)."""
     folder = ctx.output_dir
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STUDY_ARM_FILE).write_text(json.dumps(fields, indent=2, default=str), encoding="utf-8")
+    RunFolder(folder).study_arm.write_text(json.dumps(fields, indent=2, default=str), encoding="utf-8")
     outcome: dict[str, Any] = {"sweep_id": ctx.sweep_id, "num": num, "overrides": list(overrides)}
     if "error" in fields:
         outcome["error"] = fields["error"]
     if fields.get("reused_run_id"):
         outcome["reused_run_id"] = fields["reused_run_id"]
-    (folder / OUTCOME_FILE).write_text(json.dumps(outcome, indent=2), encoding="utf-8")
+    RunFolder(folder).sweep_job.write_text(json.dumps(outcome, indent=2), encoding="utf-8")
 
 
 def _leave_measured(state: _Arm) -> None:

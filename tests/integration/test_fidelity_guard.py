@@ -26,6 +26,7 @@ import pytest
 
 from sentinel_exp import eventloop
 from sentinel_exp.clients import send_request, wire_api
+from sentinel_exp.clients.base import Prompt
 from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.names import Api, Phase
 from sentinel_exp.records import RequestRecord
@@ -81,7 +82,7 @@ async def _drive(url: str, api: Api) -> list[RequestRecord]:
     # The client a run's requests to a loopback server go through (run/live.py _request_client).
     async with LoopbackClient(url, concurrency=1, read_timeout_s=10.0) as client:
         for i in range(WARMUP + REQUESTS):
-            spec = wire.build_request("reference", f"{api}-{i}", i, None, {}, None)
+            spec = wire.build_request("reference", Prompt(f"{api}-{i}", i), {}, None)
             record = RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=i, api=api)
             records.append(await send_request(client, spec, record, wire.reader))
     return records[WARMUP:]

@@ -4,7 +4,8 @@
 import pytest
 from support.compose import variant
 
-from sentinel_exp.analysis.slo import judge, judge_requests, judge_targets, meets, metric_direction
+from sentinel_exp.analysis.metrics import direction as metric_direction
+from sentinel_exp.analysis.slo import judge, judge_requests, judge_targets, meets
 from sentinel_exp.cli.app import config_dir
 from sentinel_exp.cli.overrides import override_problems
 from sentinel_exp.config.schema import register_configs, typed_config
