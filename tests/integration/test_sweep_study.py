@@ -15,12 +15,12 @@ SIM = ("server=simulated", "workload=quick", "workload.warmup=1", "server.sim.ji
 def test_a_sweep_is_a_parent_run_whose_comparison_finds_the_injected_slowdown(tmp_path):
     result = run_cli(tmp_path, "-m", *SIM, "workload.requests=40", "server.sim.ttft_ms=40,48")
     assert result.returncode == 0, result.output
-    assert "study: 2 arms, 20 rounds of 2 requests per arm" in result.stdout
+    assert "study: 2 arms, 10 rounds of 4 requests per arm" in result.stdout
     # The candidate's line: 48 ms against 40 ms is about +20%, and the tool says so with its CI.
     [objective] = [line for line in result.stdout.splitlines() if "ttft_ms=48" in line and "%" in line]
     change = float(re.search(r"([+-]\d+\.\d)%", objective).group(1))
     assert "worse" in objective and 15 <= change <= 25, objective
-    assert "design: paired rounds, 20 rounds" in result.stdout
+    assert "design: paired rounds, 10 rounds" in result.stdout
     runs = mlflow_runs(tmp_path)
     [parent] = [run for run in runs if run.data.tags.get("sentinel.role") == "sweep"]
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
