@@ -46,6 +46,9 @@ from sentinel_exp.sweep.sequential import LookPlan
 
 log = logging.getLogger(__name__)
 
+# An arm's error goes to the study's log only: the Hydra job that adopts the arm prints it, once.
+FILE_ONLY = {"file_only": True}
+
 
 @dataclass(frozen=True)
 class StudyArm:
@@ -145,7 +148,7 @@ def _start_servers(stack: ExitStack, arms: list[StudyArm]) -> tuple[dict[str, Se
             handles[key] = stack.enter_context(resolve_server(server, arm.cfg.model.name, arm.ctx.output_dir))
         except UserError as exc:
             errors[key] = str(exc)
-            ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            log.error("a server could not start: %s", exc, extra=FILE_ONLY)
     return handles, errors
 
 
@@ -217,8 +220,7 @@ async def _open_all(arms: list[_Arm], stack: AsyncExitStack, sampling: StudySamp
             state.live = await LiveRun.open(state.setup, clients, monitor, state.stop)
         except UserError as exc:
             state.error = str(exc)
-            name = state.arm.ctx.run_name(cfg, handle.kind)
-            ui.stderr.print(f"[bold red]error:[/] {escape(f'{name}: {exc}')}", soft_wrap=True)
+            log.error("%s: %s", state.arm.ctx.run_name(cfg, handle.kind), exc, extra=FILE_ONLY)
             continue
         opened.append(state)
     return opened

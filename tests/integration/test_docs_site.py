@@ -96,4 +96,4 @@ def test_the_home_page_renders_its_title_navigation_and_picture(site: Path) -> N
         )
         browser.open(href)
         browser.wait_for("document.title === 'Comparing configurations - sentinel-exp'", 30, what="the comparing page")
-        assert "keep_alive=-1 vs keep_alive=null" in browser.text()
+        assert "best: keep_alive=-1 (TTFT p95" in browser.text()

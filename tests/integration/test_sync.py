@@ -225,8 +225,10 @@ def test_the_next_run_closes_a_sweep_killed_midway_and_sync_files_its_jobs_under
     sweep_folder = records.parent.parent
     synced = _sync(tmp_path, str(sweep_folder))
     assert synced.returncode == 0, synced.stdout + synced.stderr
-    [job] = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert job.info.status == "FAILED" and job.data.metrics["requests_ok"] >= 19
+    # An interleaved study measures its arms in rounds: both jobs had requests when it was killed.
+    jobs = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(jobs) == 2 and {job.info.status for job in jobs} == {"FAILED"}
+    assert max(job.data.metrics["requests_ok"] for job in jobs) >= 19
 
 
 def test_a_zombie_runner_is_gone():
