@@ -472,12 +472,10 @@ class SloConfig:
         return {k: float(v) for k, v in self.targets().items() if _is_number(v)}
 
     def problems(self) -> list[str]:
-        from sentinel_exp.analysis.slo import metric_direction
-
         problems = self.request.problems()
         for metric, limit in self.targets().items():
-            if metric_direction(metric) is None:
-                problems.append(f"slo.{metric}: {SLO_METRIC_HINT}")
+            if problem := slo_metric_problem(metric):
+                problems.append(f"slo.{metric}: {problem}")
             elif not _is_number(limit):
                 problems.append(f"slo.{metric} must be a number, the limit (got {limit!r})")
         return problems
@@ -488,6 +486,20 @@ SLO_METRIC_HINT = (
     "error_rate, cold_starts, requests_failed, cpu and energy; higher for *_tokens_per_s, "
     "requests_per_s and goodput_requests_per_s"
 )
+
+
+def slo_metric_problem(metric: str) -> str | None:
+    """Why `slo.<metric>` can hold no target: a name no run logs (with the one it most likely
+    meant: a misspelt target would otherwise fail every run, as a metric that is never there), or
+    a metric with no better direction."""
+    from sentinel_exp.analysis.metric_names import closest, is_logged
+    from sentinel_exp.analysis.slo import metric_direction
+
+    if not is_logged(metric) and (meant := closest(metric)) is not None:
+        return f"not a metric this tool logs; did you mean {meant}?"
+    if not is_logged(metric) or metric_direction(metric) is None:
+        return SLO_METRIC_HINT
+    return None
 
 
 def _is_number(value: Any) -> bool:

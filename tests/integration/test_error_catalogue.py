@@ -76,6 +76,7 @@ CASES = [
     ),
     Case("an SLO target that is no number", ("slo.ttft_ms_p50=fast",), "slo.ttft_ms_p50 takes a number", 2),
     Case("an unknown SLO metric", ("slo.nonsense=3",), "slo.nonsense: not a metric", 2),
+    Case("a misspelt SLO metric", ("slo.ttft_ms_p5=300",), "did you mean ttft_ms_p50?", 2),
     # Where the run would write.
     Case("an output folder under a file", ("hydra.run.dir={file}/run",), "is a file, not a folder", 2),
     Case("an MLflow store under a file", ("tracking.uri=sqlite:///{file}/mlflow.db",), "is a file", 2),

@@ -37,6 +37,7 @@ PURE = frozenset(
     {
         "sentinel_exp.analysis.stats",
         "sentinel_exp.analysis.slo",
+        "sentinel_exp.analysis.metric_names",
         "sentinel_exp.analysis.diagnosis",
         "sentinel_exp.checks.options",
         "sentinel_exp.run.give_up",
