@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
-from sentinel_exp.errors import NotLogged, UserError
+from sentinel_exp.errors import NotLogged, StoreUnavailable, UserError
 from sentinel_exp.report import console as ui
 from sentinel_exp.store.run_folder import RUN_FILE, Role, is_run_folder, read_run_file
 from sentinel_exp.store.upload import Uploader
@@ -66,6 +66,8 @@ def sync(folders: Sequence[Path], uri: str | None, close_running: bool, progress
 def _sync_one(uploader: Uploader, folder: Path) -> Synced:
     try:
         uploaded = uploader.upload(folder)
+    except StoreUnavailable as exc:  # the server is down: the same sync works once it is back
+        return Synced(folder, _status(folder), f"not logged: {exc}", NotLogged.exit_code)
     except UserError as exc:
         return Synced(folder, _status(folder), f"not synced: {exc}", UserError.exit_code)
     except Exception as exc:  # the store is down or refuses: try again later

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sentinel_exp.errors import UserError
+from sentinel_exp.errors import StoreUnavailable, UserError
 from sentinel_exp.store.locks import exclusive
 from sentinel_exp.store.writable import sqlite_problem
 
@@ -133,7 +133,7 @@ def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
         # them, and no certificate check (a private CA is MLflow's business, not this probe's).
         httpx.get(uri.rstrip("/") + "/health", timeout=timeout_s, verify=False)
     except httpx.HTTPError as exc:  # any HTTP answer (even 404 behind a proxy) means it is there
-        raise UserError(
+        raise StoreUnavailable(
             f"the MLflow tracking server at tracking.uri={uri!r} does not answer "
             f"({type(exc).__name__}: {exc}); start it (`mlflow server`), or log to a "
             f"local store with tracking.uri=sqlite:///mlflow.db"

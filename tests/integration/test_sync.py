@@ -90,6 +90,10 @@ def test_a_tracking_server_down_at_the_start_then_sync_uploads_the_whole_run_onc
     assert local["status"] == "FINISHED" and local["mlflow_run_id"] is None
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["metrics"]["requests_ok"] == 5
+    # Still down: the store did not take it, so 4 (try again later), not 2 (cannot be synced as it is).
+    down = _sync(tmp_path, str(folder))
+    assert down.returncode == 4, down.stdout + down.stderr
+    assert "not logged" in down.stdout and "does not answer" in down.stdout and "Traceback" not in down.stderr
 
     with MlflowServer(tmp_path / "store", port=port):
         first = _sync(tmp_path, str(folder))
