@@ -123,6 +123,7 @@ class Ended:
     failure: str | None
     signal: signal.Signals | None  # SIGINT/SIGTERM that stopped it
     measured_any: bool
+    sent_any: bool = True  # False: stopped before its first request, so its folder is not kept
 
 
 class RequestFactory:
@@ -485,7 +486,8 @@ async def _tracked_run(
             f"{sum(r.measured for r in measurement.records)} measured request(s) and is FAILED; the summary "
             f"above has their numbers, {writer.path} those it could write"
         )
-    return Ended(status, conclusion.metrics, failure, signals.received, any(r.measured for r in measurement.records))
+    records = measurement.records
+    return Ended(status, conclusion.metrics, failure, signals.received, any(r.measured for r in records), bool(records))
 
 
 def _log_and_end(cfg: ExperimentConfig, ctx: RunContext, ended: Ended) -> Outcome:
@@ -497,7 +499,7 @@ def _log_and_end(cfg: ExperimentConfig, ctx: RunContext, ended: Ended) -> Outcom
     quick_exit = ended.signal is not None and not ended.measured_any
     if cfg.tracking.enabled and not (quick_exit and "mlflow" not in sys.modules):
         run_id, not_logged = _upload(cfg, ctx)
-    elif cfg.tracking.enabled:
+    elif cfg.tracking.enabled and (ended.sent_any or ctx.sweep_id is not None):
         ui.stdout.print(escape(f"not logged to MLflow; upload it with: python -m sentinel_exp.sync {ctx.output_dir}"))
     if ended.signal is not None:
         raise Interrupted(ended.signal.name, 128 + int(ended.signal))

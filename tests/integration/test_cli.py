@@ -362,3 +362,28 @@ def test_ctrl_c_during_start_up_ends_at_once_and_leaves_nothing_running(tmp_path
     assert "Traceback" not in stdout + stderr
     assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers)
     assert [run.info.status for run in mlflow_runs(tmp_path) if run.info.status == "RUNNING"] == []
+
+
+@pytest.mark.parametrize("after_s", [0.5, 1.0])
+def test_ctrl_c_in_the_first_second_prints_no_traceback_and_leaves_no_folder(tmp_path, after_s):
+    """Ctrl-C while Python imports, Hydra composes or the bundled server starts: exit 130 with one
+    line, and no run folder unless a request had been sent (on a fast machine one may have)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", "server=simulated", "workload.requests=40"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A test run as a background job inherits SIGINT ignored; the user's terminal never is.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stderr
+    for folder in tmp_path.glob("outputs/*/*"):
+        records = folder / "requests.jsonl"
+        assert records.is_file() and records.read_text().strip(), f"{sorted(p.name for p in folder.iterdir())}"
+    assert mlflow_runs(tmp_path) == []
