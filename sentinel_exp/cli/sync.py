@@ -25,7 +25,7 @@ from sentinel_exp.errors import NotLogged, StoreUnavailable, UserError
 from sentinel_exp.report import console as ui
 from sentinel_exp.store.run_folder import RUN_FILE, Role, is_run_folder, read_run_file
 from sentinel_exp.store.upload import Uploader
-from sentinel_exp.urls import credentials_problem
+from sentinel_exp.urls import credentials_problem, tracking_uri_problem
 
 
 @dataclass
@@ -123,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        if args.tracking_uri and (problem := credentials_problem(args.tracking_uri, "--tracking-uri")):
+        if args.tracking_uri and (
+            problem := credentials_problem(args.tracking_uri, "--tracking-uri")
+            or tracking_uri_problem(args.tracking_uri, "--tracking-uri")
+        ):
             raise UserError(problem)
         folders = folders_to_sync(args.paths)
         results = sync(folders, args.tracking_uri, args.close_running, ui.want_progress(None))

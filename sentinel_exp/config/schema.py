@@ -29,7 +29,7 @@ from sentinel_exp.names import Api, Direction, LintMode, ServerKind, SweepOrder
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
 from sentinel_exp.serve.sim_settings import SimSettings
 from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
-from sentinel_exp.urls import credentials_problem
+from sentinel_exp.urls import credentials_problem, tracking_uri_problem
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -408,6 +408,8 @@ class TrackingConfig:
     def problems(self) -> list[str]:
         problems = [] if self.experiment.strip() else ["tracking.experiment is empty"]
         if problem := credentials_problem(self.uri, "tracking.uri"):
+            problems.append(problem)
+        if self.enabled and (problem := tracking_uri_problem(self.uri, "tracking.uri")):
             problems.append(problem)
         return problems
 

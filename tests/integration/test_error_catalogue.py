@@ -15,6 +15,7 @@ from support.cli import REPO, run_cli
 
 from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.launch import BundledServer, running_server
+from sentinel_exp.urls import TRACKING_SCHEMES
 
 QUICK = ["workload=quick", "telemetry.enabled=false", "plots=false"]
 SIM = ["server=simulated", *QUICK]
@@ -80,6 +81,7 @@ CASES = [
     # Where the run would write.
     Case("an output folder under a file", ("hydra.run.dir={file}/run",), "is a file, not a folder", 2),
     Case("an MLflow store under a file", ("tracking.uri=sqlite:///{file}/mlflow.db",), "is a file", 2),
+    Case("a tracking URI no store answers to", ("tracking.uri=ftp://x",), "is no store MLflow can log to", 2),
     # Measured all the same: the run folder holds it until `python -m sentinel_exp.sync` uploads it.
     Case("a tracking server that is down", ("tracking.uri=http://127.0.0.1:9",), "not logged to MLflow", 4),
     # The server.
@@ -158,3 +160,11 @@ def test_the_readme_lists_the_same_cases():
     section = text.split("### When something is wrong", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| (.+?) \| `(.+?)` \| (\d) \|$", section, flags=re.M)
     assert [(what, int(status)) for what, _, status in rows] == [(c.what, c.status) for c in CASES]
+
+
+def test_the_tracking_uris_the_config_accepts_are_the_stores_mlflow_has():
+    """`tracking.uri=ftp://x` is refused before measuring because no MLflow store takes it; any
+    scheme MLflow has a store for must pass."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    assert set(_tracking_store_registry._registry) == TRACKING_SCHEMES
