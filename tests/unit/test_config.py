@@ -46,6 +46,16 @@ def test_seed_presets_carry_the_seed_users_numbers():
     assert (base.num_ctx, base.num_batch, base.num_predict, base.temperature) == (2048, 128, 512, 0.7)
 
 
+@pytest.mark.parametrize("preset", ["low_ctx", "seed_baseline"])
+def test_each_number_of_a_seed_preset_names_where_in_the_seed_it_comes_from(preset):
+    lines = (config_dir() / "options" / f"{preset}.yaml").read_text(encoding="utf-8").splitlines()
+    values = [line for line in lines if line and not line.startswith("#")]
+    assert len(values) >= 5
+    for line in values:
+        _, _, source = line.partition("#")
+        assert any(where in source for where in ("hypothesis 3", "step 2", "not the seed's")), line
+
+
 def test_hardware_recommendations_apply_only_where_options_are_unset():
     assert typed_config(variant("hardware=cpu_only")).effective_options() == {"num_gpu": 0, "seed": 42}
     assert typed_config(variant("hardware=cpu_only", "options=low_ctx")).effective_options()["num_gpu"] == 1
