@@ -104,6 +104,12 @@ class ServerConfig:
             problems.append(f"server.startup_timeout_s must be positive (got {self.startup_timeout_s})")
         if not self.api_key_env.strip():
             problems.append("server.api_key_env is empty (the name of an environment variable, e.g. OPENAI_API_KEY)")
+        if self.url is not None and self.kind in (ServerKind.simulated, ServerKind.embedded):
+            problems.append(
+                f"server.url={self.url} is not used by server={self.kind}: a bundled server starts on a free "
+                f"loopback port of its own; to measure a server that is already running, name its kind "
+                f"(server=ollama or server=openai) with server.url"
+            )
         return problems
 
 
@@ -185,6 +191,45 @@ class OptionsConfig:
     def chosen(self) -> dict[str, Any]:
         """The options that are set (sent to the server)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+# The least value of each option that has a meaning (Ollama's api/types.go and llama.cpp): a value
+# under it measures nothing a user meant, and the option lint would judge it as if it did.
+OPTION_MINIMA: Mapping[str, tuple[float, str]] = {
+    "num_ctx": (1, "a context size in tokens"),
+    "num_batch": (1, "a batch size in tokens"),
+    "num_thread": (0, "a thread count (0 = the server decides)"),
+    "num_gpu": (-1, "a count of layers on the GPU (-1 = automatic)"),
+    "main_gpu": (0, "a GPU index"),
+    "num_keep": (-1, "a count of tokens kept (-1 = all)"),
+    "top_k": (0, "a count of tokens"),
+    "repeat_last_n": (-1, "a count of tokens (-1 = num_ctx)"),
+    "temperature": (0, "a temperature"),
+}
+UNIT_INTERVAL_OPTIONS = ("top_p", "min_p", "typical_p")
+
+
+def option_value_problems(options: Mapping[str, Any], prefix: str) -> list[str]:
+    """Option values that are no value of their option (the types are checked before)."""
+    problems = [
+        f"{prefix}{name}={options[name]} is not {what}: it takes {least:g} or more"
+        for name, (least, what) in OPTION_MINIMA.items()
+        if _is_number(options.get(name)) and options[name] < least
+    ]
+    problems += [
+        f"{prefix}{name} must be between 0 and 1 (got {options[name]})"
+        for name in UNIT_INTERVAL_OPTIONS
+        if _is_number(options.get(name)) and not 0 <= options[name] <= 1
+    ]
+    if _is_number(options.get("mirostat")) and options["mirostat"] not in (0, 1, 2):
+        problems.append(f"{prefix}mirostat must be 0 (off), 1 or 2 (got {options['mirostat']})")
+    predict = options.get("num_predict")
+    if isinstance(predict, int) and not isinstance(predict, bool) and (predict == 0 or predict < -2):
+        problems.append(
+            f"{prefix}num_predict must be a number of tokens (1 or more), -1 (until the model stops) or -2 "
+            f"(until the context is full) (got {predict}): with no token to generate there is no first token to time"
+        )
+    return problems
 
 
 @dataclass
@@ -546,6 +591,10 @@ class ExperimentConfig:
 
     def problems(self) -> list[str]:
         problems = self.server.problems() + self.model.problems() + self.hardware.problems()
+        problems += option_value_problems(self.options.chosen(), "options.")
+        if isinstance(self.hardware.recommended_options, Mapping):
+            recommended = dict(self.hardware.recommended_options)
+            problems += option_value_problems(recommended, "hardware.recommended_options.")
         problems += self.workload.problems() + self.telemetry.problems() + self.tracking.problems()
         problems += self.sweep.problems() + self.compare.problems() + self.slo.problems()
         if self.repeat < 0:
