@@ -103,7 +103,12 @@ CASES = [
         "answers 404 Not Found",
         2,
     ),
-    Case("an option lint finding under lint=strict", ("lint=strict", "options=low_ctx"), "lint=strict", 2),
+    Case(
+        "an option lint finding under lint=strict",
+        ("server=ollama", "server.url={url}", "lint=strict", "options=low_ctx"),
+        "lint=strict",
+        2,
+    ),
     # What the server answers: the run measured, and gave up.
     Case(
         "every request timing out",
