@@ -21,7 +21,16 @@ from pathlib import Path
 from sentinel_exp.analysis.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
 from sentinel_exp.errors import UserError
 from sentinel_exp.records import read_records
-from sentinel_exp.sweep.study import MeasuredJob, arms, compare_arms
+from sentinel_exp.sweep.study import (
+    ArmSetup,
+    MeasuredJob,
+    arm_setups,
+    arms,
+    compare_arms,
+    folder_setup,
+    setup_of,
+    with_setup_notes,
+)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -55,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def arms_from_folder(folder: Path) -> list[Arm]:
-    """The configurations of a sweep folder (multirun/<date>/<time>), as the sweep itself compared them."""
+def arms_from_folder(folder: Path) -> tuple[list[Arm], dict[str, ArmSetup]]:
+    """The configurations of a sweep folder (multirun/<date>/<time>), as the sweep itself compared
+    them, and what each was measured against."""
     from sentinel_exp.sweep.callbacks import read_outcomes, sweep_record
 
     if not folder.is_dir():
@@ -66,14 +76,15 @@ def arms_from_folder(folder: Path) -> list[Arm]:
     for job in read_outcomes(folder, sweep_id):
         if job.folder is not None and job.metrics is not None and (job.folder / "requests.jsonl").is_file():
             run = RunResult(tuple(read_records(job.folder / "requests.jsonl")), job.metrics)
-            measured.append(MeasuredJob(job.num, tuple(job.overrides), run))
+            measured.append(MeasuredJob(job.num, tuple(job.overrides), run, folder_setup(job.folder)))
     if not measured:
         raise UserError(f"{folder} holds no finished sweep job (no sweep_job.json with a summary.json beside it)")
-    return arms(measured)
+    return arms(measured), arm_setups(measured)
 
 
-def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]]:
-    """The runs the arguments name, grouped by configuration; also which arm holds each run id."""
+def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int], dict[str, ArmSetup]]:
+    """The runs the arguments name, grouped by configuration; also which arm holds each run id,
+    and what each configuration was measured against."""
     from sentinel_exp.store.tracking import RunStore
 
     store = RunStore(args.tracking_uri)
@@ -89,6 +100,7 @@ def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]
     grouped: dict[str, list[RunResult]] = {}
     members: dict[str, list[str]] = {}
     params: dict[str, dict[str, str]] = {}
+    setups: dict[str, ArmSetup] = {}
     with tempfile.TemporaryDirectory(prefix="sentinel-compare-") as scratch:
         for run in runs:
             path = store.records_file(run.run_id, Path(scratch) / run.run_id)
@@ -98,10 +110,11 @@ def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]
             grouped.setdefault(key, []).append(RunResult(tuple(read_records(path)), run.metrics))
             members.setdefault(key, []).append(run.run_id)
             params.setdefault(key, run.params)
+            setups.setdefault(key, setup_of(run.tags, run.params))
     names = _names_by_params(list(params.values()))
     configurations = [Arm(name, tuple(results)) for name, results in zip(names, grouped.values(), strict=True)]
     where = {run_id: i for i, ids in enumerate(members.values()) for run_id in ids}
-    return configurations, where
+    return configurations, where, dict(zip(names, setups.values(), strict=True))
 
 
 def _names_by_params(configurations: Sequence[dict[str, str]]) -> list[str]:
@@ -124,9 +137,9 @@ def run_comparison(args: argparse.Namespace) -> tuple[list[Comparison], Path | N
     folder = Path(args.runs[0]) if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else None
     baseline = args.baseline
     if folder is not None:
-        configurations = arms_from_folder(folder)
+        configurations, setups = arms_from_folder(folder)
     else:
-        configurations, where = arms_from_store(args)
+        configurations, where, setups = arms_from_store(args)
         if baseline in where:  # a run id: its configuration, whatever it is named
             index = where[baseline]
             configurations.insert(0, configurations.pop(index))
@@ -137,6 +150,7 @@ def run_comparison(args: argparse.Namespace) -> tuple[list[Comparison], Path | N
     comparisons = compare_arms(
         configurations, baseline=baseline, objective=args.objective, min_effect_pct=args.min_effect_pct
     )
+    comparisons = with_setup_notes(comparisons, setups)
     out = args.out if args.out is not None else (folder / "compare.md" if folder is not None else None)
     return comparisons, out
 

@@ -29,9 +29,11 @@ def unmodelled_note(options: Mapping[str, Any]) -> str | None:
     named = [name for name in UNMODELLED_OPTIONS if options.get(name) is not None]
     if not named:
         return None
+    values = "its value changes" if len(named) == 1 else "their values change"
     return (
-        f"the simulated server does not model {', '.join(named)}: their values change no timing on it "
-        f"(a change only reloads the model), so measure them on Ollama or the embedded server"
+        f"the simulated server does not model {', '.join(named)}: {values} no timing on it "
+        f"(a change only reloads the model), so measure {'it' if len(named) == 1 else 'them'} on Ollama "
+        f"or the embedded server"
     )
 
 

@@ -292,13 +292,21 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> lis
     sweep folder (their paths returned, for the parent run)."""
     from sentinel_exp.analysis.comparison import to_markdown
     from sentinel_exp.report import console as ui
-    from sentinel_exp.sweep.study import MeasuredJob, arms, compare_arms, load_run
+    from sentinel_exp.sweep.study import (
+        MeasuredJob,
+        arm_setups,
+        arms,
+        compare_arms,
+        folder_setup,
+        load_run,
+        with_setup_notes,
+    )
 
     measured = []
     for job in jobs:
         run = None if job.folder is None or job.metrics is None else load_run(job.folder, job.metrics)
-        if run is not None:
-            measured.append(MeasuredJob(job.num, tuple(job.overrides), run))
+        if run is not None and job.folder is not None:
+            measured.append(MeasuredJob(job.num, tuple(job.overrides), run, folder_setup(job.folder)))
     configurations = arms(measured)
     comparisons = compare_arms(
         configurations,
@@ -306,6 +314,7 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> lis
         objective=str(config.sweep.objective),
         min_effect_pct=float(config.compare.min_effect_pct),
     )
+    comparisons = with_setup_notes(comparisons, arm_setups(measured))
     if not comparisons:
         return []
     ui.print_comparisons(comparisons)

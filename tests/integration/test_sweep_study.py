@@ -95,3 +95,20 @@ def test_ctrl_c_during_a_sweep_compares_what_finished_and_closes_the_parent_as_k
     [parent] = [run for run in mlflow_runs(tmp_path) if run.data.tags.get("sentinel.role") == "sweep"]
     assert parent.info.status == "KILLED"
     assert sorted(run.info.status for run in job_runs(tmp_path)) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+def test_a_comparison_of_options_the_simulated_server_does_not_model_says_so(tmp_path):
+    """num_gpu=0 against num_gpu=1 on the simulated server: "no significant change" must not read as
+    evidence about num_gpu, in the sweep's comparison or a later one from its folder."""
+    result = run_cli(tmp_path, "-m", *SIM, "server.sim.jitter_ms=0", "options.num_gpu=0,1", "plots=false")
+    assert result.returncode == 0, result.output
+    note = "the simulated server does not model num_gpu: its value changes no timing on it"
+    assert note in result.stdout
+    [compare_md] = tmp_path.glob("multirun/*/*/compare.md")
+    assert note in compare_md.read_text()
+    again = run_cli(tmp_path, str(compare_md.parent), module="sentinel_exp.compare")
+    assert again.returncode == 0 and note in again.stdout, again.output
+    uri = f"--tracking-uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = [run.info.run_id for run in mlflow_runs(tmp_path) if run.data.tags.get("sentinel.role") != "sweep"]
+    from_store = run_cli(tmp_path, *ids, uri, module="sentinel_exp.compare")
+    assert from_store.returncode == 0 and note in from_store.stdout, from_store.output
