@@ -46,7 +46,7 @@ from sentinel_exp.errors import FolderUnwritable, Interrupted, RunFailed, UserEr
 from sentinel_exp.names import Phase, RunStatus, ServerKind
 from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.report import console as ui
-from sentinel_exp.run.give_up import GiveUp, measured_nothing
+from sentinel_exp.run.give_up import GiveUp, measured_nothing, warmup_timed_out
 from sentinel_exp.run.hosts import host_tags
 from sentinel_exp.run.load import OnRecord, PhasePlan, run_phase
 from sentinel_exp.run.monitor import RunMonitor
@@ -222,6 +222,7 @@ class Measurement:
     placement_read: asyncio.Task[None] | None = None
     give_up: GiveUp | None = None  # watches each record; stops the phases once the run is not worth going on
     write_error: OSError | None = None  # the run folder refused a write (a full disk): the run stops
+    stopped_early: str | None = None  # why the measured phase was not started (every warmup request timed out)
 
     def unwritable(self, exc: OSError) -> None:
         if self.write_error is None:
@@ -300,6 +301,10 @@ async def _measure(
         duration_s = await run_phase(plan, sender(phase), on_record, stop)
         if phase == Phase.MEASURED:
             out.measured_s = duration_s
+        elif not stop.is_set() and (timed_out := warmup_timed_out(out.records, w.timeout_s)):
+            log.error("error: %s; stopping before the measured phase", timed_out)
+            out.stopped_early = timed_out
+            stop.set()
         elif after_warmup is not None and not stop.is_set():
             after_warmup(out.records)
     monitor.mark_phase(Phase.DONE)
@@ -534,7 +539,7 @@ def _ending(signals: StopSignals, measurement: Measurement) -> tuple[RunStatus, 
     if measurement.write_error is not None:
         return RunStatus.FAILED, f"the run folder refused a write: {measurement.write_error.strerror}"
     failure = measurement.give_up.reason if measurement.give_up else None
-    failure = failure or measured_nothing(measurement.records)
+    failure = failure or measurement.stopped_early or measured_nothing(measurement.records)
     return (RunStatus.FAILED, failure) if failure else (RunStatus.FINISHED, None)
 
 

@@ -117,6 +117,12 @@ CASES = [
         3,
     ),
     Case(
+        "a timeout no warmup request could meet",
+        ("server.sim.ttft_ms=600", "workload.timeout_s=0.2"),
+        "every warmup request (2) timed out after workload.timeout_s=0.2 s",
+        3,
+    ),
+    Case(
         "every request failing with HTTP 500",
         ("server.sim.faults={1:http_500,2:http_500,3:http_500,4:http_500,5:http_500}", "workload.warmup=0"),
         "no measured request succeeded: 5 failed (HTTP500 5)",
