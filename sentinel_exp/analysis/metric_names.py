@@ -8,6 +8,7 @@ Latency metrics are `<family>_ms_<statistic>`, and again over warm and cold requ
 from __future__ import annotations
 
 import difflib
+import re
 
 # stats.latency_samples' keys, in its order.
 LATENCY_FAMILIES = (
@@ -102,3 +103,13 @@ def closest(name: str, among: frozenset[str] = LOGGED) -> str | None:
         return extended[0]
     found = difflib.get_close_matches(name, sorted(among), n=1, cutoff=0.8)
     return found[0] if found else None
+
+
+# What a comparison also takes as its objective, beyond the logged metrics: any latency percentile,
+# and E2E per output token (analysis/comparison.py computes them from the records).
+_COMPARED_PERCENTILE = re.compile(r"(ttfb|ttft|e2e|itl|tpot)_ms_p\d{1,2}|e2e_ms_per_token_p\d{1,2}")
+
+
+def is_objective(name: str) -> bool:
+    """Whether a comparison can decide on `name` (sweep.objective, compare --objective)."""
+    return is_logged(name) or _COMPARED_PERCENTILE.fullmatch(name) is not None

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sentinel_exp.analysis.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
+from sentinel_exp.analysis.metric_names import closest, is_objective
 from sentinel_exp.errors import UserError
 from sentinel_exp.records import read_records
 from sentinel_exp.sweep.study import (
@@ -82,6 +83,24 @@ def arms_from_folder(folder: Path) -> tuple[list[Arm], dict[str, ArmSetup]]:
     return arms(measured), arm_setups(measured)
 
 
+def selection_problem(args: argparse.Namespace) -> str | None:
+    """What in the arguments can select nothing, found before anything is read or written: an
+    objective that is no metric, a folder that is not there (which would be taken for a run id)."""
+    if not is_objective(args.objective):
+        meant = closest(args.objective)
+        hint = f"; did you mean {meant}?" if meant else " (e.g. ttft_ms_p50, e2e_ms_p95, output_tokens_per_s)"
+        return f"--objective {args.objective} is not a metric a comparison can decide on{hint}"
+    folders = [arg for arg in args.runs if Path(arg).is_dir()]
+    if folders and len(args.runs) > 1:
+        return f"{folders[0]} is a sweep folder: compare one sweep folder alone, or MLflow run ids"
+    for arg in args.runs:
+        if Path(arg).is_file():
+            return f"{arg} is a file: give a sweep folder (multirun/<date>/<time>) or MLflow run ids"
+        if not Path(arg).exists() and ("/" in arg or os.sep in arg or arg.startswith((".", "~"))):
+            return f"no folder {arg} (a sweep folder is multirun/<date>/<time>)"
+    return None
+
+
 def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int], dict[str, ArmSetup]]:
     """The runs the arguments name, grouped by configuration; also which arm holds each run id,
     and what each configuration was measured against."""
@@ -93,6 +112,15 @@ def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]
     elif args.runs:
         runs = [store.get(run_id) for run_id in args.runs]
     else:
+        if not args.experiment and not args.filter:
+            from sentinel_exp.report import console as ui
+
+            ui.stderr.print(
+                f"nothing named: comparing every finished run of every experiment in {args.tracking_uri} "
+                f"(name a sweep folder, run ids, --sweep, --experiment or --filter to choose)",
+                markup=False,
+                soft_wrap=True,
+            )
         runs = store.search(args.experiment, args.filter)
     runs = [run for run in runs if run.status == "FINISHED"]
     if not runs:
@@ -145,8 +173,11 @@ def run_comparison(args: argparse.Namespace) -> tuple[list[Comparison], Path | N
             configurations.insert(0, configurations.pop(index))
             baseline = None
     if len(configurations) < 2:
-        names = ", ".join(arm.name for arm in configurations)
-        raise UserError(f"only one configuration among these runs ({names}): nothing to compare it with")
+        runs = sum(len(arm.runs) for arm in configurations)
+        raise UserError(
+            f"the {runs} run{'s' if runs != 1 else ''} found {'are' if runs != 1 else 'is'} all one "
+            f"configuration: nothing to compare {'them' if runs != 1 else 'it'} with"
+        )
     comparisons = compare_arms(
         configurations, baseline=baseline, objective=args.objective, min_effect_pct=args.min_effect_pct
     )
@@ -165,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ui.stderr.print("[bold red]error:[/] --min-effect-pct must be 0 or more", soft_wrap=True)
         return UserError.exit_code
     try:
+        if problem := selection_problem(args):
+            raise UserError(problem)
         comparisons, out = run_comparison(args)
         ui.print_comparisons(comparisons)
         if out is not None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from support.cli import mlflow_runs, run_cli
+from support.cli import CliResult, mlflow_runs, run_cli
 
 SIM = ("server=simulated", "workload=quick", "workload.warmup=1", "server.sim.jitter_ms=3", "server.sim.load_ms=0")
 
@@ -97,18 +98,53 @@ def test_ctrl_c_during_a_sweep_compares_what_finished_and_closes_the_parent_as_k
     assert sorted(run.info.status for run in job_runs(tmp_path)) == ["FINISHED", "FINISHED", "KILLED"]
 
 
-def test_a_comparison_of_options_the_simulated_server_does_not_model_says_so(tmp_path):
-    """num_gpu=0 against num_gpu=1 on the simulated server: "no significant change" must not read as
-    evidence about num_gpu, in the sweep's comparison or a later one from its folder."""
-    result = run_cli(tmp_path, "-m", *SIM, "server.sim.jitter_ms=0", "options.num_gpu=0,1", "plots=false")
+@pytest.fixture(scope="module")
+def gpu_sweep(tmp_path_factory) -> tuple[Path, CliResult]:
+    """num_gpu=0 against num_gpu=1 on the simulated server, which does not model num_gpu."""
+    cwd = tmp_path_factory.mktemp("gpu_sweep")
+    return cwd, run_cli(cwd, "-m", *SIM, "server.sim.jitter_ms=0", "options.num_gpu=0,1", "plots=false")
+
+
+NOT_MODELLED = "the simulated server does not model num_gpu: its value changes no timing on it"
+
+
+def test_a_comparison_of_options_the_simulated_server_does_not_model_says_so(gpu_sweep):
+    """ "no significant change" must not read as evidence about num_gpu, in the sweep's comparison or a
+    later one, from its folder or from MLflow."""
+    cwd, result = gpu_sweep
     assert result.returncode == 0, result.output
-    note = "the simulated server does not model num_gpu: its value changes no timing on it"
-    assert note in result.stdout
-    [compare_md] = tmp_path.glob("multirun/*/*/compare.md")
-    assert note in compare_md.read_text()
-    again = run_cli(tmp_path, str(compare_md.parent), module="sentinel_exp.compare")
-    assert again.returncode == 0 and note in again.stdout, again.output
-    uri = f"--tracking-uri=sqlite:///{tmp_path / 'mlflow.db'}"
-    ids = [run.info.run_id for run in mlflow_runs(tmp_path) if run.data.tags.get("sentinel.role") != "sweep"]
-    from_store = run_cli(tmp_path, *ids, uri, module="sentinel_exp.compare")
-    assert from_store.returncode == 0 and note in from_store.stdout, from_store.output
+    assert NOT_MODELLED in result.stdout
+    [compare_md] = cwd.glob("multirun/*/*/compare.md")
+    assert NOT_MODELLED in compare_md.read_text()
+    again = run_cli(cwd, str(compare_md.parent), module="sentinel_exp.compare")
+    assert again.returncode == 0 and NOT_MODELLED in again.stdout, again.output
+    uri = f"--tracking-uri=sqlite:///{cwd / 'mlflow.db'}"
+    from_store = run_cli(cwd, *job_ids(cwd), uri, module="sentinel_exp.compare")
+    assert from_store.returncode == 0 and NOT_MODELLED in from_store.stdout, from_store.output
+
+
+def job_ids(cwd: Path) -> list[str]:
+    return [run.info.run_id for run in mlflow_runs(cwd) if run.data.tags.get("sentinel.role") != "sweep"]
+
+
+def test_compare_refuses_what_selects_nothing_and_says_what_it_selects(gpu_sweep):
+    cwd, _ = gpu_sweep
+    [compare_md] = cwd.glob("multirun/*/*/compare.md")
+    written = compare_md.read_text()
+    uri = f"--tracking-uri=sqlite:///{cwd / 'mlflow.db'}"
+
+    def compare(*args: str) -> CliResult:
+        return run_cli(cwd, *args, module="sentinel_exp.compare")
+
+    nonsense = compare(str(compare_md.parent), "--objective", "ttft_p50")
+    assert nonsense.returncode == 2 and "did you mean ttft_ms_p50?" in nonsense.stderr, nonsense.output
+    assert compare_md.read_text() == written  # nothing overwritten
+    missing = compare("multirun/nope", uri)
+    assert missing.returncode == 2 and "no folder multirun/nope" in missing.stderr, missing.output
+    assert "no run" not in missing.stderr
+    everything = compare(uri)
+    assert everything.returncode == 0, everything.output
+    assert "nothing named: comparing every finished run of every experiment" in everything.stderr
+    one = compare(job_ids(cwd)[0], uri)
+    assert one.returncode == 2 and "the 1 run found is all one configuration" in one.stderr
+    assert "((" not in one.output
