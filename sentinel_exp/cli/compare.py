@@ -30,6 +30,7 @@ from sentinel_exp.sweep.study import (
     compare_arms,
     folder_setup,
     setup_of,
+    short_keys,
     with_setup_notes,
 )
 
@@ -153,8 +154,9 @@ def _names_by_params(configurations: Sequence[dict[str, str]]) -> list[str]:
         for k in keys
         if len({params.get(k) for params in configurations}) > 1 and not k.startswith(("tracking.", "sweep."))
     ]
+    label = short_keys(differing)
     names = [
-        " ".join(f"{k.rsplit('.', 1)[-1]}={params.get(k, 'null')}" for k in differing) or f"run {i}"
+        " ".join(f"{label[k]}={params.get(k, 'null')}" for k in differing) or f"run {i}"
         for i, params in enumerate(configurations)
     ]
     # Two configurations that differ only in what names leave out still need two names.

@@ -379,17 +379,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def distinguishing_labels(jobs: list[tuple[str, ...]]) -> list[str]:
-    """Each job named by its number and the overrides that differ between jobs (the swept ones)."""
+    """Each job named by its number and the overrides that differ between jobs (the swept ones),
+    keys shortened as the comparison's names are (study.short_keys)."""
+    from sentinel_exp.sweep.study import short_keys
+
     values: dict[str, set[str]] = {}
     for _, *overrides in jobs:
         for override in overrides:
             key, _, value = override.partition("=")
             values.setdefault(key, set()).add(value)
     swept = {key for key, seen in values.items() if len(seen) > 1}
+    label = short_keys(swept)
 
     def short(override: str) -> str:  # workload.concurrency=4 -> concurrency=4: the table is narrow
         key, _, value = override.partition("=")
-        return f"{key.rsplit('.', 1)[-1]}={value}"
+        return f"{label[key]}={value}"
 
     return [
         " ".join([number, *(short(o) for o in overrides if o.partition("=")[0] in swept)])

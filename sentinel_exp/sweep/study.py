@@ -8,7 +8,8 @@ A configuration is what a job's overrides say, less the keys that only repeat it
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,19 +73,29 @@ def configuration(overrides: Sequence[str]) -> tuple[str, ...]:
     return tuple(o for o in overrides if _key(o) not in REPEAT_KEYS)
 
 
+def short_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Each setting's key as a label shows it: its last part (`workload.concurrency` is
+    `concurrency`: tables are narrow), unless another of `keys` ends the same way
+    (`server.keep_alive`, `workload.keep_alive`), when both keep their whole path."""
+    paths = {key: key.lstrip("+~") for key in keys}
+    ends = Counter(path.rsplit(".", 1)[-1] for path in set(paths.values()))
+    return {key: path if ends[path.rsplit(".", 1)[-1]] > 1 else path.rsplit(".", 1)[-1] for key, path in paths.items()}
+
+
 def arm_names(configurations: Sequence[tuple[str, ...]]) -> list[str]:
     """Each configuration named by the overrides that differ between them (the swept values),
-    keys shortened to their last part: `options=low_ctx`, `keep_alive=-1 concurrency=4`."""
+    keys shortened (short_keys): `options=low_ctx`, `keep_alive=-1 concurrency=4`."""
     seen: dict[str, set[str]] = {}
     for overrides in configurations:
         for override in overrides:
             key, _, value = override.partition("=")
             seen.setdefault(key, set()).add(value)
     swept = {key for key, values in seen.items() if len(values) > 1}
+    label = short_keys(swept)
 
     def short(override: str) -> str:
         key, _, value = override.partition("=")
-        return f"{key.lstrip('+~').rsplit('.', 1)[-1]}={value.replace(chr(92), '')}"
+        return f"{label[key]}={value.replace(chr(92), '')}"
 
     names = [" ".join(short(o) for o in overrides if o.partition("=")[0] in swept) for overrides in configurations]
     return [name or "(all)" for name in names]

@@ -148,3 +148,15 @@ def test_compare_refuses_what_selects_nothing_and_says_what_it_selects(gpu_sweep
     one = compare(job_ids(cwd)[0], uri)
     assert one.returncode == 2 and "the 1 run found is all one configuration" in one.stderr
     assert "((" not in one.output
+
+
+def test_a_comparison_names_two_settings_that_end_alike_by_their_whole_path(tmp_path):
+    for server_keep, request_keep in (("1m", "-1"), ("2m", "null")):
+        run = run_cli(tmp_path, *SIM, f"server.keep_alive={server_keep}", f"workload.keep_alive={request_keep}")
+        assert run.returncode == 0, run.output
+    uri = f"--tracking-uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli(tmp_path, *job_ids(tmp_path), uri, module="sentinel_exp.compare")
+    assert result.returncode == 0, result.output
+    [title] = [line for line in result.stdout.splitlines() if " vs " in line]
+    names = {name.strip() for name in title.split(" vs ")}
+    assert names == {"server.keep_alive=2m workload.keep_alive=null", "server.keep_alive=1m workload.keep_alive=-1"}

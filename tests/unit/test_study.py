@@ -46,6 +46,19 @@ def test_names_keep_only_the_swept_values_with_short_keys_and_no_escapes():
     assert arm_names([("a=1",), ("a=1",)]) == ["(all)", "(all)"]
 
 
+def test_names_keep_the_whole_key_where_two_swept_keys_end_alike():
+    configurations = [
+        ("server.keep_alive=1s", "workload.keep_alive=null", "+options.num_ctx=512"),
+        ("server.keep_alive=5m", "workload.keep_alive=-1", "+options.num_ctx=1024"),
+    ]
+    assert arm_names(configurations) == [
+        "server.keep_alive=1s workload.keep_alive=null num_ctx=512",
+        "server.keep_alive=5m workload.keep_alive=-1 num_ctx=1024",
+    ]
+    grouped = arms([job(0, *configurations[0]), job(1, *configurations[1])])
+    assert pick_baseline(grouped, "workload.keep_alive=-1") == 1
+
+
 def test_the_baseline_is_named_by_a_swept_value_or_is_the_first():
     grouped = arms([job(0, "options=low_ctx"), job(1, "options=default"), job(2, "options=seed_baseline")])
     assert pick_baseline(grouped, None) == 0
