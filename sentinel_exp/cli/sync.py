@@ -57,7 +57,7 @@ def sync(folders: Sequence[Path], uri: str | None, close_running: bool, progress
     results = [_sync_one(uploader, folder) for folder in steps]
     for closed in uploader.closed_orphans:
         ui.stderr.print(
-            "[yellow]warning:[/] " + escape(f"closed run {closed}, left RUNNING by a process that is gone"),
+            "[yellow]warning:[/] " + escape(f"closed run {closed}"),
             soft_wrap=True,
         )
     return results

@@ -39,6 +39,7 @@ SUMMARY_FILE = "summary.json"
 RECORDS_FILE = "requests.jsonl"
 # Always uploaded when present; a run adds its report and server log to run.json's artifacts.
 STANDARD_ARTIFACTS = (RECORDS_FILE, "config.yaml", SUMMARY_FILE)
+SERVER_LOG = "server.log"  # a bundled server's log, in the run's folder
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,30 @@ def close_abandoned(folder: Path, run: RunFile, *, runner_unknown_ok: bool = Fal
     if run.role == Role.RUN and not (folder / SUMMARY_FILE).exists():
         summary = abandoned_summary(records, run, reason)
         (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        _complete_abandoned(folder, run, records, summary)
     run.status, run.failure = RunStatus.FAILED, reason
     run.end_ms = _last_record_ms(records) or run.start_ms
     write_run_file(folder, run)
     return run
+
+
+def _complete_abandoned(folder: Path, run: RunFile, records: list[RequestRecord], summary: dict[str, Any]) -> None:
+    """What the killed process would have added at its end: the verdict's tag, the bundled
+    server's log and, unless the run had plots=false, the report and its figures."""
+    if summary["verdict"]:
+        run.tags["sentinel.verdict"] = "\n".join(summary["verdict"])
+    if (folder / SERVER_LOG).is_file():
+        run.artifacts.append(SERVER_LOG)
+    if run.params.get("plots") == "false":
+        return
+    from sentinel_exp.report.markdown import write_run_artifacts
+
+    try:
+        written = write_run_artifacts(folder, records, [], summary)
+    except Exception as exc:  # the pictures are extras: the run is closed and uploaded without them
+        log.warning("warning: could not draw the plots of %s: %s: %s", folder, type(exc).__name__, exc)
+        return
+    run.artifacts += [path.name for path in written if path.name not in run.artifacts]
 
 
 def _metrics(folder: Path) -> dict[str, float]:
@@ -171,7 +192,7 @@ class Uploader:
         self.runner_unknown_ok = runner_unknown_ok
         self._open = open_store
         self._trackers: dict[tuple[str, str], Tracker] = {}
-        self.closed_orphans: list[str] = []
+        self.closed_orphans: list[str] = []  # "<run id>, left RUNNING by ... (how it was closed)"
 
     def _tracker(self, run: RunFile, folder: Path) -> Tracker:
         uri = self.uri or run.tracking_uri
@@ -195,6 +216,8 @@ class Uploader:
         if found is not None and found[1] != RunStatus.RUNNING:
             return self._done(folder, run, tracker, found[0], already=True)
         tags = {**run.tags, "sentinel.run_uid": run.uid}
+        if run.failure:
+            tags["sentinel.failure"] = run.failure
         if run.role == Role.SWEEP:
             tags["sentinel.role"] = "sweep"
         parent = self._parent_id(run, folder)
@@ -258,12 +281,37 @@ class Uploader:
             try:
                 if (folder / RUN_FILE).is_file() and read_run_file(folder).uid == tags.get("sentinel.run_uid"):
                     uploaded = self.upload(folder)
-                    self.closed_orphans.append(f"{run_id} ({uploaded.status}, from {folder})")
+                    self.closed_orphans.append(
+                        f"{run_id}, left RUNNING by a process that is gone ({uploaded.status}, from {folder})"
+                        + _left_running(folder)
+                    )
                     continue
             except UserError as exc:
                 log.warning("warning: could not complete run %s from %s: %s", run_id, folder, exc)
             tracker.close(run_id, RunStatus.FAILED)
-            self.closed_orphans.append(f"{run_id} (FAILED; its folder {folder} is gone)")
+            self.closed_orphans.append(
+                f"{run_id}, left RUNNING by a process that is gone (FAILED; its folder {folder} is gone)"
+            )
+
+
+def _left_running(sweep_folder: Path) -> str:
+    """The job folders a killed sweep left RUNNING under its folder, and how to close them: the
+    next run closes the sweep's parent, but a job's run is made only by uploading its folder."""
+    running = []
+    for path in sorted(sweep_folder.rglob(RUN_FILE)):
+        if path.parent == sweep_folder:
+            continue
+        try:
+            if not read_run_file(path.parent).ended:
+                running.append(str(path.parent))
+        except UserError:
+            continue
+    if not running:
+        return ""
+    return (
+        f"; its job folder{'s' if len(running) > 1 else ''} {', '.join(running)} "
+        f"{'are' if len(running) > 1 else 'is'} still RUNNING: python -m sentinel_exp.sync {sweep_folder}"
+    )
 
 
 def where_logged(uploaded: Uploaded) -> str:
@@ -278,5 +326,5 @@ def upload_now(folder: Path, keep_open: bool = False) -> tuple[Uploaded, str]:
     uploader = Uploader()
     uploaded = uploader.upload(folder, keep_open=keep_open)
     for closed in uploader.closed_orphans:
-        log.warning("warning: closed run %s, left RUNNING by a process that is gone", closed)
+        log.warning("warning: closed run %s", closed)
     return uploaded, where_logged(uploaded)

@@ -145,7 +145,7 @@ def test_a_tracking_server_stopped_mid_run_loses_nothing(tmp_path):
 
 def test_a_runner_killed_with_sigkill_is_synced_as_failed_with_its_records(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel_exp", *LONG],
+        [sys.executable, "-m", "sentinel_exp", *LONG, "plots=true"],
         cwd=tmp_path,
         env=cli_env(),
         stdout=subprocess.PIPE,
@@ -172,6 +172,12 @@ def test_a_runner_killed_with_sigkill_is_synced_as_failed_with_its_records(tmp_p
     assert run.info.end_time == local["end_ms"] > local["start_ms"]
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "FAILED" and summary["metrics"]["requests_ok"] == run.data.metrics["requests_ok"]
+    # Why it failed and what it measured, as a run that ended by itself says them.
+    assert run.data.tags["sentinel.failure"] == local["failure"]
+    assert run.data.tags["sentinel.verdict"].startswith("TTFT is mostly")
+    artifacts = {a.path for a in _client(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(run.info.run_id)}
+    assert {"server.log", "report.md", "latency_cdf.png", "timeline.png", "requests.jsonl"} <= artifacts
+    assert "ended without closing the run" in (folder / "report.md").read_text()
 
 
 def test_a_run_still_measuring_is_not_synced(tmp_path):
@@ -212,10 +218,14 @@ def test_the_next_run_closes_a_sweep_killed_midway_and_sync_files_its_jobs_under
     later = run_cli(tmp_path, *QUICK)  # the next run in the same store
     assert later.returncode == 0, later.output
     assert f"closed run {parent.info.run_id}" in later.stderr
+    # The job's run exists only in its folder: the message says so, and how to upload it.
+    sweep_folder = records.parent.parent
+    job, sweep = records.parent.relative_to(tmp_path), sweep_folder.relative_to(tmp_path)  # as the run named them
+    said = " ".join(later.stderr.split())
+    assert f"its job folder {job} is still RUNNING: python -m sentinel_exp.sync {sweep}" in said, later.stderr
     statuses = {run.info.run_id: run.info.status for run in mlflow_runs(tmp_path)}
     assert statuses[parent.info.run_id] == "FAILED"
 
-    sweep_folder = records.parent.parent
     synced = _sync(tmp_path, str(sweep_folder))
     assert synced.returncode == 0, synced.stdout + synced.stderr
     [job] = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
