@@ -83,6 +83,18 @@ class RecordWriter:
             self._file.close()
 
 
+def request_number(record: RequestRecord, warmups: int) -> int:
+    """The request's number in its run: 1-based, in the order the run sent its requests, its
+    `warmups` warmup requests first. The one numbering the console, the report's timeline and the
+    simulated server's scripted faults (server.sim.faults) share; `index` stays the record's place
+    within its phase, as run folders have always stored it."""
+    return record.index + 1 + (0 if record.phase == Phase.WARMUP else warmups)
+
+
+def warmup_count(records: Iterable[RequestRecord]) -> int:
+    return sum(1 for r in records if r.phase == Phase.WARMUP)
+
+
 def read_records(path: Path) -> list[RequestRecord]:
     return list(iter_records(path.read_text(encoding="utf-8").splitlines()))
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from sentinel_exp.analysis.stats import output_tokens, successful
 from sentinel_exp.names import StrEnum
-from sentinel_exp.records import RequestRecord
+from sentinel_exp.records import RequestRecord, request_number, warmup_count
 from sentinel_exp.serve.keepalive import keep_alive_seconds, server_default_seconds
 
 # A part under half a percent is left out of the verdict's text (its share metric stays), but
@@ -306,7 +306,7 @@ def parse_unloads(lines: Iterable[str]) -> list[Unload]:
 class ColdStart:
     """A cold measured request after the model had been loaded, and its likely cause."""
 
-    index: int  # the request's index in the measured phase
+    number: int  # the request's number in the run (records.request_number: 1-based, warmup included)
     cause: ColdCause
     detail: str = ""
 
@@ -339,6 +339,7 @@ def classify_cold_starts(
     while nothing had finished yet waited for the first load: that is no loss."""
     spans = [(r, s) for r in records if (s := _span(r)) is not None]
     mine = [u for u in unloads if not model or u.tag == model]
+    warmups = warmup_count(records)
     found = []
     for r in sorted((r for r in records if r.measured and r.cold), key=lambda r: r.started_at):
         me = _span(r) or _Span(r.started_at + (r.queue_ms or 0.0) / 1000.0, math.inf)
@@ -353,23 +354,23 @@ def classify_cold_starts(
         load_end = me.start + (r.load_duration_ms or 0.0) / 1000.0
         seen = [u for u in mine if last.start - 0.001 <= u.at <= load_end + 0.001]
         if seen:
-            found.append(_from_log(r.index, max(seen, key=lambda u: u.at).reason))
+            found.append(_from_log(request_number(r, warmups), max(seen, key=lambda u: u.at).reason))
         elif gap > keep_alive_s:
             detail = f"idle {gap:,.1f} s > keep_alive {_format_keep_alive(keep_alive_s)}"
-            found.append(ColdStart(r.index, ColdCause.IDLE, detail))
+            found.append(ColdStart(request_number(r, warmups), ColdCause.IDLE, detail))
         else:
-            found.append(ColdStart(r.index, ColdCause.UNKNOWN, f"idle {gap:,.1f} s"))
+            found.append(ColdStart(request_number(r, warmups), ColdCause.UNKNOWN, f"idle {gap:,.1f} s"))
     return found
 
 
-def _from_log(index: int, reason: str) -> ColdStart:
+def _from_log(number: int, reason: str) -> ColdStart:
     if reason.startswith("replaced by "):
-        return ColdStart(index, ColdCause.REPLACED, reason)
+        return ColdStart(number, ColdCause.REPLACED, reason)
     if reason.startswith("runner options changed"):
-        return ColdStart(index, ColdCause.OPTIONS, reason.partition(": ")[2] or reason)
+        return ColdStart(number, ColdCause.OPTIONS, reason.partition(": ")[2] or reason)
     if reason.startswith("keep_alive"):
-        return ColdStart(index, ColdCause.IDLE, reason)
-    return ColdStart(index, ColdCause.UNKNOWN, reason)
+        return ColdStart(number, ColdCause.IDLE, reason)
+    return ColdStart(number, ColdCause.UNKNOWN, reason)
 
 
 _CAUSE_TEXT: Mapping[ColdCause, str] = {
@@ -391,11 +392,11 @@ def cold_start_warnings(cold_starts: Sequence[ColdStart]) -> list[str]:
         by_cause.setdefault(c.cause, []).append(c)
     out = []
     for cause, starts in by_cause.items():
-        first = min(starts, key=lambda c: c.index)
+        first = min(starts, key=lambda c: c.number)
         n = len(starts)
         noun = "request was" if n == 1 else "requests were"
         out.append(
-            f"{n} measured {noun} cold after the model had been loaded (first: request {first.index}): "
+            f"{n} measured {noun} cold after the model had been loaded (first: request {first.number}): "
             + _CAUSE_TEXT[cause].format(detail=first.detail)
         )
     return out

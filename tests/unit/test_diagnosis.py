@@ -195,7 +195,8 @@ def test_a_cold_start_after_a_warm_request_gets_its_likely_cause(gap_s, keep_ali
     if log:
         lines.append(log_line(warm_end + gap_s / 2, log))
     [found] = classify_cold_starts([warm, cold], keep_alive_s, parse_unloads(lines), "m:1b")
-    assert found.cause == cause and detail in found.detail and found.index == 0
+    # Request 2 of the run: the warmup request was the first (the numbering of server.sim.faults).
+    assert found.cause == cause and detail in found.detail and found.number == 2
 
 
 def test_requests_that_waited_for_the_first_load_are_no_loss():
@@ -211,7 +212,7 @@ def test_one_warning_per_cause_with_the_count_and_the_first_request():
     unloads = parse_unloads([log_line(T + 5.45, "unloaded m:1b (replaced by x:1b)")])
     warnings = cold_start_warnings(classify_cold_starts(records, 0.0, unloads, "m:1b"))
     assert len(warnings) == 2
-    assert warnings[0].startswith("4 measured requests were cold after the model had been loaded (first: request 0)")
+    assert warnings[0].startswith("4 measured requests were cold after the model had been loaded (first: request 2)")
     assert "keep_alive 0 s" in warnings[0] and "workload.keep_alive" in warnings[0]
     assert warnings[1].startswith("1 measured request was cold")
     assert "replaced by x:1b" in warnings[1]
