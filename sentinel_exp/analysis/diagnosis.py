@@ -106,7 +106,7 @@ class Breakdown:
         return (
             f"{lead}: p50 {self.p50_ms:,.0f} ms, mean {self.mean_ms:,.0f} ms = "
             + ", ".join(p.text() for p in shown)
-            + f" (mean shares over {self.requests} requests)"
+            + f" (mean shares over {self.requests} request{'' if self.requests == 1 else 's'})"
         )
 
     def metrics(self) -> dict[str, float]:
@@ -217,7 +217,11 @@ def _server_breakdowns(rs: Sequence[RequestRecord], metrics: Mapping[str, float]
     e2e = [r.e2e_ms or 0.0 for r in rs]
 
     cold = sum(1 for r in rs if r.cold)
-    load_detail = f"{cold} of {len(rs)} requests were cold" if cold else "no request was cold"
+    load_detail = (
+        f"{cold} of {len(rs)} {'request was' if len(rs) == 1 else 'requests were'} cold"
+        if cold
+        else ("no request was cold")
+    )
     prompt_tokens = _mean(float(r.prompt_eval_count or 0) for r in rs)
     prefill_detail = _tokens_at(prompt_tokens, _mean(prefill), "prompt tokens")
     decode_detail = _tokens_at(_mean(float(output_tokens(r)) for r in rs), _mean(decode), "output tokens")

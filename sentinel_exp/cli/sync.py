@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return UserError.exit_code
-    ui.stdout.print(results_table(results))
+    ui.print_table(results_table(results))
     return exit_status(results)
 
 

@@ -22,6 +22,17 @@ stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
 
 
+def print_table(table: Table) -> None:
+    """A table on stdout. A terminal's width fits it to the screen; piped or redirected (a log, CI,
+    `| grep`) there is no screen, and rich's 80 columns would fold run ids and paths over lines: it
+    is printed at its natural width instead."""
+    if stdout.is_terminal:
+        stdout.print(table)
+        return
+    width = stdout.measure(table, options=stdout.options.update_width(100_000)).maximum
+    Console(highlight=False, width=max(width, 80)).print(table)
+
+
 def want_progress(setting: bool | None) -> bool:
     if setting is not None:
         return setting
@@ -96,7 +107,7 @@ def print_summary(
     verdict: Sequence[str] = (),
 ) -> None:
     stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
-    stdout.print(summary_table(metrics))
+    print_table(summary_table(metrics))
     for line in verdict:
         stdout.print(escape(line), soft_wrap=True)
     stdout.print(escape("  ".join(count_parts(metrics, errors))), soft_wrap=True)
@@ -144,13 +155,12 @@ def comparison_table(comparison: Comparison) -> Table:
 
 def print_comparisons(comparisons: Sequence[Comparison]) -> None:
     """The sweep's verdicts: one table per candidate against the baseline, then the notes."""
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
     for comparison in comparisons:
-        out.print(comparison_table(comparison))
+        print_table(comparison_table(comparison))
         for note in comparison.notes:
-            out.print("  " + escape(note), soft_wrap=True)
+            stdout.print("  " + escape(note), soft_wrap=True)
     if comparisons:
-        out.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
+        stdout.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
 
 
 def slo_line(slo: SloResult) -> str:
@@ -190,6 +200,4 @@ def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) ->
             f"{int(metrics['cold_starts'])}" if "cold_starts" in metrics else "-",
             f"{int(metrics.get('requests_failed', 0))}",
         )
-    # Not a terminal (a log, CI): rich would assume 80 columns and cut the table's right side.
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=120)
-    out.print(table)
+    print_table(table)

@@ -116,8 +116,12 @@ def store_setup_lock(uri: str) -> Iterator[None]:
 
 def quiet_client() -> None:
     """MLflow prints a "View run ... at" line to stdout for every run ended on a tracking server
-    (one extra request each); the console already says where to look, once per run or sweep."""
+    (one extra request each); the console already says where to look, once per run or sweep.
+    MLflow reads these variables each time it would print."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Its "Downloading artifacts" bar for every summary.json and requests.jsonl read back (a resumed
+    # sweep, a comparison from the store) would bury the tool's own lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow resets its logger to INFO on import; its store-migration chatter is noise here.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 

@@ -387,3 +387,20 @@ def test_ctrl_c_in_the_first_second_prints_no_traceback_and_leaves_no_folder(tmp
         records = folder / "requests.jsonl"
         assert records.is_file() and records.read_text().strip(), f"{sorted(p.name for p in folder.iterdir())}"
     assert mlflow_runs(tmp_path) == []
+
+
+def test_what_a_run_prints_is_rounded_and_in_number(tmp_path):
+    """A duration computed from a rate is shown as a person writes it (2.3 s, not 2.30259 s), and
+    one request is one request, not "1 requests"."""
+    result = run_cli(
+        tmp_path, *SIM, "workload.requests=1", "workload.rate=2", "server.keep_alive=1s", "tracking.enabled=false"
+    )
+    assert result.returncode == 0, result.output
+    text = " ".join(result.output.split())
+    # -ln(0.01) / 2 per s: the gap one arrival in a hundred exceeds.
+    assert (
+        "keep_alive of 1 s (the bundled server's default) is shorter than the workload's longest idle gap of 2.3 s:"
+        in text
+    )
+    assert "(mean shares over 1 request)" in text
+    assert "2.30259" not in text and "1 requests" not in text

@@ -58,11 +58,11 @@ def _wait_for_records(root: Path, pattern: str, count: int, proc: subprocess.Pop
     raise TimeoutError(f"no {count} records under {root} within {timeout_s} s")
 
 
-def _sync(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _sync(cwd: Path, *args: str, columns: int = 1000) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sentinel_exp.sync", *args],
         cwd=cwd,
-        env=cli_env(COLUMNS="1000"),  # its table's messages unwrapped, however long the folder names
+        env=cli_env(COLUMNS=str(columns)),  # 1000: its table's messages unwrapped, however long the folder names
         capture_output=True,
         text=True,
         timeout=180,
@@ -112,6 +112,12 @@ def test_a_tracking_server_down_at_the_start_then_sync_uploads_the_whole_run_onc
     assert run.data.tags["sentinel.run_uid"] == local["uid"] and run.data.tags["sentinel.verdict"]
     assert {"requests.jsonl", "config.yaml", "summary.json", "server.log"} <= artifacts
     assert _run_json(folder)["mlflow_run_id"] == run.info.run_id
+    # Piped into a file or another command, the table keeps each run id and folder on one line.
+    with MlflowServer(tmp_path / "store", port=port):
+        piped = _sync(tmp_path, str(folder), columns=80)
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    [line] = [line for line in piped.stdout.splitlines() if "already logged" in line]
+    assert str(folder) in line and f"MLflow run {run.info.run_id}" in line
 
 
 def test_a_tracking_server_stopped_mid_run_loses_nothing(tmp_path):
