@@ -59,6 +59,20 @@ PART_LABELS: Mapping[PartName, str] = {
 }
 
 
+# What shortens each part, when it is the largest: the verdict's last lines.
+FIXES: Mapping[PartName, str] = {
+    PartName.LOAD: "keep the model loaded: a longer workload.keep_alive (-1 = forever) or server default "
+    "(OLLAMA_KEEP_ALIVE, server.keep_alive), and the same runner options (num_ctx, num_batch, num_gpu, ...) "
+    "on every request",
+    PartName.QUEUE: "more generation slots on the server (OLLAMA_NUM_PARALLEL; server.sim.parallel on the "
+    "simulated one), or fewer requests at once (workload.concurrency, workload.rate)",
+    PartName.PREFILL: "shorter prompts, or prompt caching: what requests share (a system prompt, a document) "
+    "first, so that the server prefills it once",
+    PartName.DECODE: "num_thread at the physical cores where llama.cpp runs on the CPU, more layers on the GPU "
+    "(num_gpu, -1 = automatic), a smaller or more quantised model, or fewer output tokens (num_predict)",
+}
+
+
 class ColdCause(StrEnum):
     IDLE = "idle"
     OPTIONS = "options"
@@ -124,7 +138,19 @@ class Diagnosis:
         out = [b.line() for b in self.breakdowns]
         if self.breakdowns and self.unknown:
             out.append(self.unknown)
-        return out
+        return out + self.fixes()
+
+    def fixes(self) -> list[str]:
+        """What would shorten the largest part of each latency, once per part: `to cut prefill
+        (TTFT's largest part): shorter prompts, ...`."""
+        where: dict[PartName, list[str]] = {}
+        for b in self.breakdowns:
+            if b.dominant.name in FIXES and b.dominant.share > 0:
+                where.setdefault(b.dominant.name, []).append(b.label)
+        return [
+            f"to cut {PART_LABELS[name]} ({' and '.join(labels)}'s largest part): {FIXES[name]}"
+            for name, labels in where.items()
+        ]
 
     def text(self) -> str:
         """The verdict as one tag value (`sentinel.verdict`); empty when nothing succeeded."""

@@ -176,6 +176,10 @@ def test_queueing_dominates_when_four_clients_share_one_slot(tmp_path, run_exper
     assert_recovers(m, ordered, "ttft", "prefill", 10.0)
     assert_recovers(m, ordered, "ttft", "load", 0.0)
     assert run.data.tags["sentinel.verdict"].startswith("TTFT is mostly queueing")
+    assert (
+        "to cut queueing (TTFT and E2E's largest part): more generation slots on the server"
+        in (run.data.tags["sentinel.verdict"])
+    )
     assert m["cold_starts"] == 0
 
 
@@ -199,4 +203,6 @@ def test_the_console_the_timeline_and_the_scripted_faults_number_requests_alike(
     [failed] = [r for r in records if not r.ok]
     assert (failed.phase, failed.index, failed.error_class) == ("measured", 1, "HTTP500")
     assert request_number(failed, warmup_count(records)) == 4
-    assert "(first: request 3)" in " ".join(result.stdout.split())
+    said = " ".join(result.stdout.split())
+    assert "(first: request 3)" in said
+    assert "to cut model load (TTFT and E2E's largest part): keep the model loaded" in said

@@ -76,6 +76,30 @@ def test_a_load_dominated_run_says_so_with_the_cold_count_and_the_prefill_rate()
 
 
 @pytest.mark.parametrize(
+    ("parts", "fixes"),
+    [
+        ({"load": 900.0}, ["to cut model load (TTFT and E2E's largest part): keep the model loaded"]),
+        (
+            {"queue": 500.0, "decode": 20.0},
+            ["to cut queueing (TTFT and E2E's largest part): more generation slots on the server"],
+        ),
+        (
+            {"prefill": 400.0, "decode": 900.0},
+            [
+                "to cut prefill (TTFT's largest part): shorter prompts, or prompt caching",
+                "to cut decode (E2E's largest part): num_thread at the physical cores",
+            ],
+        ),
+    ],
+)
+def test_the_verdict_says_what_would_shorten_the_largest_part(parts, fixes):
+    d = diagnose([server_record(i, **parts) for i in range(5)])
+    assert len(d.fixes()) == len(fixes) and d.lines()[-len(fixes) :] == d.fixes()
+    for line, start in zip(d.fixes(), fixes, strict=True):
+        assert line.startswith(start), line
+
+
+@pytest.mark.parametrize(
     ("parts", "latency", "dominant", "phrase"),
     [
         ({"load": 500.0}, "ttft", "load", "TTFT is mostly model load"),
