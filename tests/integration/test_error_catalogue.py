@@ -119,7 +119,7 @@ CASES = [
     Case(
         "a timeout no warmup request could meet",
         ("server.sim.ttft_ms=600", "workload.timeout_s=0.2"),
-        "every warmup request (2) timed out after workload.timeout_s=0.2 s",
+        "every warmup request (1) timed out after workload.timeout_s=0.2 s",
         3,
     ),
     Case(
