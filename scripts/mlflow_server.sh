@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A team's MLflow tracking server (README, Team setup): `mlflow server` with a PostgreSQL backend
+# A team's MLflow tracking server (docs/guides/team-setup.md): `mlflow server` with a PostgreSQL backend
 # store and a local artifact root, all under one folder. PostgreSQL (Debian's `postgresql`
 # package) is set up there on first use and reached over a unix socket in that folder only (no
 # TCP port); psycopg (pip install -e '.[server]') connects MLflow to it.

@@ -1,6 +1,6 @@
 """A real `mlflow ui` on a free loopback port, and what a browser does on its pages.
 
-Shared by scripts/ui_screenshot.py (the README's screenshots) and the browser test
+Shared by scripts/ui_screenshot.py (the docs' screenshots) and the browser test
 (tests/integration/test_mlflow_ui.py), so that the pictures show what the test checks.
 """
 

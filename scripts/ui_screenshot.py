@@ -1,10 +1,10 @@
-"""The README's MLflow UI screenshots, remade in one command.
+"""The MLflow UI screenshots of the docs (docs/mlflow-ui.md), remade in one command.
 
 Runs a small sweep on the bundled simulated server into a temporary MLflow store, serves it with
 `mlflow ui`, and photographs with headless Chromium (Debian's `chromium` package):
 
 - the runs table, the sweep's parent expanded over its two jobs, with the latency columns the
-  README suggests adding (set here through a shared view, as if picked in "Columns");
+  docs suggest adding (set here through a shared view, as if picked in "Columns");
 - the parent's Artifacts tab with report.md rendered.
 
     python scripts/ui_screenshot.py            # docs/img/mlflow_runs.png, docs/img/mlflow_report.png
@@ -36,7 +36,7 @@ SWEEP = (
     "workload.requests=40",
     "server.sim.ttft_ms=40,48",
 )
-# The columns the README suggests adding to the runs table.
+# The columns docs/mlflow-ui.md suggests adding to the runs table.
 LATENCY_COLUMNS = ("ttft_ms_p50", "ttft_ms_p95", "e2e_ms_p50", "output_tokens_per_s", "cold_starts", "error_rate")
 RUN_NAME = "attributes.`Run Name`"
 VIEW_KEY = "sentinel-latency"

@@ -3,17 +3,7 @@ serialise as their plain string values, so records, tags and MLflow names are un
 
 from __future__ import annotations
 
-import sys
-from enum import Enum
-
-if sys.version_info >= (3, 11):
-    from enum import StrEnum
-else:  # pragma: no cover - Python 3.10
-
-    class StrEnum(str, Enum):
-        def __str__(self) -> str:
-            return str(self.value)
-
+from enum import StrEnum
 
 # Enums that are config values have lower-case member names equal to their values: OmegaConf
 # reads an enum field by member name, so `server.kind=openai` and the YAML stay as users write them.

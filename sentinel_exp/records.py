@@ -44,6 +44,7 @@ class RequestRecord:
     cold: bool | None = None
     input_tokens_target: int | None = None  # workload.input_tokens drawn for it; prompt_eval_count is what it got
     num_predict: int | None = None  # the num_predict sent (None = not sent); eval_count is what came back
+    block: int | None = None  # the round of an interleaved study it was measured in (None: not in one)
 
     @property
     def measured(self) -> bool:
@@ -83,16 +84,16 @@ class RecordWriter:
             self._file.close()
 
 
-def request_number(record: RequestRecord, warmups: int) -> int:
-    """The request's number in its run: 1-based, in the order the run sent its requests, its
-    `warmups` warmup requests first. The one numbering the console, the report's timeline and the
-    simulated server's scripted faults (server.sim.faults) share; `index` stays the record's place
-    within its phase, as run folders have always stored it."""
-    return record.index + 1 + (0 if record.phase == Phase.WARMUP else warmups)
-
-
-def warmup_count(records: Iterable[RequestRecord]) -> int:
-    return sum(1 for r in records if r.phase == Phase.WARMUP)
+def request_numbers(records: Iterable[RequestRecord]) -> dict[int, int]:
+    """Each record's request number, by `id(record)`: 1-based, in the order the run sent its
+    requests, warmup included. The one numbering the console, the report's timeline and the
+    simulated server's scripted faults (server.sim.faults: the Nth generation request it receives)
+    share for a run. A record keeps `index`, its place within its phase (or a study's rounds), as
+    run folders always have; the order is their submit times, phase and index breaking ties. A
+    record never submitted (no submit time) has no number: no server saw it."""
+    sent = [r for r in records if r.started_at > 0]
+    order = sorted(sent, key=lambda r: (r.started_at, r.phase != Phase.WARMUP, r.block or 0, r.index))
+    return {id(r): n for n, r in enumerate(order, 1)}
 
 
 def read_records(path: Path) -> list[RequestRecord]:

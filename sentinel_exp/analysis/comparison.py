@@ -1,54 +1,67 @@
 """Which change helps? A baseline arm against a candidate arm, per metric, with a verdict that
-survives noise: pure statistics, no I/O. Metric names are those of docs/measurement.md.
+survives noise: pure statistics, no I/O. Metric names are those of docs/measurement.md; the
+design and the rules are in docs/statistics.md.
 
-Request-level metrics (latency percentiles, per-request decode rate, output length) get a
-percentile-bootstrap CI of the change % over the arm's successful measured requests; an arm with
-repeats is resampled in two stages (runs, then requests within each chosen run), so differences
-between runs widen the interval instead of hiding behind thousands of requests. Run-level metrics
-(throughput, CPU, GPU, energy, cold starts) have one value per run and are bootstrapped over runs.
-The error rate compares as pooled proportions (Newcombe's hybrid score interval). The objective
-is the one decisive (primary) row; every other row must pass Holm–Bonferroni on its bootstrap
-p-value, so two identical configurations rarely show a spurious "improved" anywhere.
+Each metric's value is the arm's pooled statistic (TTFT p50 over all its successful measured
+requests); its change is against the baseline. The interval covers the noise where it lives:
+between the rounds of an interleaved study when both arms were measured in the same rounds
+(paired), between runs otherwise (inference.py: grouped jackknife, Student's t with clusters - 1
+degrees of freedom). With one run per arm and no rounds to pair, the noise between runs is
+unknown and no row gets a significance verdict. The error rate compares as pooled proportions
+(Newcombe's hybrid score interval). The objective is the one decisive (primary) row; every other
+row must pass Holm-Bonferroni, so two identical configurations rarely show a spurious "improved"
+anywhere.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
+from sentinel_exp.analysis.inference import Clustered, LogRatio, independent_log_ratio, paired_log_ratio
 from sentinel_exp.analysis.stats import inter_token_latencies, output_tokens, successful, time_per_output_token
-from sentinel_exp.names import Direction, StrEnum
+from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 
-CI_METHOD = "percentile"  # percentile bootstrap: the 2.5th and 97.5th percentiles of the replicates
 CONFIDENCE = 0.95
 ALPHA = 1.0 - CONFIDENCE
-DEFAULT_RESAMPLES = 2000
-MIN_RESAMPLES = 2000  # p-values resolve to 2/(B+1): enough for Holm over ~20 secondary rows
 DEFAULT_MIN_EFFECT_PCT = 2.0  # config: compare.min_effect_pct
 MIN_REQUESTS = 20  # fewer successful requests on a side: no CI, verdict "too few requests"
 OUTPUT_LENGTH_TOLERANCE = 0.10  # median output tokens differing more: E2E is compared per output token
 DEFAULT_OBJECTIVE = "ttft_ms_p50"
-_MAX_BLOCKS = 64  # _Atoms: blocks of sorted values; more blocks, a larger product but less counting within
-_CHUNK_CELLS = 2_000_000  # resamples x requests per chunk: bounds memory for long runs with many repeats
+FEW_CLUSTERS = 5  # below this many rounds or runs, a note says the interval is wide
 
 
 class Verdict(StrEnum):
-    """What a row says: improved/worse only when the change is significant (primary row: its 95%
-    CI excludes 0; secondary rows: Holm-adjusted p < 0.05) and larger than the minimum effect."""
+    """What a row says: improved/worse only when the change is significant (primary row: its CI
+    excludes 0; secondary rows: Holm-adjusted p < alpha) and larger than the minimum effect; the
+    objective is "equivalent" when its whole CI lies within the minimum effect."""
 
     IMPROVED = "improved"
     WORSE = "worse"
     DIFFERS = "differs"  # significant, for a metric with no better direction (output length)
+    EQUIVALENT = "equivalent"  # the objective's CI lies within +-min effect: no change larger than that
     NO_CHANGE = "no significant change"
     TOO_FEW = "too few requests"
-    NO_CI = "no CI (one run)"
+    NO_CI = "no verdict (one run per arm)"
     BASELINE_ZERO = "n/a (baseline is 0)"
+
+
+SIGNIFICANT = frozenset({Verdict.IMPROVED, Verdict.WORSE, Verdict.DIFFERS})
+
+
+class Design(StrEnum):
+    """How the two arms were measured, which decides the unit the interval is built on."""
+
+    PAIRED = "paired rounds"  # one interleaved study: both arms in the same rounds
+    INDEPENDENT = "independent runs"  # runs measured apart, two or more per arm
+    SINGLE = "one run per arm"  # no unit to estimate the noise between runs with
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,12 @@ class RunResult:
 
     records: Sequence[RequestRecord]
     metrics: Mapping[str, float] = field(default_factory=dict)
+    # The interleaved study the run was measured in (its rounds are the records' `block`): two
+    # runs of one study are paired by round. None: measured on its own.
+    study: str | None = None
+
+    def rounds(self) -> set[int]:
+        return {r.block for r in self.records if r.measured and r.block is not None}
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,7 @@ class MetricComparison:
     change_unit: str = "%"  # "%": relative change; "pp": difference in percentage points (error rate)
     n_baseline: int = 0  # samples behind each side: requests, or runs for run-level metrics
     n_candidate: int = 0
+    mde_pct: float | None = None  # the smallest change this design finds with 80% power (same unit)
 
 
 @dataclass(frozen=True)
@@ -101,9 +121,17 @@ class Comparison:
     rows: tuple[MetricComparison, ...]
     notes: tuple[str, ...]
     method: str
+    design: Design = Design.SINGLE
+    min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT
+    clusters: int = 1  # rounds (paired) or the smaller arm's runs: the units the CI is built on
+    confidence: float = CONFIDENCE  # the level of every row's interval (lower at a sequential look)
 
     def row(self, metric: str) -> MetricComparison | None:
         return next((r for r in self.rows if r.metric == metric), None)
+
+    @property
+    def primary(self) -> MetricComparison | None:
+        return next((r for r in self.rows if r.primary), None)
 
 
 # --- the metrics --------------------------------------------------------------------------------
@@ -181,51 +209,56 @@ _RUN_METRICS = (
 ERROR_RATE = "error_rate"
 
 
-# --- per-arm samples and resampling -------------------------------------------------------------
+# --- per-arm samples, grouped into clusters ------------------------------------------------------
+
+
+_QUANTITIES = ("ttfb", "ttft", "e2e", "e2e_per_token", "tpot", "decode_rate", "output_tokens")
 
 
 @dataclass(frozen=True)
 class _ArmSamples:
-    """The arm's successful measured requests, pooled over runs in run order, one value per
-    request per quantity (NaN where a request has none), and the ITL gaps with their request."""
+    """The arm's successful measured requests, one value per request per quantity (NaN where a
+    request has none), each request's cluster, and the ITL gaps with their request."""
 
-    run_sizes: tuple[int, ...]
     values: dict[str, NDArray[np.float64]]
+    clusters: NDArray[np.int64]
     gaps: NDArray[np.float64]
     gap_request: NDArray[np.int64]
     finished: int  # measured requests that ended ok or failed (not cancelled)
     failed: int
-
-    @property
-    def n_requests(self) -> int:
-        return sum(self.run_sizes)
 
     def count(self, quantity: str) -> int:
         if quantity == "itl":
             return int(np.unique(self.gap_request).size)
         return int(np.count_nonzero(~np.isnan(self.values[quantity])))
 
+    def clustered(self, quantity: str) -> Clustered:
+        if quantity == "itl":
+            return Clustered(self.gaps, self.clusters[self.gap_request])
+        values = self.values[quantity]
+        keep = ~np.isnan(values)
+        return Clustered(values[keep], self.clusters[keep])
+
 
 def _optional(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def _samples(arm: Arm) -> _ArmSamples:
-    quantities = ("ttfb", "ttft", "e2e", "e2e_per_token", "tpot", "decode_rate", "output_tokens")
-    columns: dict[str, list[float]] = {k: [] for k in quantities}
+def _samples(arm: Arm, by_round: bool) -> _ArmSamples:
+    """`by_round`: each request's cluster is its round (the records' block); else its run."""
+    columns: dict[str, list[float]] = {k: [] for k in _QUANTITIES}
+    clusters: list[int] = []
     gaps: list[float] = []
     gap_request: list[int] = []
-    sizes: list[int] = []
     finished = failed = 0
-    for run in arm.runs:
-        ok = successful(run.records)
-        sizes.append(len(ok))
+    for run_index, run in enumerate(arm.runs):
         for r in run.records:
             if r.measured and not r.cancelled:
                 finished += 1
                 failed += not r.ok
-        for r in ok:
-            request = len(columns["ttft"])
+        for r in successful(run.records):
+            request = len(clusters)
+            clusters.append(int(r.block) if by_round and r.block is not None else run_index)
             tokens = output_tokens(r)
             tpot = time_per_output_token(r)
             columns["ttfb"].append(_optional(r.ttfb_ms))
@@ -239,8 +272,8 @@ def _samples(arm: Arm) -> _ArmSamples:
             gaps.extend(request_gaps)
             gap_request.extend([request] * len(request_gaps))
     return _ArmSamples(
-        run_sizes=tuple(sizes),
         values={k: np.asarray(v, dtype=np.float64) for k, v in columns.items()},
+        clusters=np.asarray(clusters, dtype=np.int64),
         gaps=np.asarray(gaps, dtype=np.float64),
         gap_request=np.asarray(gap_request, dtype=np.int64),
         finished=finished,
@@ -248,138 +281,33 @@ def _samples(arm: Arm) -> _ArmSamples:
     )
 
 
-def _draw_counts(run_sizes: Sequence[int], resamples: int, rng: np.random.Generator) -> NDArray[np.float32]:
-    """How often each request (pooled, in run order) is drawn in each of `resamples` replicates:
-    one run, plain resampling of its requests; several, runs with replacement and then requests
-    with replacement within each chosen run."""
-    sizes = np.asarray(run_sizes, dtype=np.int64)
-    n_total = int(sizes.sum())
-    row_offsets = (np.arange(resamples, dtype=np.int64) * n_total)[:, None]
-    if sizes.size == 1:
-        flat = (rng.integers(0, n_total, size=(resamples, n_total)) + row_offsets).ravel()
-    elif (sizes == sizes[0]).all():
-        n = int(sizes[0])
-        chosen = rng.integers(0, sizes.size, size=(resamples, sizes.size, 1))
-        within = rng.integers(0, n, size=(resamples, sizes.size, n))
-        flat = (chosen * n + within + row_offsets[:, :, None]).ravel()
-    else:
-        run_starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        n_max = int(sizes.max())
-        slot_positions = np.arange(n_max, dtype=np.int64)[None, :]
-        chosen = rng.integers(0, sizes.size, size=(resamples, sizes.size))
-        pieces: list[NDArray[np.int64]] = []
-        for slot in range(sizes.size):
-            run = chosen[:, slot]
-            n_run = sizes[run][:, None]
-            within = (rng.random((resamples, n_max)) * n_run).astype(np.int64)
-            drawn = run_starts[run][:, None] + within + row_offsets
-            pieces.append(drawn[slot_positions < n_run])
-        flat = np.concatenate(pieces)
-    # float32 counts (exact below 2**24) halve the memory traffic of the gathers, sums and products.
-    counts = np.bincount(flat, minlength=resamples * n_total).reshape(resamples, n_total)
-    return counts.astype(np.float32)
+def design_of(baseline: Arm, candidate: Arm) -> Design:
+    """Paired when both arms are one run each of the same interleaved study, measured in at least
+    two common rounds; independent when each arm has two runs or more; otherwise a single run per
+    arm, whose noise between runs nothing here can tell."""
+    if len(baseline.runs) == 1 and len(candidate.runs) == 1:
+        b, c = baseline.runs[0], candidate.runs[0]
+        if b.study is not None and b.study == c.study and len(b.rounds() & c.rounds()) >= 2:
+            return Design.PAIRED
+        return Design.SINGLE
+    if len(baseline.runs) >= 2 and len(candidate.runs) >= 2:
+        return Design.INDEPENDENT
+    return Design.SINGLE
 
 
-def _chunks(resamples: int, n_requests: int) -> Iterator[int]:
-    size = max(1, _CHUNK_CELLS // max(1, n_requests))
-    done = 0
-    while done < resamples:
-        step = min(size, resamples - done)
-        yield step
-        done += step
+def _percentile(q: float) -> Callable[[NDArray[np.float64]], float]:
+    def statistic(values: NDArray[np.float64]) -> float:
+        return float(np.percentile(values, q)) if values.size else math.nan
+
+    return statistic
 
 
-class _Atoms:
-    """Values owned by requests, for exact percentiles of every bootstrap replicate without a sort
-    per replicate: one value per request for TTFT and the like, every gap of the request for ITL.
-
-    The values are sorted once and cut into blocks; [request, block] counts how many of the
-    request's values fall in the block. A replicate, given as how often each request was drawn,
-    finds the block holding its j-th smallest value with one matrix product (all replicates at
-    once), then the value itself by counting within that block only."""
-
-    def __init__(self, values: NDArray[np.float64], owners: NDArray[np.int64], n_requests: int) -> None:
-        order = np.argsort(values, kind="stable")
-        n = values.size
-        blocks = max(1, min(_MAX_BLOCKS, round(math.sqrt(n))))
-        self.block_size = -(-n // blocks)
-        blocks = -(-n // self.block_size)
-        pad = blocks * self.block_size - n
-        sorted_owners = owners[order]
-        self.values = np.concatenate([values[order], np.full(pad, values[order][-1])])
-        self.owners = np.concatenate([sorted_owners, np.zeros(pad, dtype=np.int64)]).reshape(blocks, -1)
-        self.membership = np.zeros((n_requests, blocks), dtype=np.float32)
-        np.add.at(self.membership, (sorted_owners, np.arange(n) // self.block_size), 1.0)
-
-    def percentiles(self, counts: NDArray[np.float32], qs: Sequence[float]) -> list[NDArray[np.float64]]:
-        """np.percentile's linear method on each replicate's values (rows of `counts`)."""
-        block_cum = np.cumsum(counts @ self.membership, axis=1)  # exact: whole numbers below 2**24
-        m = block_cum[:, -1].astype(np.float64)
-        last = np.maximum(m - 1.0, 0.0)
-        out = []
-        for q in qs:
-            position = last * (q / 100.0)
-            below = np.floor(position)
-            lo, hi = self._neighbours(counts, block_cum, below, np.minimum(below + 1.0, last))
-            result = lo + (position - below) * (hi - lo)
-            result[m == 0] = np.nan
-            out.append(result)
-        return out
-
-    def _neighbours(
-        self,
-        counts: NDArray[np.float32],
-        block_cum: NDArray[np.float32],
-        j: NDArray[np.float64],
-        k: NDArray[np.float64],
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Per replicate, its j-th and k-th smallest values (0-based; k = j or j + 1): k is
-        nearly always in j's block, and is looked up in its own only where it is not."""
-        rows = np.arange(counts.shape[0])
-        block = np.minimum(np.count_nonzero(block_cum <= j[:, None], axis=1), block_cum.shape[1] - 1)
-        before = np.where(block > 0, block_cum[rows, np.maximum(block - 1, 0)], 0.0)
-        # Padding past the last value belongs to request 0, but j and k are below the replicate's
-        # count of values, so the search stops at a real value first.
-        weights = np.take_along_axis(counts, self.owners[block], axis=1)
-        within = np.cumsum(weights, axis=1) + before[:, None]
-        start = block * self.block_size
-        at_j = np.minimum(np.count_nonzero(within <= j[:, None], axis=1), self.block_size - 1)
-        at_k = np.count_nonzero(within <= k[:, None], axis=1)
-        lo: NDArray[np.float64] = self.values[start + at_j]
-        hi: NDArray[np.float64] = self.values[start + np.minimum(at_k, self.block_size - 1)]
-        elsewhere = at_k >= self.block_size
-        if elsewhere.any():
-            hi[elsewhere] = self._neighbours(counts[elsewhere], block_cum[elsewhere], k[elsewhere], k[elsewhere])[0]
-        return lo, hi
-
-
-def _request_replicates(
-    samples: _ArmSamples, metrics: Sequence[_RequestMetric], resamples: int, rng: np.random.Generator
-) -> dict[str, NDArray[np.float64]]:
-    """Each metric's statistic in every bootstrap replicate; one draw of requests per replicate
-    serves all metrics."""
-    atoms: dict[str, _Atoms] = {}
-    for m in metrics:
-        if m.quantity in atoms:
-            continue
-        if m.quantity == "itl":
-            atoms["itl"] = _Atoms(samples.gaps, samples.gap_request, samples.n_requests)
-        else:
-            values = samples.values[m.quantity]
-            owners = np.flatnonzero(~np.isnan(values))
-            atoms[m.quantity] = _Atoms(values[owners], owners, samples.n_requests)
-    wanted: dict[str, list[_RequestMetric]] = {}
-    for m in metrics:
-        wanted.setdefault(m.quantity, []).append(m)
-
-    out: dict[str, list[NDArray[np.float64]]] = {m.metric: [] for m in metrics}
-    for chunk in _chunks(resamples, samples.n_requests):
-        counts = _draw_counts(samples.run_sizes, chunk, rng)
-        for quantity, quantity_metrics in wanted.items():
-            results = atoms[quantity].percentiles(counts, [m.q for m in quantity_metrics])
-            for m, result in zip(quantity_metrics, results, strict=True):
-                out[m.metric].append(result)
-    return {k: np.concatenate(v) for k, v in out.items()}
+def _interval(design: Design, base: Clustered, cand: Clustered, q: float) -> LogRatio | None:
+    if design is Design.PAIRED:
+        return paired_log_ratio(base, cand, _percentile(q))
+    if design is Design.INDEPENDENT:
+        return independent_log_ratio(base, cand, _percentile(q))
+    return None
 
 
 def _point(samples: _ArmSamples, m: _RequestMetric) -> float:
@@ -394,29 +322,29 @@ def _point(samples: _ArmSamples, m: _RequestMetric) -> float:
 @dataclass(frozen=True)
 class _Estimate:
     change: float | None
-    ci: tuple[float, float] | None
-    p: float | None
+    interval: LogRatio | None = None
+    # Newcombe's interval of the error rate, in percentage points, with its p (no RatioInterval).
+    fixed_ci: tuple[float, float] | None = None
+    fixed_p: float | None = None
+
+    def ci(self, alpha: float) -> tuple[float, float] | None:
+        if self.interval is not None:
+            return self.interval.bounds(alpha)
+        return self.fixed_ci
+
+    @property
+    def p(self) -> float | None:
+        return self.interval.p_value() if self.interval is not None else self.fixed_p
 
 
-def _ratio_estimate(
-    base: float, cand: float, base_reps: NDArray[np.float64] | None, cand_reps: NDArray[np.float64] | None
-) -> _Estimate:
+def _ratio_estimate(base: float, cand: float, interval: LogRatio | None) -> _Estimate:
+    """The change in % against the baseline: over the clusters where there are clusters (the
+    geometric mean of their ratios), else of the pooled values."""
+    if interval is not None:
+        return _Estimate(interval.change_pct, interval)
     if base == 0:
-        return _Estimate(0.0 if cand == 0 else None, None, None)
-    change = 100.0 * (cand - base) / base
-    if base_reps is None or cand_reps is None:
-        return _Estimate(change, None, None)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        reps = 100.0 * (cand_reps - base_reps) / base_reps
-    reps = reps[np.isfinite(reps)]
-    if reps.size == 0:
-        return _Estimate(change, None, None)
-    low, high = np.percentile(reps, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
-    # Two-sided bootstrap p: the share of replicates on the far side of "no change", +1 so that
-    # no finite number of resamples claims p = 0. It agrees with the percentile CI excluding 0.
-    beyond = min(np.count_nonzero(reps <= 0), np.count_nonzero(reps >= 0))
-    p = min(1.0, 2.0 * (beyond + 1) / (reps.size + 1))
-    return _Estimate(change, (float(low), float(high)), p)
+        return _Estimate(0.0 if cand == 0 else None)
+    return _Estimate(100.0 * (cand - base) / base)
 
 
 def _wilson(successes: int, n: int, z: float) -> tuple[float, float]:
@@ -448,13 +376,10 @@ def _normal_quantile(p: float) -> float:
     return (lo + hi) / 2
 
 
-_Z = _normal_quantile(1 - ALPHA / 2)
-
-
-def _error_rate_estimate(base: _ArmSamples, cand: _ArmSamples) -> _Estimate:
+def _error_rate_estimate(base: _ArmSamples, cand: _ArmSamples, alpha: float) -> _Estimate:
     x_b, n_b, x_c, n_c = base.failed, base.finished, cand.failed, cand.finished
     change = 100.0 * (x_c / n_c - x_b / n_b)
-    low, high = _newcombe(x_b, n_b, x_c, n_c, _Z)
+    low, high = _newcombe(x_b, n_b, x_c, n_c, _normal_quantile(1 - alpha / 2))
     if change == 0:
         p = 1.0
     else:
@@ -471,7 +396,7 @@ def _error_rate_estimate(base: _ArmSamples, cand: _ArmSamples) -> _Estimate:
             else:
                 z_hi = mid
         p = math.erfc(z_lo / math.sqrt(2))
-    return _Estimate(change, (100.0 * low, 100.0 * high), p)
+    return _Estimate(change, fixed_ci=(100.0 * low, 100.0 * high), fixed_p=p)
 
 
 def _holm(p_values: Sequence[float]) -> list[float]:
@@ -504,15 +429,16 @@ class _Row:
     blocked: Verdict | None = None  # a verdict decided before any test: too few, no CI, baseline 0
 
 
-def _run_values(arm: Arm, metric: str) -> NDArray[np.float64]:
-    values = [run.metrics[metric] for run in arm.runs if metric in run.metrics]
-    return np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+def _run_values(arm: Arm, metric: str) -> Clustered:
+    pairs = [(run.metrics[metric], i) for i, run in enumerate(arm.runs) if metric in run.metrics]
+    pairs = [(v, i) for v, i in pairs if math.isfinite(v)]
+    return Clustered(
+        np.asarray([v for v, _ in pairs], dtype=np.float64), np.asarray([i for _, i in pairs], dtype=np.int64)
+    )
 
 
-def _run_replicates(values: NDArray[np.float64], resamples: int, rng: np.random.Generator) -> NDArray[np.float64]:
-    draws = rng.integers(0, values.size, size=(resamples, values.size))
-    result: NDArray[np.float64] = values[draws].mean(axis=1)
-    return result
+def _mean(values: NDArray[np.float64]) -> float:
+    return float(values.mean()) if values.size else math.nan
 
 
 def compare(
@@ -521,19 +447,17 @@ def compare(
     *,
     objective: str = DEFAULT_OBJECTIVE,
     min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
-    resamples: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
+    alpha: float = ALPHA,
 ) -> Comparison:
     """Every metric both arms have, baseline against candidate. `objective` (sweep.objective)
     names the primary row; a change counts only when its CI excludes 0 (secondary rows: when the
-    Holm-adjusted p < 0.05) and it exceeds `min_effect_pct` of the baseline (compare.min_effect_pct)."""
-    if resamples < MIN_RESAMPLES:
-        raise ValueError(f"resamples={resamples}: at least {MIN_RESAMPLES} for p-values fine enough for Holm")
+    Holm-adjusted p < alpha) and it exceeds `min_effect_pct` of the baseline
+    (compare.min_effect_pct). `alpha` is below 0.05 only at a look of a sequential study."""
     if not baseline.runs or not candidate.runs:
         raise ValueError("each arm needs at least one run")
-    seeds = np.random.SeedSequence(seed).spawn(4)
-    rng_base_req, rng_cand_req, rng_base_run, rng_cand_run = (np.random.default_rng(s) for s in seeds)
-    base, cand = _samples(baseline), _samples(candidate)
+    design = design_of(baseline, candidate)
+    by_round = design is Design.PAIRED
+    base, cand = _samples(baseline, by_round), _samples(candidate, by_round)
     notes: list[str] = []
 
     lengths_differ = _output_lengths_differ(base, cand, notes)
@@ -541,22 +465,47 @@ def compare(
         replacement = objective.replace("e2e_ms_", "e2e_ms_per_token_")
         notes.append(f"objective {objective} is compared as {replacement}")
         objective = replacement
-    rows = _request_rows(base, cand, objective, lengths_differ, resamples, (rng_base_req, rng_cand_req))
+    rows = _request_rows(base, cand, objective, lengths_differ, design)
     if base.finished and cand.finished:
-        rows.append(_error_rate_row(base, cand))
-    rows += _run_rows(baseline, candidate, resamples, (rng_base_run, rng_cand_run), notes)
+        rows.append(_error_rate_row(base, cand, alpha))
+    rows += _run_rows(baseline, candidate, notes)
 
     if not any(r.metric == objective for r in rows):
         notes.append(f"objective {objective} is not among the compared metrics: every row is secondary")
-    repeats = len(baseline.runs) > 1 or len(candidate.runs) > 1
+    clusters = _clusters(design, baseline, candidate)
+    notes += _design_notes(design, clusters)
     return Comparison(
         baseline=baseline.name,
         candidate=candidate.name,
         objective=objective,
-        rows=_settle(rows, objective, min_effect_pct),
+        rows=_settle(rows, objective, min_effect_pct, alpha),
         notes=tuple(notes),
-        method=_method(resamples, seed, repeats, min_effect_pct),
+        method=_method(design, clusters, min_effect_pct, alpha),
+        design=design,
+        min_effect_pct=min_effect_pct,
+        clusters=clusters,
+        confidence=1.0 - alpha,
     )
+
+
+def _clusters(design: Design, baseline: Arm, candidate: Arm) -> int:
+    if design is Design.PAIRED:
+        return len(baseline.runs[0].rounds() & candidate.runs[0].rounds())
+    if design is Design.INDEPENDENT:
+        return min(len(baseline.runs), len(candidate.runs))
+    return 1
+
+
+def _design_notes(design: Design, clusters: int) -> list[str]:
+    if design is Design.SINGLE:
+        return [
+            "one run per arm: the noise between runs is unknown, so no row gets a significance verdict; "
+            "measure the arms in one interleaved study (a sweep's default) or repeat each run"
+        ]
+    if clusters < FEW_CLUSTERS:
+        unit = "rounds" if design is Design.PAIRED else "runs per arm"
+        return [f"only {clusters} {unit}: the intervals are wide; more give a sharper verdict"]
+    return []
 
 
 def _output_lengths_differ(base: _ArmSamples, cand: _ArmSamples, notes: list[str]) -> bool:
@@ -575,15 +524,10 @@ def _output_lengths_differ(base: _ArmSamples, cand: _ArmSamples, notes: list[str
 
 
 def _request_rows(
-    base: _ArmSamples,
-    cand: _ArmSamples,
-    objective: str,
-    lengths_differ: bool,
-    resamples: int,
-    rngs: tuple[np.random.Generator, np.random.Generator],
+    base: _ArmSamples, cand: _ArmSamples, objective: str, lengths_differ: bool, design: Design
 ) -> list[_Row]:
     """Rows of the per-request metrics both arms have (the objective's first when it is one of
-    them and not a standard row), bootstrapped over requests (within runs)."""
+    them and not a standard row), each with its interval over the design's clusters."""
     request_metrics = [
         *_LATENCY_METRICS,
         *(_E2E_PER_TOKEN_METRICS if lengths_differ else _E2E_METRICS),
@@ -593,24 +537,21 @@ def _request_rows(
     extra = _objective_metric(objective)
     if extra is not None and extra.metric not in {m.metric for m in request_metrics}:
         request_metrics.insert(0, extra)
-    request_metrics = [m for m in request_metrics if base.count(m.quantity) and cand.count(m.quantity)]
-    enough = [
-        m for m in request_metrics if base.count(m.quantity) >= MIN_REQUESTS and cand.count(m.quantity) >= MIN_REQUESTS
-    ]
-    base_reps = _request_replicates(base, enough, resamples, rngs[0]) if enough else {}
-    cand_reps = _request_replicates(cand, enough, resamples, rngs[1]) if enough else {}
-
     rows: list[_Row] = []
     for m in request_metrics:
-        b, c = _point(base, m), _point(cand, m)
         n_b, n_c = base.count(m.quantity), cand.count(m.quantity)
-        estimate = _ratio_estimate(b, c, base_reps.get(m.metric), cand_reps.get(m.metric))
-        blocked = Verdict.TOO_FEW if min(n_b, n_c) < MIN_REQUESTS else None
+        if not (n_b and n_c):
+            continue
+        b, c = _point(base, m), _point(cand, m)
+        too_few = min(n_b, n_c) < MIN_REQUESTS
+        interval = None if too_few else _interval(design, base.clustered(m.quantity), cand.clustered(m.quantity), m.q)
+        blocked = Verdict.TOO_FEW if too_few else (Verdict.NO_CI if interval is None else None)
+        estimate = _ratio_estimate(b, c, interval)
         rows.append(_Row(m.metric, m.label, m.unit, m.direction, b, c, estimate, n_b, n_c, blocked=blocked))
     return rows
 
 
-def _error_rate_row(base: _ArmSamples, cand: _ArmSamples) -> _Row:
+def _error_rate_row(base: _ArmSamples, cand: _ArmSamples, alpha: float) -> _Row:
     """Failed over finished requests, pooled over runs; its change is in percentage points."""
     return _Row(
         ERROR_RATE,
@@ -619,7 +560,7 @@ def _error_rate_row(base: _ArmSamples, cand: _ArmSamples) -> _Row:
         _LOWER,
         100.0 * base.failed / base.finished,
         100.0 * cand.failed / cand.finished,
-        _error_rate_estimate(base, cand),
+        _error_rate_estimate(base, cand, alpha),
         base.finished,
         cand.finished,
         change_unit="pp",
@@ -627,50 +568,43 @@ def _error_rate_row(base: _ArmSamples, cand: _ArmSamples) -> _Row:
     )
 
 
-def _run_rows(
-    baseline: Arm,
-    candidate: Arm,
-    resamples: int,
-    rngs: tuple[np.random.Generator, np.random.Generator],
-    notes: list[str],
-) -> list[_Row]:
-    """Rows of the run-level metrics (one value a run), bootstrapped over runs: no CI below two
-    runs on a side, and a note when a side has only two."""
+def _run_rows(baseline: Arm, candidate: Arm, notes: list[str]) -> list[_Row]:
+    """Rows of the run-level metrics (one value a run), with their interval over runs: none below
+    two runs on a side."""
     rows: list[_Row] = []
-    two_run_metrics: list[str] = []
     for rm in _RUN_METRICS:
         v_b, v_c = _run_values(baseline, rm.metric), _run_values(candidate, rm.metric)
-        if not v_b.size or not v_c.size:
-            if v_b.size or v_c.size:
+        if not v_b.values.size or not v_c.values.size:
+            if v_b.values.size or v_c.values.size:
                 notes.append(f"{rm.metric} is in one arm only: not compared")
             continue
-        b, c = float(v_b.mean()), float(v_c.mean())
-        with_ci = v_b.size >= 2 and v_c.size >= 2
-        estimate = _ratio_estimate(
-            b,
-            c,
-            _run_replicates(v_b, resamples, rngs[0]) if with_ci else None,
-            _run_replicates(v_c, resamples, rngs[1]) if with_ci else None,
-        )
-        if with_ci and min(v_b.size, v_c.size) == 2:
-            two_run_metrics.append(rm.metric)
-        n_b, n_c, blocked = int(v_b.size), int(v_c.size), None if with_ci else Verdict.NO_CI
+        b, c = _mean(v_b.values), _mean(v_c.values)
+        interval = independent_log_ratio(v_b, v_c, _mean)
+        n_b, n_c = int(v_b.values.size), int(v_c.values.size)
+        blocked = None if interval is not None else Verdict.NO_CI
+        estimate = _ratio_estimate(b, c, interval)
         rows.append(_Row(rm.metric, rm.label, rm.unit, rm.direction, b, c, estimate, n_b, n_c, blocked=blocked))
-    if two_run_metrics:
-        notes.append(
-            f"{', '.join(two_run_metrics)}: bootstrapped over only 2 runs on a side, a coarse interval; "
-            f"more repeats give a trustworthy one"
-        )
     return rows
 
 
-def _method(resamples: int, seed: int, repeats: bool, min_effect_pct: float) -> str:
+def _method(design: Design, clusters: int, min_effect_pct: float, alpha: float) -> str:
+    level = f"{100 * (1 - alpha):.3g}%"
+    if design is Design.PAIRED:
+        unit = (
+            f"paired by round: each metric taken in each of {clusters} rounds, the arms' ratio per round, "
+            f"{level} t interval over the rounds' log ratios ({clusters - 1} df)"
+        )
+    elif design is Design.INDEPENDENT:
+        unit = (
+            f"independent runs: each metric taken per run, {level} Welch t interval over the arms' log values "
+            f"({clusters}+ runs per arm)"
+        )
+    else:
+        unit = "one run per arm: no unit to estimate the noise between runs with, so no significance verdict"
     return (
-        f"{CI_METHOD} bootstrap, {resamples} resamples, seed {seed}; "
-        + ("two-stage (runs, then requests within each run)" if repeats else "requests resampled")
-        + f"; error rate: Newcombe hybrid score interval, pooled over runs; {int(100 * CONFIDENCE)}% CIs "
-        f"unadjusted; secondary rows significant only when Holm-adjusted p < {ALPHA:.2f}; "
-        f"min effect {min_effect_pct:g}%"
+        f"{unit}; requests inside a round or run are one sample of it, not independent draws; "
+        f"error rate: Newcombe hybrid score interval, pooled; secondary rows significant only when "
+        f"Holm-adjusted p < {alpha:.2g}; min effect {min_effect_pct:g}%"
     )
 
 
@@ -680,17 +614,13 @@ def compare_many(
     *,
     objective: str = DEFAULT_OBJECTIVE,
     min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
-    resamples: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
+    alpha: float = ALPHA,
 ) -> list[Comparison]:
     """Each candidate against the one baseline (no adjustment across candidates)."""
-    return [
-        compare(baseline, c, objective=objective, min_effect_pct=min_effect_pct, resamples=resamples, seed=seed)
-        for c in candidates
-    ]
+    return [compare(baseline, c, objective=objective, min_effect_pct=min_effect_pct, alpha=alpha) for c in candidates]
 
 
-def _settle(rows: Sequence[_Row], objective: str, min_effect_pct: float) -> tuple[MetricComparison, ...]:
+def _settle(rows: Sequence[_Row], objective: str, min_effect_pct: float, alpha: float) -> tuple[MetricComparison, ...]:
     tested = [i for i, r in enumerate(rows) if r.blocked is None and r.estimate.p is not None]
     secondary = [i for i in tested if rows[i].metric != objective]
     adjusted: dict[int, float] = dict(zip(secondary, _holm([_p(rows[i]) for i in secondary]), strict=True))
@@ -699,8 +629,8 @@ def _settle(rows: Sequence[_Row], objective: str, min_effect_pct: float) -> tupl
     for i, r in enumerate(rows):
         primary = r.metric == objective
         est = r.estimate
+        ci = est.ci(alpha) if r.blocked is None else None
         p_adj = _p(r) if primary and i in tested else adjusted.get(i)
-        verdict = _verdict(r, primary, p_adj, min_effect_pct)
         out.append(
             MetricComparison(
                 metric=r.metric,
@@ -709,20 +639,26 @@ def _settle(rows: Sequence[_Row], objective: str, min_effect_pct: float) -> tupl
                 baseline=r.baseline,
                 candidate=r.candidate,
                 change_pct=est.change,
-                ci_low=est.ci[0] if est.ci and r.blocked is None else None,
-                ci_high=est.ci[1] if est.ci and r.blocked is None else None,
+                ci_low=ci[0] if ci else None,
+                ci_high=ci[1] if ci else None,
                 p_value=est.p if r.blocked is None else None,
                 p_adjusted=p_adj,
-                verdict=verdict,
+                verdict=_verdict(r, ci, primary, p_adj, min_effect_pct, alpha),
                 primary=primary,
                 direction=r.direction,
                 change_unit=r.change_unit,
                 n_baseline=r.n_baseline,
                 n_candidate=r.n_candidate,
+                mde_pct=_mde(r, alpha),
             )
         )
     out.sort(key=lambda row: not row.primary)  # the decisive row first; the rest keep their order
     return tuple(out)
+
+
+def _mde(row: _Row, alpha: float) -> float | None:
+    interval = row.estimate.interval
+    return None if row.blocked is not None or interval is None else interval.minimum_detectable_pct(alpha)
 
 
 def _p(row: _Row) -> float:
@@ -730,21 +666,29 @@ def _p(row: _Row) -> float:
     return row.estimate.p
 
 
-def _verdict(row: _Row, primary: bool, p_adjusted: float | None, min_effect_pct: float) -> Verdict:
+def _verdict(
+    row: _Row,
+    ci: tuple[float, float] | None,
+    primary: bool,
+    p_adjusted: float | None,
+    min_effect_pct: float,
+    alpha: float,
+) -> Verdict:
     est = row.estimate
     if row.blocked is not None:
         return row.blocked
     if est.change is None:
         return Verdict.BASELINE_ZERO
-    if est.ci is None or p_adjusted is None:
+    if ci is None or p_adjusted is None:
         return Verdict.NO_CHANGE if est.change == 0 else Verdict.NO_CI
-    excludes_zero = est.ci[0] > 0 or est.ci[1] < 0
-    significant = excludes_zero if primary else p_adjusted < ALPHA
+    excludes_zero = ci[0] > 0 or ci[1] < 0
+    significant = excludes_zero if primary else p_adjusted < alpha
     # The same rule for % and pp rows: the move must exceed min_effect_pct of the baseline value,
     # so an error rate rising from 0 counts once it is significant.
     large_enough = abs(row.candidate - row.baseline) > min_effect_pct / 100.0 * abs(row.baseline)
     if not (significant and large_enough):
-        return Verdict.NO_CHANGE
+        within = row.change_unit == "%" and -min_effect_pct <= ci[0] and ci[1] <= min_effect_pct
+        return Verdict.EQUIVALENT if primary and within else Verdict.NO_CHANGE
     if row.direction is None:
         return Verdict.DIFFERS
     lower = row.candidate < row.baseline
@@ -774,11 +718,40 @@ def _ci(row: MetricComparison) -> str:
     return f"[{row.ci_low:+.1f}, {row.ci_high:+.1f}]"
 
 
-def _verdict_cell(row: MetricComparison) -> str:
+def verdict_text(row: MetricComparison, min_effect_pct: float) -> str:
+    """The verdict in words: an equivalence says how small a change it rules out."""
+    if row.verdict is Verdict.EQUIVALENT:
+        return f"no change larger than {min_effect_pct:g}%"
+    return str(row.verdict)
+
+
+def _verdict_cell(row: MetricComparison, min_effect_pct: float) -> str:
+    text = verdict_text(row, min_effect_pct)
     if row.p_adjusted is None:
-        return str(row.verdict)
+        return text
     kind = "p" if row.primary else "Holm p"
-    return f"{row.verdict} ({kind} {row.p_adjusted:.2g})"
+    return f"{text} ({kind} {row.p_adjusted:.2g})"
+
+
+def ci_header(comparison: Comparison) -> str:
+    return f"{100 * comparison.confidence:.3g}% CI"
+
+
+def design_line(comparison: Comparison) -> str:
+    """What the CI covers, in one line: the design, its units and the smallest change it finds."""
+    primary = comparison.primary
+    if comparison.design is Design.SINGLE:
+        return "design: one run per arm; the noise between runs is unknown, so no significance verdict"
+    unit = f"{comparison.clusters} rounds" if comparison.design is Design.PAIRED else "runs"
+    found = ""
+    if primary is not None and primary.mde_pct is not None:
+        found = f"; the smallest {primary.label} change it finds with 80% power: {primary.mde_pct:.1f}%"
+    covers = (
+        "the noise between rounds and within them"
+        if comparison.design is Design.PAIRED
+        else "the noise between runs and within them"
+    )
+    return f"design: {comparison.design}, {unit}; the CI covers {covers}, not what every round shares{found}"
 
 
 def to_markdown(comparisons: Sequence[Comparison]) -> str:
@@ -789,7 +762,7 @@ def to_markdown(comparisons: Sequence[Comparison]) -> str:
         lines = [
             f"### {comp.candidate} vs {comp.baseline}",
             "",
-            f"| metric | {comp.baseline} | {comp.candidate} | change % | 95% CI | verdict |",
+            f"| metric | {comp.baseline} | {comp.candidate} | change % | {ci_header(comp)} | verdict |",
             "|---|---:|---:|---:|---|---|",
         ]
         for row in comp.rows:
@@ -799,8 +772,9 @@ def to_markdown(comparisons: Sequence[Comparison]) -> str:
             change = "n/a" if row.change_pct is None else _signed(row.change_pct, row.change_unit)
             ci = _ci(row) if row.change_unit == "%" else _ci(row).replace("]", "] pp")
             values = f"{_number(row.baseline)} | {_number(row.candidate)}"
-            lines.append(f"| {name} | {values} | {change} | {ci} | {_verdict_cell(row)} |")
+            lines.append(f"| {name} | {values} | {change} | {ci} | {_verdict_cell(row, comp.min_effect_pct)} |")
         lines.append("")
+        lines.append(f"- {design_line(comp)}")
         lines.extend(f"- {note}" for note in comp.notes)
         lines.append(f"- method: {comp.method}")
         blocks.append("\n".join(lines))

@@ -22,11 +22,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sentinel_exp.analysis.stats import output_tokens, successful
-from sentinel_exp.names import StrEnum
-from sentinel_exp.records import RequestRecord, request_number, warmup_count
+from sentinel_exp.records import RequestRecord, request_numbers
 from sentinel_exp.serve.keepalive import keep_alive_seconds, server_default_seconds
 
 # A part under half a percent is left out of the verdict's text (its share metric stays), but
@@ -336,7 +336,7 @@ def parse_unloads(lines: Iterable[str]) -> list[Unload]:
 class ColdStart:
     """A cold measured request after the model had been loaded, and its likely cause."""
 
-    number: int  # the request's number in the run (records.request_number: 1-based, warmup included)
+    number: int  # the request's number in the run (records.request_numbers: 1-based, warmup included)
     cause: ColdCause
     detail: str = ""
 
@@ -369,7 +369,7 @@ def classify_cold_starts(
     while nothing had finished yet waited for the first load: that is no loss."""
     spans = [(r, s) for r in records if (s := _span(r)) is not None]
     mine = [u for u in unloads if not model or u.tag == model]
-    warmups = warmup_count(records)
+    number = request_numbers(records)
     found = []
     for r in sorted((r for r in records if r.measured and r.cold), key=lambda r: r.started_at):
         me = _span(r) or _Span(r.started_at + (r.queue_ms or 0.0) / 1000.0, math.inf)
@@ -384,12 +384,12 @@ def classify_cold_starts(
         load_end = me.start + (r.load_duration_ms or 0.0) / 1000.0
         seen = [u for u in mine if last.start - 0.001 <= u.at <= load_end + 0.001]
         if seen:
-            found.append(_from_log(request_number(r, warmups), max(seen, key=lambda u: u.at).reason))
+            found.append(_from_log(number.get(id(r), 0), max(seen, key=lambda u: u.at).reason))
         elif gap > keep_alive_s:
             detail = f"idle {gap:,.1f} s > keep_alive {_format_keep_alive(keep_alive_s)}"
-            found.append(ColdStart(request_number(r, warmups), ColdCause.IDLE, detail))
+            found.append(ColdStart(number.get(id(r), 0), ColdCause.IDLE, detail))
         else:
-            found.append(ColdStart(request_number(r, warmups), ColdCause.UNKNOWN, f"idle {gap:,.1f} s"))
+            found.append(ColdStart(number.get(id(r), 0), ColdCause.UNKNOWN, f"idle {gap:,.1f} s"))
     return found
 
 

@@ -24,7 +24,7 @@ from sentinel_exp.errors import Interrupted, NotLogged, RunFailed, UserError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from sentinel_exp.run.experiment import RunContext
+    from sentinel_exp.run.context import RunContext
 
 
 def config_dir() -> Path:
@@ -100,7 +100,7 @@ def _stop_if_unwritable(folder: Path, setting: str) -> None:
 
 
 def _run_context() -> RunContext:
-    from sentinel_exp.run.experiment import RunContext
+    from sentinel_exp.run.context import RunContext
     from sentinel_exp.sweep.callbacks import sweep_record, swept_keys
 
     hc = HydraConfig.get()

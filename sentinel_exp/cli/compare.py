@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from sentinel_exp.analysis.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
+from sentinel_exp.analysis.comparison import ALPHA, DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
 from sentinel_exp.analysis.metric_names import closest, is_objective
 from sentinel_exp.errors import UserError
 from sentinel_exp.records import read_records
@@ -29,8 +29,10 @@ from sentinel_exp.sweep.study import (
     arms,
     compare_arms,
     folder_setup,
+    load_run,
     setup_of,
     short_keys,
+    study_alpha,
     with_setup_notes,
 )
 
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"smaller changes are never improved/worse (default {DEFAULT_MIN_EFFECT_PCT:g})",
     )
     parser.add_argument("--out", type=Path, help="markdown file to write (default: compare.md in a sweep folder)")
+    parser.add_argument("--full", action="store_true", help="print every metric's row, not only the objective's")
     return parser
 
 
@@ -76,8 +79,8 @@ def arms_from_folder(folder: Path) -> tuple[list[Arm], dict[str, ArmSetup]]:
     sweep_id = sweep_record(folder)
     measured = []
     for job in read_outcomes(folder, sweep_id):
-        if job.folder is not None and job.metrics is not None and (job.folder / "requests.jsonl").is_file():
-            run = RunResult(tuple(read_records(job.folder / "requests.jsonl")), job.metrics)
+        run = None if job.folder is None or job.metrics is None else load_run(job.folder, job.metrics)
+        if run is not None and job.folder is not None:
             measured.append(MeasuredJob(job.num, tuple(job.overrides), run, folder_setup(job.folder)))
     if not measured:
         raise UserError(f"{folder} holds no finished sweep job (no sweep_job.json with a summary.json beside it)")
@@ -136,7 +139,8 @@ def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]
             if path is None:
                 continue
             key = run.tags.get("sentinel.config_hash", run.run_id)
-            grouped.setdefault(key, []).append(RunResult(tuple(read_records(path)), run.metrics))
+            study = run.tags.get("sentinel.study_id")
+            grouped.setdefault(key, []).append(RunResult(tuple(read_records(path)), run.metrics, study=study))
             members.setdefault(key, []).append(run.run_id)
             params.setdefault(key, run.params)
             setups.setdefault(key, setup_of(run.tags, run.params))
@@ -180,8 +184,9 @@ def run_comparison(args: argparse.Namespace) -> tuple[list[Comparison], Path | N
             f"the {runs} run{'s' if runs != 1 else ''} found {'are' if runs != 1 else 'is'} all one "
             f"configuration: nothing to compare {'them' if runs != 1 else 'it'} with"
         )
+    alpha = study_alpha(folder) if folder is not None else ALPHA
     comparisons = compare_arms(
-        configurations, baseline=baseline, objective=args.objective, min_effect_pct=args.min_effect_pct
+        configurations, baseline=baseline, objective=args.objective, min_effect_pct=args.min_effect_pct, alpha=alpha
     )
     comparisons = with_setup_notes(comparisons, setups)
     out = args.out if args.out is not None else (folder / "compare.md" if folder is not None else None)
@@ -201,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem := selection_problem(args):
             raise UserError(problem)
         comparisons, out = run_comparison(args)
-        ui.print_comparisons(comparisons)
+        if args.full:
+            ui.print_comparisons(comparisons)
+        else:
+            ui.print_study(comparisons, [], str(out) if out is not None else "--full, or --out FILE")
         if out is not None:
             out.write_text(to_markdown(comparisons), encoding="utf-8")
             ui.stdout.print(escape(f"written: {out}"), soft_wrap=True)

@@ -183,7 +183,7 @@ def _sweep_lines(cfg: Any, swept: list[str]) -> list[str]:
         return ["", title, *params, f"  {sweeper.n_trials} jobs: trials the Optuna sweeper chooses among these"]
     params = [_override(k, v) for k, v in (sweeper.get("params") or {}).items()]
     try:
-        ordered = arrange(params + swept, str(cfg.sweep.order), int(cfg.sweep.chunks))
+        ordered = arrange(params + swept, str(cfg.sweep.order))
     except InterleaveError as exc:
         return ["", title, f"  error: {exc}"]
     values = swept_values(ordered)

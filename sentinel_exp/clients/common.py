@@ -158,7 +158,7 @@ async def _drain(rest: AsyncIterator[Any]) -> None:
 
     try:
         await asyncio.wait_for(read_all(), FINAL_CHUNK_GRACE_S)
-    except (TimeoutError, asyncio.TimeoutError, httpx.HTTPError, SSEError):
+    except (TimeoutError, httpx.HTTPError, SSEError):
         pass  # the connection is not kept: httpx closes a half-read one
 
 

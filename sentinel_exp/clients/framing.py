@@ -8,7 +8,7 @@ the arrival of the bytes that completed it. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from sentinel_exp.names import StrEnum
+from enum import StrEnum
 
 
 class Framing(StrEnum):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -334,14 +333,11 @@ class LoopbackClient:
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         connecting = loop.create_connection(_Connection, self.host, self.port)
         try:
-            if sys.version_info >= (3, 11):
-                # Not wait_for: on 3.11 it can swallow a cancellation that lands as the connect
-                # completes, and a stopped run's request would go out after all.
-                async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    transport, conn = await connecting
-            else:
-                transport, conn = await asyncio.wait_for(connecting, CONNECT_TIMEOUT_S)
-        except (TimeoutError, asyncio.TimeoutError):  # one class from 3.11, two before
+            # Not wait_for: on 3.11 it can swallow a cancellation that lands as the connect
+            # completes, and a stopped run's request would go out after all.
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                transport, conn = await connecting
+        except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {self.host}:{self.port} timed out") from None
         except OSError as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from None

@@ -470,16 +470,11 @@ class SweepConfig:
     direction: Direction = Direction.minimize
     """minimize | maximize; a job without the metric returns the worst value (+inf or -inf)."""
 
-    order: SweepOrder = SweepOrder.sequential
-    """sequential: a configuration's runs back to back; interleaved: the arms alternate, in chunks."""
-    chunks: int = 4
-    """interleaved: jobs a configuration is split into (repeat 0..chunks-1), each measuring requests/chunks."""
+    order: SweepOrder = SweepOrder.interleaved
+    """interleaved: all arms in balanced rounds against one server, paired; sequential: each job on its own."""
 
     def problems(self) -> list[str]:
-        problems = [] if self.objective.strip() else ["sweep.objective is empty (a metric name, e.g. ttft_ms_p50)"]
-        if self.chunks < 1:
-            problems.append(f"sweep.chunks must be at least 1 (got {self.chunks})")
-        return problems
+        return [] if self.objective.strip() else ["sweep.objective is empty (a metric name, e.g. ttft_ms_p50)"]
 
 
 @dataclass
@@ -559,11 +554,26 @@ class CompareConfig:
     """A change smaller than this many percent is never called improved or worse."""
     baseline: str | None = None
     """The configuration the others are compared with, by a swept value (options=default); null = the first."""
+    blocks: int | None = None
+    """Rounds an interleaved study cuts each arm's requests into; null = 2+ requests per stream, at most 10."""
+    budget_s: float | None = None
+    """Seconds an interleaved study may spend adding rounds until the objective is decided; null = fixed rounds."""
+    switch_warmup: int = 1
+    """Uncounted requests after a switch to an arm with other runner options (the model reloads)."""
+    seed: int = 0
+    """Seed of the study's balanced order of arms in each round."""
 
     def problems(self) -> list[str]:
+        problems = []
         if self.min_effect_pct < 0:
-            return [f"compare.min_effect_pct must be 0 or more (got {self.min_effect_pct})"]
-        return []
+            problems.append(f"compare.min_effect_pct must be 0 or more (got {self.min_effect_pct})")
+        if self.blocks is not None and self.blocks < 1:
+            problems.append(f"compare.blocks must be at least 1 (got {self.blocks})")
+        if self.budget_s is not None and self.budget_s <= 0:
+            problems.append(f"compare.budget_s must be positive seconds (got {self.budget_s:g})")
+        if self.switch_warmup < 0:
+            problems.append(f"compare.switch_warmup must be 0 or more (got {self.switch_warmup})")
+        return problems
 
 
 @dataclass
@@ -580,6 +590,8 @@ class ExperimentConfig:
     slo: SloConfig = field(default_factory=SloConfig)
     repeat: int = 0
     """Repeat index of this configuration (sweep=repeat3 sweeps it); not part of the config hash."""
+    arm: str = ""
+    """A label that tells apart two arms of one configuration (sweep=aa); not part of the config hash."""
     force: bool = False
     """In a sweep, measure even a configuration and repeat already FINISHED in the MLflow experiment."""
     progress: bool | None = None
@@ -617,15 +629,6 @@ class ExperimentConfig:
         plain = typing.cast("dict[str, Any]", _plain(dataclasses.asdict(self)))
         plain["slo"].update(_plain(self.slo.targets()))  # keys asdict does not see: not fields
         return plain
-
-    def job_share(self) -> ExperimentConfig:
-        """What one job measures. Under sweep.order=interleaved a configuration is split into
-        sweep.chunks jobs (repeat 0..chunks-1, sweeper.py), each measuring workload.requests/chunks
-        rounded up: every chunk is the same measurement, so the chunks compare as repeats."""
-        if self.sweep.order != SweepOrder.interleaved or self.sweep.chunks == 1:
-            return self
-        requests = -(-self.workload.requests // self.sweep.chunks)
-        return dataclasses.replace(self, workload=dataclasses.replace(self.workload, requests=requests))
 
 
 def _plain(value: Any) -> Any:

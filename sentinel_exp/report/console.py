@@ -84,6 +84,28 @@ class RunProgress:
         self._progress.update(self._task, advance=1, status=ttft + failed)
 
 
+class StudyProgress(RunProgress):
+    """One bar for a whole interleaved study: every arm's warmup and measured requests."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        super().__init__(enabled)
+        super().phase("study", total)
+
+    def phase(self, name: str, total: int) -> None:
+        """The arms' phases are inside the study's one bar."""
+
+
+def print_arm_line(run_name: str, status: str, metrics: Mapping[str, float], errors: Mapping[str, int]) -> None:
+    """An arm of a study in one line: its name, status, TTFT and E2E p50, requests ok and failed."""
+    parts = [
+        f"{label} p50 {_fmt(metrics[key], 'ms')}"
+        for label, key in (("TTFT", "ttft_ms_p50"), ("E2E", "e2e_ms_p50"))
+        if key in metrics
+    ]
+    counts = f"{int(metrics.get('requests_ok', 0))} ok, {sum(errors.values())} failed"
+    stdout.print(escape(f"  {run_name} [{status}]: {', '.join([*parts, counts])}"), soft_wrap=True)
+
+
 def summary_table(metrics: Mapping[str, float]) -> Table:
     table = Table(show_header=True, header_style="bold")
     table.add_column("metric")
@@ -151,6 +173,35 @@ def comparison_table(comparison: Comparison) -> Table:
             shown,
         )
     return table
+
+
+def print_study(comparisons: Sequence[Comparison], study_lines: Sequence[str], where: str | None) -> None:
+    """A study on one screen: a row per candidate with the objective's change, CI and verdict and
+    the other rows that changed significantly; the notes once; where the full tables are."""
+    from sentinel_exp.analysis.comparison import ci_header, design_line
+    from sentinel_exp.sweep.study import candidate_lines
+
+    if not comparisons:
+        return
+    first = comparisons[0]
+    objective = first.primary.label if first.primary is not None else first.objective
+    table = Table(title=f"vs {first.baseline}: {objective}", title_justify="left", header_style="bold")
+    table.add_column("candidate", overflow="fold")
+    table.add_column("change", justify="right")
+    table.add_column(ci_header(first), justify="right")
+    table.add_column("verdict", overflow="fold")
+    table.add_column("other significant changes", overflow="fold")
+    colours = {"improved": "green", "worse": "red"}
+    for line in candidate_lines(comparisons):
+        verdict = f"[{colours[line.verdict]}]{line.verdict}[/]" if line.verdict in colours else escape(line.verdict)
+        table.add_row(escape(line.candidate), line.change, line.ci, verdict, escape(line.also))
+    print_table(table)
+    notes = list(dict.fromkeys(note for c in comparisons for note in c.notes))
+    for text in [design_line(first), *study_lines, *notes]:
+        stdout.print("  " + escape(text), soft_wrap=True)
+    stdout.print(escape(f"  CI method: {first.method}"), soft_wrap=True)
+    if where:
+        stdout.print(escape(f"  every metric of every candidate: {where}"), soft_wrap=True)
 
 
 def print_comparisons(comparisons: Sequence[Comparison]) -> None:

@@ -168,7 +168,7 @@ def _run_facts(summary: Mapping[str, Any]) -> str:
 
 
 def run_report(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
-    """report.md of one run, from what summary.json holds (experiment._tracked_run writes it)."""
+    """report.md of one run, from what summary.json holds (run/conclusion.py writes it)."""
     metrics: Mapping[str, float] = summary.get("metrics") or {}
     errors: Mapping[str, int] = summary.get("errors") or {}
     name = str(summary.get("run_name") or summary.get("run_id") or "run")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from sentinel_exp.analysis.stats import describe, latency_samples
 from sentinel_exp.names import Phase
-from sentinel_exp.records import request_number, warmup_count
+from sentinel_exp.records import request_numbers
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -377,9 +377,9 @@ def _requests_panel(ax: Axes, records: Sequence[RequestRecord], origin: float) -
     failed_y: list[float] = []
     cold_x: list[float] = []
     cold_y: list[float] = []
-    warmups = warmup_count(records)
+    number = request_numbers(records)  # as the console and server.sim.faults number requests
     for r in ordered:
-        y = request_number(r, warmups)  # as the console and server.sim.faults number requests
+        y = number[id(r)]
         start, end = _span(r)
         if r.cold:
             cold_x.append(start - origin)
@@ -415,8 +415,7 @@ def _requests_panel(ax: Axes, records: Sequence[RequestRecord], origin: float) -
         ax.scatter(
             cold_x, cold_y, marker=">", s=max(10.0, width * 10), color=_COLD, zorder=4, label="cold (model loaded)"
         )
-    numbers = [request_number(r, warmups) for r in ordered]
-    ax.set_ylim(0, max(numbers, default=0) + 1)
+    ax.set_ylim(0, len(ordered) + 1)
     ax.set_ylabel("request (1 = first sent, warmup included)")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(axis="y", visible=False)

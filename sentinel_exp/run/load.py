@@ -60,7 +60,7 @@ async def run_phase(plan: PhasePlan, send_one: SendOne, on_record: OnRecord, sto
 
 async def _pause(seconds: float, stop: asyncio.Event) -> None:
     """Sleep, or return as soon as `stop` is set."""
-    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):  # one class from 3.11, two before
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
 
 

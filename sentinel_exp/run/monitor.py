@@ -10,6 +10,7 @@ machine; otherwise from its Prometheus exporters (telemetry.prometheus_url), or 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -74,6 +75,35 @@ class ExporterClient:
         self._client.close()
 
 
+class StudySampling:
+    """One sampler for every arm of an interleaved study: the arms take turns, so each sample
+    belongs to the arm whose block was running when it was taken, and a sampler per arm would only
+    multiply the overhead. The first arm to start creates it; its phases are marked per arm."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid  # None when the arms' servers are several processes
+        self.sampler: Sampler | None = None
+
+    def mark(self, arm: int, phase: str) -> None:
+        if self.sampler is not None:
+            self.sampler.mark_phase(f"{phase}{_ARM}{arm}")
+
+    def samples_of(self, arm: int) -> list[Sample]:
+        """The study's samples as arm `arm` sees them: its own phases as they were, every other
+        arm's time as `other`."""
+        if self.sampler is None:
+            return []
+        mine = f"{_ARM}{arm}"
+        return [
+            dataclasses.replace(s, phase=s.phase[: -len(mine)] if s.phase.endswith(mine) else OTHER_ARM)
+            for s in self.sampler.samples
+        ]
+
+
+_ARM = "#arm"
+OTHER_ARM = "other arm"  # a study's sample taken while another arm's block ran
+
+
 class RunMonitor:
     def __init__(
         self,
@@ -81,6 +111,7 @@ class RunMonitor:
         hardware_cfg: HardwareConfig,
         handle: ServerHandle,
         probe: GpuProbe | None = None,
+        study: tuple[StudySampling, int] | None = None,
     ) -> None:
         self.cfg = telemetry_cfg
         self.hardware_cfg = hardware_cfg
@@ -88,7 +119,10 @@ class RunMonitor:
         # The fingerprint and the hardware check describe the machine whether or not the GPU is
         # sampled, so the probe is always opened; telemetry.gpu only governs sampling.
         self.probe = probe if probe is not None else GpuProbe()
+        self.study = study  # the study's shared sampling and this arm's index in it
         self.pid = server_pid(handle) if telemetry_cfg.enabled else None
+        if study is not None and telemetry_cfg.enabled:
+            self.pid = study[0].server_pid
         self.remote = not is_loopback_url(handle.url)
         self.exporters = telemetry_cfg.prometheus_urls()
         self.source = TelemetrySource.local  # decided by choose_host_source()
@@ -174,7 +208,7 @@ class RunMonitor:
         return tags
 
     def start(self) -> None:
-        if not self.cfg.enabled:
+        if not self.cfg.enabled or (self.study is not None and self.study[0].sampler is not None):
             return
         local = self._host is None
         # A scrape is an HTTP request and a parse of the whole exposition (~20 ms of CPU for a
@@ -187,10 +221,19 @@ class RunMonitor:
             gpu=self.cfg.gpu and local,
             host=self._host,
         ).start()
+        if self.study is not None:
+            self.study[0].sampler = self._sampler
 
     def mark_phase(self, phase: str) -> None:
-        if self._sampler is not None:
+        if self.study is not None:
+            self.study[0].mark(self.study[1], phase)
+        elif self._sampler is not None:
             self._sampler.mark_phase(phase)
+
+    @property
+    def _sampling(self) -> Sampler | None:
+        """The sampler this run's samples come from: its own, or the study's."""
+        return self.study[0].sampler if self.study is not None else self._sampler
 
     def stop(self) -> None:
         """End sampling; the samples stay readable."""
@@ -210,18 +253,22 @@ class RunMonitor:
 
     @property
     def samples(self) -> Sequence[Sample]:
-        """Every telemetry sample of the run (none when telemetry is off)."""
+        """Every telemetry sample of the run (none when telemetry is off); in a study, the time of
+        the other arms' blocks is phase `other arm`."""
+        if self.study is not None:
+            return self.study[0].samples_of(self.study[1])
         return () if self._sampler is None else self._sampler.samples
 
     def metrics(self, output_tokens: int, server_threads: int | None = None) -> dict[str, float]:
         """The telemetry's summary; `server_threads`: a local llama.cpp server's compute threads,
         for the contention warnings (None: not one)."""
-        if self._sampler is None:
+        sampler = self._sampling
+        if sampler is None:
             return {}
-        samples = self._sampler.samples
+        samples = self.samples
         out = summarize_telemetry(samples, phase="measured", output_tokens=output_tokens or None)
         out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == "measured"))
-        out["telemetry_overhead_core_pct"] = 100.0 * self._sampler.overhead_core_fraction
+        out["telemetry_overhead_core_pct"] = 100.0 * sampler.overhead_core_fraction
         found = self._contention(out, server_threads, "while measuring")
         self.warnings.extend(found)
         self._contended = bool(found)
@@ -230,9 +277,9 @@ class RunMonitor:
     def early_warnings(self, server_threads: int | None = None) -> list[str]:
         """Contention already seen before the measured phase (start-up and warmup), said before a
         long run is spent measuring a busy machine; the measured phase gets its own check at the end."""
-        if self._sampler is None:
+        if self._sampling is None:
             return []
-        before = [s for s in self._sampler.samples if s.phase not in (Phase.MEASURED, Phase.DONE)]
+        before = [s for s in self.samples if s.phase not in (Phase.MEASURED, Phase.DONE, OTHER_ARM)]
         if len(before) < EARLY_MIN_SAMPLES:
             return []
         metrics = summarize_telemetry(before, phase=None)
@@ -247,15 +294,15 @@ class RunMonitor:
         return contention_warnings(metrics, psutil.cpu_count() or 1, threads, when)
 
     def series(self) -> Iterable[Sequence[Any]]:
-        if self._sampler is None or not self.cfg.log_series:
+        if self._sampling is None or not self.cfg.log_series:
             return []
-        return series_points(self._sampler.samples)
+        return series_points(self.samples)
 
     def late_tags(self) -> dict[str, str]:
         """Tags only known once sampling is over."""
-        if self._sampler is None:
+        if self._sampling is None:
             return {}
-        energy = gpu_energy(self._sampler.samples, phase="measured")
+        energy = gpu_energy(self.samples, phase="measured")
         return {"sentinel.gpu_energy_method": energy.method, "sentinel.contended": str(self._contended).lower()}
 
     def notes(self) -> list[str]:

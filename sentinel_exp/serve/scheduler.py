@@ -213,9 +213,9 @@ class ModelScheduler:
 
     def ps_expires_at(self, resident: Resident) -> str:
         """RFC 3339 expiry as /api/ps shows it; far future for "forever" or in use."""
-        far_future = dt.datetime(2318, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+        far_future = dt.datetime(2318, 1, 1, tzinfo=dt.UTC).timestamp()
         when = resident.expires_at_wall if resident.expires_at_wall is not None else time.time() + resident.keep_alive_s
-        return dt.datetime.fromtimestamp(min(when, far_future), tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        return dt.datetime.fromtimestamp(min(when, far_future), tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> str:

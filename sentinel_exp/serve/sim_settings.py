@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import random
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +69,14 @@ class SimSettings:
     )
     # Last, so settings built by position (SimSettings(300.0, 40.0, ...)) keep their meaning.
     gpu_fraction: float = setting(0.0, "fraction of the loaded model /api/ps reports in VRAM (size_vram/size), 0 to 1")
+    # A shared machine's noise (machine_slowdown): every delay slower by a factor that wanders with
+    # the wall clock, seeded by `seed`, so two servers of one study see the same machine.
+    drift_pct: float = setting(0.0, "every delay slower by up to this many percent along a slow drift (machine speed)")
+    drift_period_s: float = setting(120.0, "period in s of the drift's slowest wave")
+    spell_pct: float = setting(0.0, "every delay slower by this many percent during a spell (a neighbour's burst)")
+    spell_every_s: float = setting(20.0, "mean time in s between the starts of spells")
+    spell_s: float = setting(2.0, "length in s of a spell")
+    noise_epoch: float = setting(0.0, "unix time the drift and spells count from; an interleaved study sets its start")
 
     def problems(self, prefix: str = "") -> list[str]:
         """Each setting out of range, one line each, named `prefix` + field; empty when usable."""
@@ -81,6 +91,16 @@ class SimSettings:
             found.append(f"{prefix}gpu_fraction must be between 0 and 1 (got {self.gpu_fraction})")
         if self.parallel < 0:
             found.append(f"{prefix}parallel must be 0 (unlimited) or more (got {self.parallel})")
+        found += [
+            f"{prefix}{name} must be 0 or more (got {getattr(self, name)})"
+            for name in ("drift_pct", "spell_pct")
+            if getattr(self, name) < 0
+        ]
+        found += [
+            f"{prefix}{name} must be positive seconds (got {getattr(self, name)})"
+            for name in ("drift_period_s", "spell_every_s", "spell_s")
+            if getattr(self, name) <= 0
+        ]
         faults: object = self.faults  # from a config, any value a user typed
         if not isinstance(faults, Mapping):
             found.append(f"{prefix}faults must be a mapping like {{3: http_500}} (got {faults!r})")
@@ -161,6 +181,42 @@ class SimSettings:
                 # One argument with "=": argparse would take a negative value for an option.
                 args.append(f"{_flag(f)}={value}")
         return args
+
+
+def machine_slowdown(settings: SimSettings, unix_time: float) -> float:
+    """The factor every delay is multiplied by at `unix_time`: a slow drift (three waves of the
+    drift period and shorter, phases drawn from the seed, together within +-drift_pct) times the
+    spells (in each half of spell_every_s, with chance 1/2, one spell of spell_s at a seeded
+    offset). A function of the wall clock alone, with no state: two server processes with the same
+    settings slow down together, as two arms on one shared machine do. Counted from noise_epoch, a
+    study's noise is the same whenever it runs."""
+    factor = 1.0
+    unix_time -= settings.noise_epoch
+    if settings.drift_pct > 0:
+        phases = random.Random(f"{settings.seed}:drift")
+        waves = ((1.0, 1.0), (0.5, 2.7), (0.25, 6.3))  # (weight, period divisor)
+        wave = sum(
+            weight
+            * math.sin(2 * math.pi * unix_time * divisor / settings.drift_period_s + phases.uniform(0, 2 * math.pi))
+            for weight, divisor in waves
+        ) / sum(weight for weight, _ in waves)
+        factor *= 1.0 + settings.drift_pct / 100.0 * wave
+    if settings.spell_pct > 0 and _in_spell(settings, unix_time):
+        factor *= 1.0 + settings.spell_pct / 100.0
+    return max(factor, 0.0)
+
+
+def _in_spell(settings: SimSettings, unix_time: float) -> bool:
+    slot_s = settings.spell_every_s / 2
+    slot = math.floor(unix_time / slot_s)
+    # A spell longer than a slot can reach into the next ones: look back far enough.
+    for earlier in range(slot - math.ceil(settings.spell_s / slot_s), slot + 1):
+        draw = random.Random(f"{settings.seed}:spell:{earlier}")
+        if draw.random() < 0.5:
+            start = earlier * slot_s + draw.random() * slot_s
+            if start <= unix_time < start + settings.spell_s:
+                return True
+    return False
 
 
 def _field_types() -> dict[str, Any]:  # Any: typing forms such as dict[int, str], not only classes

@@ -67,7 +67,7 @@ def dumps(obj: Any) -> bytes:
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def validate_options(options: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def param_value(value: Any) -> str:
 
 # Settings that change how results are shown, judged, organised or repeated, not what is measured:
 # runs that differ only in these are runs of one configuration (repeats compare as such).
-NOT_MEASURED = ("tracking", "progress", "sweep", "compare", "slo", "repeat", "force", "plots", "lint")
+NOT_MEASURED = ("tracking", "progress", "sweep", "compare", "slo", "repeat", "arm", "force", "plots", "lint")
 
 
 # Settings added after runs had been logged, each with the value that means "as before": at that
@@ -61,6 +61,12 @@ ADDED_SETTINGS: Mapping[str, Any] = {
     "workload.input_tokens": None,
     "workload.unique_prompts": False,
     "server.sim.gpu_fraction": 0,
+    "server.sim.drift_pct": 0,
+    "server.sim.drift_period_s": 120,
+    "server.sim.spell_pct": 0,
+    "server.sim.spell_every_s": 20,
+    "server.sim.spell_s": 2,
+    "server.sim.noise_epoch": 0,
     "workload.max_error_rate": None,
     "workload.error_rate_min_requests": 10,
     "telemetry.prometheus_url": None,
@@ -195,6 +201,7 @@ class FinishedRun:
     run_id: str
     summary: dict[str, Any]  # its summary.json; empty when the artifact could not be read
     logged_metrics: dict[str, float]  # MLflow's latest value of each metric
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -252,8 +259,21 @@ class Tracker:
         )
         for run in found:
             if run.data.tags.get("sentinel.repeat", "0") == str(repeat):
-                return FinishedRun(run.info.run_id, self._summary_of(run.info.run_id) or {}, dict(run.data.metrics))
+                run_id = run.info.run_id
+                return FinishedRun(run_id, self._summary_of(run_id) or {}, dict(run.data.metrics), dict(run.data.tags))
         return None
+
+    def copy_artifact(self, run_id: str, name: str, to: Path) -> bool:
+        """A run's artifact `name` copied to `to`; False when the run logged none (or it is
+        unreachable)."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(self.client.download_artifacts(run_id, name, tmp))
+                to.write_bytes(path.read_bytes())
+        except Exception as exc:
+            log.debug("no %s for run %s: %s", name, run_id, exc)
+            return False
+        return True
 
     def _summary_of(self, run_id: str) -> dict[str, Any] | None:
         """The summary.json a run logged, the exact per-run metrics (MLflow's latest values would
@@ -394,6 +414,22 @@ class RunStore:
                 raise
             raise UserError(f"MLflow cannot search {self.uri} with {filter_string!r}: {exc}") from None
         return [self._stored(run) for run in runs if run.data.tags.get("sentinel.role") != "sweep"]
+
+    def latest_tagged(self, experiment: str, tag: str, value: str) -> StoredRun | None:
+        """The latest FINISHED run of the experiment with tag == value, sweep parents included (an
+        A/A study's noise is its parent's); None when there is none or the store cannot say."""
+        try:
+            ids = self.experiment_ids(experiment)
+            found = self.client.search_runs(
+                ids,
+                filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+                max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )
+        except Exception as exc:
+            log.debug("no run tagged %s=%s: %s", tag, value, exc)
+            return None
+        return self._stored(found[0]) if found else None
 
     def children(self, parent_run_id: str) -> list[StoredRun]:
         parent = self.get(parent_run_id)

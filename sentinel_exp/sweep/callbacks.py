@@ -27,6 +27,7 @@ from sentinel_exp.names import Direction, RunStatus
 
 if TYPE_CHECKING:
     from sentinel_exp.analysis.comparison import Arm, Comparison
+    from sentinel_exp.sweep.study import Best
 
 OUTCOME_FILE = "sweep_job.json"
 REUSED = "reused_run_id"  # outcome field: the FINISHED run a job reused instead of measuring again
@@ -162,23 +163,18 @@ class SweepSummary(Callback):
                 soft_wrap=True,
             )
         try:
-            compared = _compare(config, jobs, sweep_dir)
+            compared, best = _compare(config, jobs, sweep_dir)
         except UserError as exc:
             ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            compared = []
-        best = best_job(jobs, objective, str(config.sweep.direction))
+            compared, best = [], None
         if best is not None:
-            value = (best.metrics or {})[objective]
-            ui.stdout.print(
-                escape(f"best: {' '.join(best.label)} ({objective} {value:,.2f}, {config.sweep.direction})"),
-                soft_wrap=True,
-            )
+            ui.stdout.print(escape(f"best: {best.name or 'none'} ({best.why})"), soft_wrap=True)
         failed = [job for job in jobs if job.error is not None]
         if failed:
             ui.stderr.print(f"[bold red]{len(failed)} sweep job(s) failed:[/]", soft_wrap=True)
             for job in failed:
                 ui.stderr.print("  " + escape(f"{' '.join(job.label)}: {job.error}"), soft_wrap=True)
-        parent_logged = self._close_parent(_sweep_status(interrupted, bool(failed)), compared, best, objective)
+        parent_logged = self._close_parent(_sweep_status(interrupted, bool(failed)), compared, best)
         not_logged = [f"#{job.num}" for job in jobs if job.not_logged]
         if not_logged or not parent_logged:
             ui.stderr.print(
@@ -199,20 +195,18 @@ class SweepSummary(Callback):
 
             sys.exit(NotLogged.exit_code)
 
-    def _close_parent(self, status: RunStatus, compared: list[Path], best: JobOutcome | None, objective: str) -> bool:
+    def _close_parent(self, status: RunStatus, compared: list[Path], best: Best | None) -> bool:
         """End the parent's run.json and upload it; False when the store did not take it."""
         from sentinel_exp.report import console as ui
         from sentinel_exp.store.upload import upload_now
 
         if self._parent is None:
             return True
-        if best is not None:
-            self._parent.set_tags(
-                {
-                    "sentinel.best_job": " ".join(best.label),
-                    "sentinel.best_objective": f"{objective}={(best.metrics or {})[objective]:.6g}",
-                }
-            )
+        if best is not None and best.name is not None:
+            self._parent.set_tags({"sentinel.best_job": best.name, "sentinel.best_why": best.why})
+        if _PENDING_TAGS:
+            self._parent.set_tags(dict(_PENDING_TAGS))
+            _PENDING_TAGS.clear()
         self._parent.add_artifacts(compared)
         self._parent.end(status)
         if self._parent.run.tracking_uri is None:
@@ -287,18 +281,22 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
     return journal
 
 
-def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> list[Path]:
-    """Compare the configurations that measured something: compare.md, report.md and plots in the
-    sweep folder (their paths returned, for the parent run)."""
+def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> tuple[list[Path], Best | None]:
+    """Compare the configurations that measured something: the one-screen table on the console,
+    compare.md, report.md and plots in the sweep folder (their paths returned, for the parent
+    run), and the best configuration where the verdicts name one."""
     from sentinel_exp.analysis.comparison import to_markdown
     from sentinel_exp.report import console as ui
     from sentinel_exp.sweep.study import (
         MeasuredJob,
         arm_setups,
         arms,
+        best_arm,
         compare_arms,
         folder_setup,
         load_run,
+        study_alpha,
+        study_lines,
         with_setup_notes,
     )
 
@@ -313,15 +311,112 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> lis
         baseline=None if config.compare.baseline is None else str(config.compare.baseline),
         objective=str(config.sweep.objective),
         min_effect_pct=float(config.compare.min_effect_pct),
+        alpha=study_alpha(sweep_dir),
     )
     comparisons = with_setup_notes(comparisons, arm_setups(measured))
     if not comparisons:
-        return []
-    ui.print_comparisons(comparisons)
+        return [], None
+    comparisons = [_with_sweep_notes(c, jobs) for c in comparisons]
     path = sweep_dir / COMPARE_FILE
+    lines = study_lines(sweep_dir)
+    noise_files: list[Path] = []
+    if str(config.sweep.name) == "aa":
+        noise_files, noise_lines = _noise_of_this_machine(config, jobs, sweep_dir, comparisons[0])
+        lines += noise_lines
+    else:
+        lines += _quoted_noise(config, jobs)
+    ui.print_study(comparisons, lines, str(path))
     table = to_markdown(comparisons)
     path.write_text(table, encoding="utf-8")
-    return [path, *_sweep_report(config, sweep_dir, configurations, comparisons, table)]
+    best = best_arm(comparisons[0].baseline, comparisons)
+    report = _sweep_report(config, sweep_dir, configurations, comparisons, table)
+    return [path, *noise_files, *report], best
+
+
+def _first_run(jobs: list[JobOutcome]) -> dict[str, Any]:
+    """The run.json of the sweep's first measured job: whose host, server and model it is."""
+    for job in jobs:
+        run = None if job.folder is None else _read_json(job.folder / "run.json")
+        if run:
+            return run
+    return {}
+
+
+def _noise_of_this_machine(
+    config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path, comparison: Comparison
+) -> tuple[list[Path], list[str]]:
+    """sweep=aa: the A/A comparison as this machine's noise: noise.md, console lines, and the
+    parent's metrics and tag (by which later comparisons find it)."""
+    from sentinel_exp.sweep.noise import NOISE_TAG, console_lines, noise_identity, noise_report, to_markdown
+    from sentinel_exp.sweep.study import read_study
+
+    design = read_study(sweep_dir)
+    report = noise_report(comparison, int(config.workload.requests), float(design.get("seconds", 0.0)))
+    objective = str(config.sweep.objective)
+    path = sweep_dir / "noise.md"
+    path.write_text(to_markdown(report, objective), encoding="utf-8")
+    (sweep_dir / SUMMARY_FILE).write_text(json.dumps({"metrics": report.metrics()}, indent=2), encoding="utf-8")
+    run = _first_run(jobs)
+    identity = noise_identity(run.get("tags") or {}, run.get("params") or {})
+    _PENDING_TAGS.update({NOISE_TAG: identity})
+    return [path], console_lines(report, objective)
+
+
+def _quoted_noise(config: DictConfig, jobs: list[JobOutcome]) -> list[str]:
+    """The latest A/A study of this host, server and model, quoted beside a comparison."""
+    if not config.tracking.enabled:
+        return []
+    from datetime import datetime
+
+    from sentinel_exp.store.tracking import RunStore
+    from sentinel_exp.sweep.noise import NOISE_TAG, noise_identity, quote
+
+    run = _first_run(jobs)
+    identity = noise_identity(run.get("tags") or {}, run.get("params") or {})
+    try:
+        found = RunStore(str(config.tracking.uri)).latest_tagged(str(config.tracking.experiment), NOISE_TAG, identity)
+    except Exception:  # the store is away: the comparison stands without the quote
+        return []
+    if found is None:
+        return []
+    when = datetime.fromtimestamp(found.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    line = quote(found.metrics, str(config.sweep.objective), when)
+    return [line] if line else []
+
+
+# Tags the sweep's parent gets when it is closed (the A/A study's noise identity).
+_PENDING_TAGS: dict[str, str] = {}
+
+
+def _with_sweep_notes(comparison: Comparison, jobs: list[JobOutcome]) -> Comparison:
+    """What the sweep knows and the statistics do not: a reused arm is not paired with this
+    study's rounds, and a contended machine may have moved the numbers."""
+    import dataclasses
+
+    notes = list(comparison.notes)
+    reused = [job for job in jobs if job.reused_run_id is not None]
+    if reused:
+        names = ", ".join(f"#{job.num}" for job in reused)
+        notes.append(
+            f"{names} reused an earlier run of the same configuration (already done): it is not paired with "
+            f"this study's rounds, so its comparisons get no significance verdict; force=true measures it "
+            f"again beside the others"
+        )
+    contended = [job for job in jobs if job.folder is not None and _tag(job.folder, "sentinel.contended") == "true"]
+    if contended:
+        names = ", ".join(f"#{job.num}" for job in contended)
+        notes.append(
+            f"{names} ran on a contended machine (sentinel.contended=true: other processes took CPU the "
+            f"server needed); the verdicts hold for the noise the rounds saw, but the numbers are not this "
+            f"machine's quiet ones"
+        )
+    return dataclasses.replace(comparison, notes=tuple(notes))
+
+
+def _tag(folder: Path, name: str) -> str | None:
+    run = _read_json(folder / "run.json") or {}
+    tags = run.get("tags")
+    return str(tags[name]) if isinstance(tags, dict) and name in tags else None
 
 
 def _sweep_report(

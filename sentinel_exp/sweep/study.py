@@ -7,6 +7,7 @@ A configuration is what a job's overrides say, less the keys that only repeat it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from sentinel_exp.analysis.comparison import DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, compare
+from sentinel_exp.analysis.comparison import (
+    ALPHA,
+    DEFAULT_MIN_EFFECT_PCT,
+    SIGNIFICANT,
+    Arm,
+    Comparison,
+    Design,
+    RunResult,
+    Verdict,
+    compare,
+)
 from sentinel_exp.analysis.stats import latency_samples
 from sentinel_exp.errors import UserError
 from sentinel_exp.names import ServerKind
@@ -154,25 +165,173 @@ def compare_arms(
     baseline: str | None = None,
     objective: str = "ttft_ms_p50",
     min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
+    alpha: float = ALPHA,
 ) -> list[Comparison]:
     """Every configuration against the baseline; nothing to compare with fewer than two."""
     if len(configurations) < 2:
         return []
     index = pick_baseline(configurations, baseline)
     reference = configurations[index]
-    return [
-        compare(reference, arm, objective=objective, min_effect_pct=min_effect_pct)
+    compared = [
+        compare(reference, arm, objective=objective, min_effect_pct=min_effect_pct, alpha=alpha)
         for i, arm in enumerate(configurations)
         if i != index
     ]
+    return [_explained(c) for c in compared]
+
+
+# The row whose verdict a reader checks the objective's against: the same requests, another clock.
+TWINS = {"ttft_ms_p50": "ttfb_ms_p50", "ttfb_ms_p50": "ttft_ms_p50", "ttft_ms_p95": "ttfb_ms_p95"}
+
+
+def _explained(comparison: Comparison) -> Comparison:
+    """A note where the objective and its twin disagree: both verdicts are right, for different
+    reasons, and a reader must be told which."""
+    primary = comparison.primary
+    twin = comparison.row(TWINS.get(comparison.objective, ""))
+    if primary is None or twin is None or (primary.verdict in SIGNIFICANT) == (twin.verdict in SIGNIFICANT):
+        return comparison
+    note = (
+        f"{primary.label} is the objective, tested alone at {100 * (1 - comparison.confidence):.2g}%; "
+        f"{twin.label} is a secondary row, held to Holm's correction over every secondary row: on the same "
+        f"requests one can pass and the other not"
+    )
+    return dataclasses.replace(comparison, notes=(*comparison.notes, note))
+
+
+STUDY_FILE = "study.json"  # in a sweep folder: the interleaved study's design as it ran (run/rounds.py)
+
+
+def read_study(sweep_dir: Path) -> dict[str, Any]:
+    """The study's design as it ran; empty for a sequential sweep."""
+    try:
+        data = json.loads((sweep_dir / STUDY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def study_alpha(sweep_dir: Path) -> float:
+    """The level its verdicts are judged at: a sequential study's last look spent less than 0.05."""
+    return float(read_study(sweep_dir).get("alpha", ALPHA))
+
+
+def study_lines(sweep_dir: Path) -> list[str]:
+    """What the design did, in words: its rounds and, with a budget, whether it decided."""
+    design = read_study(sweep_dir)
+    if not design:
+        return []
+    lines = [f"study: {design['rounds']} rounds, arms in balanced order (seed {design.get('seed', 0)})"]
+    if "budget_s" in design:
+        looks = design.get("looks") or []
+        spent = looks[-1]["elapsed_s"] if looks else 0.0
+        state = "decided" if design.get("decided") else "ran out of budget, undecided"
+        lines.append(
+            f"sequential: {state} after {len(looks)} look(s) and {spent:.0f} of compare.budget_s="
+            f"{design['budget_s']:g} s; its last look tested at level {design['alpha']:.3g} "
+            f"({design.get('spending', 'alpha spending')})"
+        )
+    return lines
+
+
+# Where a job's records are: its own, or those of the earlier run it reused (run/experiment.py).
+RECORD_FILES = ("requests.jsonl", "reused_requests.jsonl")
 
 
 def load_run(folder: Path, metrics: dict[str, float]) -> RunResult | None:
-    """A job's records from its folder (None when it wrote none)."""
-    path = folder / "requests.jsonl"
-    if not path.is_file():
+    """A job's records from its folder (None when it wrote none), with the interleaved study it was
+    measured in."""
+    path = next((folder / name for name in RECORD_FILES if (folder / name).is_file()), None)
+    if path is None:
         return None
-    return RunResult(records=tuple(read_records(path)), metrics=metrics)
+    return RunResult(records=tuple(read_records(path)), metrics=metrics, study=study_of(folder))
+
+
+def study_of(folder: Path) -> str | None:
+    """The study a job's run was measured in: its run.json's tag, or the reused run's (summary.json)."""
+    for name, read in (("run.json", _tag_study), ("summary.json", _summary_study)):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found = read(data)
+        if found:
+            return found
+    return None
+
+
+def _tag_study(run: dict[str, Any]) -> str | None:
+    tags = run.get("tags") if isinstance(run, dict) else None
+    return str(tags["sentinel.study_id"]) if isinstance(tags, dict) and tags.get("sentinel.study_id") else None
+
+
+def _summary_study(summary: dict[str, Any]) -> str | None:
+    study = summary.get("study_id") if isinstance(summary, dict) else None
+    return str(study) if study else None
+
+
+@dataclass(frozen=True)
+class Best:
+    """What a study says is best on its objective, and whether its verdicts say so."""
+
+    name: str | None  # None: no configuration is decided better than the others
+    why: str
+
+
+def best_arm(baseline: str, comparisons: Sequence[Comparison]) -> Best:
+    """The winner only where the objective's verdicts name one: the candidate improved the most,
+    or the baseline when every candidate is worse; otherwise none."""
+    improved = [c for c in comparisons if c.primary is not None and c.primary.verdict == Verdict.IMPROVED]
+    if improved:
+        top = min(improved, key=lambda c: _better_first(c))
+        row = top.primary
+        assert row is not None and row.change_pct is not None
+        return Best(top.candidate, f"{row.label} {row.change_pct:+.1f}% vs {baseline}, {row.verdict}")
+    rows = [c.primary for c in comparisons]
+    if rows and all(r is not None and r.verdict == Verdict.WORSE for r in rows):
+        return Best(baseline, f"every other configuration is worse on {rows[0].label if rows[0] else 'it'}")
+    if comparisons and all(c.design is Design.SINGLE for c in comparisons):
+        return Best(None, "one run per arm: the noise between runs is unknown")
+    return Best(None, "no configuration differs significantly from the baseline on the objective")
+
+
+def _better_first(comparison: Comparison) -> float:
+    row = comparison.primary
+    assert row is not None and row.change_pct is not None
+    return row.change_pct if row.direction is None or row.direction == "minimize" else -row.change_pct
+
+
+@dataclass(frozen=True)
+class CandidateLine:
+    """A candidate in the study's one-screen table: the objective's change, CI and verdict, and
+    the other rows that changed significantly."""
+
+    candidate: str
+    change: str
+    ci: str
+    verdict: str
+    also: str
+
+
+def candidate_lines(comparisons: Sequence[Comparison]) -> list[CandidateLine]:
+    from sentinel_exp.analysis.comparison import verdict_text
+
+    lines = []
+    for c in comparisons:
+        row = c.primary
+        others = [
+            f"{r.label} {r.change_pct:+.0f}{'' if r.change_unit == '%' else ' '}{r.change_unit} {r.verdict}"
+            for r in c.rows
+            if not r.primary and r.verdict in SIGNIFICANT and r.change_pct is not None
+        ]
+        if row is None:
+            lines.append(CandidateLine(c.candidate, "n/a", "-", "no objective row", "; ".join(others) or "-"))
+            continue
+        change = "n/a" if row.change_pct is None else f"{row.change_pct:+.1f}{row.change_unit}"
+        ci = "-" if row.ci_low is None or row.ci_high is None else f"[{row.ci_low:+.1f}, {row.ci_high:+.1f}]"
+        verdict = verdict_text(row, c.min_effect_pct)
+        lines.append(CandidateLine(c.candidate, change, ci, verdict, "; ".join(others) or "-"))
+    return lines
 
 
 def arm_records(arm: Arm) -> list[RequestRecord]:

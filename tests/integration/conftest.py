@@ -74,7 +74,8 @@ def run_experiment(
 
     from sentinel_exp.cli.app import config_dir
     from sentinel_exp.config.schema import register_configs, typed_config
-    from sentinel_exp.run.experiment import RunContext, run
+    from sentinel_exp.run.context import RunContext
+    from sentinel_exp.run.experiment import run
 
     # As cli_env does for the CLI's subprocesses: never a real Ollama by accident.
     monkeypatch.setenv("OLLAMA_HOST", NO_OLLAMA)

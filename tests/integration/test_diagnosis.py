@@ -13,7 +13,7 @@ import statistics
 import pytest
 from support.cli import mlflow_runs, run_cli
 
-from sentinel_exp.records import read_records, request_number, warmup_count
+from sentinel_exp.records import read_records, request_numbers
 
 FAST = ["server=simulated", "server.sim.jitter_ms=0", "telemetry.enabled=false", "plots=false"]
 # A busy machine wakes the server a few ms late (CI once saw 9 ms on one token), and a load is an
@@ -202,7 +202,7 @@ def test_the_console_the_timeline_and_the_scripted_faults_number_requests_alike(
     records = read_records(records_path)
     [failed] = [r for r in records if not r.ok]
     assert (failed.phase, failed.index, failed.error_class) == ("measured", 1, "HTTP500")
-    assert request_number(failed, warmup_count(records)) == 4
+    assert request_numbers(records)[id(failed)] == 4
     said = " ".join(result.stdout.split())
     assert "(first: request 3)" in said
     assert "to cut model load (TTFT and E2E's largest part): keep the model loaded" in said

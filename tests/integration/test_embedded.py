@@ -212,7 +212,7 @@ def test_ps_shows_size_and_expiry(client: httpx.Client) -> None:
     assert model["name"] == MODEL and model["size"] > path.stat().st_size  # weights + KV cache
     assert 0 <= model["size_vram"] <= model["size"]
     expires = dt.datetime.fromisoformat(model["expires_at"].replace("Z", "+00:00"))
-    left = (expires - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    left = (expires - dt.datetime.now(dt.UTC)).total_seconds()
     assert 500 < left <= 601, model
 
 

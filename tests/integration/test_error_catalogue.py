@@ -1,7 +1,8 @@
 """The catalogue of bad input: configuration, command line, environment and server answers, each
-through the real CLI with the message a user sees and the exit status. README.md's "When something
-is wrong" table lists the same cases (checked below), so the documentation cannot drift from
-what the tool does. Cases needing a server use the simulated one, started by the run or here."""
+through the real CLI with the message a user sees and the exit status. The "When something is
+wrong" table of docs/guides/troubleshooting.md lists the same cases (checked below), so the
+documentation cannot drift from what the tool does. Cases needing a server use the simulated one,
+started by the run or here."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ SIM = ["server=simulated", *QUICK]
 
 @dataclass(frozen=True)
 class Case:
-    what: str  # as the README's table names it
+    what: str  # as the troubleshooting page's table names it
     args: tuple[str, ...]  # `{url}`: a simulated server started for the catalogue; `{file}`: a regular file
     fragment: str  # in the one-line message on stderr
     status: int
@@ -169,9 +170,9 @@ def test_each_bad_input_gets_its_message_and_exit_status(outcomes, index):
     assert "sk-123" not in result.output
 
 
-def test_the_readme_lists_the_same_cases():
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("### When something is wrong", 1)[1].split("\n## ", 1)[0]
+def test_the_troubleshooting_page_lists_the_same_cases():
+    text = (REPO / "docs" / "guides" / "troubleshooting.md").read_text(encoding="utf-8")
+    section = text.split("## When something is wrong", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| (.+?) \| `(.+?)` \| (\d) \|$", section, flags=re.M)
     assert [(what, int(status)) for what, _, status in rows] == [(c.what, c.status) for c in CASES]
 

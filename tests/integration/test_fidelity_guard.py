@@ -2,7 +2,7 @@
 milliseconds of the true emit times of the reference server (scripts/reference_server.py).
 
 The same comparison as scripts/bench_fidelity.py, short and with loose bounds: the floor on this
-machine is ~0.15 ms and the client adds 0.1 to 0.2 ms (README, Measurement fidelity), so a bound of 4 ms
+machine is ~0.15 ms and the client adds 0.1 to 0.2 ms (docs/fidelity.md), so a bound of 4 ms
 leaves room for a busy machine and still fails when a few milliseconds creep into every read
 (a blocking call, a per-chunk sleep, parsing before the stamp of a slow decoder).
 """
@@ -62,7 +62,7 @@ def reference(tmp_path: Path) -> Iterator[Reference]:
 async def _drive(url: str, api: Api) -> list[RequestRecord]:
     wire = wire_api(api)
     records = []
-    # The client a run's requests to a loopback server go through (experiment._request_client).
+    # The client a run's requests to a loopback server go through (run/live.py _request_client).
     async with LoopbackClient(url, concurrency=1, read_timeout_s=10.0) as client:
         for i in range(WARMUP + REQUESTS):
             spec = wire.build_request("reference", f"{api}-{i}", i, None, {}, None)

@@ -1,7 +1,7 @@
-"""The benchmark scripts in scripts/ still run and report what the README quotes.
+"""The benchmark scripts in scripts/ still run and report what docs/fidelity.md quotes.
 
 Short runs only: these guard the scripts against rot (imports, argument handling, the shape of
-their report), not the figures, which come from full runs quoted in the README.
+their report), not the figures, which come from full runs quoted in docs/fidelity.md.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_embedded_adapter_benchmark_compares_both_sides(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     in_process = number(r"in-process llama-cpp\s+([\d.]+)", result.stdout)
     via_server = number(r"server via httpx\s+([\d.]+)", result.stdout)
-    # Same model, prompts and threads. The < 2 ms goal is the script's to report (README, Benchmarks);
+    # Same model, prompts and threads. The < 2 ms goal is the script's to report (docs/fidelity.md, Benchmarks);
     # here, on a shared 2-core CI box where 2 requests once differed by 55 ms in 140, the test
     # asserts the two sides measure the same thing: within a factor of 2, not a slower server.
     assert in_process > 0 and 0.5 < via_server / in_process < 2.0, result.stdout

@@ -113,38 +113,48 @@ def test_repeat3_then_a_rerun_resumes_and_force_measures_again(tmp_path):
     assert Counter(r.data.tags["sentinel.config_hash"] for r in runs).most_common(1)[0][1] == 6
 
 
-def test_interleaved_order_alternates_the_arms_in_chunks(tmp_path):
+def test_an_interleaved_study_runs_every_arm_in_balanced_rounds_against_one_server(tmp_path):
+    # default and low_ctx differ in runner options: the server reloads the model at every switch.
     result = run_cli(
-        tmp_path,
-        "-m",
-        "options=default,low_ctx",
-        "sweep.order=interleaved",
-        "sweep.chunks=3",
-        *SIM,
-        "workload=quick",
-        "workload.requests=5",
-        "workload.warmup=0",
-        timeout_s=400,
+        tmp_path, "-m", "options=default,low_ctx", *SIM, "workload=quick", "workload.requests=8", "compare.blocks=4"
     )
     assert result.returncode == 0, result.output
+    assert "study: 2 arms, 4 rounds of 2 requests per arm" in result.stdout
     jobs = job_dirs(tmp_path)
-    # In the order the jobs measured (their first request's wall clock), the arms alternate.
-    started = sorted(jobs, key=lambda d: read_records(d / "requests.jsonl")[0].started_at)
-    assert started == jobs
-    arms = [json.loads((d / "sweep_job.json").read_text())["overrides"] for d in started]
-    options = [next(o for o in job if o.startswith("options=")) for job in arms]
-    assert options == ["options=default", "options=low_ctx"] * 3
-    # Each chunk measured its share, 5/3 rounded up, and the chunks are repeats of one configuration.
-    assert all(len(read_records(d / "requests.jsonl")) == 2 for d in jobs)
+    records = {d.name: read_records(d / "requests.jsonl") for d in jobs}
+    # One server for both arms (the same server settings), its log in the first arm's folder.
     runs = job_runs(tmp_path)
-    assert all(r.data.params["workload.requests"] == "2" for r in runs)
-    repeats: dict[str, list[str]] = {}
-    for r in runs:
-        repeats.setdefault(r.data.tags["sentinel.config_hash"], []).append(r.data.tags["sentinel.repeat"])
-    assert sorted(sorted(v) for v in repeats.values()) == [["0", "1", "2"]] * 2
+    assert len({r.data.tags["sentinel.server_url"] for r in runs}) == 1
+    assert (jobs[0] / "server.log").is_file() and not (jobs[1] / "server.log").exists()
+    # Each arm measured 2 requests in each of 4 rounds, and the rounds alternate which arm goes first.
+    blocks = {}
+    for arm, recs in records.items():
+        measured = [r for r in recs if r.measured]
+        assert [r.block for r in measured] == [0, 0, 1, 1, 2, 2, 3, 3] and [r.index for r in measured] == list(range(8))
+        blocks[arm] = {b: min(r.started_at for r in measured if r.block == b) for b in range(4)}
+    firsts = ["0" if blocks["0"][b] < blocks["1"][b] else "1" for b in range(4)]
+    assert sorted(firsts[:2]) == ["0", "1"] and sorted(firsts[2:]) == ["0", "1"]  # balanced, pair by pair
+    # A switch reloads the model: one uncounted warmup request takes the load, the measured ones stay warm.
+    switch_warmups = [r for recs in records.values() for r in recs if r.phase == "warmup" and r.block is not None]
+    assert len(switch_warmups) >= 3 and any(r.cold for r in switch_warmups)
+    assert not any(r.cold for recs in records.values() for r in recs if r.measured)
+    # The arms' prompts agree request for request: the comparison pairs like with like.
+    prompts = [[r.prompt_index for r in recs if r.measured] for recs in records.values()]
+    assert prompts[0] == prompts[1]
 
     clash = run_cli(tmp_path, "-m", "sweep=repeat3", "sweep.order=interleaved", *SIM, *QUICK)
     assert clash.returncode == 2 and "cannot set repeat as well" in clash.stderr
+
+
+def test_a_sequential_sweep_gives_no_significance_verdict(tmp_path):
+    # The legacy design: each job on its own, one run per arm. The noise between runs is unknown.
+    sweep = ["-m", *SIM, "server.sim.ttft_ms=40,80", "sweep.order=sequential", "workload.requests=20"]
+    result = run_cli(tmp_path, *sweep, "workload.warmup=0")
+    assert result.returncode == 0, result.output
+    assert "one run per arm: the noise between runs is unknown" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if "ttft_ms=80" in line and "%" in line)
+    assert "no verdict (one run per arm)" in line and "worse" not in line
+    assert "best: none (one run per arm: the noise between runs is unknown)" in result.stdout
 
 
 @pytest.mark.skipif(

@@ -71,7 +71,7 @@ def test_config_ships_next_to_the_package_or_in_the_checkout():
 
 
 def test_run_names_lead_with_what_differs_and_leave_out_presentation():
-    from sentinel_exp.run.experiment import RunContext
+    from sentinel_exp.run.context import RunContext
 
     overrides = [
         "model.name=gemma3:1b",

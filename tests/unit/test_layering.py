@@ -29,8 +29,10 @@ CONFIG_LAYER = frozenset(
         "sentinel_exp.cli.app",
         "sentinel_exp.cli.help",
         "sentinel_exp.config.schema",
+        "sentinel_exp.config.reference",
         "sentinel_exp.cli.overrides",
         "sentinel_exp.sweep.callbacks",
+        "sentinel_exp.cli.study",
     }
 )
 PURE = frozenset(
@@ -208,8 +210,8 @@ def test_the_checker_sees_the_whole_package():
     # A module the tree really has, with a known import of each form.
     targets = {imp.target for module, imp in module_imports() if module == "sentinel_exp.run.servers"}
     assert {"sentinel_exp.serve.engines.registry", "sentinel_exp.errors"} <= targets
-    experiment = {imp.target for module, imp in module_imports() if module == "sentinel_exp.run.experiment"}
-    assert {"sentinel_exp", "sentinel_exp.report.console"} <= experiment
+    live = {imp.target for module, imp in module_imports() if module == "sentinel_exp.run.conclusion"}
+    assert {"sentinel_exp", "sentinel_exp.analysis.diagnosis"} <= live
 
 
 def test_imports_resolve_relative_and_submodule_forms():

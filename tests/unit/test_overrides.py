@@ -11,19 +11,30 @@ import pytest
 from sentinel_exp.cli.app import config_dir
 from sentinel_exp.cli.overrides import command_line_overrides, override_problems
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+# The README and the docs site's pages; the configuration reference is generated (its choice
+# descriptions quote commands inside sentences).
+DOCUMENTS = [
+    REPO / "README.md",
+    *(p for p in sorted((REPO / "docs").rglob("*.md")) if p != REPO / "docs" / "reference" / "configuration.md"),
+]
 
 
 def problems(*args: str) -> list[str]:
     return override_problems(command_line_overrides(list(args)), config_dir())
 
 
-def test_every_command_in_the_readme_passes_the_check() -> None:
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_command_in_the_docs_passes_the_check(document: Path) -> None:
     # A command continued over lines (a trailing backslash) is checked whole.
-    commands = re.findall(r"python -m sentinel_exp(?![.\w])([^\n`#]*)", README.read_text().replace("\\\n", " "))
-    assert len(commands) >= 5
-    for command in commands:
-        assert problems(*shlex.split(command)) == [], command
+    text = document.read_text(encoding="utf-8").replace("\\\n", " ")
+    for command in re.findall(r"python -m sentinel_exp(?![.\w])([^\n`#]*)", text):
+        assert problems(*shlex.split(command)) == [], f"{document.name}: {command}"
+
+
+def test_the_readme_and_the_guides_show_commands() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(re.findall(r"python -m sentinel_exp(?![.\w])", readme)) >= 5
 
 
 @pytest.mark.parametrize(

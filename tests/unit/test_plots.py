@@ -93,7 +93,7 @@ def legend_box(fig: Figure) -> tuple[str, str]:
 
 
 def test_long_run_names_wrap_instead_of_leaving_the_figure():
-    # Run names are cut at 250 characters (experiment.RunContext.run_name).
+    # Run names are cut at 250 characters (run/context.py RunContext.run_name).
     name = " ".join(f"workload.setting_{i}=value_{i}" for i in range(8)) + " qwen2.5:0.5b @simulated"
     assert len(name) <= 250
     title = plots.latency_cdfs(run_records(), name).get_suptitle()

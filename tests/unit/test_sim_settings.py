@@ -56,6 +56,12 @@ def test_to_args_writes_one_flag_per_field_and_one_per_fault() -> None:
         "--fault=3:http_500",
         "--fault=5:cut_stream",
         "--gpu-fraction=0.5",
+        "--drift-pct=0.0",
+        "--drift-period-s=120.0",
+        "--spell-pct=0.0",
+        "--spell-every-s=20.0",
+        "--spell-s=2.0",
+        "--noise-epoch=0.0",
     ]
 
 
@@ -146,7 +152,9 @@ def test_the_config_node_is_the_same_type_with_the_same_defaults() -> None:
     node.faults = {3: "http_500"}  # what `server.sim.faults={3:http_500}` sets
     node.tokens = 10
     assert SimSettings.from_values(node) == SimSettings(tokens=10, faults={3: "http_500"})
-    assert SimSettings.from_values(node).to_args()[-3:] == ["--parallel=0", "--fault=3:http_500", "--gpu-fraction=0.0"]
+    flags = SimSettings.from_values(node).to_args()
+    at = flags.index("--gpu-fraction=0.0")
+    assert flags[at - 2 : at + 1] == ["--parallel=0", "--fault=3:http_500", "--gpu-fraction=0.0"]
 
 
 def test_config_problems_report_the_sim_settings_with_their_config_path() -> None:
@@ -162,3 +170,35 @@ def test_config_problems_report_the_sim_settings_with_their_config_path() -> Non
         "server.sim.tokens must be at least 1 (got 0); "
         "server.sim.faults must be a mapping like {3: http_500} (got [3])."
     )
+
+
+def test_machine_noise_is_a_seeded_function_of_the_wall_clock() -> None:
+    import numpy as np
+
+    from sentinel_exp.serve.sim_settings import machine_slowdown
+
+    quiet = SimSettings()
+    assert machine_slowdown(quiet, 1_800_000_000.0) == 1.0  # no noise unless asked for
+    noisy = SimSettings(drift_pct=20.0, drift_period_s=60.0, spell_pct=50.0, spell_every_s=10.0, spell_s=1.0, seed=3)
+    times = 1_800_000_000.0 + np.arange(0.0, 3600.0, 0.05)
+    factors = np.array([machine_slowdown(noisy, t) for t in times])
+    # Two servers of one study (same settings, same clock) see the same machine; another seed another one.
+    assert [machine_slowdown(noisy, t) for t in times[:50]] == factors[:50].tolist()
+    other = [machine_slowdown(SimSettings(drift_pct=20.0, spell_pct=50.0, seed=4), t) for t in times[:2000]]
+    assert other != factors[:2000].tolist()
+    drift_only = np.array(
+        [machine_slowdown(SimSettings(drift_pct=20.0, drift_period_s=60.0, seed=3), t) for t in times]
+    )
+    assert drift_only.min() >= 0.8 - 1e-9 and drift_only.max() <= 1.2 + 1e-9
+    assert drift_only.max() - drift_only.min() > 0.2  # it does wander
+    # A spell is 1 s in each 5 s slot with chance 1/2: a tenth of the time, 1.5 times slower.
+    in_spell = np.isclose(factors / drift_only, 1.5)
+    assert 0.07 < in_spell.mean() < 0.13
+    assert np.isclose(factors / drift_only, 1.0)[~in_spell].all()
+
+
+def test_machine_noise_settings_are_checked() -> None:
+    found = SimSettings(drift_pct=-1.0, spell_pct=-2.0, spell_s=0.0).problems("server.sim.")
+    assert "server.sim.drift_pct must be 0 or more (got -1.0)" in found
+    assert "server.sim.spell_pct must be 0 or more (got -2.0)" in found
+    assert "server.sim.spell_s must be positive seconds (got 0.0)" in found

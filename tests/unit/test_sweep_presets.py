@@ -49,18 +49,17 @@ def test_options_grid_is_three_contexts_by_three_batches():
 
 def test_repeat3_runs_each_configuration_three_times_one_after_another():
     args = ["options=default,low_ctx"]
-    ordered = jobs(arrange(preset_params("repeat3") + args, "sequential", 4))
+    assert OmegaConf.load(config_dir() / "sweep" / "repeat3.yaml").sweep.order == "sequential"
+    ordered = jobs(arrange(preset_params("repeat3") + args, "sequential"))
     assert ordered == [[f"options={o}", f"repeat={r}"] for o in ("default", "low_ctx") for r in range(3)]
-    # Interleaved, the repeats cannot come from the preset: the chunks are the repeats.
+    # An interleaved study measures each configuration once, in rounds: repeats have no place there.
     with pytest.raises(InterleaveError, match="cannot set repeat as well"):
-        arrange(preset_params("repeat3") + args, "interleaved", 4)
+        arrange(preset_params("repeat3") + args, "interleaved")
 
 
-def test_interleaved_alternates_the_arms_in_chunks():
-    ordered = jobs(arrange(["options=default,low_ctx", "workload.concurrency=1"], "interleaved", 3))
-    assert [(job[0], job[1]) for job in ordered] == [
-        (f"repeat={r}", f"options={o}") for r in range(3) for o in ("default", "low_ctx")
-    ]
+def test_the_default_order_is_the_interleaved_study():
+    assert typed_config(variant()).sweep.order == "interleaved"
+    assert typed_config(variant("sweep.order=sequential")).sweep.order == "sequential"
 
 
 @pytest.mark.parametrize(
@@ -69,21 +68,18 @@ def test_interleaved_alternates_the_arms_in_chunks():
         (["a=1,2"], "sequential", ["a=1,2"]),
         (["repeat=range(0,3)", "a=1,2"], "sequential", ["a=1,2", "repeat=range(0,3)"]),
         (["repeat=range(0,3)", "a=1,2", "repeat=0,1"], "sequential", ["a=1,2", "repeat=0,1"]),  # the last wins
-        (["a=1,2", "b=x"], "interleaved", ["repeat=range(0,4)", "a=1,2", "b=x"]),
+        (["a=1,2", "b=x"], "interleaved", ["a=1,2", "b=x"]),
     ],
 )
 def test_arrange_puts_the_repeat_where_the_order_wants_it(overrides, order, expected):
-    assert arrange(overrides, order, 4) == expected
+    assert arrange(overrides, order) == expected
 
 
-def test_an_interleaved_job_measures_its_share_of_the_requests():
-    def share(*overrides):
-        return typed_config(variant("workload.requests=10", *overrides)).job_share().workload.requests
-
-    assert share() == 10
-    assert share("sweep.order=interleaved", "sweep.chunks=4") == 3  # rounded up: all chunks alike
-    assert share("sweep.order=interleaved", "sweep.chunks=1") == 10
-    assert share("sweep.order=interleaved", "sweep.chunks=5") == 2
+def test_the_aa_preset_is_one_configuration_as_two_arms():
+    assert list(jobs(preset_params("aa"))) == [["arm=A"], ["arm=B"]]
+    a, b = (typed_config(variant(f"arm={arm}")) for arm in "AB")
+    assert config_hash(a.as_dict()) == config_hash(b.as_dict())  # one configuration, measured twice
+    assert OmegaConf.load(config_dir() / "sweep" / "aa.yaml").force is True
 
 
 ABLATION_ARMS = ["baseline", "num_ctx", "num_batch", "num_predict", "num_thread", "num_gpu", "all"]

@@ -385,7 +385,7 @@ def test_the_threads_of_each_server_kind(monkeypatch):
     import psutil
 
     from sentinel_exp.names import ServerKind
-    from sentinel_exp.run.experiment import llama_threads
+    from sentinel_exp.run.conclusion import llama_threads
     from sentinel_exp.serve.threads import THREADS_ENV
 
     monkeypatch.delenv(THREADS_ENV, raising=False)

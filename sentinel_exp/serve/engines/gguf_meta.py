@@ -216,5 +216,5 @@ def file_sha256(path: Path, chunk: int = 4 << 20) -> str:
 
 
 def mtime_rfc3339(path: Path) -> str:
-    when = dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.UTC)
     return when.isoformat().replace("+00:00", "Z")

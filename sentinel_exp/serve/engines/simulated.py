@@ -27,7 +27,7 @@ from sentinel_exp.serve.engine import (
     Token,
 )
 from sentinel_exp.serve.engines.precise_timer import PreciseTimer
-from sentinel_exp.serve.sim_settings import SimSettings
+from sentinel_exp.serve.sim_settings import SimSettings, machine_slowdown
 
 DEFAULT_MODELS = ("smollm2:135m", "qwen2.5:0.5b", "llama3.2:1b", "tinyllama", "phi3:3.8b-mini-4k-instruct-q4_K_M")
 # Faults that strike mid-stream do so after this many tokens, so a partial answer exists.
@@ -108,6 +108,8 @@ class SimulatedEngine:
         return list(self._entries)
 
     def _jittered(self, ms: float) -> float:
+        """A delay in seconds: `ms` slowed by the machine's noise of this moment, then jittered."""
+        ms *= machine_slowdown(self.settings, time.time())
         if self.settings.jitter_ms <= 0:
             return ms / 1000.0
         return max(0.0, ms + self._rng.gauss(0.0, self.settings.jitter_ms)) / 1000.0
