@@ -56,7 +56,7 @@ def test_the_simulated_server_is_not_linted_for_options_it_does_not_model(tmp_pa
     result = run_experiment(tmp_path, *SIM, "options=low_ctx", f"workload.prompts=[{prompt!r}]", *QUICK)
     [run] = mlflow_runs(tmp_path)
     assert [t for t in run.data.tags if t.startswith("sentinel.lint.")] == []
-    assert "physical cores" not in result.output and "offloads 1 layer" not in result.output
+    assert "num_thread=4 is more than" not in result.output and "offloads 1 layer" not in result.output
     [note] = [w for w in json.loads((result.output_dir / "summary.json").read_text())["warnings"] if "model" in w]
     assert note.startswith("the simulated server does not model num_ctx, num_batch, num_thread, num_gpu:")
     assert run.data.metrics["requests_ok"] == 3

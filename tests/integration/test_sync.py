@@ -224,18 +224,23 @@ def test_the_next_run_closes_a_sweep_killed_midway_and_sync_files_its_jobs_under
     later = run_cli(tmp_path, *QUICK)  # the next run in the same store
     assert later.returncode == 0, later.output
     assert f"closed run {parent.info.run_id}" in later.stderr
-    # The job's run exists only in its folder: the message says so, and how to upload it.
+    # The jobs' runs exist only in their folders (the arms of the interleaved study were measured
+    # together): the message names them, and how to upload them.
     sweep_folder = records.parent.parent
-    job, sweep = records.parent.relative_to(tmp_path), sweep_folder.relative_to(tmp_path)  # as the run named them
+    running = sorted(p.parent for p in sweep_folder.glob("*/run.json") if _run_json(p.parent)["status"] == "RUNNING")
+    assert records.parent in running
+    named = ", ".join(str(folder.relative_to(tmp_path)) for folder in running)  # as the run named them
+    folders = f"its job folder {named} is" if len(running) == 1 else f"its job folders {named} are"
     said = " ".join(later.stderr.split())
-    assert f"its job folder {job} is still RUNNING: python -m sentinel_exp.sync {sweep}" in said, later.stderr
+    assert f"{folders} still RUNNING: python -m sentinel_exp.sync {sweep_folder.relative_to(tmp_path)}" in said
     statuses = {run.info.run_id: run.info.status for run in mlflow_runs(tmp_path)}
     assert statuses[parent.info.run_id] == "FAILED"
 
     synced = _sync(tmp_path, str(sweep_folder))
     assert synced.returncode == 0, synced.stdout + synced.stderr
-    [job] = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert job.info.status == "FAILED" and job.data.metrics["requests_ok"] >= 19
+    jobs = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(jobs) == len(running) and {job.info.status for job in jobs} == {"FAILED"}
+    assert max(job.data.metrics["requests_ok"] for job in jobs) >= 19
 
 
 def test_a_zombie_runner_is_gone():
