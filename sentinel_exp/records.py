@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sentinel_exp.names import ErrorClass, Phase
+from sentinel_exp.names import Api, ErrorClass, Phase
 
 
 @dataclass
@@ -19,9 +19,9 @@ class RequestRecord:
     are reported as queue_ms)."""
 
     index: int
-    phase: str
+    phase: Phase
     prompt_index: int
-    api: str
+    api: Api
     ok: bool = False
     started_at: float = 0.0  # wall clock (unix seconds) when the request was submitted
     queue_ms: float | None = None  # submit -> headers start going out (pool wait, connect)
@@ -61,6 +61,9 @@ class RequestRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key, vocabulary in (("phase", Phase), ("api", Api)):
+            if key in known:  # ValueError for a value outside the vocabulary, as for a line cut short
+                known[key] = vocabulary(known[key])
         return cls(**known)
 
 

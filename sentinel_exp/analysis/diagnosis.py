@@ -2,7 +2,7 @@
 numbers, and the likely cause of each cold start a warm server should not have had. Pure
 functions over records (and the bundled server's log lines, read by the caller): no I/O.
 
-The parts follow what the server's durations really cover (sentinel_exp/serve/app.py `_events`,
+The parts follow what the server's durations really cover (sentinel_exp/serve/routes.py `Generations.events`,
 serve/scheduler.py; Ollama's server/sched.go does the same): `load_duration` runs from the
 request's arrival until the model is ready, a load it waited for included; the wait for a free
 generation slot comes after that and is in `total_duration` only; `prompt_eval_duration` starts once

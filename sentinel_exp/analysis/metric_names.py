@@ -1,5 +1,7 @@
 """The names of the metrics a run logs, so that a target or an objective naming one that does not
-exist is refused before anything is measured, with the nearest real name (pure: names only).
+exist is refused before anything is measured, with the nearest real name (pure: names only). The
+metric catalogue (metrics.py) says how the metrics it shows are labelled and judged; this module
+lists every name a run can log, shown or not.
 
 Latency metrics are `<family>_ms_<statistic>`, and again over warm and cold requests alone with
 `_warm` / `_cold` after it (stats.latency_metrics, stats.warm_cold_metrics); the rest are listed.
@@ -10,21 +12,10 @@ from __future__ import annotations
 import difflib
 import re
 
-# stats.latency_samples' keys, in its order.
-LATENCY_FAMILIES = (
-    "ttfb",
-    "ttft",
-    "itl",
-    "tpot",
-    "e2e",
-    "queue",
-    "server_load",
-    "server_prefill",
-    "server_decode",
-    "ttft_other",
-    "server_queue",
-    "client_overhead",
-)
+from sentinel_exp.analysis.metrics import LATENCIES
+
+# The latency families of the metric catalogue (analysis/metrics.py), stats.latency_samples' keys.
+LATENCY_FAMILIES = tuple(latency.name for latency in LATENCIES)
 # stats.describe's keys.
 STATISTICS = ("p50", "p90", "p95", "p99", "mean", "min", "max")
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel_exp import tags as tag
 from sentinel_exp.serve.prompt_fit import DEFAULT_NUM_KEEP, prompt_limit
 from sentinel_exp.serve.wire import runner_options
 
@@ -51,7 +52,7 @@ class Finding:
 
     @property
     def tag(self) -> str:
-        return f"sentinel.lint.{self.rule}"
+        return tag.lint(self.rule)
 
 
 @dataclass(frozen=True)

@@ -121,11 +121,12 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
     not pulled, say) must not cost the others: the job is recorded as failed and the sweep goes
     on; it still ends with exit status 2 (sweep.SweepSummary)."""
     from sentinel_exp.report import console as ui
+    from sentinel_exp.store.run_folder import RunFolder
     from sentinel_exp.sweep.callbacks import record_error
 
     ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        if not isinstance(exc, RunFailed) and not (ctx.output_dir / "requests.jsonl").exists():
+        if not isinstance(exc, RunFailed) and not RunFolder(ctx.output_dir).records.exists():
             # Stopped before any request: no half-made run folder is left to mistake for a run.
             shutil.rmtree(ctx.output_dir, ignore_errors=True)
         sys.exit(exc.exit_code)

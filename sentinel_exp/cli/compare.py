@@ -18,10 +18,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.comparison import ALPHA, DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
 from sentinel_exp.analysis.metric_names import closest, is_objective
 from sentinel_exp.errors import UserError
 from sentinel_exp.records import read_records
+from sentinel_exp.store.run_folder import RunFolder
 from sentinel_exp.sweep.study import (
     ArmSetup,
     MeasuredJob,
@@ -64,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MIN_EFFECT_PCT,
         help=f"smaller changes are never improved/worse (default {DEFAULT_MIN_EFFECT_PCT:g})",
     )
-    parser.add_argument("--out", type=Path, help="markdown file to write (default: compare.md in a sweep folder)")
+    parser.add_argument(
+        "--out", type=Path, help=f"markdown file to write (default: {RunFolder.COMPARE} in a sweep folder)"
+    )
     parser.add_argument("--full", action="store_true", help="print every metric's row, not only the objective's")
     return parser
 
@@ -83,7 +87,9 @@ def arms_from_folder(folder: Path) -> tuple[list[Arm], dict[str, ArmSetup]]:
         if run is not None and job.folder is not None:
             measured.append(MeasuredJob(job.num, tuple(job.overrides), run, folder_setup(job.folder)))
     if not measured:
-        raise UserError(f"{folder} holds no finished sweep job (no sweep_job.json with a summary.json beside it)")
+        raise UserError(
+            f"{folder} holds no finished sweep job (no {RunFolder.SWEEP_JOB} with a {RunFolder.SUMMARY} beside it)"
+        )
     return arms(measured), arm_setups(measured)
 
 
@@ -138,8 +144,8 @@ def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]
             path = store.records_file(run.run_id, Path(scratch) / run.run_id)
             if path is None:
                 continue
-            key = run.tags.get("sentinel.config_hash", run.run_id)
-            study = run.tags.get("sentinel.study_id")
+            key = run.tags.get(tag.CONFIG_HASH, run.run_id)
+            study = run.tags.get(tag.STUDY_ID)
             grouped.setdefault(key, []).append(RunResult(tuple(read_records(path)), run.metrics, study=study))
             members.setdefault(key, []).append(run.run_id)
             params.setdefault(key, run.params)
@@ -189,7 +195,7 @@ def run_comparison(args: argparse.Namespace) -> tuple[list[Comparison], Path | N
         configurations, baseline=baseline, objective=args.objective, min_effect_pct=args.min_effect_pct, alpha=alpha
     )
     comparisons = with_setup_notes(comparisons, setups)
-    out = args.out if args.out is not None else (folder / "compare.md" if folder is not None else None)
+    out = args.out if args.out is not None else (RunFolder(folder).compare if folder is not None else None)
     return comparisons, out
 
 

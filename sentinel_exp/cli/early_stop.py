@@ -1,7 +1,7 @@
 """Ctrl-C while the command is still starting (imports, Hydra composing the config, before the run
 has anything to keep): the process ends at once with one line and exit status 130, and the run
 folder Hydra may have made is removed. Standard library only: installed before anything else is
-imported.
+imported (what it needs to stop, it imports then).
 
 A KeyboardInterrupt would do the same less well here: raised inside an import it prints a
 traceback of whichever module it cut, and where it lands inside an `exec` (dataclasses build their
@@ -23,7 +23,9 @@ RUN_FOLDERS: list[Path] = []
 
 def unstarted(folder: Path) -> bool:
     """Whether a run folder holds no request record: nothing in it a user would look for."""
-    records = folder / "requests.jsonl"
+    from sentinel_exp.store.run_folder import RunFolder  # only once stopping: start-up stays light
+
+    records = RunFolder(folder).records
     return not records.exists() or records.stat().st_size == 0
 
 

@@ -20,6 +20,7 @@ from sentinel_exp.errors import UserError
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.context import RunContext
 from sentinel_exp.run.rounds import StudyArm, StudyPlan, leave_error, run_study
+from sentinel_exp.store.run_folder import RunFolder
 from sentinel_exp.sweep.callbacks import sweep_record, swept_keys
 
 # Composes one job's config from its overrides, as the launcher will (the sweeper's loader).
@@ -94,11 +95,10 @@ def measure_study(master: DictConfig, batch: Sequence[Sequence[str]], compose: C
         objective=first.sweep.objective,
         progress=ui.want_progress(first.progress),
     )
-    with study_logging(sweep_dir / STUDY_LOG):
+    with study_logging(RunFolder(sweep_dir).study_log):
         run_study(arms, plan)
 
 
-STUDY_LOG = "study.log"
 # As conf/config.yaml's job logging has them: their request lines would drown the study's own.
 QUIET_LOGGERS = ("httpx", "httpcore", "mlflow", "alembic")
 

@@ -22,8 +22,9 @@ from rich.progress import track
 from rich.table import Table
 
 from sentinel_exp.errors import NotLogged, StoreUnavailable, UserError
+from sentinel_exp.names import Role
 from sentinel_exp.report import console as ui
-from sentinel_exp.store.run_folder import RUN_FILE, Role, is_run_folder, read_run_file
+from sentinel_exp.store.run_folder import RunFolder, is_run_folder, read_run_file
 from sentinel_exp.store.upload import Uploader
 from sentinel_exp.urls import credentials_problem, tracking_uri_problem
 
@@ -42,9 +43,9 @@ def folders_to_sync(paths: Sequence[Path]) -> list[Path]:
     for path in paths:
         if not path.is_dir():
             raise UserError(f"{path} is not a folder")
-        below = sorted(p.parent.resolve() for p in path.rglob(RUN_FILE))
+        below = sorted(p.parent.resolve() for p in path.rglob(RunFolder.RUN_JSON))
         if not below:
-            raise UserError(f"{path} holds no run folder (no {RUN_FILE} in it or below it)")
+            raise UserError(f"{path} holds no run folder (no {RunFolder.RUN_JSON} in it or below it)")
         for folder in below:
             found.setdefault(folder)
     # A parent above its jobs: shorter paths first within each tree.
@@ -95,7 +96,7 @@ def results_table(results: Sequence[Synced]) -> Table:
     return table
 
 
-def _role(folder: Path) -> str:
+def _role(folder: Path) -> Role:
     try:
         return read_run_file(folder).role
     except UserError:

@@ -499,7 +499,7 @@ class RequestSloConfig:
 @dataclass
 class SloConfig:
     """Service-level targets. A run-level target is a key of its own, `slo.<metric>: <limit>`, for
-    any metric whose better direction is known (slo.METRIC_DIRECTIONS); `request` holds the
+    any metric whose better direction is known (analysis/metrics.py); `request` holds the
     per-request targets. The `slo` node is open (register_configs), so `slo.ttft_ms_p50=300` needs
     no `+`, and OmegaConf.to_object sets those keys as attributes: `targets()` reads them back."""
 
@@ -535,11 +535,11 @@ def slo_metric_problem(metric: str) -> str | None:
     meant: a misspelt target would otherwise fail every run, as a metric that is never there), or
     a metric with no better direction."""
     from sentinel_exp.analysis.metric_names import closest, is_logged
-    from sentinel_exp.analysis.slo import metric_direction
+    from sentinel_exp.analysis.metrics import direction
 
     if not is_logged(metric) and (meant := closest(metric)) is not None:
         return f"not a metric this tool logs; did you mean {meant}?"
-    if not is_logged(metric) or metric_direction(metric) is None:
+    if not is_logged(metric) or direction(metric) is None:
         return SLO_METRIC_HINT
     return None
 

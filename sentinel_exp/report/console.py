@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -12,13 +13,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from sentinel_exp.analysis.comparison import Comparison
+from sentinel_exp.analysis.metrics import LATENCY, describe
 from sentinel_exp.analysis.slo import SloResult
 from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report.markdown import count_parts, rate_parts, summary_rows
 from sentinel_exp.report.markdown import fmt_ms as _fmt
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 
 stdout = Console(highlight=False)
+# The sweep table's columns after the job's name; each header is the catalogue's.
+SWEEP_COLUMNS = ("ttft_ms_p50", "ttft_ms_p95", "e2e_ms_p50", "output_tokens_per_s", "cold_starts", "requests_failed")
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -98,9 +103,9 @@ class StudyProgress(RunProgress):
 def print_arm_line(run_name: str, status: str, metrics: Mapping[str, float], errors: Mapping[str, int]) -> None:
     """An arm of a study in one line: its name, status, TTFT and E2E p50, requests ok and failed."""
     parts = [
-        f"{label} p50 {_fmt(metrics[key], 'ms')}"
-        for label, key in (("TTFT", "ttft_ms_p50"), ("E2E", "e2e_ms_p50"))
-        if key in metrics
+        f"{latency.label} p50 {_fmt(metrics[latency.metric('p50')], latency.unit)}"
+        for latency in (LATENCY["ttft"], LATENCY["e2e"])
+        if latency.metric("p50") in metrics
     ]
     counts = f"{int(metrics.get('requests_ok', 0))} ok, {sum(errors.values())} failed"
     stdout.print(escape(f"  {run_name} [{status}]: {', '.join([*parts, counts])}"), soft_wrap=True)
@@ -117,32 +122,23 @@ def summary_table(metrics: Mapping[str, float]) -> Table:
     return table
 
 
-def print_summary(
-    metrics: Mapping[str, float],
-    run_name: str,
-    logged_to: str | None,
-    output_dir: str,
-    errors: Mapping[str, int],
-    status: str,
-    warnings: Sequence[str] = (),
-    slo: SloResult | None = None,
-    verdict: Sequence[str] = (),
-) -> None:
-    stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
+def print_summary(summary: RunSummary, output_dir: Path, slo: SloResult | None = None) -> None:
+    """A run's closing summary: its name and status, the latency table, the verdict, the counts
+    and rates, the SLO line, the warnings, and where its records are."""
+    metrics = summary.metrics
+    stdout.print(f"[bold]{escape(summary.run_name or '')}[/]  " + escape(f"[{summary.status}]"), soft_wrap=True)
     print_table(summary_table(metrics))
-    for line in verdict:
+    for line in summary.verdict or ():
         stdout.print(escape(line), soft_wrap=True)
-    stdout.print(escape("  ".join(count_parts(metrics, errors))), soft_wrap=True)
+    stdout.print(escape("  ".join(count_parts(metrics, summary.errors or {}))), soft_wrap=True)
     rates = rate_parts(metrics)
     if rates:
         stdout.print("  ".join(rates))
     if slo is not None and slo.any:
         stdout.print(escape(slo_line(slo)), soft_wrap=True)
-    for warning in warnings:
+    for warning in summary.warnings or ():
         stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
-    stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
-    if logged_to:
-        stdout.print(escape(logged_to), soft_wrap=True)
+    stdout.print(escape(f"records: {RunFolder(output_dir).records}"), soft_wrap=True)
 
 
 def comparison_table(comparison: Comparison) -> Table:
@@ -236,8 +232,8 @@ def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) ->
     """Every job of a sweep on one screen (None = the job did not run); MLflow has the rest."""
     table = Table(title="sweep", show_header=True, header_style="bold", title_justify="left")
     table.add_column("job", overflow="fold", min_width=min(30, max(len(name) for name, _ in jobs)))
-    for label in ("TTFT p50", "TTFT p95", "E2E p50", "tok/s", "cold", "failed"):
-        table.add_column(label, justify="right")
+    for name in SWEEP_COLUMNS:
+        table.add_column(describe(name).header, justify="right")
     for name, metrics in jobs:
         if metrics is None:
             table.add_row(escape(name), *["-"] * 5, "[red]not run[/]")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from sentinel_exp.analysis.metrics import axis_label
 from sentinel_exp.analysis.stats import describe, latency_samples
 from sentinel_exp.names import Phase
 from sentinel_exp.records import request_numbers
@@ -29,21 +30,6 @@ if TYPE_CHECKING:
 
     from sentinel_exp.records import RequestRecord
     from sentinel_exp.telemetry.sampler import Sample
-
-# Axis names of the latency samples `stats.latency_samples` returns.
-METRIC_LABELS: Mapping[str, str] = {
-    "ttfb": "TTFB",
-    "ttft": "TTFT",
-    "itl": "inter-token latency",
-    "tpot": "time per output token",
-    "e2e": "E2E latency",
-    "queue": "client queue",
-    "server_load": "server load",
-    "server_prefill": "server prefill",
-    "server_queue": "server queue",
-    "ttft_other": "TTFT − load − prefill",
-    "client_overhead": "E2E − server total",
-}
 
 PNG_DPI = 150
 # More series than this and a legend inside the axes would hide curves: it goes beside them.
@@ -194,7 +180,7 @@ def _no_data(ax: Axes, text: str) -> None:
 
 
 def _cdf_axes(ax: Axes, values: Sequence[float], metric: str, colour: str) -> None:
-    label = METRIC_LABELS.get(metric, metric)
+    label = axis_label(metric)
     ax.set_title(label)
     ax.set_xlabel(f"{label} (ms, log scale)")
     ax.set_ylabel("fraction of requests ≤ x")
@@ -241,7 +227,7 @@ def overlaid_cdfs(
 ) -> Figure:
     """One CDF of `metric` (a key of `stats.latency_samples`) per configuration of a sweep; the
     legend names each configuration as given (`options=low_ctx`)."""
-    label = METRIC_LABELS.get(metric, metric)
+    label = axis_label(metric)
     with _style():
         fig = _figure(8.0, 4.8)
         ax = fig.subplots()
@@ -278,7 +264,7 @@ def overlaid_cdfs(
 def percentile_bars(rows: Sequence[BarRow], metric: str = "ttft", title: str | None = None) -> Figure:
     """p50 and p95 of `metric` per configuration as horizontal bars (long configuration names stay
     readable), with confidence-interval whiskers where a row has them."""
-    label = METRIC_LABELS.get(metric, metric)
+    label = axis_label(metric)
     height = 1.6 + 0.55 * max(len(rows), 1)
     with _style():
         fig = _figure(8.0, height)

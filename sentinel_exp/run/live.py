@@ -35,7 +35,7 @@ from sentinel_exp.run.load import OnRecord, PhasePlan, SendOne, run_phase
 from sentinel_exp.run.monitor import RunMonitor
 from sentinel_exp.run.option_lint import OptionLint
 from sentinel_exp.run.servers import ServerHandle
-from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file
+from sentinel_exp.store.run_folder import RunFolder, RunJournal, RunSummary, new_run_file
 from sentinel_exp.store.tracking import flatten, param_value
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload.source import Planned, PromptSource
@@ -85,15 +85,7 @@ class RequestFactory:
 
     def spec(self, index: int, phase: str = Phase.MEASURED) -> tuple[RequestSpec, Planned]:
         planned = self.prompts.next(index, warmup=phase == Phase.WARMUP)
-        spec = self.wire.build_request(
-            self.model,
-            planned.text,
-            planned.prompt_index,
-            planned.system,
-            self.options,
-            self.keep_alive,
-            planned.messages,
-        )
+        spec = self.wire.build_request(self.model, planned, self.options, self.keep_alive)
         return spec, planned
 
 
@@ -223,7 +215,6 @@ class LiveRun:
         params = {k: param_value(v) for k, v in {**flatten(setup.resolved), "sent_options": factory.options}.items()}
         tracking = cfg.tracking
         run_file = new_run_file(
-            Role.RUN,
             run_name,
             tracking.experiment,
             tracking.uri if tracking.enabled else None,
@@ -237,7 +228,7 @@ class LiveRun:
             log.warning("warning: %s", warning)
         w = cfg.workload
         measurement = Measurement(give_up=GiveUp(handle.url, w.max_error_rate, w.error_rate_min_requests))
-        writer = RecordWriter(setup.ctx.output_dir / "requests.jsonl")
+        writer = RecordWriter(RunFolder(setup.ctx.output_dir).records)
         return cls(setup, clients, facts, monitor, journal, factory, option_lint, run_name, writer, measurement, stop)
 
     async def warmup(self, count: int | None = None, block: int | None = None) -> None:
@@ -294,7 +285,7 @@ class LiveRun:
         if self.measurement.placement_read is not None:
             await asyncio.gather(self.measurement.placement_read, return_exceptions=True)
 
-    def _sender(self, phase: str, first: int, block: int | None) -> SendOne:
+    def _sender(self, phase: Phase, first: int, block: int | None) -> SendOne:
         w, factory, out = self.cfg.workload, self.factory, self.measurement
         # The measured phase goes on through the prompts where warmup stopped: its first request
         # must not reuse the prompt the server has just cached (a prefill-free, flattering TTFT).
@@ -392,17 +383,15 @@ class LiveRun:
         if brief:
             ui.print_arm_line(self.run_name, status, conclusion.metrics, error_breakdown(self.measurement.records))
             return
-        ui.print_summary(
-            conclusion.metrics,
-            self.run_name,
-            None,
-            str(self.output_dir),
-            error_breakdown(self.measurement.records),
+        shown = RunSummary(
             status,
-            conclusion.warnings,
-            conclusion.slo,
-            conclusion.verdict.lines(),
+            run_name=self.run_name,
+            metrics=conclusion.metrics,
+            errors=error_breakdown(self.measurement.records),
+            warnings=conclusion.warnings,
+            verdict=conclusion.verdict.lines(),
         )
+        ui.print_summary(shown, self.output_dir, conclusion.slo)
 
 
 async def measure_single(setup: RunSetup) -> Ended:

@@ -6,7 +6,7 @@ A look tests the objective of every candidate against the baseline. The study is
 objective's CI lies beyond the minimum effect (a change: improved or worse) or within it (no change
 larger than the minimum effect, an equivalence). Looking often and stopping at the first good-looking
 answer would inflate false verdicts; here each look k is tested at its own level alpha_k, the share
-that Lan-DeMets' O'Brien-Fleming-like spending function releases between the previous look's
+that Lan-DeMets' Pocock-like spending function releases between the previous look's
 fraction of the budget and this one's, and the last look spends what is left. By the union bound,
 the chance of any false verdict over all looks stays at or below alpha.
 """
@@ -90,6 +90,6 @@ class LookPlan:
             "alpha": last.alpha if last is not None else self.alpha,
             "decided": bool(last and last.decided),
             "looks": [asdict(look) for look in self.looks],
-            "spending": "Lan-DeMets O'Brien-Fleming, union bound over the looks",
+            "spending": "Lan-DeMets Pocock-like alpha spending, union bound over the looks",
             "spent_by_fraction": {f"{f:.2f}": spent_alpha(f, self.alpha) for f in (0.25, 0.5, 0.75, 1.0)},
         }

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.comparison import (
     ALPHA,
     DEFAULT_MIN_EFFECT_PCT,
@@ -34,7 +35,7 @@ from sentinel_exp.names import ServerKind
 from sentinel_exp.records import RequestRecord, read_records
 from sentinel_exp.report.plots import BarRow
 from sentinel_exp.serve.sim_settings import UNMODELLED_OPTIONS, unmodelled_note
-from sentinel_exp.store.run_folder import read_run_file
+from sentinel_exp.store.run_folder import RunFolder, RunSummary, read_run_file
 
 # Overrides that run a configuration again rather than change it.
 REPEAT_KEYS = frozenset({"repeat", "chunk"})
@@ -55,7 +56,7 @@ def setup_of(tags: Mapping[str, str], params: Mapping[str, str]) -> ArmSetup:
         options = json.loads(params.get("sent_options", "{}"))
     except ValueError:
         options = {}
-    return ArmSetup(tags.get("sentinel.server_kind"), options if isinstance(options, dict) else {})
+    return ArmSetup(tags.get(tag.SERVER_KIND), options if isinstance(options, dict) else {})
 
 
 def folder_setup(folder: Path) -> ArmSetup | None:
@@ -199,13 +200,10 @@ def _explained(comparison: Comparison) -> Comparison:
     return dataclasses.replace(comparison, notes=(*comparison.notes, note))
 
 
-STUDY_FILE = "study.json"  # in a sweep folder: the interleaved study's design as it ran (run/rounds.py)
-
-
 def read_study(sweep_dir: Path) -> dict[str, Any]:
     """The study's design as it ran; empty for a sequential sweep."""
     try:
-        data = json.loads((sweep_dir / STUDY_FILE).read_text(encoding="utf-8"))
+        data = json.loads(RunFolder(sweep_dir).study.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -234,14 +232,10 @@ def study_lines(sweep_dir: Path) -> list[str]:
     return lines
 
 
-# Where a job's records are: its own, or those of the earlier run it reused (run/experiment.py).
-RECORD_FILES = ("requests.jsonl", "reused_requests.jsonl")
-
-
 def load_run(folder: Path, metrics: dict[str, float]) -> RunResult | None:
     """A job's records from its folder (None when it wrote none), with the interleaved study it was
     measured in."""
-    path = next((folder / name for name in RECORD_FILES if (folder / name).is_file()), None)
+    path = RunFolder(folder).records_or_reused()
     if path is None:
         return None
     return RunResult(records=tuple(read_records(path)), metrics=metrics, study=study_of(folder))
@@ -249,25 +243,17 @@ def load_run(folder: Path, metrics: dict[str, float]) -> RunResult | None:
 
 def study_of(folder: Path) -> str | None:
     """The study a job's run was measured in: its run.json's tag, or the reused run's (summary.json)."""
-    for name, read in (("run.json", _tag_study), ("summary.json", _summary_study)):
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        found = read(data)
-        if found:
-            return found
-    return None
+    try:
+        found = _tag_study(json.loads(RunFolder(folder).run_json.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        found = None
+    reused = RunSummary.read(folder)
+    return found or (reused.study_id if reused is not None else None)
 
 
 def _tag_study(run: dict[str, Any]) -> str | None:
     tags = run.get("tags") if isinstance(run, dict) else None
-    return str(tags["sentinel.study_id"]) if isinstance(tags, dict) and tags.get("sentinel.study_id") else None
-
-
-def _summary_study(summary: dict[str, Any]) -> str | None:
-    study = summary.get("study_id") if isinstance(summary, dict) else None
-    return str(study) if study else None
+    return str(tags[tag.STUDY_ID]) if isinstance(tags, dict) and tags.get(tag.STUDY_ID) else None
 
 
 @dataclass(frozen=True)

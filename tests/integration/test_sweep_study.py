@@ -153,6 +153,22 @@ def test_an_aa_study_reports_the_noise_and_later_comparisons_quote_it(tmp_path):
     assert f"ttft_ms_p50 ±{half:.1f}% CI half-width" in later.stdout
 
 
+def test_a_budgeted_study_stops_when_its_objective_is_decided(tmp_path):
+    import json
+
+    result = run_cli(tmp_path, "-m", *SIM, "workload.requests=20", "compare.budget_s=120", "server.sim.ttft_ms=40,60")
+    assert result.returncode == 0, result.output
+    [study] = tmp_path.glob("multirun/*/*/study.json")
+    design = json.loads(study.read_text())
+    # +50% is decided at the first look, after the 5 planned rounds, far inside the budget.
+    assert design["decided"] is True and design["rounds"] == 5 and len(design["looks"]) == 1
+    assert design["looks"][0]["elapsed_s"] < 60 and design["alpha"] < 0.05
+    assert "sequential: decided after 1 look(s)" in result.stdout
+    assert f"{100 * (1 - design['alpha']):.3g}% CI" in result.stdout  # the look's own level
+    line = next(line for line in result.stdout.splitlines() if "ttft_ms=60" in line and "%" in line)
+    assert "worse" in line
+
+
 @pytest.fixture(scope="module")
 def gpu_sweep(tmp_path_factory) -> tuple[Path, CliResult]:
     """num_gpu=0 against num_gpu=1 on the simulated server, which does not model num_gpu."""

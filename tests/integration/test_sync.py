@@ -145,8 +145,19 @@ def test_a_tracking_server_stopped_mid_run_loses_nothing(tmp_path):
     with MlflowServer(store, port=server.port):  # the same store, back on its port
         synced = _sync(tmp_path, str(folder))
         assert synced.returncode == 0, synced.stdout + synced.stderr
+        # The upload cut short made the run in MLflow already: sync completes that one run.
         [run] = _runs(server.uri)
+        artifacts = {a.path for a in _client(server.uri).list_artifacts(run.info.run_id)}
+        logged = _client(server.uri).download_artifacts(run.info.run_id, "requests.jsonl", str(tmp_path))
+    local = _run_json(folder)
+    summary = json.loads((folder / "summary.json").read_text())
     assert run.info.status == "FINISHED" and run.data.metrics["requests_ok"] == 200
+    assert local["mlflow_run_id"] == run.info.run_id and run.data.tags["sentinel.run_uid"] == local["uid"]
+    assert (run.info.start_time, run.info.end_time) == (local["start_ms"], local["end_ms"])
+    assert run.data.metrics == pytest.approx(summary["metrics"])
+    assert len(run.data.params) == len(local["params"]) and run.data.tags["sentinel.verdict"]
+    assert {"requests.jsonl", "config.yaml", "summary.json", "server.log"} <= artifacts
+    assert Path(logged).read_bytes() == (folder / "requests.jsonl").read_bytes()
 
 
 def test_a_runner_killed_with_sigkill_is_synced_as_failed_with_its_records(tmp_path):

@@ -25,7 +25,7 @@ def test_every_metric_a_run_computes_is_known():
 
 
 def test_the_latency_families_and_statistics_are_the_summaries_own():
-    assert tuple(latency_samples(run_records())) == metric_names.LATENCY_FAMILIES
+    assert set(latency_samples(run_records())) == set(metric_names.LATENCY_FAMILIES)
     assert tuple(describe([1.0, 2.0])) == metric_names.STATISTICS
 
 

@@ -89,3 +89,27 @@ def test_the_setup_is_read_from_a_runs_tags_and_params():
     setup = setup_of({"sentinel.server_kind": "simulated"}, {"sent_options": '{"num_ctx": 512}'})
     assert setup == ArmSetup("simulated", {"num_ctx": 512})
     assert setup_of({}, {"sent_options": "not json"}) == ArmSetup(None, {})
+
+
+def test_the_best_is_named_only_where_the_objectives_verdicts_name_it() -> None:
+    import numpy as np
+    from support.studies import Noise, paired_study, single_runs
+
+    from sentinel_exp.analysis.comparison import compare
+    from sentinel_exp.sweep.study import best_arm
+
+    quiet = Noise(0.01, 0.01, 1.0)
+
+    def versus(effect: float, seed: int, name: str):
+        base, cand = paired_study(np.random.default_rng(seed), effect=effect, noise=quiet)
+        return compare(base, type(cand)(name, cand.runs))
+
+    faster, fastest, same = versus(0.8, 1, "fast"), versus(0.6, 2, "fastest"), versus(1.0, 3, "same")
+    assert best_arm("base", [faster, same, fastest]).name == "fastest"  # the largest improvement
+    slower = [versus(1.3, 4, "slow"), versus(1.5, 5, "slower")]
+    assert best_arm("base", slower).name == "base"  # every candidate is worse
+    mixed = best_arm("base", [same, slower[0]])
+    assert mixed.name is None and "no configuration differs significantly" in mixed.why
+    # The lowest p50 of a single run per arm is no winner: nothing says the runs differ.
+    alone = best_arm("base", [compare(*single_runs(np.random.default_rng(6), effect=0.5))])
+    assert alone.name is None and "one run per arm" in alone.why
