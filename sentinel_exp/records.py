@@ -87,6 +87,18 @@ class RecordWriter:
             self._file.close()
 
 
+def request_numbers(records: Iterable[RequestRecord]) -> dict[int, int]:
+    """Each record's request number, by `id(record)`: 1-based, in the order the run sent its
+    requests, warmup included. The one numbering the console, the report's timeline and the
+    simulated server's scripted faults (server.sim.faults: the Nth generation request it receives)
+    share for a run. A record keeps `index`, its place within its phase (or a study's rounds), as
+    run folders always have; the order is their submit times, phase and index breaking ties. A
+    record never submitted (no submit time) has no number: no server saw it."""
+    sent = [r for r in records if r.started_at > 0]
+    order = sorted(sent, key=lambda r: (r.started_at, r.phase != Phase.WARMUP, r.block or 0, r.index))
+    return {id(r): n for n, r in enumerate(order, 1)}
+
+
 def read_records(path: Path) -> list[RequestRecord]:
     return list(iter_records(path.read_text(encoding="utf-8").splitlines()))
 

@@ -29,6 +29,7 @@ OPTIONS_NOT_SENT = "sentinel.options_not_sent"
 
 # --- what a run found ----------------------------------------------------------------------------
 VERDICT = "sentinel.verdict"
+FAILURE = "sentinel.failure"  # why a FAILED run failed (run.json's failure)
 PLACEMENT = "sentinel.placement"  # names.Placement
 SLO = "sentinel.slo"  # pass or fail
 

@@ -27,6 +27,17 @@ SWEEP_COLUMNS = ("ttft_ms_p50", "ttft_ms_p95", "e2e_ms_p50", "output_tokens_per_
 stderr = Console(stderr=True, highlight=False)
 
 
+def print_table(table: Table) -> None:
+    """A table on stdout. A terminal's width fits it to the screen; piped or redirected (a log, CI,
+    `| grep`) there is no screen, and rich's 80 columns would fold run ids and paths over lines: it
+    is printed at its natural width instead."""
+    if stdout.is_terminal:
+        stdout.print(table)
+        return
+    width = stdout.measure(table, options=stdout.options.update_width(100_000)).maximum
+    Console(highlight=False, width=max(width, 80)).print(table)
+
+
 def want_progress(setting: bool | None) -> bool:
     if setting is not None:
         return setting
@@ -116,7 +127,7 @@ def print_summary(summary: RunSummary, output_dir: Path, slo: SloResult | None =
     and rates, the SLO line, the warnings, and where its records are."""
     metrics = summary.metrics
     stdout.print(f"[bold]{escape(summary.run_name or '')}[/]  " + escape(f"[{summary.status}]"), soft_wrap=True)
-    stdout.print(summary_table(metrics))
+    print_table(summary_table(metrics))
     for line in summary.verdict or ():
         stdout.print(escape(line), soft_wrap=True)
     stdout.print(escape("  ".join(count_parts(metrics, summary.errors or {}))), soft_wrap=True)
@@ -168,7 +179,6 @@ def print_study(comparisons: Sequence[Comparison], study_lines: Sequence[str], w
 
     if not comparisons:
         return
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
     first = comparisons[0]
     objective = first.primary.label if first.primary is not None else first.objective
     table = Table(title=f"vs {first.baseline}: {objective}", title_justify="left", header_style="bold")
@@ -181,24 +191,23 @@ def print_study(comparisons: Sequence[Comparison], study_lines: Sequence[str], w
     for line in candidate_lines(comparisons):
         verdict = f"[{colours[line.verdict]}]{line.verdict}[/]" if line.verdict in colours else escape(line.verdict)
         table.add_row(escape(line.candidate), line.change, line.ci, verdict, escape(line.also))
-    out.print(table)
+    print_table(table)
     notes = list(dict.fromkeys(note for c in comparisons for note in c.notes))
     for text in [design_line(first), *study_lines, *notes]:
-        out.print("  " + escape(text), soft_wrap=True)
-    out.print(escape(f"  CI method: {first.method}"), soft_wrap=True)
+        stdout.print("  " + escape(text), soft_wrap=True)
+    stdout.print(escape(f"  CI method: {first.method}"), soft_wrap=True)
     if where:
-        out.print(escape(f"  every metric of every candidate: {where}"), soft_wrap=True)
+        stdout.print(escape(f"  every metric of every candidate: {where}"), soft_wrap=True)
 
 
 def print_comparisons(comparisons: Sequence[Comparison]) -> None:
     """The sweep's verdicts: one table per candidate against the baseline, then the notes."""
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
     for comparison in comparisons:
-        out.print(comparison_table(comparison))
+        print_table(comparison_table(comparison))
         for note in comparison.notes:
-            out.print("  " + escape(note), soft_wrap=True)
+            stdout.print("  " + escape(note), soft_wrap=True)
     if comparisons:
-        out.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
+        stdout.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
 
 
 def slo_line(slo: SloResult) -> str:
@@ -238,6 +247,4 @@ def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) ->
             f"{int(metrics['cold_starts'])}" if "cold_starts" in metrics else "-",
             f"{int(metrics.get('requests_failed', 0))}",
         )
-    # Not a terminal (a log, CI): rich would assume 80 columns and cut the table's right side.
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=120)
-    out.print(table)
+    print_table(table)

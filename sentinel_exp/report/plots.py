@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from sentinel_exp.analysis.metrics import axis_label
 from sentinel_exp.analysis.stats import describe, latency_samples
 from sentinel_exp.names import Phase
+from sentinel_exp.records import request_numbers
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -39,6 +40,7 @@ _MEASURED = "#0072B2"
 _WARMUP = "#8C8C8C"  # grey: warmup requests count for nothing
 _FAILED = "#D55E00"
 _FIRST_TOKEN = "#1A1A1A"
+_COLD = "#CC79A7"
 _SHADE = "#E69F00"
 _P95 = "#E69F00"
 _CPU_COLOURS = ("#0072B2", "#009E73", "#CC79A7", "#999999")
@@ -303,7 +305,7 @@ def percentile_bars(rows: Sequence[BarRow], metric: str = "ttft", title: str | N
             # Above the plot: inside, it would cover the longest bar.
             ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, borderaxespad=0.2, frameon=False)
         if any(r.p50_ci or r.p95_ci for r in rows):
-            ax.set_title("whiskers: confidence interval", loc="right", fontsize=9, color="0.3")
+            ax.set_title("whiskers: 95 % CI", loc="right", fontsize=9, color="0.3")
         _suptitle(fig, title or f"{label} p50 and p95 by configuration")
     return fig
 
@@ -359,8 +361,15 @@ def _requests_panel(ax: Axes, records: Sequence[RequestRecord], origin: float) -
     first_y: list[float] = []
     failed_x: list[float] = []
     failed_y: list[float] = []
-    for y, r in enumerate(ordered):
+    cold_x: list[float] = []
+    cold_y: list[float] = []
+    number = request_numbers(records)  # as the console and server.sim.faults number requests
+    for r in ordered:
+        y = number[id(r)]
         start, end = _span(r)
+        if r.cold:
+            cold_x.append(start - origin)
+            cold_y.append(float(y))
         segment = [(start - origin, float(y)), (end - origin, float(y))]
         if not r.ok and not r.cancelled:
             groups["failed"].append(segment)
@@ -388,8 +397,12 @@ def _requests_panel(ax: Axes, records: Sequence[RequestRecord], origin: float) -
             first_x, first_y, marker="|", s=max(8.0, width * 12), color=_FIRST_TOKEN, linewidths=0.9, zorder=3,
             label="first token",
         )  # fmt: skip
-    ax.set_ylim(-1, max(len(ordered), 1))
-    ax.set_ylabel("request (in order sent)")
+    if cold_x:
+        ax.scatter(
+            cold_x, cold_y, marker=">", s=max(10.0, width * 10), color=_COLD, zorder=4, label="cold (model loaded)"
+        )
+    ax.set_ylim(0, len(ordered) + 1)
+    ax.set_ylabel("request (1 = first sent, warmup included)")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(axis="y", visible=False)
     if not ordered:

@@ -147,7 +147,7 @@ def log_and_end(cfg: ExperimentConfig, ctx: RunContext, ended: Ended) -> Outcome
     quick_exit = ended.signal is not None and not ended.measured_any
     if cfg.tracking.enabled and not (quick_exit and "mlflow" not in sys.modules):
         run_id, not_logged = upload(cfg, ctx)
-    elif cfg.tracking.enabled:
+    elif cfg.tracking.enabled and (ended.sent_any or ctx.sweep_id is not None):
         ui.stdout.print(escape(f"not logged to MLflow; upload it with: python -m sentinel_exp.sync {ctx.output_dir}"))
     if ended.signal is not None:
         raise Interrupted(ended.signal.name, 128 + int(ended.signal))

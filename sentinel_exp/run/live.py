@@ -30,7 +30,7 @@ from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.conclusion import Conclusion, conclude, llama_threads, run_tags
 from sentinel_exp.run.context import RunContext
-from sentinel_exp.run.give_up import GiveUp, measured_nothing
+from sentinel_exp.run.give_up import GiveUp, measured_nothing, warmup_timed_out
 from sentinel_exp.run.load import OnRecord, PhasePlan, SendOne, run_phase
 from sentinel_exp.run.monitor import RunMonitor
 from sentinel_exp.run.option_lint import OptionLint
@@ -52,6 +52,7 @@ class Ended:
     failure: str | None
     signal: signal.Signals | None  # SIGINT/SIGTERM that stopped it
     measured_any: bool
+    sent_any: bool = True  # False: stopped before its first request, so its folder is not kept
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class Measurement:
     placement_read: asyncio.Task[None] | None = None
     give_up: GiveUp | None = None  # watches each record; stops the phases once the run is not worth going on
     write_error: OSError | None = None  # the run folder refused a write (a full disk): the run stops
+    stopped_early: str | None = None  # why the measured phase was not started (every warmup request timed out)
 
     def unwritable(self, exc: OSError) -> None:
         if self.write_error is None:
@@ -242,6 +244,11 @@ class LiveRun:
         plan = PhasePlan(requests=count, concurrency=w.concurrency, seed=w.seed)
         await run_phase(plan, self._sender(Phase.WARMUP, 0, block), self._on_record, self.stop)
         if block is None and not self.stop.is_set():
+            if timed_out := warmup_timed_out(self.measurement.records, w.timeout_s):
+                log.error("error: %s; stopping before the measured phase", timed_out)
+                self.measurement.stopped_early = timed_out
+                self.stop.set()
+                return
             self._after_warmup()
 
     def _after_warmup(self) -> None:
@@ -338,7 +345,7 @@ class LiveRun:
         if out.write_error is not None:
             return RunStatus.FAILED, f"the run folder refused a write: {out.write_error.strerror}"
         failure = out.give_up.reason if out.give_up else None
-        failure = failure or measured_nothing(out.records)
+        failure = failure or out.stopped_early or measured_nothing(out.records)
         return (RunStatus.FAILED, failure) if failure else (RunStatus.FINISHED, None)
 
     async def finish(self, signals: StopSignals | None, *, crashed: bool = False, brief: bool = False) -> Ended:
@@ -370,7 +377,7 @@ class LiveRun:
                 f"above has their numbers, {self.writer.path} those it could write"
             )
         received = signals.received if signals is not None else None
-        return Ended(status, conclusion.metrics, failure, received, out.measured_any)
+        return Ended(status, conclusion.metrics, failure, received, out.measured_any, bool(out.records))
 
     def _say(self, conclusion: Conclusion, status: RunStatus, brief: bool) -> None:
         if brief:

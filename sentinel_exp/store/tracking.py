@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel_exp import tags as tag
-from sentinel_exp.errors import UserError
+from sentinel_exp.errors import StoreUnavailable, UserError
 from sentinel_exp.names import Role, RunStatus
 from sentinel_exp.store.locks import exclusive
 from sentinel_exp.store.run_folder import RunFolder, RunSummary
@@ -125,8 +125,12 @@ def store_setup_lock(uri: str) -> Iterator[None]:
 
 def quiet_client() -> None:
     """MLflow prints a "View run ... at" line to stdout for every run ended on a tracking server
-    (one extra request each); the console already says where to look, once per run or sweep."""
+    (one extra request each); the console already says where to look, once per run or sweep.
+    MLflow reads these variables each time it would print."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Its "Downloading artifacts" bar for every summary.json and requests.jsonl read back (a resumed
+    # sweep, a comparison from the store) would bury the tool's own lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow resets its logger to INFO on import; its store-migration chatter is noise here.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
@@ -142,7 +146,7 @@ def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
         # them, and no certificate check (a private CA is MLflow's business, not this probe's).
         httpx.get(uri.rstrip("/") + "/health", timeout=timeout_s, verify=False)
     except httpx.HTTPError as exc:  # any HTTP answer (even 404 behind a proxy) means it is there
-        raise UserError(
+        raise StoreUnavailable(
             f"the MLflow tracking server at tracking.uri={uri!r} does not answer "
             f"({type(exc).__name__}: {exc}); start it (`mlflow server`), or log to a "
             f"local store with tracking.uri=sqlite:///mlflow.db"

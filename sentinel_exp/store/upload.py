@@ -106,11 +106,32 @@ def close_abandoned(folder: Path, run: RunFile, *, runner_unknown_ok: bool = Fal
         f"closed as FAILED with the {len(records)} record(s) it left"
     )
     if run.role == Role.RUN and not RunFolder(folder).summary.exists():
-        abandoned_summary(records, run, reason).write(folder)
+        summary = abandoned_summary(records, run, reason)
+        summary.write(folder)
+        _complete_abandoned(folder, run, records, summary)
     run.status, run.failure = RunStatus.FAILED, reason
     run.end_ms = _last_record_ms(records) or run.start_ms
     write_run_file(folder, run)
     return run
+
+
+def _complete_abandoned(folder: Path, run: RunFile, records: list[RequestRecord], summary: RunSummary) -> None:
+    """What the killed process would have added at its end: the verdict's tag, the bundled
+    server's log and, unless the run had plots=false, the report and its figures."""
+    if summary.verdict:
+        run.tags[tag.VERDICT] = "\n".join(summary.verdict)
+    if RunFolder(folder).server_log.is_file():
+        run.artifacts.append(RunFolder.SERVER_LOG)
+    if run.params.get("plots") == "false":
+        return
+    from sentinel_exp.report.markdown import write_run_artifacts
+
+    try:
+        written = write_run_artifacts(folder, records, [], summary)
+    except Exception as exc:  # the pictures are extras: the run is closed and uploaded without them
+        log.warning("warning: could not draw the plots of %s: %s: %s", folder, type(exc).__name__, exc)
+        return
+    run.artifacts += [path.name for path in written if path.name not in run.artifacts]
 
 
 def _metrics(folder: Path) -> dict[str, float]:
@@ -163,7 +184,7 @@ class Uploader:
         self.runner_unknown_ok = runner_unknown_ok
         self._open = open_store
         self._trackers: dict[tuple[str, str], Tracker] = {}
-        self.closed_orphans: list[str] = []
+        self.closed_orphans: list[str] = []  # "<run id>, left RUNNING by ... (how it was closed)"
 
     def _tracker(self, run: RunFile, folder: Path) -> Tracker:
         uri = self.uri or run.tracking_uri
@@ -187,6 +208,8 @@ class Uploader:
         if found is not None and found[1] != RunStatus.RUNNING:
             return self._done(folder, run, tracker, found[0], already=True)
         tags = {**run.tags, tag.RUN_UID: run.uid}
+        if run.failure:
+            tags[tag.FAILURE] = run.failure
         if run.role == Role.SWEEP:
             tags[tag.ROLE] = Role.SWEEP
         parent = self._parent_id(run, folder)
@@ -250,12 +273,37 @@ class Uploader:
             try:
                 if RunFolder(folder).run_json.is_file() and read_run_file(folder).uid == tags.get(tag.RUN_UID):
                     uploaded = self.upload(folder)
-                    self.closed_orphans.append(f"{run_id} ({uploaded.status}, from {folder})")
+                    self.closed_orphans.append(
+                        f"{run_id}, left RUNNING by a process that is gone ({uploaded.status}, from {folder})"
+                        + _left_running(folder)
+                    )
                     continue
             except UserError as exc:
                 log.warning("warning: could not complete run %s from %s: %s", run_id, folder, exc)
             tracker.close(run_id, RunStatus.FAILED)
-            self.closed_orphans.append(f"{run_id} (FAILED; its folder {folder} is gone)")
+            self.closed_orphans.append(
+                f"{run_id}, left RUNNING by a process that is gone (FAILED; its folder {folder} is gone)"
+            )
+
+
+def _left_running(sweep_folder: Path) -> str:
+    """The job folders a killed sweep left RUNNING under its folder, and how to close them: the
+    next run closes the sweep's parent, but a job's run is made only by uploading its folder."""
+    running = []
+    for path in sorted(sweep_folder.rglob(RunFolder.RUN_JSON)):
+        if path.parent == sweep_folder:
+            continue
+        try:
+            if not read_run_file(path.parent).ended:
+                running.append(str(path.parent))
+        except UserError:
+            continue
+    if not running:
+        return ""
+    return (
+        f"; its job folder{'s' if len(running) > 1 else ''} {', '.join(running)} "
+        f"{'are' if len(running) > 1 else 'is'} still RUNNING: python -m sentinel_exp.sync {sweep_folder}"
+    )
 
 
 def where_logged(uploaded: Uploaded) -> str:
@@ -270,5 +318,5 @@ def upload_now(folder: Path, keep_open: bool = False) -> tuple[Uploaded, str]:
     uploader = Uploader()
     uploaded = uploader.upload(folder, keep_open=keep_open)
     for closed in uploader.closed_orphans:
-        log.warning("warning: closed run %s, left RUNNING by a process that is gone", closed)
+        log.warning("warning: closed run %s", closed)
     return uploaded, where_logged(uploaded)

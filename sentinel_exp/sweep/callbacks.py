@@ -284,13 +284,24 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> Com
     run), and the best configuration where the verdicts name one."""
     from sentinel_exp.analysis.comparison import to_markdown
     from sentinel_exp.report import console as ui
-    from sentinel_exp.sweep.study import MeasuredJob, arms, best_arm, compare_arms, load_run, study_alpha, study_lines
+    from sentinel_exp.sweep.study import (
+        MeasuredJob,
+        arm_setups,
+        arms,
+        best_arm,
+        compare_arms,
+        folder_setup,
+        load_run,
+        study_alpha,
+        study_lines,
+        with_setup_notes,
+    )
 
     measured = []
     for job in jobs:
         run = None if job.folder is None or job.metrics is None else load_run(job.folder, job.metrics)
-        if run is not None:
-            measured.append(MeasuredJob(job.num, tuple(job.overrides), run))
+        if run is not None and job.folder is not None:
+            measured.append(MeasuredJob(job.num, tuple(job.overrides), run, folder_setup(job.folder)))
     configurations = arms(measured)
     comparisons = compare_arms(
         configurations,
@@ -299,6 +310,7 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> Com
         min_effect_pct=float(config.compare.min_effect_pct),
         alpha=study_alpha(sweep_dir),
     )
+    comparisons = with_setup_notes(comparisons, arm_setups(measured))
     if not comparisons:
         return Compared()
     comparisons = [_with_sweep_notes(c, jobs) for c in comparisons]
@@ -453,17 +465,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def distinguishing_labels(jobs: list[tuple[str, ...]]) -> list[str]:
-    """Each job named by its number and the overrides that differ between jobs (the swept ones)."""
+    """Each job named by its number and the overrides that differ between jobs (the swept ones),
+    keys shortened as the comparison's names are (study.short_keys)."""
+    from sentinel_exp.sweep.study import short_keys
+
     values: dict[str, set[str]] = {}
     for _, *overrides in jobs:
         for override in overrides:
             key, _, value = override.partition("=")
             values.setdefault(key, set()).add(value)
     swept = {key for key, seen in values.items() if len(seen) > 1}
+    label = short_keys(swept)
 
     def short(override: str) -> str:  # workload.concurrency=4 -> concurrency=4: the table is narrow
         key, _, value = override.partition("=")
-        return f"{key.rsplit('.', 1)[-1]}={value}"
+        return f"{label[key]}={value}"
 
     return [
         " ".join([number, *(short(o) for o in overrides if o.partition("=")[0] in swept)])

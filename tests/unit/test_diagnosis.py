@@ -6,7 +6,9 @@ from datetime import datetime
 import pytest
 
 from sentinel_exp.analysis.diagnosis import (
+    FIXES,
     ColdCause,
+    PartName,
     classify_cold_starts,
     cold_start_warnings,
     diagnose,
@@ -73,6 +75,30 @@ def test_a_load_dominated_run_says_so_with_the_cold_count_and_the_prefill_rate()
         "(mean shares over 12 requests)"
     )
     assert e2e.dominant.name == "load"
+
+
+@pytest.mark.parametrize(
+    ("parts", "fixes"),
+    [
+        ({"load": 900.0}, ["to cut model load (TTFT and E2E's largest part): keep the model loaded"]),
+        (
+            {"queue": 500.0, "decode": 20.0},
+            ["to cut queueing (TTFT and E2E's largest part): more generation slots on the server"],
+        ),
+        (
+            {"prefill": 400.0, "decode": 900.0},
+            [
+                "to cut prefill (TTFT's largest part): shorter prompts, or prompt caching",
+                "to cut decode (E2E's largest part): num_thread at the physical cores",
+            ],
+        ),
+    ],
+)
+def test_the_verdict_says_what_would_shorten_the_largest_part(parts, fixes):
+    d = diagnose([server_record(i, **parts) for i in range(5)])
+    assert len(d.fixes()) == len(fixes) and d.lines()[-len(fixes) :] == d.fixes()
+    for line, start in zip(d.fixes(), fixes, strict=True):
+        assert line.startswith(start), line
 
 
 @pytest.mark.parametrize(
@@ -195,7 +221,8 @@ def test_a_cold_start_after_a_warm_request_gets_its_likely_cause(gap_s, keep_ali
     if log:
         lines.append(log_line(warm_end + gap_s / 2, log))
     [found] = classify_cold_starts([warm, cold], keep_alive_s, parse_unloads(lines), "m:1b")
-    assert found.cause == cause and detail in found.detail and found.index == 0
+    # Request 2 of the run: the warmup request was the first (the numbering of server.sim.faults).
+    assert found.cause == cause and detail in found.detail and found.number == 2
 
 
 def test_requests_that_waited_for_the_first_load_are_no_loss():
@@ -211,7 +238,7 @@ def test_one_warning_per_cause_with_the_count_and_the_first_request():
     unloads = parse_unloads([log_line(T + 5.45, "unloaded m:1b (replaced by x:1b)")])
     warnings = cold_start_warnings(classify_cold_starts(records, 0.0, unloads, "m:1b"))
     assert len(warnings) == 2
-    assert warnings[0].startswith("4 measured requests were cold after the model had been loaded (first: request 0)")
+    assert warnings[0].startswith("4 measured requests were cold after the model had been loaded (first: request 2)")
     assert "keep_alive 0 s" in warnings[0] and "workload.keep_alive" in warnings[0]
     assert warnings[1].startswith("1 measured request was cold")
     assert "replaced by x:1b" in warnings[1]
@@ -230,17 +257,21 @@ def test_keep_alive_in_force_is_the_requests_else_the_servers():
 
 def test_the_server_breakdown_lines_word_for_word():
     [record] = [server_record(0, load=10, queue=5, prefill=20, decode=60, other=5, prompt_tokens=0, tokens=31)]
-    ttft, e2e = diagnose([record]).lines()
+    ttft, e2e, *fixes = diagnose([record]).lines()
     assert ttft == (
         "TTFT is mostly prefill: p50 40 ms, mean 40 ms = 50% prefill (0 prompt tokens at 0 tok/s), "
         "25% model load (no request was cold), 12% queueing (waiting for a free generation slot), "
-        "12% other (first token out, HTTP and the client) (mean shares over 1 requests)"
+        "12% other (first token out, HTTP and the client) (mean shares over 1 request)"
     )
     assert e2e == (
         "E2E is mostly decode: p50 100 ms, mean 100 ms = 60% decode (31 output tokens at 517 tok/s), "
         "20% prefill (0 prompt tokens at 0 tok/s), 10% model load (no request was cold), "
-        "5% queueing (waiting for a free generation slot), 5% other (HTTP and the client) (mean shares over 1 requests)"
+        "5% queueing (waiting for a free generation slot), 5% other (HTTP and the client) (mean shares over 1 request)"
     )
+    assert [line.split(":")[0] for line in fixes] == [
+        "to cut prefill (TTFT's largest part)",
+        "to cut decode (E2E's largest part)",
+    ]
 
 
 def test_parts_the_server_reports_as_zero_stay_zero():
@@ -276,12 +307,13 @@ def test_the_client_breakdown_lines_word_for_word():
     assert d.unknown == UNKNOWN and d.breakdowns[1].label == "E2E"
     assert d.lines() == [
         "TTFT is mostly time to first byte: p50 40 ms, mean 40 ms = 75% time to first byte (load, queueing and "
-        "prefill: not told apart), 25% first byte to first token (mean shares over 1 requests)",
+        "prefill: not told apart), 25% first byte to first token (mean shares over 1 request)",
         "E2E is mostly decode: p50 140 ms, mean 140 ms = 71% decode (21 output tokens at 210 tok/s), 29% time to "
-        "first token (mean shares over 1 requests)",
+        "first token (mean shares over 1 request)",
         UNKNOWN,
+        f"to cut decode (E2E's largest part): {FIXES[PartName.DECODE]}",  # time to first byte has no one fix
     ]
-    assert d.text() == "\n".join(d.lines()) and d.text().count("\n") == 2
+    assert d.text() == "\n".join(d.lines()) and d.text().count("\n") == 3
 
 
 def test_shares_of_tiny_zero_and_noisy_latencies():
@@ -361,7 +393,7 @@ def causes(records, keep_alive_s, unloads=()):
     from sentinel_exp.analysis.diagnosis import Unload
 
     found = classify_cold_starts(records, keep_alive_s, [Unload(at, "m:1b", why) for at, why in unloads])
-    return [(c.index, c.cause, c.detail) for c in found]
+    return [(c.number, c.cause, c.detail) for c in found]
 
 
 PRIOR = span(0, T0, measured=False)  # warmup, T0 to T0 + 0.5 s
@@ -382,7 +414,7 @@ PRIOR = span(0, T0, measured=False)  # warmup, T0 to T0 + 0.5 s
     ],
 )
 def test_the_idle_gap_is_measured_from_when_the_server_saw_the_request(cold, keep_alive_s, expected):
-    assert causes([PRIOR, cold], keep_alive_s) == [(1, *expected)]
+    assert causes([PRIOR, cold], keep_alive_s) == [(2, *expected)]  # request 2 of the run
 
 
 def test_only_cold_requests_after_a_finished_one_are_classified():
@@ -391,12 +423,12 @@ def test_only_cold_requests_after_a_finished_one_are_classified():
         span(1, T0 + 3.0, cold=True),
         span(2, T0 + 6.0),  # warm
     ]
-    assert causes(records, 2.0) == [(1, ColdCause.IDLE, "idle 2.5 s > keep_alive 2 s")]
+    assert causes(records, 2.0) == [(2, ColdCause.IDLE, "idle 2.5 s > keep_alive 2 s")]
 
 
 def test_a_request_in_flight_means_the_server_was_not_idle():
     long, short = span(0, T0, 10_000.0), span(1, T0, 1000.0)
-    assert causes([long, short, span(2, T0 + 5.0, cold=True)], 0.5) == [(2, ColdCause.UNKNOWN, "idle 0.0 s")]
+    assert causes([long, short, span(2, T0 + 5.0, cold=True)], 0.5) == [(3, ColdCause.UNKNOWN, "idle 0.0 s")]
     # One starting at the same instant was not yet in flight.
     alongside = span(3, T0 + 5.0, 1000.0)
     assert causes([short, alongside, span(2, T0 + 5.0, cold=True)], 0.5) == [
@@ -422,12 +454,12 @@ REPLACED = (ColdCause.REPLACED, "replaced by x:1b")
 )
 def test_an_unload_counts_between_the_last_request_and_this_ones_load(at, expected):
     prior, cold = span(0, T0, 1000.0), span(1, T0 + 5.0, cold=True, load=500.0)
-    assert causes([prior, cold], 0.5, [(at, "replaced by x:1b")]) == [(1, *expected)]
+    assert causes([prior, cold], 0.5, [(at, "replaced by x:1b")]) == [(2, *expected)]
 
 
 def test_without_a_load_duration_the_window_ends_as_the_request_starts():
     prior, cold = span(0, T0, 1000.0), span(1, T0 + 5.0, cold=True)
-    assert causes([prior, cold], 0.5, [(T0 + 5.0015, "replaced by x:1b")]) == [(1, *IDLE_4S)]
+    assert causes([prior, cold], 0.5, [(T0 + 5.0015, "replaced by x:1b")]) == [(2, *IDLE_4S)]
 
 
 @pytest.mark.parametrize(
@@ -442,4 +474,4 @@ def test_without_a_load_duration_the_window_ends_as_the_request_starts():
 def test_the_servers_own_reason_for_the_unload(reasons, expected):
     prior, cold = span(0, T0, 1000.0), span(1, T0 + 5.0, cold=True, load=500.0)
     unloads = [(T0 + 2.0 + i, reason) for i, reason in enumerate(reasons)]
-    assert causes([prior, cold], 0.5, unloads) == [(1, *expected)]
+    assert causes([prior, cold], 0.5, unloads) == [(2, *expected)]

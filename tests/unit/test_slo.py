@@ -154,6 +154,10 @@ def test_targets_are_written_without_a_plus_on_the_command_line():
     ("override", "message"),
     [
         ("slo.nonsense=3", "slo.nonsense: not a metric with a known better direction"),
+        # A misspelt metric with a known direction was judged, and failed for want of a value.
+        ("slo.ttft_ms_p5=300", "slo.ttft_ms_p5: not a metric this tool logs; did you mean ttft_ms_p50?"),
+        ("slo.e2e_ms_p95x=300", "slo.e2e_ms_p95x: not a metric this tool logs; did you mean e2e_ms_p95?"),
+        ("slo.ttft_ms_p75=300", "slo.ttft_ms_p75: not a metric this tool logs; did you mean ttft_ms_p95?"),
         ("slo.ttft_ms_p50=fast", "slo.ttft_ms_p50='fast' is not valid: slo.ttft_ms_p50 takes a number"),
         ("slo.request.tfft_ms=3", "did you mean slo.request.ttft_ms?"),
         ("slo.request.ttft_ms=soon", "slo.request.ttft_ms='soon' is not valid"),
@@ -168,6 +172,8 @@ def test_a_wrong_target_stops_before_hydra_with_one_line(override, message):
     ("overrides", "message"),
     [
         (["slo.nonsense=3"], "slo.nonsense: not a metric with a known better direction"),
+        (["slo.ttft_ms_p5=300"], "slo.ttft_ms_p5: not a metric this tool logs; did you mean ttft_ms_p50?"),
+        (["slo.gpu_temp_c_max=80"], "slo.gpu_temp_c_max: not a metric with a known better direction"),
         (["slo.ttft_ms_p50=fast"], "slo.ttft_ms_p50 must be a number, the limit (got 'fast')"),
         (["slo.request.ttft_ms=0"], "slo.request.ttft_ms must be positive ms (got 0)"),
     ],

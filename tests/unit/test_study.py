@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel_exp.analysis.comparison import RunResult
+from sentinel_exp.analysis.comparison import Comparison, RunResult
 from sentinel_exp.errors import UserError
-from sentinel_exp.sweep.study import MeasuredJob, arm_names, arms, configuration, pick_baseline
+from sentinel_exp.sweep.study import (
+    ArmSetup,
+    MeasuredJob,
+    arm_names,
+    arms,
+    configuration,
+    pick_baseline,
+    setup_of,
+    with_setup_notes,
+)
 
 EMPTY = RunResult(records=())
 
@@ -37,12 +46,49 @@ def test_names_keep_only_the_swept_values_with_short_keys_and_no_escapes():
     assert arm_names([("a=1",), ("a=1",)]) == ["(all)", "(all)"]
 
 
+def test_names_keep_the_whole_key_where_two_swept_keys_end_alike():
+    configurations = [
+        ("server.keep_alive=1s", "workload.keep_alive=null", "+options.num_ctx=512"),
+        ("server.keep_alive=5m", "workload.keep_alive=-1", "+options.num_ctx=1024"),
+    ]
+    assert arm_names(configurations) == [
+        "server.keep_alive=1s workload.keep_alive=null num_ctx=512",
+        "server.keep_alive=5m workload.keep_alive=-1 num_ctx=1024",
+    ]
+    grouped = arms([job(0, *configurations[0]), job(1, *configurations[1])])
+    assert pick_baseline(grouped, "workload.keep_alive=-1") == 1
+
+
 def test_the_baseline_is_named_by_a_swept_value_or_is_the_first():
     grouped = arms([job(0, "options=low_ctx"), job(1, "options=default"), job(2, "options=seed_baseline")])
     assert pick_baseline(grouped, None) == 0
     assert pick_baseline(grouped, "options=default") == 1
     with pytest.raises(UserError, match=r"compare.baseline=options=nope matches none of the configurations"):
         pick_baseline(grouped, "options=nope")
+
+
+def _comparison(baseline: str, candidate: str) -> Comparison:
+    return Comparison(baseline, candidate, "ttft_ms_p50", rows=(), notes=("first note",), method="m")
+
+
+def test_a_comparison_on_the_simulated_server_says_which_differences_it_does_not_model():
+    sim = {
+        "num_gpu=0": ArmSetup("simulated", {"num_gpu": 0, "seed": 42}),
+        "num_gpu=1": ArmSetup("simulated", {"num_gpu": 1, "seed": 42}),
+        "seed=1": ArmSetup("simulated", {"num_gpu": 0, "seed": 1}),
+    }
+    [gpu, seed] = with_setup_notes([_comparison("num_gpu=0", "num_gpu=1"), _comparison("num_gpu=0", "seed=1")], sim)
+    assert gpu.notes[0] == "first note"
+    assert gpu.notes[1].startswith("the simulated server does not model num_gpu: its value changes no timing on it")
+    assert seed.notes == ("first note",)  # a sampling option: nothing the server would not model
+    ollama = {name: ArmSetup("ollama", setup.options) for name, setup in sim.items()}
+    assert with_setup_notes([_comparison("num_gpu=0", "num_gpu=1")], ollama)[0].notes == ("first note",)
+
+
+def test_the_setup_is_read_from_a_runs_tags_and_params():
+    setup = setup_of({"sentinel.server_kind": "simulated"}, {"sent_options": '{"num_ctx": 512}'})
+    assert setup == ArmSetup("simulated", {"num_ctx": 512})
+    assert setup_of({}, {"sent_options": "not json"}) == ArmSetup(None, {})
 
 
 def test_the_best_is_named_only_where_the_objectives_verdicts_name_it() -> None:

@@ -139,6 +139,19 @@ def test_sweep_jobs_are_named_by_what_differs_between_them():
     ]
 
 
+def test_two_swept_keys_that_end_alike_keep_their_whole_path():
+    jobs = [
+        ("#0", "server.keep_alive=1s", "workload.keep_alive=null", "workload.concurrency=1"),
+        ("#1", "server.keep_alive=1s", "workload.keep_alive=-1", "workload.concurrency=2"),
+        ("#2", "server.keep_alive=5m", "workload.keep_alive=null", "workload.concurrency=1"),
+    ]
+    assert distinguishing_labels(jobs) == [
+        "#0 server.keep_alive=1s workload.keep_alive=null concurrency=1",
+        "#1 server.keep_alive=1s workload.keep_alive=-1 concurrency=2",
+        "#2 server.keep_alive=5m workload.keep_alive=null concurrency=1",
+    ]
+
+
 def test_swept_keys_come_from_the_sweeps_own_record(tmp_path):
     from sentinel_exp.sweep.callbacks import swept_keys
 
