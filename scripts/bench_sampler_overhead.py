@@ -46,6 +46,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of each leg (default 20)")
     ap.add_argument("--interval", type=float, default=0.1, help="sampling interval s (default 0.1)")
     ap.add_argument("--no-gpu", action="store_true", help="skip the NVML probe")
+    ap.add_argument(
+        "--goal-pct",
+        type=float,
+        default=1.0,
+        help="exit 0 only when both views stay under this %% of one core (default 1; a short leg's share of "
+        "the one-time setup is larger)",
+    )
     args = ap.parse_args()
 
     server = subprocess.Popen([sys.executable, "-c", SERVER])
@@ -104,8 +111,8 @@ def main() -> int:
         f"process CPU delta  : {with_sampler:.3f} s with sampler - {base:.3f} s without "
         f"= {proc_pct:.3f}% of one core (includes setup and thread wake-ups)"
     )
-    ok = max(thread_pct, proc_pct) < 1.0
-    print(f"goal < 1% of one core: {'PASS' if ok else 'FAIL'}")
+    ok = max(thread_pct, proc_pct) < args.goal_pct
+    print(f"goal < {args.goal_pct:g}% of one core: {'PASS' if ok else 'FAIL'}")
     for note in sampler.notes:
         print(f"note: {note}")
     return 0 if ok else 1

@@ -13,6 +13,11 @@ class ServerError(UserError):
     pass
 
 
+class StoreUnavailable(UserError):
+    """A tracking server that does not answer: nothing the user wrote is wrong, and the same
+    command works once the server is back (`sync` exits 4, try again later)."""
+
+
 class FolderUnwritable(UserError):
     """The run folder stopped taking writes mid-run (a full disk, a file system gone read-only):
     the run stops at once, FAILED; exit status 2, as for a folder found unwritable before it."""

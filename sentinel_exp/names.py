@@ -55,6 +55,13 @@ class FaultKind(StrEnum):
     STALL = "stall"
 
 
+class Role(StrEnum):
+    """What a run folder's run.json describes (tag `sentinel.role` in MLflow for a sweep)."""
+
+    RUN = "run"
+    SWEEP = "sweep"  # a sweep's parent: it measured nothing itself, its jobs are its children
+
+
 class RunStatus(StrEnum):
     """MLflow's run statuses, as sentinel-exp sets them: RUNNING while measuring, then one of the others."""
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sentinel_exp.names import ErrorClass, Phase
+from sentinel_exp.names import Api, ErrorClass, Phase
 
 
 @dataclass
@@ -19,9 +19,9 @@ class RequestRecord:
     are reported as queue_ms)."""
 
     index: int
-    phase: str
+    phase: Phase
     prompt_index: int
-    api: str
+    api: Api
     ok: bool = False
     started_at: float = 0.0  # wall clock (unix seconds) when the request was submitted
     queue_ms: float | None = None  # submit -> headers start going out (pool wait, connect)
@@ -61,6 +61,9 @@ class RequestRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key, vocabulary in (("phase", Phase), ("api", Api)):
+            if key in known:  # ValueError for a value outside the vocabulary, as for a line cut short
+                known[key] = vocabulary(known[key])
         return cls(**known)
 
 
@@ -82,6 +85,18 @@ class RecordWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+
+
+def request_numbers(records: Iterable[RequestRecord]) -> dict[int, int]:
+    """Each record's request number, by `id(record)`: 1-based, in the order the run sent its
+    requests, warmup included. The one numbering the console, the report's timeline and the
+    simulated server's scripted faults (server.sim.faults: the Nth generation request it receives)
+    share for a run. A record keeps `index`, its place within its phase (or a study's rounds), as
+    run folders always have; the order is their submit times, phase and index breaking ties. A
+    record never submitted (no submit time) has no number: no server saw it."""
+    sent = [r for r in records if r.started_at > 0]
+    order = sorted(sent, key=lambda r: (r.started_at, r.phase != Phase.WARMUP, r.block or 0, r.index))
+    return {id(r): n for n, r in enumerate(order, 1)}
 
 
 def read_records(path: Path) -> list[RequestRecord]:

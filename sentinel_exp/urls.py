@@ -46,3 +46,33 @@ def credentials_problem(url: str, source: str) -> str | None:
         f"MLFLOW_TRACKING_TOKEN), so they are never written to the run's files, MLflow or the console; "
         f"give the URI without them"
     )
+
+
+# The schemes MLflow has a tracking store for (mlflow.tracking._tracking_service.utils, the store
+# registry; "" is a local path, databases may name a driver: postgresql+psycopg://).
+TRACKING_SCHEMES = frozenset(
+    {"", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc"}
+)
+
+
+def tracking_scheme(uri: str) -> str:
+    """The store kind a tracking URI names, as MLflow reads it (`postgresql+psycopg` is postgresql)."""
+    try:
+        scheme = urlsplit(uri).scheme.lower()
+    except ValueError:
+        return "?"
+    if len(scheme) == 1:  # a Windows drive letter: a local path
+        return ""
+    return scheme.split("+", 1)[0]
+
+
+def tracking_uri_problem(uri: str, source: str) -> str | None:
+    """Why MLflow cannot log to `uri` at all (None when it can try): refused before measuring, as
+    no later upload or sync could ever reach such a store."""
+    scheme = tracking_scheme(uri)
+    if scheme in TRACKING_SCHEMES:
+        return None
+    return (
+        f"{source}={uri!r} is no store MLflow can log to; give sqlite:///path/mlflow.db (a local store), "
+        f"http(s)://host:port (a tracking server) or a database URL (postgresql://, mysql://, mssql://)"
+    )

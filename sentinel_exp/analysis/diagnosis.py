@@ -2,7 +2,7 @@
 numbers, and the likely cause of each cold start a warm server should not have had. Pure
 functions over records (and the bundled server's log lines, read by the caller): no I/O.
 
-The parts follow what the server's durations really cover (sentinel_exp/serve/app.py `_events`,
+The parts follow what the server's durations really cover (sentinel_exp/serve/routes.py `Generations.events`,
 serve/scheduler.py; Ollama's server/sched.go does the same): `load_duration` runs from the
 request's arrival until the model is ready, a load it waited for included; the wait for a free
 generation slot comes after that and is in `total_duration` only; `prompt_eval_duration` starts once
@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from sentinel_exp.analysis.stats import output_tokens, successful
-from sentinel_exp.records import RequestRecord
+from sentinel_exp.records import RequestRecord, request_numbers
 from sentinel_exp.serve.keepalive import keep_alive_seconds, server_default_seconds
 
 # A part under half a percent is left out of the verdict's text (its share metric stays), but
@@ -56,6 +56,20 @@ PART_LABELS: Mapping[PartName, str] = {
     PartName.TTFB: "time to first byte",
     PartName.AFTER_TTFB: "first byte to first token",
     PartName.TTFT: "time to first token",
+}
+
+
+# What shortens each part, when it is the largest: the verdict's last lines.
+FIXES: Mapping[PartName, str] = {
+    PartName.LOAD: "keep the model loaded: a longer workload.keep_alive (-1 = forever) or server default "
+    "(OLLAMA_KEEP_ALIVE, server.keep_alive), and the same runner options (num_ctx, num_batch, num_gpu, ...) "
+    "on every request",
+    PartName.QUEUE: "more generation slots on the server (OLLAMA_NUM_PARALLEL; server.sim.parallel on the "
+    "simulated one), or fewer requests at once (workload.concurrency, workload.rate)",
+    PartName.PREFILL: "shorter prompts, or prompt caching: what requests share (a system prompt, a document) "
+    "first, so that the server prefills it once",
+    PartName.DECODE: "num_thread at the physical cores where llama.cpp runs on the CPU, more layers on the GPU "
+    "(num_gpu, -1 = automatic), a smaller or more quantised model, or fewer output tokens (num_predict)",
 }
 
 
@@ -106,7 +120,7 @@ class Breakdown:
         return (
             f"{lead}: p50 {self.p50_ms:,.0f} ms, mean {self.mean_ms:,.0f} ms = "
             + ", ".join(p.text() for p in shown)
-            + f" (mean shares over {self.requests} requests)"
+            + f" (mean shares over {self.requests} request{'' if self.requests == 1 else 's'})"
         )
 
     def metrics(self) -> dict[str, float]:
@@ -124,7 +138,19 @@ class Diagnosis:
         out = [b.line() for b in self.breakdowns]
         if self.breakdowns and self.unknown:
             out.append(self.unknown)
-        return out
+        return out + self.fixes()
+
+    def fixes(self) -> list[str]:
+        """What would shorten the largest part of each latency, once per part: `to cut prefill
+        (TTFT's largest part): shorter prompts, ...`."""
+        where: dict[PartName, list[str]] = {}
+        for b in self.breakdowns:
+            if b.dominant.name in FIXES and b.dominant.share > 0:
+                where.setdefault(b.dominant.name, []).append(b.label)
+        return [
+            f"to cut {PART_LABELS[name]} ({' and '.join(labels)}'s largest part): {FIXES[name]}"
+            for name, labels in where.items()
+        ]
 
     def text(self) -> str:
         """The verdict as one tag value (`sentinel.verdict`); empty when nothing succeeded."""
@@ -217,7 +243,11 @@ def _server_breakdowns(rs: Sequence[RequestRecord], metrics: Mapping[str, float]
     e2e = [r.e2e_ms or 0.0 for r in rs]
 
     cold = sum(1 for r in rs if r.cold)
-    load_detail = f"{cold} of {len(rs)} requests were cold" if cold else "no request was cold"
+    load_detail = (
+        f"{cold} of {len(rs)} {'request was' if len(rs) == 1 else 'requests were'} cold"
+        if cold
+        else ("no request was cold")
+    )
     prompt_tokens = _mean(float(r.prompt_eval_count or 0) for r in rs)
     prefill_detail = _tokens_at(prompt_tokens, _mean(prefill), "prompt tokens")
     decode_detail = _tokens_at(_mean(float(output_tokens(r)) for r in rs), _mean(decode), "output tokens")
@@ -306,7 +336,7 @@ def parse_unloads(lines: Iterable[str]) -> list[Unload]:
 class ColdStart:
     """A cold measured request after the model had been loaded, and its likely cause."""
 
-    index: int  # the request's index in the measured phase
+    number: int  # the request's number in the run (records.request_numbers: 1-based, warmup included)
     cause: ColdCause
     detail: str = ""
 
@@ -339,6 +369,7 @@ def classify_cold_starts(
     while nothing had finished yet waited for the first load: that is no loss."""
     spans = [(r, s) for r in records if (s := _span(r)) is not None]
     mine = [u for u in unloads if not model or u.tag == model]
+    number = request_numbers(records)
     found = []
     for r in sorted((r for r in records if r.measured and r.cold), key=lambda r: r.started_at):
         me = _span(r) or _Span(r.started_at + (r.queue_ms or 0.0) / 1000.0, math.inf)
@@ -353,23 +384,23 @@ def classify_cold_starts(
         load_end = me.start + (r.load_duration_ms or 0.0) / 1000.0
         seen = [u for u in mine if last.start - 0.001 <= u.at <= load_end + 0.001]
         if seen:
-            found.append(_from_log(r.index, max(seen, key=lambda u: u.at).reason))
+            found.append(_from_log(number.get(id(r), 0), max(seen, key=lambda u: u.at).reason))
         elif gap > keep_alive_s:
             detail = f"idle {gap:,.1f} s > keep_alive {_format_keep_alive(keep_alive_s)}"
-            found.append(ColdStart(r.index, ColdCause.IDLE, detail))
+            found.append(ColdStart(number.get(id(r), 0), ColdCause.IDLE, detail))
         else:
-            found.append(ColdStart(r.index, ColdCause.UNKNOWN, f"idle {gap:,.1f} s"))
+            found.append(ColdStart(number.get(id(r), 0), ColdCause.UNKNOWN, f"idle {gap:,.1f} s"))
     return found
 
 
-def _from_log(index: int, reason: str) -> ColdStart:
+def _from_log(number: int, reason: str) -> ColdStart:
     if reason.startswith("replaced by "):
-        return ColdStart(index, ColdCause.REPLACED, reason)
+        return ColdStart(number, ColdCause.REPLACED, reason)
     if reason.startswith("runner options changed"):
-        return ColdStart(index, ColdCause.OPTIONS, reason.partition(": ")[2] or reason)
+        return ColdStart(number, ColdCause.OPTIONS, reason.partition(": ")[2] or reason)
     if reason.startswith("keep_alive"):
-        return ColdStart(index, ColdCause.IDLE, reason)
-    return ColdStart(index, ColdCause.UNKNOWN, reason)
+        return ColdStart(number, ColdCause.IDLE, reason)
+    return ColdStart(number, ColdCause.UNKNOWN, reason)
 
 
 _CAUSE_TEXT: Mapping[ColdCause, str] = {
@@ -391,11 +422,11 @@ def cold_start_warnings(cold_starts: Sequence[ColdStart]) -> list[str]:
         by_cause.setdefault(c.cause, []).append(c)
     out = []
     for cause, starts in by_cause.items():
-        first = min(starts, key=lambda c: c.index)
+        first = min(starts, key=lambda c: c.number)
         n = len(starts)
         noun = "request was" if n == 1 else "requests were"
         out.append(
-            f"{n} measured {noun} cold after the model had been loaded (first: request {first.index}): "
+            f"{n} measured {noun} cold after the model had been loaded (first: request {first.number}): "
             + _CAUSE_TEXT[cause].format(detail=first.detail)
         )
     return out

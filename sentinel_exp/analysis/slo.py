@@ -2,49 +2,21 @@
 docs/measurement.md, Metrics).
 
 A run-level target (`slo.<metric>: <limit>`) holds one summary metric to a limit, in the
-direction in which that metric is better. Per-request targets (`slo.request.ttft_ms`, `e2e_ms`,
-`itl_ms`) judge every measured request; the requests that meet all of them are the goodput. A
-failed request meets no target: a user who got an error was not served within any limit.
+direction in which that metric is better (metrics.py). Per-request targets (`slo.request.ttft_ms`,
+`e2e_ms`, `itl_ms`) judge every measured request; the requests that meet all of them are the
+goodput. A failed request meets no target: a user who got an error was not served within any limit.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from sentinel_exp import tags as tag
+from sentinel_exp.analysis.metrics import direction
 from sentinel_exp.analysis.stats import inter_token_latencies
 from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
-
-# Which way each logged metric is better, by name; the first pattern that matches decides. A
-# metric none matches (a count of samples, a model size) has no better direction, so no target.
-METRIC_DIRECTIONS: tuple[tuple[str, Direction], ...] = (
-    ("goodput_*", Direction.maximize),
-    ("*_tokens_per_s", Direction.maximize),
-    ("*requests_per_s", Direction.maximize),
-    ("slo_request_fraction", Direction.maximize),
-    ("requests_ok", Direction.maximize),
-    ("*_ms_*", Direction.minimize),
-    ("*_ms", Direction.minimize),
-    ("error_rate", Direction.minimize),
-    ("cold_starts", Direction.minimize),
-    ("requests_failed", Direction.minimize),
-    ("requests_cancelled", Direction.minimize),
-    ("*cpu_pct*", Direction.minimize),
-    ("*energy*", Direction.minimize),
-    ("*power_w*", Direction.minimize),
-    ("*rss_mb*", Direction.minimize),
-    ("*mem*_mb*", Direction.minimize),
-)
-
-
-def metric_direction(metric: str) -> Direction | None:
-    """Whether lower (minimize) or higher (maximize) values of `metric` are better; None if unknown."""
-    for pattern, direction in METRIC_DIRECTIONS:
-        if fnmatch.fnmatchcase(metric, pattern):
-            return direction
-    return None
 
 
 @dataclass(frozen=True)
@@ -68,9 +40,9 @@ def judge_targets(targets: Mapping[str, float], metrics: Mapping[str, float]) ->
     out (the config check rejects them before a run starts)."""
     verdicts = []
     for metric, limit in targets.items():
-        direction = metric_direction(metric)
-        if direction is not None:
-            verdicts.append(TargetVerdict(metric, float(limit), direction, metrics.get(metric)))
+        better = direction(metric)
+        if better is not None:
+            verdicts.append(TargetVerdict(metric, float(limit), better, metrics.get(metric)))
     return verdicts
 
 
@@ -83,7 +55,7 @@ def slo_tags(verdicts: Sequence[TargetVerdict]) -> dict[str, str]:
     """`sentinel.slo`: pass when every run-level target passed; no tag without targets."""
     if not verdicts:
         return {}
-    return {"sentinel.slo": "pass" if all(v.passed for v in verdicts) else "fail"}
+    return {tag.SLO: "pass" if all(v.passed for v in verdicts) else "fail"}
 
 
 def _mean_itl(record: RequestRecord) -> float | None:

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from sentinel_exp import tags as tag
 from sentinel_exp.config.schema import HardwareConfig
 from sentinel_exp.names import Placement
 from sentinel_exp.telemetry.gpu import GpuProbe
@@ -111,9 +112,9 @@ def check_hardware(
 
 def _result(expected: HardwareConfig, ok: bool, msg: str) -> HardwareCheck:
     tags = {
-        "sentinel.hardware_profile": expected.name,
-        "sentinel.hardware_match": "true" if ok else "false",
-        "sentinel.hardware_message": msg,
+        tag.HARDWARE_PROFILE: expected.name,
+        tag.HARDWARE_MATCH: "true" if ok else "false",
+        tag.HARDWARE_MESSAGE: msg,
     }
     return HardwareCheck(ok, msg, tags)
 
@@ -126,9 +127,9 @@ def unchecked_remote(expected: HardwareConfig, target: str) -> HardwareCheck:
         f"against this client's GPUs"
     )
     tags = {
-        "sentinel.hardware_profile": expected.name,
-        "sentinel.hardware_match": "unchecked",
-        "sentinel.hardware_message": msg,
+        tag.HARDWARE_PROFILE: expected.name,
+        tag.HARDWARE_MATCH: "unchecked",
+        tag.HARDWARE_MESSAGE: msg,
     }
     return HardwareCheck(True, msg, tags)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel_exp import tags as tag
 from sentinel_exp.serve.prompt_fit import DEFAULT_NUM_KEEP, prompt_limit
 from sentinel_exp.serve.wire import runner_options
 
@@ -51,7 +52,7 @@ class Finding:
 
     @property
     def tag(self) -> str:
-        return f"sentinel.lint.{self.rule}"
+        return tag.lint(self.rule)
 
 
 @dataclass(frozen=True)
@@ -153,14 +154,20 @@ def runner_reload_rule(given: LintInput) -> Finding | None:
     )
 
 
+def seconds(value: float) -> str:
+    """`2.3 s`, `0.05 s`, `1,800 s`: a duration as a person reads it (a gap computed from a rate or a
+    distribution has digits nobody set)."""
+    return f"{value:,.2f}".rstrip("0").rstrip(".") + " s"
+
+
 def keep_alive_rule(given: LintInput) -> Finding | None:
     keep, gap = given.keep_alive_s, given.idle_gap_s
     if keep is None or gap is None or math.isinf(keep) or keep >= gap:
         return None
     return Finding(
         "keep_alive",
-        f"keep_alive of {keep:g} s ({given.keep_alive_source}) is shorter than the workload's longest idle gap of "
-        f"{gap:g} s: the model unloads in the gap and the next request pays a cold load",
+        f"keep_alive of {seconds(keep)} ({given.keep_alive_source}) is shorter than the workload's longest idle gap "
+        f"of {seconds(gap)}: the model unloads in the gap and the next request pays a cold load",
         f"workload.keep_alive={math.ceil(gap * 1.5)} (longer than the gap), or -1 to keep the model loaded",
     )
 

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.markup import escape
 
+from sentinel_exp.cli import early_stop
 from sentinel_exp.cli.help import help_text, wants_help
 from sentinel_exp.config.schema import register_configs, typed_config
 from sentinel_exp.errors import Interrupted, NotLogged, RunFailed, UserError
@@ -39,6 +40,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     from sentinel_exp.run.experiment import run
     from sentinel_exp.sweep.callbacks import objective_value, record_not_logged, record_reused
 
+    early_stop.release()
     # A full disk must not print a traceback per log line from Hydra's log file in the run folder:
     # the run reports the full disk itself, once.
     logging.raiseExceptions = False
@@ -78,9 +80,14 @@ class OutputFolderCheck(Callback):
     not Hydra's traceback or a failure halfway through the run."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _stop_if_unwritable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+        folder = Path(str(config.hydra.run.dir))
+        _stop_if_unwritable(folder, "hydra.run.dir")
+        # A single run stopped before its first request leaves no folder behind (a sweep's jobs
+        # keep theirs, for the sweep's table): it holds nothing a user would look for.
+        early_stop.RUN_FOLDERS.append(folder)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        early_stop.release()  # a stopped sweep still compares and logs what finished
         _stop_if_unwritable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
 
 
@@ -120,13 +127,14 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
     not pulled, say) must not cost the others: the job is recorded as failed and the sweep goes
     on; it still ends with exit status 2 (sweep.SweepSummary)."""
     from sentinel_exp.report import console as ui
+    from sentinel_exp.store.run_folder import RunFolder
     from sentinel_exp.sweep.callbacks import record_error
 
     ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        if not isinstance(exc, RunFailed) and not any(ctx.output_dir.rglob("requests.jsonl")):
+        if not isinstance(exc, RunFailed) and not any(ctx.output_dir.rglob(RunFolder.RECORDS)):
             # Stopped before any request: no half-made run folder is left to mistake for a run (the
-            # doctor's runs are in folders of its own).
+            # doctor's runs are in folders of its own, below this one).
             shutil.rmtree(ctx.output_dir, ignore_errors=True)
         sys.exit(exc.exit_code)
     record_error(ctx.output_dir, str(exc))
@@ -135,6 +143,8 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
 def main() -> None:
     if sys.argv[1:2] == ["compare"]:  # `sentinel-exp compare ...` is `python -m sentinel_exp.compare ...`
         from sentinel_exp.cli.compare import main as compare_main
+
+        early_stop.release()
 
         sys.exit(compare_main(sys.argv[2:]))
     register_configs()
@@ -146,11 +156,13 @@ def main() -> None:
         return
     try:
         _hydra_main()
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit) as exc:
         # A sweep stopped midway (Ctrl-C, SIGTERM): what finished is still compared and logged.
         from sentinel_exp.sweep.callbacks import finish_interrupted_sweep
 
         finish_interrupted_sweep()
+        if isinstance(exc, KeyboardInterrupt) or exc.code in (130, 143):
+            early_stop.drop_unstarted_runs()
         raise
     finally:
         # Everything is written and closed by now. Without a cyclic collection of MLflow's,

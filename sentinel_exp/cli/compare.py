@@ -18,10 +18,25 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.comparison import ALPHA, DEFAULT_MIN_EFFECT_PCT, Arm, Comparison, RunResult, to_markdown
+from sentinel_exp.analysis.metric_names import closest, is_objective
 from sentinel_exp.errors import UserError
 from sentinel_exp.records import read_records
-from sentinel_exp.sweep.study import MeasuredJob, arms, compare_arms, load_run, study_alpha
+from sentinel_exp.store.run_folder import RunFolder
+from sentinel_exp.sweep.study import (
+    ArmSetup,
+    MeasuredJob,
+    arm_setups,
+    arms,
+    compare_arms,
+    folder_setup,
+    load_run,
+    setup_of,
+    short_keys,
+    study_alpha,
+    with_setup_notes,
+)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -51,13 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MIN_EFFECT_PCT,
         help=f"smaller changes are never improved/worse (default {DEFAULT_MIN_EFFECT_PCT:g})",
     )
-    parser.add_argument("--out", type=Path, help="markdown file to write (default: compare.md in a sweep folder)")
+    parser.add_argument(
+        "--out", type=Path, help=f"markdown file to write (default: {RunFolder.COMPARE} in a sweep folder)"
+    )
     parser.add_argument("--full", action="store_true", help="print every metric's row, not only the objective's")
     return parser
 
 
-def arms_from_folder(folder: Path) -> list[Arm]:
-    """The configurations of a sweep folder (multirun/<date>/<time>), as the sweep itself compared them."""
+def arms_from_folder(folder: Path) -> tuple[list[Arm], dict[str, ArmSetup]]:
+    """The configurations of a sweep folder (multirun/<date>/<time>), as the sweep itself compared
+    them, and what each was measured against."""
     from sentinel_exp.sweep.callbacks import read_outcomes, sweep_record
 
     if not folder.is_dir():
@@ -66,15 +84,36 @@ def arms_from_folder(folder: Path) -> list[Arm]:
     measured = []
     for job in read_outcomes(folder, sweep_id):
         run = None if job.folder is None or job.metrics is None else load_run(job.folder, job.metrics)
-        if run is not None:
-            measured.append(MeasuredJob(job.num, tuple(job.overrides), run))
+        if run is not None and job.folder is not None:
+            measured.append(MeasuredJob(job.num, tuple(job.overrides), run, folder_setup(job.folder)))
     if not measured:
-        raise UserError(f"{folder} holds no finished sweep job (no sweep_job.json with a summary.json beside it)")
-    return arms(measured)
+        raise UserError(
+            f"{folder} holds no finished sweep job (no {RunFolder.SWEEP_JOB} with a {RunFolder.SUMMARY} beside it)"
+        )
+    return arms(measured), arm_setups(measured)
 
 
-def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]]:
-    """The runs the arguments name, grouped by configuration; also which arm holds each run id."""
+def selection_problem(args: argparse.Namespace) -> str | None:
+    """What in the arguments can select nothing, found before anything is read or written: an
+    objective that is no metric, a folder that is not there (which would be taken for a run id)."""
+    if not is_objective(args.objective):
+        meant = closest(args.objective)
+        hint = f"; did you mean {meant}?" if meant else " (e.g. ttft_ms_p50, e2e_ms_p95, output_tokens_per_s)"
+        return f"--objective {args.objective} is not a metric a comparison can decide on{hint}"
+    folders = [arg for arg in args.runs if Path(arg).is_dir()]
+    if folders and len(args.runs) > 1:
+        return f"{folders[0]} is a sweep folder: compare one sweep folder alone, or MLflow run ids"
+    for arg in args.runs:
+        if Path(arg).is_file():
+            return f"{arg} is a file: give a sweep folder (multirun/<date>/<time>) or MLflow run ids"
+        if not Path(arg).exists() and ("/" in arg or os.sep in arg or arg.startswith((".", "~"))):
+            return f"no folder {arg} (a sweep folder is multirun/<date>/<time>)"
+    return None
+
+
+def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int], dict[str, ArmSetup]]:
+    """The runs the arguments name, grouped by configuration; also which arm holds each run id,
+    and what each configuration was measured against."""
     from sentinel_exp.store.tracking import RunStore
 
     store = RunStore(args.tracking_uri)
@@ -83,6 +122,15 @@ def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]
     elif args.runs:
         runs = [store.get(run_id) for run_id in args.runs]
     else:
+        if not args.experiment and not args.filter:
+            from sentinel_exp.report import console as ui
+
+            ui.stderr.print(
+                f"nothing named: comparing every finished run of every experiment in {args.tracking_uri} "
+                f"(name a sweep folder, run ids, --sweep, --experiment or --filter to choose)",
+                markup=False,
+                soft_wrap=True,
+            )
         runs = store.search(args.experiment, args.filter)
     runs = [run for run in runs if run.status == "FINISHED"]
     if not runs:
@@ -90,20 +138,22 @@ def arms_from_store(args: argparse.Namespace) -> tuple[list[Arm], dict[str, int]
     grouped: dict[str, list[RunResult]] = {}
     members: dict[str, list[str]] = {}
     params: dict[str, dict[str, str]] = {}
+    setups: dict[str, ArmSetup] = {}
     with tempfile.TemporaryDirectory(prefix="sentinel-compare-") as scratch:
         for run in runs:
             path = store.records_file(run.run_id, Path(scratch) / run.run_id)
             if path is None:
                 continue
-            key = run.tags.get("sentinel.config_hash", run.run_id)
-            study = run.tags.get("sentinel.study_id")
+            key = run.tags.get(tag.CONFIG_HASH, run.run_id)
+            study = run.tags.get(tag.STUDY_ID)
             grouped.setdefault(key, []).append(RunResult(tuple(read_records(path)), run.metrics, study=study))
             members.setdefault(key, []).append(run.run_id)
             params.setdefault(key, run.params)
+            setups.setdefault(key, setup_of(run.tags, run.params))
     names = _names_by_params(list(params.values()))
     configurations = [Arm(name, tuple(results)) for name, results in zip(names, grouped.values(), strict=True)]
     where = {run_id: i for i, ids in enumerate(members.values()) for run_id in ids}
-    return configurations, where
+    return configurations, where, dict(zip(names, setups.values(), strict=True))
 
 
 def _names_by_params(configurations: Sequence[dict[str, str]]) -> list[str]:
@@ -114,8 +164,9 @@ def _names_by_params(configurations: Sequence[dict[str, str]]) -> list[str]:
         for k in keys
         if len({params.get(k) for params in configurations}) > 1 and not k.startswith(("tracking.", "sweep."))
     ]
+    label = short_keys(differing)
     names = [
-        " ".join(f"{k.rsplit('.', 1)[-1]}={params.get(k, 'null')}" for k in differing) or f"run {i}"
+        " ".join(f"{label[k]}={params.get(k, 'null')}" for k in differing) or f"run {i}"
         for i, params in enumerate(configurations)
     ]
     # Two configurations that differ only in what names leave out still need two names.
@@ -126,21 +177,25 @@ def run_comparison(args: argparse.Namespace) -> tuple[list[Comparison], Path | N
     folder = Path(args.runs[0]) if len(args.runs) == 1 and Path(args.runs[0]).is_dir() else None
     baseline = args.baseline
     if folder is not None:
-        configurations = arms_from_folder(folder)
+        configurations, setups = arms_from_folder(folder)
     else:
-        configurations, where = arms_from_store(args)
+        configurations, where, setups = arms_from_store(args)
         if baseline in where:  # a run id: its configuration, whatever it is named
             index = where[baseline]
             configurations.insert(0, configurations.pop(index))
             baseline = None
     if len(configurations) < 2:
-        names = ", ".join(arm.name for arm in configurations)
-        raise UserError(f"only one configuration among these runs ({names}): nothing to compare it with")
+        runs = sum(len(arm.runs) for arm in configurations)
+        raise UserError(
+            f"the {runs} run{'s' if runs != 1 else ''} found {'are' if runs != 1 else 'is'} all one "
+            f"configuration: nothing to compare {'them' if runs != 1 else 'it'} with"
+        )
     alpha = study_alpha(folder) if folder is not None else ALPHA
     comparisons = compare_arms(
         configurations, baseline=baseline, objective=args.objective, min_effect_pct=args.min_effect_pct, alpha=alpha
     )
-    out = args.out if args.out is not None else (folder / "compare.md" if folder is not None else None)
+    comparisons = with_setup_notes(comparisons, setups)
+    out = args.out if args.out is not None else (RunFolder(folder).compare if folder is not None else None)
     return comparisons, out
 
 
@@ -154,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ui.stderr.print("[bold red]error:[/] --min-effect-pct must be 0 or more", soft_wrap=True)
         return UserError.exit_code
     try:
+        if problem := selection_problem(args):
+            raise UserError(problem)
         comparisons, out = run_comparison(args)
         if args.full:
             ui.print_comparisons(comparisons)

@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sentinel_exp.config.schema import SECRET_SETTINGS, SLO_METRIC_HINT, ExperimentConfig, SloConfig
+from sentinel_exp.config.schema import SECRET_SETTINGS, ExperimentConfig, SloConfig, slo_metric_problem
 from sentinel_exp.urls import credentials_problem
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -130,10 +130,8 @@ def _setting_problems(key: str, values: list[Any]) -> list[str]:
 
 def _slo_target_problems(key: str, metric: str, values: list[Any]) -> list[str]:
     """`slo.<metric>=<limit>`: a run-level target, for a metric whose better direction is known."""
-    from sentinel_exp.analysis.slo import metric_direction
-
-    if metric_direction(metric) is None:
-        return [f"{key}: {SLO_METRIC_HINT}"]
+    if problem := slo_metric_problem(metric):
+        return [f"{key}: {problem}"]
     return [
         f"{key}={value!r} is not valid: {key} takes a number (the limit) or null"
         for value in values

@@ -13,13 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.markup import escape
 
 from sentinel_exp.config.schema import typed_config
 from sentinel_exp.errors import UserError
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.context import RunContext
-from sentinel_exp.run.rounds import StudyArm, StudyPlan, leave_error, run_study
+from sentinel_exp.run.rounds import FILE_ONLY, StudyArm, StudyPlan, leave_error, run_study
+from sentinel_exp.store.run_folder import RunFolder
 from sentinel_exp.sweep.callbacks import sweep_record, swept_keys
 
 # Composes one job's config from its overrides, as the launcher will (the sweeper's loader).
@@ -28,6 +28,8 @@ Compose = Callable[[Sequence[str]], DictConfig]
 # Launchers that run each job in a process of this machine: the study measures in the launching
 # process and the jobs only upload, so their folders must be this machine's.
 LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")
+
+log = logging.getLogger(__name__)
 
 
 def refuse_remote_launcher(launcher_config: DictConfig) -> None:
@@ -74,7 +76,7 @@ def study_arms(master: DictConfig, batch: Sequence[Sequence[str]], compose: Comp
         try:
             cfg = typed_config(task)
         except UserError as exc:
-            ui.stderr.print(f"[bold red]error:[/] {escape(f'#{num}: {exc}')}", soft_wrap=True)
+            log.error("#%d: %s", num, exc, extra=FILE_ONLY)
             leave_error(ctx, num, tuple(overrides), str(exc))
             continue
         arms.append(StudyArm(cfg, ctx, num, tuple(overrides)))
@@ -83,22 +85,22 @@ def study_arms(master: DictConfig, batch: Sequence[Sequence[str]], compose: Comp
 
 def measure_study(master: DictConfig, batch: Sequence[Sequence[str]], compose: Compose) -> None:
     """Measure the sweep's jobs as one interleaved study, before Hydra launches them."""
-    arms = study_arms(master, batch, compose)
-    if not arms:
-        return
-    first = arms[0].cfg
     sweep_dir = Path(str(master.hydra.sweep.dir))
-    plan = StudyPlan(
-        sweep_dir=sweep_dir,
-        compare=first.compare,
-        objective=first.sweep.objective,
-        progress=ui.want_progress(first.progress),
-    )
-    with study_logging(sweep_dir / STUDY_LOG):
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with study_logging(RunFolder(sweep_dir).study_log):
+        arms = study_arms(master, batch, compose)
+        if not arms:
+            return
+        first = arms[0].cfg
+        plan = StudyPlan(
+            sweep_dir=sweep_dir,
+            compare=first.compare,
+            objective=first.sweep.objective,
+            progress=ui.want_progress(first.progress),
+        )
         run_study(arms, plan)
 
 
-STUDY_LOG = "study.log"
 # As conf/config.yaml's job logging has them: their request lines would drown the study's own.
 QUIET_LOGGERS = ("httpx", "httpcore", "mlflow", "alembic")
 
@@ -111,6 +113,7 @@ def study_logging(path: Path) -> Iterator[None]:
     saved = (list(root.handlers), root.level, {name: logging.getLogger(name).level for name in QUIET_LOGGERS})
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(lambda record: not getattr(record, "file_only", False))
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     root.handlers = [console, to_file]

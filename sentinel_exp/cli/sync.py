@@ -21,11 +21,12 @@ from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
-from sentinel_exp.errors import NotLogged, UserError
+from sentinel_exp.errors import NotLogged, StoreUnavailable, UserError
+from sentinel_exp.names import Role
 from sentinel_exp.report import console as ui
-from sentinel_exp.store.run_folder import RUN_FILE, Role, is_run_folder, read_run_file
+from sentinel_exp.store.run_folder import RunFolder, is_run_folder, read_run_file
 from sentinel_exp.store.upload import Uploader
-from sentinel_exp.urls import credentials_problem
+from sentinel_exp.urls import credentials_problem, tracking_uri_problem
 
 
 @dataclass
@@ -42,9 +43,9 @@ def folders_to_sync(paths: Sequence[Path]) -> list[Path]:
     for path in paths:
         if not path.is_dir():
             raise UserError(f"{path} is not a folder")
-        below = sorted(p.parent.resolve() for p in path.rglob(RUN_FILE))
+        below = sorted(p.parent.resolve() for p in path.rglob(RunFolder.RUN_JSON))
         if not below:
-            raise UserError(f"{path} holds no run folder (no {RUN_FILE} in it or below it)")
+            raise UserError(f"{path} holds no run folder (no {RunFolder.RUN_JSON} in it or below it)")
         for folder in below:
             found.setdefault(folder)
     # A parent above its jobs: shorter paths first within each tree.
@@ -57,7 +58,7 @@ def sync(folders: Sequence[Path], uri: str | None, close_running: bool, progress
     results = [_sync_one(uploader, folder) for folder in steps]
     for closed in uploader.closed_orphans:
         ui.stderr.print(
-            "[yellow]warning:[/] " + escape(f"closed run {closed}, left RUNNING by a process that is gone"),
+            "[yellow]warning:[/] " + escape(f"closed run {closed}"),
             soft_wrap=True,
         )
     return results
@@ -66,6 +67,8 @@ def sync(folders: Sequence[Path], uri: str | None, close_running: bool, progress
 def _sync_one(uploader: Uploader, folder: Path) -> Synced:
     try:
         uploaded = uploader.upload(folder)
+    except StoreUnavailable as exc:  # the server is down: the same sync works once it is back
+        return Synced(folder, _status(folder), f"not logged: {exc}", NotLogged.exit_code)
     except UserError as exc:
         return Synced(folder, _status(folder), f"not synced: {exc}", UserError.exit_code)
     except Exception as exc:  # the store is down or refuses: try again later
@@ -93,7 +96,7 @@ def results_table(results: Sequence[Synced]) -> Table:
     return table
 
 
-def _role(folder: Path) -> str:
+def _role(folder: Path) -> Role:
     try:
         return read_run_file(folder).role
     except UserError:
@@ -121,14 +124,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        if args.tracking_uri and (problem := credentials_problem(args.tracking_uri, "--tracking-uri")):
+        if args.tracking_uri and (
+            problem := credentials_problem(args.tracking_uri, "--tracking-uri")
+            or tracking_uri_problem(args.tracking_uri, "--tracking-uri")
+        ):
             raise UserError(problem)
         folders = folders_to_sync(args.paths)
         results = sync(folders, args.tracking_uri, args.close_running, ui.want_progress(None))
     except UserError as exc:
         ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return UserError.exit_code
-    ui.stdout.print(results_table(results))
+    ui.print_table(results_table(results))
     return exit_status(results)
 
 

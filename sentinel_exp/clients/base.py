@@ -4,7 +4,8 @@ is read, and what the server says about the model through it (docs/architecture.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import httpx
 
@@ -24,6 +25,33 @@ Options = dict[str, Any]
 
 # Chat messages as given in a prompts file: {"role": ..., "content": ...} and whatever else they carry.
 Messages = list[dict[str, Any]]
+
+
+class PromptParts(Protocol):
+    """What one request asks: a prompt, or a chat conversation in `messages` (sent as given after
+    the system prompt; `text` is then unused), and the prompt's index in the workload's set."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def prompt_index(self) -> int: ...
+
+    @property
+    def system(self) -> str | None: ...
+
+    @property
+    def messages(self) -> Messages | None: ...
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """PromptParts as given: `Prompt("why is the sky blue")`. (A run's come from workload.Planned.)"""
+
+    text: str
+    prompt_index: int = 0
+    system: str | None = None
+    messages: Messages | None = None
 
 
 def chat_messages(prompt: str, system: str | None, messages: Messages | None = None) -> Messages:
@@ -46,19 +74,9 @@ class WireApi(ABC):
         return f"{type(self).__name__}({self.name}: {self.path})"
 
     @abstractmethod
-    def build_request(
-        self,
-        model: str,
-        prompt: str,
-        prompt_index: int,
-        system: str | None,
-        options: Options,
-        keep_alive: KeepAlive,
-        messages: Messages | None = None,
-    ) -> RequestSpec:
-        """The request for one prompt, or for a chat conversation (`messages`, sent as given after
-        the system prompt; `prompt` is then unused); options and keep_alive this API cannot carry
-        are left out. ValueError when the API cannot carry `messages` (/api/generate)."""
+    def build_request(self, model: str, prompt: PromptParts, options: Options, keep_alive: KeepAlive) -> RequestSpec:
+        """The request for one prompt or chat conversation; options and keep_alive this API cannot
+        carry are left out. ValueError when the API cannot carry `messages` (/api/generate)."""
 
     @abstractmethod
     def unsendable(self, options: Options, keep_alive: KeepAlive) -> list[str]:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from sentinel_exp import tags as tag
 from sentinel_exp.errors import ServerError
 from sentinel_exp.names import ServerKind
 
@@ -27,12 +28,12 @@ class ModelFacts:
 
     def tags(self) -> dict[str, str]:
         values = {
-            "sentinel.ollama_version": self.server_version,
-            "sentinel.model_digest": self.digest,
-            "sentinel.model_family": self.family,
-            "sentinel.model_parameter_size": self.parameter_size,
-            "sentinel.model_quantization": self.quantization_level,
-            "sentinel.model_size_bytes": self.size_bytes,
+            tag.OLLAMA_VERSION: self.server_version,
+            tag.MODEL_DIGEST: self.digest,
+            tag.MODEL_FAMILY: self.family,
+            tag.MODEL_PARAMETER_SIZE: self.parameter_size,
+            tag.MODEL_QUANTIZATION: self.quantization_level,
+            tag.MODEL_SIZE_BYTES: self.size_bytes,
         }
         return {k: str(v) for k, v in values.items() if v is not None}
 

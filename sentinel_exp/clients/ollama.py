@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
+from sentinel_exp.clients.base import KeepAlive, Messages, Options, PromptParts, WireApi, chat_messages
 from sentinel_exp.clients.common import NS_PER_MS, RequestSpec, StreamFault, StreamReader, TokenTimes, json_object
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
 from sentinel_exp.clients.framing import Framing
@@ -68,23 +68,14 @@ class OllamaApi(WireApi):
     def _put_prompt(self, body: dict[str, Any], prompt: str, system: str | None, messages: Messages | None) -> None:
         """Add the prompt or messages (and system prompt) to `body` the way this endpoint takes them."""
 
-    def build_request(
-        self,
-        model: str,
-        prompt: str,
-        prompt_index: int,
-        system: str | None,
-        options: Options,
-        keep_alive: KeepAlive,
-        messages: Messages | None = None,
-    ) -> RequestSpec:
+    def build_request(self, model: str, prompt: PromptParts, options: Options, keep_alive: KeepAlive) -> RequestSpec:
         body: dict[str, Any] = {"model": model, "stream": True}
-        self._put_prompt(body, prompt, system, messages)
+        self._put_prompt(body, prompt.text, prompt.system, prompt.messages)
         if options:
             body["options"] = options
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
-        return RequestSpec(self.path, body, prompt_index)
+        return RequestSpec(self.path, body, prompt.prompt_index)
 
     def unsendable(self, options: Options, keep_alive: KeepAlive) -> list[str]:
         return []

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from sentinel_exp.clients.base import KeepAlive, Messages, Options, WireApi, chat_messages
+from sentinel_exp.clients.base import KeepAlive, Options, PromptParts, WireApi, chat_messages
 from sentinel_exp.clients.common import RequestSpec, StreamFault, StreamReader, TokenTimes, json_object
 from sentinel_exp.clients.facts import ModelFacts, get_json, missing_model, names_match
 from sentinel_exp.clients.framing import Framing
@@ -77,26 +77,17 @@ class OpenAIChat(WireApi):
     family = "OpenAI"
     reports_server_durations = False  # only token counts, in the `usage` chunk
 
-    def build_request(
-        self,
-        model: str,
-        prompt: str,
-        prompt_index: int,
-        system: str | None,
-        options: Options,
-        keep_alive: KeepAlive,
-        messages: Messages | None = None,
-    ) -> RequestSpec:
+    def build_request(self, model: str, prompt: PromptParts, options: Options, keep_alive: KeepAlive) -> RequestSpec:
         body: dict[str, Any] = {
             "model": model,
-            "messages": chat_messages(prompt, system, messages),
+            "messages": chat_messages(prompt.text, prompt.system, prompt.messages),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
         for name, value in options.items():
             if name in _OPTION_TO_OPENAI:
                 body[_OPTION_TO_OPENAI[name]] = value
-        return RequestSpec(self.path, body, prompt_index)
+        return RequestSpec(self.path, body, prompt.prompt_index)
 
     def unsendable(self, options: Options, keep_alive: KeepAlive) -> list[str]:
         unsent = sorted(name for name in options if name not in _OPTION_TO_OPENAI)

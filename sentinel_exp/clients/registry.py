@@ -22,7 +22,7 @@ class RunApis(NamedTuple):
     server: WireApi  # what the model facts (preflight) and the model's placement are read through
 
 
-def run_apis(server_kind: str, workload_api: str) -> RunApis:
+def run_apis(server_kind: ServerKind, workload_api: Api) -> RunApis:
     """The one rule for which API a run speaks."""
     if server_kind == ServerKind.openai:
         # An OpenAI-compatible server speaks only that API, whatever workload.api says.

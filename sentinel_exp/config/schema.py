@@ -29,7 +29,7 @@ from sentinel_exp.names import Api, Direction, LintMode, ServerKind, SweepOrder
 from sentinel_exp.serve.keepalive import KeepAliveError, keep_alive_seconds, server_default_seconds
 from sentinel_exp.serve.sim_settings import SimSettings
 from sentinel_exp.serve.wire import OPTION_TYPES, OptionTypeError, validate_options
-from sentinel_exp.urls import credentials_problem
+from sentinel_exp.urls import credentials_problem, tracking_uri_problem
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -104,6 +104,12 @@ class ServerConfig:
             problems.append(f"server.startup_timeout_s must be positive (got {self.startup_timeout_s})")
         if not self.api_key_env.strip():
             problems.append("server.api_key_env is empty (the name of an environment variable, e.g. OPENAI_API_KEY)")
+        if self.url is not None and self.kind in (ServerKind.simulated, ServerKind.embedded):
+            problems.append(
+                f"server.url={self.url} is not used by server={self.kind}: a bundled server starts on a free "
+                f"loopback port of its own; to measure a server that is already running, name its kind "
+                f"(server=ollama or server=openai) with server.url"
+            )
         return problems
 
 
@@ -185,6 +191,45 @@ class OptionsConfig:
     def chosen(self) -> dict[str, Any]:
         """The options that are set (sent to the server)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+# The least value of each option that has a meaning (Ollama's api/types.go and llama.cpp): a value
+# under it measures nothing a user meant, and the option lint would judge it as if it did.
+OPTION_MINIMA: Mapping[str, tuple[float, str]] = {
+    "num_ctx": (1, "a context size in tokens"),
+    "num_batch": (1, "a batch size in tokens"),
+    "num_thread": (0, "a thread count (0 = the server decides)"),
+    "num_gpu": (-1, "a count of layers on the GPU (-1 = automatic)"),
+    "main_gpu": (0, "a GPU index"),
+    "num_keep": (-1, "a count of tokens kept (-1 = all)"),
+    "top_k": (0, "a count of tokens"),
+    "repeat_last_n": (-1, "a count of tokens (-1 = num_ctx)"),
+    "temperature": (0, "a temperature"),
+}
+UNIT_INTERVAL_OPTIONS = ("top_p", "min_p", "typical_p")
+
+
+def option_value_problems(options: Mapping[str, Any], prefix: str) -> list[str]:
+    """Option values that are no value of their option (the types are checked before)."""
+    problems = [
+        f"{prefix}{name}={options[name]} is not {what}: it takes {least:g} or more"
+        for name, (least, what) in OPTION_MINIMA.items()
+        if _is_number(options.get(name)) and options[name] < least
+    ]
+    problems += [
+        f"{prefix}{name} must be between 0 and 1 (got {options[name]})"
+        for name in UNIT_INTERVAL_OPTIONS
+        if _is_number(options.get(name)) and not 0 <= options[name] <= 1
+    ]
+    if _is_number(options.get("mirostat")) and options["mirostat"] not in (0, 1, 2):
+        problems.append(f"{prefix}mirostat must be 0 (off), 1 or 2 (got {options['mirostat']})")
+    predict = options.get("num_predict")
+    if isinstance(predict, int) and not isinstance(predict, bool) and (predict == 0 or predict < -2):
+        problems.append(
+            f"{prefix}num_predict must be a number of tokens (1 or more), -1 (until the model stops) or -2 "
+            f"(until the context is full) (got {predict}): with no token to generate there is no first token to time"
+        )
+    return problems
 
 
 @dataclass
@@ -409,6 +454,8 @@ class TrackingConfig:
         problems = [] if self.experiment.strip() else ["tracking.experiment is empty"]
         if problem := credentials_problem(self.uri, "tracking.uri"):
             problems.append(problem)
+        if self.enabled and (problem := tracking_uri_problem(self.uri, "tracking.uri")):
+            problems.append(problem)
         return problems
 
 
@@ -452,7 +499,7 @@ class RequestSloConfig:
 @dataclass
 class SloConfig:
     """Service-level targets. A run-level target is a key of its own, `slo.<metric>: <limit>`, for
-    any metric whose better direction is known (slo.METRIC_DIRECTIONS); `request` holds the
+    any metric whose better direction is known (analysis/metrics.py); `request` holds the
     per-request targets. The `slo` node is open (register_configs), so `slo.ttft_ms_p50=300` needs
     no `+`, and OmegaConf.to_object sets those keys as attributes: `targets()` reads them back."""
 
@@ -467,12 +514,10 @@ class SloConfig:
         return {k: float(v) for k, v in self.targets().items() if _is_number(v)}
 
     def problems(self) -> list[str]:
-        from sentinel_exp.analysis.slo import metric_direction
-
         problems = self.request.problems()
         for metric, limit in self.targets().items():
-            if metric_direction(metric) is None:
-                problems.append(f"slo.{metric}: {SLO_METRIC_HINT}")
+            if problem := slo_metric_problem(metric):
+                problems.append(f"slo.{metric}: {problem}")
             elif not _is_number(limit):
                 problems.append(f"slo.{metric} must be a number, the limit (got {limit!r})")
         return problems
@@ -483,6 +528,20 @@ SLO_METRIC_HINT = (
     "error_rate, cold_starts, requests_failed, cpu and energy; higher for *_tokens_per_s, "
     "requests_per_s and goodput_requests_per_s"
 )
+
+
+def slo_metric_problem(metric: str) -> str | None:
+    """Why `slo.<metric>` can hold no target: a name no run logs (with the one it most likely
+    meant: a misspelt target would otherwise fail every run, as a metric that is never there), or
+    a metric with no better direction."""
+    from sentinel_exp.analysis.metric_names import closest, is_logged
+    from sentinel_exp.analysis.metrics import direction
+
+    if not is_logged(metric) and (meant := closest(metric)) is not None:
+        return f"not a metric this tool logs; did you mean {meant}?"
+    if not is_logged(metric) or direction(metric) is None:
+        return SLO_METRIC_HINT
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -578,6 +637,10 @@ class ExperimentConfig:
 
     def problems(self) -> list[str]:
         problems = self.server.problems() + self.model.problems() + self.hardware.problems()
+        problems += option_value_problems(self.options.chosen(), "options.")
+        if isinstance(self.hardware.recommended_options, Mapping):
+            recommended = dict(self.hardware.recommended_options)
+            problems += option_value_problems(recommended, "hardware.recommended_options.")
         problems += self.workload.problems() + self.telemetry.problems() + self.tracking.problems()
         problems += self.sweep.problems() + self.compare.problems() + self.slo.problems()
         problems += self.diagnose.problems()

@@ -11,12 +11,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sentinel_exp import tags as tag
 from sentinel_exp.config.schema import ExperimentConfig
+from sentinel_exp.store.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "doctor.json"
-IDENTITY_TAG = "sentinel.doctor_of"  # the parent's tag: the config hash of the configuration diagnosed
 
 
 @dataclass
@@ -31,7 +30,7 @@ class DoctorState:
     resumed_from: str | None = None
 
     def save(self) -> None:
-        path = Path(self.folder) / STATE_FILE
+        path = RunFolder(Path(self.folder)).doctor
         path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
 
     def fresh_folder(self, name: str) -> Path:
@@ -47,7 +46,7 @@ class DoctorState:
 
 def read_state(folder: Path) -> DoctorState | None:
     try:
-        data = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        data = json.loads(RunFolder(folder).doctor.read_text(encoding="utf-8"))
         return DoctorState(**{k: v for k, v in data.items() if k in DoctorState.__dataclass_fields__})
     except (OSError, ValueError, TypeError):
         return None
@@ -61,11 +60,11 @@ def previous_in_store(cfg: ExperimentConfig, identity: str) -> Path | None:
 
     try:
         store = RunStore(cfg.tracking.uri)
-        found = store.latest_tagged(cfg.tracking.experiment, IDENTITY_TAG, identity, finished=False)
+        found = store.latest_tagged(cfg.tracking.experiment, tag.DOCTOR_OF, identity, finished=False)
     except Exception as exc:  # the store is away: no resume, a fresh diagnosis
         log.debug("no earlier doctor found: %s", exc)
         return None
-    folder = found.tags.get("sentinel.output_dir") if found is not None else None
+    folder = found.tags.get(tag.OUTPUT_DIR) if found is not None else None
     return Path(folder) if folder else None
 
 

@@ -17,23 +17,24 @@ from typing import Any
 import psutil
 from rich.markup import escape
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.comparison import ALPHA, Arm, Comparison, RunResult, compare
 from sentinel_exp.analysis.diagnosis import keep_alive_in_force
 from sentinel_exp.config.schema import ExperimentConfig, to_yaml
 from sentinel_exp.doctor.evidence import Evidence, Facts, gather
 from sentinel_exp.doctor.hypotheses import Candidate, Cause, Hypothesis, Lever, Status, family_size, plan, to_test
-from sentinel_exp.doctor.state import IDENTITY_TAG, DoctorState, open_state
+from sentinel_exp.doctor.state import DoctorState, open_state
 from sentinel_exp.doctor.text import Report, answer, console_lines, markdown
 from sentinel_exp.doctor.verdicts import Measured, Outcome, judge, not_run, planned, point, prefill_rate, with_ladder
 from sentinel_exp.errors import Interrupted, UserError
-from sentinel_exp.names import RunStatus, ServerKind
+from sentinel_exp.names import Role, RunStatus, ServerKind
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.conclusion import input_digests, llama_threads
 from sentinel_exp.run.context import RunContext
-from sentinel_exp.run.experiment import STUDY_ARM_FILE, run, upload
+from sentinel_exp.run.experiment import run, upload
 from sentinel_exp.run.rounds import StudyArm, StudyPlan, leave_error, run_study
-from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file, read_run_file
+from sentinel_exp.store.run_folder import RunFolder, RunJournal, RunSummary, new_sweep_file, read_run_file
 from sentinel_exp.store.tracking import config_hash, flatten, param_value
 from sentinel_exp.store.upload import records_in
 from sentinel_exp.sweep.study import load_run, study_alpha
@@ -84,24 +85,23 @@ class Baseline:
 
 
 def read_baseline(folder: Path) -> Baseline:
-    try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"the baseline run in {folder} left no summary: {exc}") from None
-    lines = [*summary.get("verdict", []), *summary.get("warnings", [])]
+    summary = RunSummary.read(folder)
+    if summary is None:
+        raise UserError(f"the baseline run in {folder} left no readable {RunFolder.SUMMARY}")
+    lines = [*(summary.verdict or []), *(summary.warnings or [])]
     tags = read_run_file(folder).tags
-    return Baseline(folder, records_in(folder), dict(summary.get("metrics", {})), lines, tags)
+    return Baseline(folder, records_in(folder), dict(summary.metrics), lines, tags)
 
 
 def facts_of(cfg: ExperimentConfig, baseline: Baseline) -> Facts:
     """The facts of the baseline's configuration and machine, as the hypotheses need them."""
     tags = baseline.tags
-    kind = tags.get("sentinel.server_kind", str(cfg.server.kind))
-    local = is_loopback_url(tags.get("sentinel.server_url", ""))
+    kind = tags.get(tag.SERVER_KIND, str(cfg.server.kind))
+    local = is_loopback_url(tags.get(tag.SERVER_URL, ""))
     options = cfg.effective_options()
     w = cfg.workload
     slots = {ServerKind.simulated: cfg.server.sim.parallel, ServerKind.embedded: 1}.get(ServerKind(kind))
-    gpus = tags.get("sentinel.gpu_count", "")
+    gpus = tags.get(tag.GPU_COUNT, "")
     return Facts(
         server_kind=kind,
         local=local,
@@ -117,9 +117,9 @@ def facts_of(cfg: ExperimentConfig, baseline: Baseline) -> Facts:
         logical_cpus=psutil.cpu_count() if local else None,
         gpu_count=int(gpus) if local and gpus.isdigit() else None,
         expect_gpu=cfg.hardware.expect_gpu,
-        lint={k.removeprefix("sentinel.lint."): v for k, v in tags.items() if k.startswith("sentinel.lint.")},
+        lint={k.removeprefix(tag.lint("")): v for k, v in tags.items() if k.startswith(tag.lint(""))},
         threads=llama_threads(ServerKind(kind), options) if local else None,
-        contended=tags.get("sentinel.contended") == "true",
+        contended=tags.get(tag.CONTENDED) == "true",
     )
 
 
@@ -128,18 +128,19 @@ def open_parent(doctor: Doctor, state: DoctorState) -> RunJournal:
     of every study are its children, and their first upload uploads it (store/upload.py)."""
     cfg = doctor.cfg
     tags = {
-        "sentinel.role": "sweep",
-        "sentinel.doctor": "true",
-        IDENTITY_TAG: state.identity,
-        "sentinel.sweep_id": state.uid,
-        "sentinel.sweep_overrides": " ".join(doctor.given),
-        "sentinel.output_dir": str(doctor.folder.resolve()),
-        **({"sentinel.doctor_resumed_from": state.resumed_from} if state.resumed_from else {}),
+        tag.ROLE: Role.SWEEP,
+        tag.DOCTOR: "true",
+        tag.DOCTOR_OF: state.identity,
+        tag.SWEEP_ID: state.uid,
+        tag.SWEEP_OVERRIDES: " ".join(doctor.given),
+        tag.OUTPUT_DIR: str(doctor.folder.resolve()),
+        **({tag.DOCTOR_RESUMED_FROM: state.resumed_from} if state.resumed_from else {}),
     }
-    params = {k: param_value(v) for k, v in flatten(cfg.as_dict()).items()}
     name = f"diagnose: {' '.join(doctor.given) or cfg.model.name}"[:250]
     uri = cfg.tracking.uri if cfg.tracking.enabled else None
-    run_file = new_run_file(Role.SWEEP, name, cfg.tracking.experiment, uri, tags, params, uid=state.uid)
+    run_file = new_sweep_file(name, cfg.tracking.experiment, uri, tags, state.uid)
+    # Unlike a sweep's parent, the doctor's diagnoses one configuration: its params are that one's.
+    run_file.params = {k: param_value(v) for k, v in flatten(cfg.as_dict()).items()}
     return RunJournal(doctor.folder, run_file)
 
 
@@ -327,9 +328,9 @@ class Session:
                 f"{h.study.objective.split('_ms_')[0].upper()} p50 (ms), 95% CI",
                 f"{h.title}: {h.study.axis}",
             )
-            name = f"{h.cause}_ladder.png"
-            plots.save_png(figure, Path(self.state.folder) / name)
-            self.plots[str(h.cause)] = name
+            path = RunFolder(Path(self.state.folder)).doctor_ladder(str(h.cause))
+            plots.save_png(figure, path)
+            self.plots[str(h.cause)] = path.name
         except Exception as exc:  # the pictures only
             log.warning("warning: could not draw the %s ladder: %s: %s", h.cause, type(exc).__name__, exc)
 
@@ -344,7 +345,7 @@ def _arm_overrides(h: Hypothesis) -> list[tuple[str, tuple[str, ...]]]:
 
 def _measured(folder: Path) -> bool:
     try:
-        return "status" in json.loads((folder / STUDY_ARM_FILE).read_text(encoding="utf-8"))
+        return "status" in json.loads(RunFolder(folder).study_arm.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
 
@@ -356,7 +357,7 @@ def _read_arms(folder: Path, labels: Sequence[str]) -> tuple[dict[str, RunResult
     for num, label in enumerate(labels):
         arm = folder / str(num)
         try:
-            marker: dict[str, Any] = json.loads((arm / STUDY_ARM_FILE).read_text(encoding="utf-8"))
+            marker: dict[str, Any] = json.loads(RunFolder(arm).study_arm.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if marker.get("error"):
@@ -401,9 +402,9 @@ def conclude(session: Session, status: RunStatus, why_not: str) -> Report | None
     console, and the parent run ended and uploaded with them."""
     folder = Path(session.state.folder)
     if session.evidence is None or session.baseline is None:
-        session.journal.set_tags({"sentinel.verdict": f"no diagnosis: the baseline did not finish ({why_not})"})
+        session.journal.set_tags({tag.VERDICT: f"no diagnosis: the baseline did not finish ({why_not})"})
         # A baseline that measured anything was uploaded, and its parent with it: that one is ended too.
-        _close_parent(session, status, [], uploaded=any(folder.rglob("requests.jsonl")))
+        _close_parent(session, status, [], uploaded=any(folder.rglob(RunFolder.RECORDS)))
         return None
     report = Report(
         title=" ".join(session.doctor.given) or session.cfg.model.name,
@@ -424,10 +425,10 @@ def conclude(session: Session, status: RunStatus, why_not: str) -> Report | None
     ui.stdout.print(f"[bold]{escape(lines[0])}[/]", soft_wrap=True)
     for line in lines[1:]:
         ui.stdout.print(escape(line), soft_wrap=True)
-    ui.stdout.print(escape(f"report: {folder / 'report.md'}"), soft_wrap=True)
+    ui.stdout.print(escape(f"report: {RunFolder(folder).report}"), soft_wrap=True)
     first = answer(report.evidence, report.outcomes)[:5000]
     # The answer is the parent's verdict, and its description where MLflow's UI shows one.
-    session.journal.set_tags({"sentinel.verdict": first, "mlflow.note.content": first})
+    session.journal.set_tags({tag.VERDICT: first, tag.NOTE: first})
     _close_parent(session, status, paths, uploaded=True)
     return report
 
@@ -437,10 +438,11 @@ def _write(folder: Path, session: Session, report: Report) -> list[Path]:
     confirmed = sum(1 for o in report.outcomes if o.status == Status.CONFIRMED)
     metrics = {"doctor_confirmed": float(confirmed), "doctor_seconds": report.seconds}
     metrics |= {f"baseline_{k}": v for k, v in report.evidence.metrics.items() if k in ("ttft_ms_p50", "e2e_ms_p50")}
-    (folder / "summary.json").write_text(json.dumps({"metrics": metrics}, indent=2), encoding="utf-8")
-    (folder / "config.yaml").write_text(to_yaml(session.cfg.as_dict()), encoding="utf-8")
-    (folder / "report.md").write_text(markdown(report), encoding="utf-8")
-    return [folder / "report.md", *(folder / name for name in session.plots.values()), folder / "doctor.json"]
+    files = RunFolder(folder)
+    RunSummary(metrics=metrics).write(folder)
+    files.config.write_text(to_yaml(session.cfg.as_dict()), encoding="utf-8")
+    files.report.write_text(markdown(report), encoding="utf-8")
+    return [files.report, *(folder / name for name in session.plots.values()), files.doctor]
 
 
 def _close_parent(session: Session, status: RunStatus, paths: list[Path], uploaded: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -12,14 +13,29 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from sentinel_exp.analysis.comparison import Comparison
+from sentinel_exp.analysis.metrics import LATENCY, describe
 from sentinel_exp.analysis.slo import SloResult
 from sentinel_exp.names import Direction
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report.markdown import count_parts, rate_parts, summary_rows
 from sentinel_exp.report.markdown import fmt_ms as _fmt
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 
 stdout = Console(highlight=False)
+# The sweep table's columns after the job's name; each header is the catalogue's.
+SWEEP_COLUMNS = ("ttft_ms_p50", "ttft_ms_p95", "e2e_ms_p50", "output_tokens_per_s", "cold_starts", "requests_failed")
 stderr = Console(stderr=True, highlight=False)
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout. A terminal's width fits it to the screen; piped or redirected (a log, CI,
+    `| grep`) there is no screen, and rich's 80 columns would fold run ids and paths over lines: it
+    is printed at its natural width instead."""
+    if stdout.is_terminal:
+        stdout.print(table)
+        return
+    width = stdout.measure(table, options=stdout.options.update_width(100_000)).maximum
+    Console(highlight=False, width=max(width, 80)).print(table)
 
 
 def want_progress(setting: bool | None) -> bool:
@@ -132,9 +148,9 @@ _PLANS: list[PlanProgress] = []
 def print_arm_line(run_name: str, status: str, metrics: Mapping[str, float], errors: Mapping[str, int]) -> None:
     """An arm of a study in one line: its name, status, TTFT and E2E p50, requests ok and failed."""
     parts = [
-        f"{label} p50 {_fmt(metrics[key], 'ms')}"
-        for label, key in (("TTFT", "ttft_ms_p50"), ("E2E", "e2e_ms_p50"))
-        if key in metrics
+        f"{latency.label} p50 {_fmt(metrics[latency.metric('p50')], latency.unit)}"
+        for latency in (LATENCY["ttft"], LATENCY["e2e"])
+        if latency.metric("p50") in metrics
     ]
     counts = f"{int(metrics.get('requests_ok', 0))} ok, {sum(errors.values())} failed"
     stdout.print(escape(f"  {run_name} [{status}]: {', '.join([*parts, counts])}"), soft_wrap=True)
@@ -151,32 +167,23 @@ def summary_table(metrics: Mapping[str, float]) -> Table:
     return table
 
 
-def print_summary(
-    metrics: Mapping[str, float],
-    run_name: str,
-    logged_to: str | None,
-    output_dir: str,
-    errors: Mapping[str, int],
-    status: str,
-    warnings: Sequence[str] = (),
-    slo: SloResult | None = None,
-    verdict: Sequence[str] = (),
-) -> None:
-    stdout.print(f"[bold]{escape(run_name)}[/]  " + escape(f"[{status}]"), soft_wrap=True)
-    stdout.print(summary_table(metrics))
-    for line in verdict:
+def print_summary(summary: RunSummary, output_dir: Path, slo: SloResult | None = None) -> None:
+    """A run's closing summary: its name and status, the latency table, the verdict, the counts
+    and rates, the SLO line, the warnings, and where its records are."""
+    metrics = summary.metrics
+    stdout.print(f"[bold]{escape(summary.run_name or '')}[/]  " + escape(f"[{summary.status}]"), soft_wrap=True)
+    print_table(summary_table(metrics))
+    for line in summary.verdict or ():
         stdout.print(escape(line), soft_wrap=True)
-    stdout.print(escape("  ".join(count_parts(metrics, errors))), soft_wrap=True)
+    stdout.print(escape("  ".join(count_parts(metrics, summary.errors or {}))), soft_wrap=True)
     rates = rate_parts(metrics)
     if rates:
         stdout.print("  ".join(rates))
     if slo is not None and slo.any:
         stdout.print(escape(slo_line(slo)), soft_wrap=True)
-    for warning in warnings:
+    for warning in summary.warnings or ():
         stdout.print("[yellow]warning:[/] " + escape(warning), soft_wrap=True)
-    stdout.print(escape(f"records: {output_dir}/requests.jsonl"), soft_wrap=True)
-    if logged_to:
-        stdout.print(escape(logged_to), soft_wrap=True)
+    stdout.print(escape(f"records: {RunFolder(output_dir).records}"), soft_wrap=True)
 
 
 def comparison_table(comparison: Comparison) -> Table:
@@ -217,7 +224,6 @@ def print_study(comparisons: Sequence[Comparison], study_lines: Sequence[str], w
 
     if not comparisons:
         return
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
     first = comparisons[0]
     objective = first.primary.label if first.primary is not None else first.objective
     table = Table(title=f"vs {first.baseline}: {objective}", title_justify="left", header_style="bold")
@@ -230,24 +236,23 @@ def print_study(comparisons: Sequence[Comparison], study_lines: Sequence[str], w
     for line in candidate_lines(comparisons):
         verdict = f"[{colours[line.verdict]}]{line.verdict}[/]" if line.verdict in colours else escape(line.verdict)
         table.add_row(escape(line.candidate), line.change, line.ci, verdict, escape(line.also))
-    out.print(table)
+    print_table(table)
     notes = list(dict.fromkeys(note for c in comparisons for note in c.notes))
     for text in [design_line(first), *study_lines, *notes]:
-        out.print("  " + escape(text), soft_wrap=True)
-    out.print(escape(f"  CI method: {first.method}"), soft_wrap=True)
+        stdout.print("  " + escape(text), soft_wrap=True)
+    stdout.print(escape(f"  CI method: {first.method}"), soft_wrap=True)
     if where:
-        out.print(escape(f"  every metric of every candidate: {where}"), soft_wrap=True)
+        stdout.print(escape(f"  every metric of every candidate: {where}"), soft_wrap=True)
 
 
 def print_comparisons(comparisons: Sequence[Comparison]) -> None:
     """The sweep's verdicts: one table per candidate against the baseline, then the notes."""
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=140)
     for comparison in comparisons:
-        out.print(comparison_table(comparison))
+        print_table(comparison_table(comparison))
         for note in comparison.notes:
-            out.print("  " + escape(note), soft_wrap=True)
+            stdout.print("  " + escape(note), soft_wrap=True)
     if comparisons:
-        out.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
+        stdout.print(escape(f"  CI method: {comparisons[0].method}"), soft_wrap=True)
 
 
 def slo_line(slo: SloResult) -> str:
@@ -272,8 +277,8 @@ def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) ->
     """Every job of a sweep on one screen (None = the job did not run); MLflow has the rest."""
     table = Table(title="sweep", show_header=True, header_style="bold", title_justify="left")
     table.add_column("job", overflow="fold", min_width=min(30, max(len(name) for name, _ in jobs)))
-    for label in ("TTFT p50", "TTFT p95", "E2E p50", "tok/s", "cold", "failed"):
-        table.add_column(label, justify="right")
+    for name in SWEEP_COLUMNS:
+        table.add_column(describe(name).header, justify="right")
     for name, metrics in jobs:
         if metrics is None:
             table.add_row(escape(name), *["-"] * 5, "[red]not run[/]")
@@ -287,6 +292,4 @@ def print_sweep_table(jobs: Sequence[tuple[str, Mapping[str, float] | None]]) ->
             f"{int(metrics['cold_starts'])}" if "cold_starts" in metrics else "-",
             f"{int(metrics.get('requests_failed', 0))}",
         )
-    # Not a terminal (a log, CI): rich would assume 80 columns and cut the table's right side.
-    out = stdout if stdout.is_terminal else Console(highlight=False, width=120)
-    out.print(table)
+    print_table(table)

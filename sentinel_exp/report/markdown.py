@@ -10,45 +10,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # plots imports matplotlib only inside its functions: importing it here costs nothing.
-from sentinel_exp.report.plots import METRIC_LABELS, BarRow
+from sentinel_exp.analysis.metrics import LATENCIES, METRICS, OUTPUT_TOKENS, Metric, axis_label
+from sentinel_exp.report.plots import BarRow
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 
 if TYPE_CHECKING:
     from sentinel_exp.records import RequestRecord
     from sentinel_exp.telemetry.sampler import Sample
 
-LATENCY_CDF_PNG = "latency_cdf.png"
-TIMELINE_PNG = "timeline.png"
-REPORT_MD = "report.md"
-
-# The rows of the summary table, in the console (console.summary_table) and in report.md.
-SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
-    ("ttfb", "TTFB"),
-    ("ttft", "TTFT"),
-    ("itl", "ITL"),
-    ("tpot", "TPOT"),
-    ("e2e", "E2E"),
-    ("server_load", "server load"),
-    ("server_prefill", "server prefill"),
-    ("server_decode", "server decode"),
-    ("server_queue", "server queue"),
-    ("queue", "client queue"),
-    ("client_overhead", "E2E − server total"),
-)
-
-# Rows in other units after the latencies: label, the metric in each column (p50, p95, max), unit.
-OTHER_ROWS: tuple[tuple[str, tuple[str | None, str | None, str | None], str], ...] = (
-    ("output tokens", ("output_tokens_p50", "output_tokens_p95", "output_tokens_max"), "tok"),
-    ("prefill rate", ("prefill_tokens_per_s", None, None), "tok/s"),
+# The rows of the summary table, in the console (console.summary_table) and in report.md: the
+# latencies, then rows in other units with the metric in each column (p50, p95, max).
+SUMMARY_LATENCIES = tuple(latency for latency in LATENCIES if latency.in_summary)
+OTHER_ROWS: tuple[tuple[Metric, tuple[str | None, str | None, str | None]], ...] = (
+    (OUTPUT_TOKENS, ("output_tokens_p50", "output_tokens_p95", "output_tokens_max")),
+    (METRICS["prefill_tokens_per_s"], ("prefill_tokens_per_s", None, None)),
 )
 
 # Alt text of the figures write_run_artifacts writes; any other image is named by its file.
 PLOT_CAPTIONS: Mapping[str, str] = {
-    LATENCY_CDF_PNG: "TTFT and E2E CDFs",
-    TIMELINE_PNG: "Requests and telemetry over time",
+    RunFolder.LATENCY_CDF: "TTFT and E2E CDFs",
+    RunFolder.TIMELINE: "Requests and telemetry over time",
 }
 
 # What could turn free text (a run name, a warning) into markup: emphasis, code, links, HTML.
@@ -72,19 +58,19 @@ def summary_rows(metrics: Mapping[str, float]) -> list[tuple[str, str, str, str]
     """label, p50, p95, max of each row the run has: the console's summary table and report.md's."""
     rows = [
         (
-            label,
-            fmt_ms(metrics.get(f"{name}_ms_p50")),
-            fmt_ms(metrics.get(f"{name}_ms_p95")),
-            fmt_ms(metrics.get(f"{name}_ms_max")),
+            latency.label,
+            fmt_ms(metrics.get(latency.metric("p50")), latency.unit),
+            fmt_ms(metrics.get(latency.metric("p95")), latency.unit),
+            fmt_ms(metrics.get(latency.metric("max")), latency.unit),
         )
-        for name, label in SUMMARY_ROWS
-        if f"{name}_ms_p50" in metrics
+        for latency in SUMMARY_LATENCIES
+        if latency.metric("p50") in metrics
     ]
     if rows:
-        for label, names, unit in OTHER_ROWS:
+        for metric, names in OTHER_ROWS:
             if names[0] in metrics:
-                p50, p95, top = (fmt_ms(metrics.get(n) if n else None, unit) for n in names)
-                rows.append((label, p50, p95, top))
+                p50, p95, top = (fmt_ms(metrics.get(n) if n else None, metric.unit) for n in names)
+                rows.append((metric.label, p50, p95, top))
     return rows
 
 
@@ -141,7 +127,7 @@ def image_links(plots: Sequence[str]) -> list[str]:
 
 def _sweep_caption(stem: str) -> str:
     metric, _, kind = stem.rpartition("_")
-    label = METRIC_LABELS.get(metric, metric)
+    label = axis_label(metric)
     if kind == "cdfs":
         return f"{label} CDFs by configuration"
     if kind == "percentiles":
@@ -153,37 +139,37 @@ def _bullets(items: Sequence[object]) -> list[str]:
     return [f"- {md_escape(str(item))}" for item in items]
 
 
-def _run_facts(summary: Mapping[str, Any]) -> str:
-    facts = [f"status **{md_escape(str(summary.get('status', 'unknown')))}**"]
-    model = summary.get("model")
+def _run_facts(summary: RunSummary) -> str:
+    facts = [f"status **{md_escape(str(summary.status or 'unknown'))}**"]
+    model = summary.model
     if isinstance(model, Mapping) and model.get("tag"):
         facts.append(f"model `{model['tag']}`")
-    server = summary.get("server")
-    if isinstance(server, Mapping) and server.get("kind"):
-        where = f" at {server['url']}" if server.get("url") else ""
-        facts.append(f"server {md_escape(str(server['kind']))}{md_escape(where)}")
-    if summary.get("run_id"):
-        facts.append(f"MLflow run `{summary['run_id']}`")
+    server = summary.server
+    if server is not None and server.kind:
+        where = f" at {server.url}" if server.url else ""
+        facts.append(f"server {md_escape(str(server.kind))}{md_escape(where)}")
+    if summary.run_id:
+        facts.append(f"MLflow run `{summary.run_id}`")
     return " · ".join(facts)
 
 
-def run_report(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
+def run_report(summary: RunSummary, plots: Sequence[str]) -> str:
     """report.md of one run, from what summary.json holds (run/conclusion.py writes it)."""
-    metrics: Mapping[str, float] = summary.get("metrics") or {}
-    errors: Mapping[str, int] = summary.get("errors") or {}
-    name = str(summary.get("run_name") or summary.get("run_id") or "run")
+    metrics = summary.metrics
+    errors = summary.errors or {}
+    name = str(summary.run_name or summary.run_id or "run")
     lines = [f"# {md_escape(name)}", "", _run_facts(summary), "", "## Latency", "", summary_table_md(metrics), ""]
-    verdict: Sequence[str] = summary.get("verdict") or ()
+    verdict = summary.verdict or ()
     if verdict:
         lines += [*_bullets(verdict), ""]
     lines += [counts_line(metrics, errors), ""]
     rates = rates_line(metrics)
     if rates:
         lines += [rates, ""]
-    warnings: Sequence[str] = summary.get("warnings") or ()
+    warnings = summary.warnings or ()
     if warnings:
         lines += ["## Warnings", "", *_bullets(warnings), ""]
-    notes: Sequence[str] = summary.get("telemetry_notes") or ()
+    notes = summary.telemetry_notes or ()
     if notes:
         lines += ["## Telemetry notes", "", *_bullets(notes), ""]
     if plots:
@@ -206,27 +192,35 @@ def sweep_report(title: str, table_markdown: str, verdict_lines: Sequence[str], 
 
 
 def write_run_artifacts(
-    output_dir: Path, records: Sequence[RequestRecord], samples: Sequence[Sample], summary: Mapping[str, Any]
+    output_dir: Path, records: Sequence[RequestRecord], samples: Sequence[Sample], summary: RunSummary
 ) -> list[Path]:
     """latency_cdf.png, timeline.png and report.md in the run's folder; returns their paths for
     the tracker to log. Call it after the measurement: it imports matplotlib (about a second)."""
     from sentinel_exp.report import plots
 
-    output_dir = Path(output_dir)
-    title = str(summary.get("run_name") or "run")
+    folder = RunFolder(Path(output_dir))
+    title = str(summary.run_name or "run")
     cdf = plots.latency_cdfs(records, title)
-    written = [plots.save_png(cdf, output_dir / LATENCY_CDF_PNG)]
-    written.append(plots.save_png(plots.timeline(records, samples, title), output_dir / TIMELINE_PNG))
-    report = output_dir / REPORT_MD
+    written = [plots.save_png(cdf, folder.latency_cdf)]
+    written.append(plots.save_png(plots.timeline(records, samples, title), folder.timeline))
+    report = folder.report
     report.write_text(run_report(summary, [p.name for p in written]), encoding="utf-8")
     return [*written, report]
 
 
+@dataclass(frozen=True)
+class SweepText:
+    """The words of a sweep's report.md: its title, the compare table (markdown made elsewhere)
+    and a verdict line per configuration."""
+
+    title: str
+    table_markdown: str
+    verdict_lines: Sequence[str]
+
+
 def write_sweep_report(
     output_dir: Path,
-    title: str,
-    table_markdown: str,
-    verdict_lines: Sequence[str],
+    text: SweepText,
     arms: Mapping[str, Sequence[RequestRecord]],
     rows: Sequence[BarRow],
     metric: str = "ttft",
@@ -235,11 +229,12 @@ def write_sweep_report(
     report.md of a sweep in `output_dir`; returns their paths."""
     from sentinel_exp.report import plots
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = [plots.save_png(plots.overlaid_cdfs(arms, metric), output_dir / f"{metric}_cdfs.png")]
+    folder = RunFolder(Path(output_dir))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    written = [plots.save_png(plots.overlaid_cdfs(arms, metric), folder.sweep_cdfs(metric))]
     if rows:
-        written.append(plots.save_png(plots.percentile_bars(rows, metric), output_dir / f"{metric}_percentiles.png"))
-    report = output_dir / REPORT_MD
-    report.write_text(sweep_report(title, table_markdown, verdict_lines, [p.name for p in written]), encoding="utf-8")
+        written.append(plots.save_png(plots.percentile_bars(rows, metric), folder.sweep_percentiles(metric)))
+    report = folder.report
+    names = [p.name for p in written]
+    report.write_text(sweep_report(text.title, text.table_markdown, text.verdict_lines, names), encoding="utf-8")
     return [*written, report]

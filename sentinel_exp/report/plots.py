@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from sentinel_exp.analysis.metrics import axis_label
 from sentinel_exp.analysis.stats import describe, latency_samples
 from sentinel_exp.names import Phase
+from sentinel_exp.records import request_numbers
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -28,21 +30,6 @@ if TYPE_CHECKING:
 
     from sentinel_exp.records import RequestRecord
     from sentinel_exp.telemetry.sampler import Sample
-
-# Axis names of the latency samples `stats.latency_samples` returns.
-METRIC_LABELS: Mapping[str, str] = {
-    "ttfb": "TTFB",
-    "ttft": "TTFT",
-    "itl": "inter-token latency",
-    "tpot": "time per output token",
-    "e2e": "E2E latency",
-    "queue": "client queue",
-    "server_load": "server load",
-    "server_prefill": "server prefill",
-    "server_queue": "server queue",
-    "ttft_other": "TTFT − load − prefill",
-    "client_overhead": "E2E − server total",
-}
 
 PNG_DPI = 150
 # More series than this and a legend inside the axes would hide curves: it goes beside them.
@@ -53,6 +40,7 @@ _MEASURED = "#0072B2"
 _WARMUP = "#8C8C8C"  # grey: warmup requests count for nothing
 _FAILED = "#D55E00"
 _FIRST_TOKEN = "#1A1A1A"
+_COLD = "#CC79A7"
 _SHADE = "#E69F00"
 _P95 = "#E69F00"
 _CPU_COLOURS = ("#0072B2", "#009E73", "#CC79A7", "#999999")
@@ -192,7 +180,7 @@ def _no_data(ax: Axes, text: str) -> None:
 
 
 def _cdf_axes(ax: Axes, values: Sequence[float], metric: str, colour: str) -> None:
-    label = METRIC_LABELS.get(metric, metric)
+    label = axis_label(metric)
     ax.set_title(label)
     ax.set_xlabel(f"{label} (ms, log scale)")
     ax.set_ylabel("fraction of requests ≤ x")
@@ -239,7 +227,7 @@ def overlaid_cdfs(
 ) -> Figure:
     """One CDF of `metric` (a key of `stats.latency_samples`) per configuration of a sweep; the
     legend names each configuration as given (`options=low_ctx`)."""
-    label = METRIC_LABELS.get(metric, metric)
+    label = axis_label(metric)
     with _style():
         fig = _figure(8.0, 4.8)
         ax = fig.subplots()
@@ -276,7 +264,7 @@ def overlaid_cdfs(
 def percentile_bars(rows: Sequence[BarRow], metric: str = "ttft", title: str | None = None) -> Figure:
     """p50 and p95 of `metric` per configuration as horizontal bars (long configuration names stay
     readable), with confidence-interval whiskers where a row has them."""
-    label = METRIC_LABELS.get(metric, metric)
+    label = axis_label(metric)
     height = 1.6 + 0.55 * max(len(rows), 1)
     with _style():
         fig = _figure(8.0, height)
@@ -317,7 +305,7 @@ def percentile_bars(rows: Sequence[BarRow], metric: str = "ttft", title: str | N
             # Above the plot: inside, it would cover the longest bar.
             ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, borderaxespad=0.2, frameon=False)
         if any(r.p50_ci or r.p95_ci for r in rows):
-            ax.set_title("whiskers: confidence interval", loc="right", fontsize=9, color="0.3")
+            ax.set_title("whiskers: 95 % CI", loc="right", fontsize=9, color="0.3")
         _suptitle(fig, title or f"{label} p50 and p95 by configuration")
     return fig
 
@@ -417,8 +405,15 @@ def _requests_panel(ax: Axes, records: Sequence[RequestRecord], origin: float) -
     first_y: list[float] = []
     failed_x: list[float] = []
     failed_y: list[float] = []
-    for y, r in enumerate(ordered):
+    cold_x: list[float] = []
+    cold_y: list[float] = []
+    number = request_numbers(records)  # as the console and server.sim.faults number requests
+    for r in ordered:
+        y = number[id(r)]
         start, end = _span(r)
+        if r.cold:
+            cold_x.append(start - origin)
+            cold_y.append(float(y))
         segment = [(start - origin, float(y)), (end - origin, float(y))]
         if not r.ok and not r.cancelled:
             groups["failed"].append(segment)
@@ -446,8 +441,12 @@ def _requests_panel(ax: Axes, records: Sequence[RequestRecord], origin: float) -
             first_x, first_y, marker="|", s=max(8.0, width * 12), color=_FIRST_TOKEN, linewidths=0.9, zorder=3,
             label="first token",
         )  # fmt: skip
-    ax.set_ylim(-1, max(len(ordered), 1))
-    ax.set_ylabel("request (in order sent)")
+    if cold_x:
+        ax.scatter(
+            cold_x, cold_y, marker=">", s=max(10.0, width * 10), color=_COLD, zorder=4, label="cold (model loaded)"
+        )
+    ax.set_ylim(0, len(ordered) + 1)
+    ax.set_ylabel("request (1 = first sent, warmup included)")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(axis="y", visible=False)
     if not ordered:

@@ -3,7 +3,6 @@ summary.json and the report, and tagged; plus the tags a run starts with."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from sentinel_exp import __version__
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.diagnosis import (
     Diagnosis,
     classify_cold_starts,
@@ -31,7 +31,7 @@ from sentinel_exp.records import RequestRecord
 from sentinel_exp.run.hosts import host_tags
 from sentinel_exp.run.monitor import RunMonitor
 from sentinel_exp.serve.threads import default_threads
-from sentinel_exp.store.run_folder import write_series
+from sentinel_exp.store.run_folder import RunSummary, SummaryServer, write_series
 from sentinel_exp.store.tracking import config_hash
 from sentinel_exp.workload.prompts_file import prompts_file_digest
 
@@ -59,21 +59,21 @@ def run_tags(setup: RunSetup, factory: RequestFactory, facts: ModelFacts, monito
     cfg, ctx, handle = setup.cfg, setup.ctx, setup.handle
     inputs = input_digests(cfg)
     return {
-        "sentinel.version": __version__,
-        "sentinel.server_kind": handle.kind,
-        "sentinel.server_url": handle.url,
-        "sentinel.config_hash": config_hash(setup.resolved, inputs),
-        **{f"sentinel.input_sha256.{k}": v for k, v in inputs.items()},
-        "sentinel.repeat": str(setup.resolved["repeat"]),
-        "sentinel.output_dir": str(ctx.output_dir),
-        "sentinel.api": factory.api,
-        **{f"sentinel.choice.{k}": v for k, v in ctx.choices.items()},
-        **({"sentinel.options_not_sent": "true"} if factory.unsent else {}),
+        tag.VERSION: __version__,
+        tag.SERVER_KIND: handle.kind,
+        tag.SERVER_URL: handle.url,
+        tag.CONFIG_HASH: config_hash(setup.resolved, inputs),
+        **{tag.input_sha256(k): v for k, v in inputs.items()},
+        tag.REPEAT: str(setup.resolved["repeat"]),
+        tag.OUTPUT_DIR: str(ctx.output_dir),
+        tag.API: factory.api,
+        **{tag.choice(k): v for k, v in ctx.choices.items()},
+        **({tag.OPTIONS_NOT_SENT: "true"} if factory.unsent else {}),
         **facts.tags(),
         **monitor.tags(),
         **host_tags(handle.url),
-        **({"sentinel.sweep_id": ctx.sweep_id} if ctx.sweep_id else {}),
-        **({"sentinel.study_id": ctx.study_id} if ctx.study_id else {}),
+        **({tag.SWEEP_ID: ctx.sweep_id} if ctx.sweep_id else {}),
+        **({tag.STUDY_ID: ctx.study_id} if ctx.study_id else {}),
     }
 
 
@@ -95,25 +95,25 @@ async def conclude(run: LiveRun, status: RunStatus, failure: str | None) -> Conc
         *_cold_start_warnings(cfg, handle.log_path, measurement.records),
         *placement_note,
     ]
-    summary = {
-        "run_uid": journal.run.uid,
-        "run_name": run.run_name,
-        "status": status,
-        "metrics": metrics,
-        "errors": error_breakdown(measurement.records),
-        "server": {"kind": handle.kind, "url": handle.url},
-        "model": run.facts.__dict__,
-        "telemetry_notes": monitor.notes(),
-        "warnings": warnings,
-        "verdict": verdict.lines(),
-        **({"failure": failure} if failure else {}),
-        **({"slo": slo.as_dict()} if slo.any else {}),
-    }
+    summary = RunSummary(
+        run_uid=journal.run.uid,
+        run_name=run.run_name,
+        status=status,
+        metrics=metrics,
+        errors=error_breakdown(measurement.records),
+        server=SummaryServer(handle.kind, handle.url),
+        model=run.facts.__dict__,
+        telemetry_notes=monitor.notes(),
+        warnings=warnings,
+        verdict=verdict.lines(),
+        failure=failure or None,
+        slo=slo.as_dict() if slo.any else None,
+    )
     out = run.output_dir
     try:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        summary.write(out)
         reports = _write_report(out, measurement.records, monitor, summary) if cfg.plots else []
-        verdict_tag = {"sentinel.verdict": verdict.text()} if verdict.text() else {}
+        verdict_tag = {tag.VERDICT: verdict.text()} if verdict.text() else {}
         journal.set_tags({**slo.tags(), **placement_tags, **verdict_tag, **monitor.late_tags()})
         write_series(out, monitor.series())
         journal.add_artifacts([*reports, *([handle.log_path] if handle.log_path is not None else [])])
@@ -174,10 +174,10 @@ def _placement(cfg: ExperimentConfig, metrics: dict[str, float]) -> tuple[dict[s
     warning = placement_warning(cfg.hardware, fraction)
     if warning:
         log.warning("warning: %s", warning)
-    return {"sentinel.placement": placement_kind(fraction)}, [warning] if warning else []
+    return {tag.PLACEMENT: placement_kind(fraction)}, [warning] if warning else []
 
 
-def _write_report(out: Path, records: list[RequestRecord], monitor: RunMonitor, summary: dict[str, Any]) -> list[Path]:
+def _write_report(out: Path, records: list[RequestRecord], monitor: RunMonitor, summary: RunSummary) -> list[Path]:
     """report.md with the latency CDFs and the timeline; a failure here costs only the pictures."""
     from sentinel_exp.report.markdown import write_run_artifacts
 

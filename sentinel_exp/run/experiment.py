@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.markup import escape
 
 from sentinel_exp import eventloop
+from sentinel_exp import tags as tag
 from sentinel_exp.config.schema import ExperimentConfig, to_yaml
 from sentinel_exp.errors import Interrupted, RunFailed, UserError
 from sentinel_exp.names import RunStatus
@@ -27,15 +28,10 @@ from sentinel_exp.run.conclusion import input_digests
 from sentinel_exp.run.context import RunContext
 from sentinel_exp.run.live import Ended, RunSetup, measure_single
 from sentinel_exp.run.servers import resolve_server
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 from sentinel_exp.store.tracking import FinishedRun, config_hash, store_check
 
 log = logging.getLogger(__name__)
-
-# Left in an arm's folder by the interleaved study that measured it (run/rounds.py): the Hydra
-# job of that arm finds its run measured and ended there, and uploads it.
-STUDY_ARM_FILE = "study_arm.json"
-# In the folder of a job that reused an earlier run: that run's records, for the comparison.
-REUSED_RECORDS = "reused_requests.jsonl"
 
 
 @dataclass
@@ -68,13 +64,13 @@ def prepare(cfg: ExperimentConfig, ctx: RunContext) -> dict[str, Any] | Outcome:
     """The run's folder with its config.yaml and the MLflow store checked; an Outcome instead when
     a sweep finds this configuration already measured."""
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
-    if (ctx.output_dir / "requests.jsonl").exists():
+    if RunFolder(ctx.output_dir).records.exists():
         raise UserError(
             f"{ctx.output_dir} already holds the records of another run; give this run its "
             f"own folder (hydra.run.dir=...)"
         )
     resolved = cfg.as_dict()
-    (ctx.output_dir / "config.yaml").write_text(to_yaml(resolved), encoding="utf-8")
+    RunFolder(ctx.output_dir).config.write_text(to_yaml(resolved), encoding="utf-8")
 
     if not cfg.tracking.enabled:
         return resolved
@@ -104,12 +100,17 @@ def already_done(cfg: ExperimentConfig, ctx: RunContext, done: FinishedRun) -> O
     its records go into this job's folder, so the sweep's table and comparison see its numbers."""
     from sentinel_exp.store.upload import shared_tracker
 
-    summary = {**done.summary, "run_id": done.run_id, "status": RunStatus.FINISHED, "metrics": done.metrics}
-    summary["already_done"] = True
-    summary["study_id"] = done.tags.get("sentinel.study_id")
+    summary = replace(
+        done.summary or RunSummary(),
+        run_id=done.run_id,
+        status=RunStatus.FINISHED,
+        metrics=done.metrics,
+        already_done=True,
+        study_id=done.tags.get(tag.STUDY_ID),
+    )
     tracker = shared_tracker(cfg.tracking.uri, cfg.tracking.experiment)
-    tracker.copy_artifact(done.run_id, "requests.jsonl", ctx.output_dir / REUSED_RECORDS)
-    (ctx.output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    tracker.copy_artifact(done.run_id, RunFolder.RECORDS, RunFolder(ctx.output_dir).reused_records)
+    summary.write(ctx.output_dir)
     ui.stdout.print(f"already done ({done.run_id}): not measured again; force=true measures it anew", soft_wrap=True)
     return Outcome(done.run_id, RunStatus.FINISHED, done.metrics, reused=True)
 
@@ -117,12 +118,13 @@ def already_done(cfg: ExperimentConfig, ctx: RunContext, done: FinishedRun) -> O
 def adopt(cfg: ExperimentConfig, ctx: RunContext) -> Outcome | None:
     """The Hydra job of an arm that an interleaved study measured: its folder holds the ended run
     (or the earlier run it reused), which is uploaded as this job's. None for any other job."""
-    marker = ctx.output_dir / STUDY_ARM_FILE
+    marker = RunFolder(ctx.output_dir).study_arm
     if not marker.is_file():
         return None
     arm = json.loads(marker.read_text(encoding="utf-8"))
     if arm.get("reused_run_id"):
-        metrics = json.loads((ctx.output_dir / "summary.json").read_text(encoding="utf-8"))["metrics"]
+        reused = RunSummary.read(ctx.output_dir)
+        metrics = reused.metrics if reused is not None else {}
         return Outcome(str(arm["reused_run_id"]), RunStatus.FINISHED, metrics, reused=True)
     if arm.get("error"):
         raise UserError(str(arm["error"]))
@@ -145,12 +147,12 @@ def log_and_end(cfg: ExperimentConfig, ctx: RunContext, ended: Ended) -> Outcome
     quick_exit = ended.signal is not None and not ended.measured_any
     if cfg.tracking.enabled and not (quick_exit and "mlflow" not in sys.modules):
         run_id, not_logged = upload(cfg, ctx)
-    elif cfg.tracking.enabled:
+    elif cfg.tracking.enabled and (ended.sent_any or ctx.sweep_id is not None):
         ui.stdout.print(escape(f"not logged to MLflow; upload it with: python -m sentinel_exp.sync {ctx.output_dir}"))
     if ended.signal is not None:
         raise Interrupted(ended.signal.name, 128 + int(ended.signal))
     if ended.failure:
-        raise RunFailed(f"{ended.failure}; the run is FAILED (records: {ctx.output_dir / 'requests.jsonl'})")
+        raise RunFailed(f"{ended.failure}; the run is FAILED (records: {RunFolder(ctx.output_dir).records})")
     return Outcome(run_id, ended.status, ended.metrics, not_logged=not_logged)
 
 

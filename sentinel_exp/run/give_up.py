@@ -8,11 +8,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sentinel_exp.names import Phase
 from sentinel_exp.records import RequestRecord
 
 # A new connection refused or not accepted: the server is gone, not slow. (A stream cut in the
 # middle, RemoteProtocolError, is a request's own fault and counts only in the error rate.)
 CONNECTION_ERRORS = frozenset({"ConnectError", "ConnectTimeout"})
+# The class of a request that got no byte within workload.timeout_s (httpx's name, kept by both clients).
+TIMEOUT = "ReadTimeout"
 # In a row, whatever the phase: a server that died stops the run within a few requests.
 DEAD_AFTER = 5
 
@@ -58,6 +61,19 @@ class GiveUp:
                 f"workload.max_error_rate={limit:g} ({error_classes(self.failed)})"
             )
         return self.reason
+
+
+def warmup_timed_out(records: Sequence[RequestRecord], timeout_s: float) -> str | None:
+    """Why a run should not start its measured phase: every warmup request timed out before its
+    first byte, so every measured one would too (each costing the whole timeout)."""
+    warmup = [r for r in records if r.phase == Phase.WARMUP and not r.cancelled]
+    if not warmup or any(r.error_class != TIMEOUT for r in warmup):
+        return None
+    return (
+        f"every warmup request ({len(warmup)}) timed out after workload.timeout_s={timeout_s:g} s without an "
+        f"answer, so the measured requests would too; raise workload.timeout_s above the server's time to "
+        f"first byte (a cold model load included)"
+    )
 
 
 def measured_nothing(records: Sequence[RequestRecord]) -> str | None:

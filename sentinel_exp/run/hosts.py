@@ -10,7 +10,9 @@ machine by another name is taken as remote, which at worst leaves out facts, nev
 from __future__ import annotations
 
 import socket
+import sys
 
+from sentinel_exp import tags as tag
 from sentinel_exp.urls import is_loopback_url, url_host
 
 
@@ -35,10 +37,22 @@ def host_tags(url: str) -> dict[str, str]:
     """The run's hosts as tags: the client, the target, and whose machine the fingerprint is."""
     remote = not is_loopback_url(url)
     return {
-        "sentinel.client_host": client_host(),
-        "sentinel.target_host": target_host(url),
-        "sentinel.target": url,
-        "sentinel.target_remote": str(remote).lower(),
-        "sentinel.fingerprint_of": FingerprintOf.CLIENT if remote else FingerprintOf.CLIENT_AND_TARGET,
-        "sentinel.fingerprint_host": client_host(),
+        tag.CLIENT_HOST: client_host(),
+        tag.TARGET_HOST: target_host(url),
+        tag.TARGET: url,
+        tag.TARGET_REMOTE: str(remote).lower(),
+        tag.FINGERPRINT_OF: FingerprintOf.CLIENT if remote else FingerprintOf.CLIENT_AND_TARGET,
+        tag.FINGERPRINT_HOST: client_host(),
+        **ray_node_tags(),
     }
+
+
+def ray_node_tags() -> dict[str, str]:
+    """`sentinel.ray_node_id`: the Ray node that ran this run, when it ran as a Ray task
+    (hydra/launcher=sentinel_ray). Several nodes may share a host name; the node id tells them
+    apart. Ray is read only where this process has imported and initialised it already: importing
+    it costs seconds, and a run elsewhere has no node to name."""
+    ray = sys.modules.get("ray")
+    if ray is None or not bool(ray.is_initialized()):
+        return {}
+    return {tag.RAY_NODE_ID: str(ray.get_runtime_context().get_node_id())}

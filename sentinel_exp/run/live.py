@@ -30,12 +30,12 @@ from sentinel_exp.records import RecordWriter, RequestRecord
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.conclusion import Conclusion, conclude, llama_threads, run_tags
 from sentinel_exp.run.context import RunContext
-from sentinel_exp.run.give_up import GiveUp, measured_nothing
+from sentinel_exp.run.give_up import GiveUp, measured_nothing, warmup_timed_out
 from sentinel_exp.run.load import OnRecord, PhasePlan, SendOne, run_phase
 from sentinel_exp.run.monitor import RunMonitor
 from sentinel_exp.run.option_lint import OptionLint
 from sentinel_exp.run.servers import ServerHandle
-from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file
+from sentinel_exp.store.run_folder import RunFolder, RunJournal, RunSummary, new_run_file
 from sentinel_exp.store.tracking import flatten, param_value
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload.source import Planned, PromptSource
@@ -52,6 +52,7 @@ class Ended:
     failure: str | None
     signal: signal.Signals | None  # SIGINT/SIGTERM that stopped it
     measured_any: bool
+    sent_any: bool = True  # False: stopped before its first request, so its folder is not kept
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,7 @@ class RequestFactory:
 
     def spec(self, index: int, phase: str = Phase.MEASURED) -> tuple[RequestSpec, Planned]:
         planned = self.prompts.next(index, warmup=phase == Phase.WARMUP)
-        spec = self.wire.build_request(
-            self.model,
-            planned.text,
-            planned.prompt_index,
-            planned.system,
-            self.options,
-            self.keep_alive,
-            planned.messages,
-        )
+        spec = self.wire.build_request(self.model, planned, self.options, self.keep_alive)
         return spec, planned
 
 
@@ -171,6 +164,7 @@ class Measurement:
     placement_read: asyncio.Task[None] | None = None
     give_up: GiveUp | None = None  # watches each record; stops the phases once the run is not worth going on
     write_error: OSError | None = None  # the run folder refused a write (a full disk): the run stops
+    stopped_early: str | None = None  # why the measured phase was not started (every warmup request timed out)
 
     def unwritable(self, exc: OSError) -> None:
         if self.write_error is None:
@@ -221,7 +215,6 @@ class LiveRun:
         params = {k: param_value(v) for k, v in {**flatten(setup.resolved), "sent_options": factory.options}.items()}
         tracking = cfg.tracking
         run_file = new_run_file(
-            Role.RUN,
             run_name,
             tracking.experiment,
             tracking.uri if tracking.enabled else None,
@@ -235,7 +228,7 @@ class LiveRun:
             log.warning("warning: %s", warning)
         w = cfg.workload
         measurement = Measurement(give_up=GiveUp(handle.url, w.max_error_rate, w.error_rate_min_requests))
-        writer = RecordWriter(setup.ctx.output_dir / "requests.jsonl")
+        writer = RecordWriter(RunFolder(setup.ctx.output_dir).records)
         return cls(setup, clients, facts, monitor, journal, factory, option_lint, run_name, writer, measurement, stop)
 
     async def warmup(self, count: int | None = None, block: int | None = None) -> None:
@@ -251,6 +244,11 @@ class LiveRun:
         plan = PhasePlan(requests=count, concurrency=w.concurrency, seed=w.seed)
         await run_phase(plan, self._sender(Phase.WARMUP, 0, block), self._on_record, self.stop)
         if block is None and not self.stop.is_set():
+            if timed_out := warmup_timed_out(self.measurement.records, w.timeout_s):
+                log.error("error: %s; stopping before the measured phase", timed_out)
+                self.measurement.stopped_early = timed_out
+                self.stop.set()
+                return
             self._after_warmup()
 
     def _after_warmup(self) -> None:
@@ -287,7 +285,7 @@ class LiveRun:
         if self.measurement.placement_read is not None:
             await asyncio.gather(self.measurement.placement_read, return_exceptions=True)
 
-    def _sender(self, phase: str, first: int, block: int | None) -> SendOne:
+    def _sender(self, phase: Phase, first: int, block: int | None) -> SendOne:
         w, factory, out = self.cfg.workload, self.factory, self.measurement
         # The measured phase goes on through the prompts where warmup stopped: its first request
         # must not reuse the prompt the server has just cached (a prefill-free, flattering TTFT).
@@ -347,7 +345,7 @@ class LiveRun:
         if out.write_error is not None:
             return RunStatus.FAILED, f"the run folder refused a write: {out.write_error.strerror}"
         failure = out.give_up.reason if out.give_up else None
-        failure = failure or measured_nothing(out.records)
+        failure = failure or out.stopped_early or measured_nothing(out.records)
         return (RunStatus.FAILED, failure) if failure else (RunStatus.FINISHED, None)
 
     async def finish(self, signals: StopSignals | None, *, crashed: bool = False, brief: bool = False) -> Ended:
@@ -379,23 +377,21 @@ class LiveRun:
                 f"above has their numbers, {self.writer.path} those it could write"
             )
         received = signals.received if signals is not None else None
-        return Ended(status, conclusion.metrics, failure, received, out.measured_any)
+        return Ended(status, conclusion.metrics, failure, received, out.measured_any, bool(out.records))
 
     def _say(self, conclusion: Conclusion, status: RunStatus, brief: bool) -> None:
         if brief:
             ui.print_arm_line(self.run_name, status, conclusion.metrics, error_breakdown(self.measurement.records))
             return
-        ui.print_summary(
-            conclusion.metrics,
-            self.run_name,
-            None,
-            str(self.output_dir),
-            error_breakdown(self.measurement.records),
+        shown = RunSummary(
             status,
-            conclusion.warnings,
-            conclusion.slo,
-            conclusion.verdict.lines(),
+            run_name=self.run_name,
+            metrics=conclusion.metrics,
+            errors=error_breakdown(self.measurement.records),
+            warnings=conclusion.warnings,
+            verdict=conclusion.verdict.lines(),
         )
+        ui.print_summary(shown, self.output_dir, conclusion.slo)
 
 
 async def measure_single(setup: RunSetup) -> Ended:

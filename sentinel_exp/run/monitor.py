@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
+from sentinel_exp import tags as tag
 from sentinel_exp.checks.hardware import check_with_probe, expects_gpu, unchecked_remote
 from sentinel_exp.config.schema import HardwareConfig, TelemetryConfig
 from sentinel_exp.names import Phase, TelemetrySource
@@ -148,7 +149,7 @@ class RunMonitor:
         if remote:
             self._notes.append(check.message)
         if not check.matches:
-            log.warning("warning: %s The run is tagged sentinel.hardware_match=false.", check.message)
+            log.warning("warning: %s The run is tagged %s=false.", check.message, tag.HARDWARE_MATCH)
             self._notes.append(check.message)
             self.warnings.append(check.message)
 
@@ -186,7 +187,8 @@ class RunMonitor:
         self.source, self._host = TelemetrySource.unavailable, NoHost()
         self._warn(
             f"the target {self.handle.url} is another host and {why}: its CPU, memory and GPU telemetry "
-            f"is unavailable (sentinel.telemetry_source=unavailable); only this client's own CPU is logged"
+            f"is unavailable ({tag.TELEMETRY_SOURCE}={TelemetrySource.unavailable}); only this client's own CPU "
+            f"is logged"
         )
 
     def _warn(self, text: str) -> None:
@@ -198,11 +200,11 @@ class RunMonitor:
         tags = environment_fingerprint(self.probe)
         tags.update(self._tags)
         if self.cfg.enabled:
-            tags["sentinel.telemetry_source"] = str(self.source)
+            tags[tag.TELEMETRY_SOURCE] = str(self.source)
         if self.pid is not None:
-            tags["sentinel.server_pid"] = str(self.pid)
+            tags[tag.SERVER_PID] = str(self.pid)
         elif self.cfg.enabled:
-            tags["sentinel.server_pid"] = "unknown"
+            tags[tag.SERVER_PID] = "unknown"
             if not self.remote:
                 self._notes.append("server process not found: no server CPU/RSS (set server.pid)")
         return tags
@@ -224,7 +226,7 @@ class RunMonitor:
         if self.study is not None:
             self.study[0].sampler = self._sampler
 
-    def mark_phase(self, phase: str) -> None:
+    def mark_phase(self, phase: Phase) -> None:
         if self.study is not None:
             self.study[0].mark(self.study[1], phase)
         elif self._sampler is not None:
@@ -266,8 +268,8 @@ class RunMonitor:
         if sampler is None:
             return {}
         samples = self.samples
-        out = summarize_telemetry(samples, phase="measured", output_tokens=output_tokens or None)
-        out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == "measured"))
+        out = summarize_telemetry(samples, phase=Phase.MEASURED, output_tokens=output_tokens or None)
+        out["telemetry_samples"] = float(sum(1 for s in samples if s.phase == Phase.MEASURED))
         out["telemetry_overhead_core_pct"] = 100.0 * sampler.overhead_core_fraction
         found = self._contention(out, server_threads, "while measuring")
         self.warnings.extend(found)
@@ -302,8 +304,8 @@ class RunMonitor:
         """Tags only known once sampling is over."""
         if self._sampling is None:
             return {}
-        energy = gpu_energy(self.samples, phase="measured")
-        return {"sentinel.gpu_energy_method": energy.method, "sentinel.contended": str(self._contended).lower()}
+        energy = gpu_energy(self.samples, phase=Phase.MEASURED)
+        return {tag.GPU_ENERGY_METHOD: energy.method, tag.CONTENDED: str(self._contended).lower()}
 
     def notes(self) -> list[str]:
         return list(dict.fromkeys(self._notes))

@@ -27,6 +27,7 @@ from sentinel_exp.errors import ConfigError
 from sentinel_exp.names import LintMode, ServerKind
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.run.servers import ServerHandle
+from sentinel_exp.serve.sim_settings import UNMODELLED_OPTIONS, unmodelled_note
 from sentinel_exp.urls import is_loopback_url
 from sentinel_exp.workload.source import PromptSource
 
@@ -46,9 +47,14 @@ class OptionLint:
     ) -> None:
         self.strict = cfg.lint == LintMode.strict
         self.rules = () if cfg.lint == LintMode.off else RULES
+        note = None
+        if handle.kind == ServerKind.simulated:
+            # Its rules judge what values do to a llama.cpp runner, which the simulated server is not.
+            self.rules = tuple((name, rule) for name, rule in self.rules if name not in UNMODELLED_OPTIONS)
+            note = unmodelled_note(options)
         self.given = lint_input(cfg, handle, options, unsent, prompts)
         self.findings = self._checked(lint(self.given, self.rules))
-        self.warnings = self.findings.lines()
+        self.warnings = self.findings.lines() + ([note] if note else [])
 
     def tags(self) -> dict[str, str]:
         return self.findings.tags()
@@ -57,10 +63,11 @@ class OptionLint:
         """The num_ctx rule with the prompt lengths the server counted in warmup; the tags of what
         it finds. A counted finding replaces the estimated one in the warnings."""
         counted = counted_prompt_tokens(r.prompt_eval_count for r in records if r.ok)
-        if counted is None or not self.rules:
+        rules = tuple(rule for rule in rules_named("num_ctx") if rule in self.rules)
+        if counted is None or not rules:
             return {}
         given = dataclasses.replace(self.given, prompt_tokens=counted, tokens_estimated=False)
-        found = self._checked(lint(given, rules_named("num_ctx")))
+        found = self._checked(lint(given, rules))
         if not found.items:
             return {}
         estimated = {f.line for f in self.findings.items if f.rule == "num_ctx"}

@@ -35,18 +35,19 @@ from sentinel_exp.errors import Interrupted, UserError
 from sentinel_exp.names import ServerKind
 from sentinel_exp.report import console as ui
 from sentinel_exp.run.context import RunContext
-from sentinel_exp.run.experiment import STUDY_ARM_FILE, Outcome, prepare, upload
+from sentinel_exp.run.experiment import Outcome, prepare, upload
 from sentinel_exp.run.live import Ended, LiveRun, RunSetup, StopSignals, open_clients
 from sentinel_exp.run.monitor import RunMonitor, StudySampling
 from sentinel_exp.run.servers import ServerHandle, resolve_server
 from sentinel_exp.serve.wire import RUNNER_DEFAULTS
+from sentinel_exp.store.run_folder import RunFolder
 from sentinel_exp.sweep.design import Schedule, extended, plan
 from sentinel_exp.sweep.sequential import LookPlan
 
 log = logging.getLogger(__name__)
 
-STUDY_FILE = "study.json"  # in the sweep folder: the design as it ran, for the comparison
-OUTCOME_FILE = "sweep_job.json"  # as sweep/callbacks.py reads it
+# An arm's error goes to the study's log only: the Hydra job that adopts the arm prints it, once.
+FILE_ONLY = {"file_only": True}
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,8 @@ class _Arm:
 
 def run_study(arms: Sequence[StudyArm], study: StudyPlan) -> None:
     """Measure the arms in interleaved rounds. Each arm's folder ends with its run ended (or the
-    earlier run it reused, or its error) and a STUDY_ARM_FILE its Hydra job adopts; the sweep
-    folder gets STUDY_FILE, the design as it ran."""
+    earlier run it reused, or its error) and a study_arm.json its Hydra job adopts; the sweep
+    folder gets study.json, the design as it ran."""
     measuring: list[tuple[StudyArm, dict[str, Any]]] = []
     for arm in arms:
         try:
@@ -149,7 +150,7 @@ def _start_servers(stack: ExitStack, arms: list[StudyArm]) -> tuple[dict[str, Se
             handles[key] = stack.enter_context(resolve_server(server, arm.cfg.model.name, arm.ctx.output_dir))
         except UserError as exc:
             errors[key] = str(exc)
-            ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            log.error("a server could not start: %s", exc, extra=FILE_ONLY)
     return handles, errors
 
 
@@ -221,8 +222,7 @@ async def _open_all(arms: list[_Arm], stack: AsyncExitStack, sampling: StudySamp
             state.live = await LiveRun.open(state.setup, clients, monitor, state.stop)
         except UserError as exc:
             state.error = str(exc)
-            name = state.arm.ctx.run_name(cfg, handle.kind)
-            ui.stderr.print(f"[bold red]error:[/] {escape(f'{name}: {exc}')}", soft_wrap=True)
+            log.error("%s: %s", state.arm.ctx.run_name(cfg, handle.kind), exc, extra=FILE_ONLY)
             continue
         opened.append(state)
     return opened
@@ -243,16 +243,16 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
     schedule = plan(requests, streams, cfg.blocks, cfg.seed)
     _say_design(arms, schedule, cfg)
     _warn_of_shared_state(arms)
+    loaded: dict[int, str] = {}  # each server's model, as the last request to it loaded it
     for state in arms:
         await state.running.warmup()
+        loaded[id(state.setup.handle)] = _runner_identity(state.setup.cfg)
     started = time.monotonic()
     looks = LookPlan(cfg.budget_s, schedule.rounds, study.alpha) if cfg.budget_s is not None else None
-    # The server holds the model as the last warmup loaded it.
-    previous: str | None = _runner_identity(arms[-1].setup.cfg)
     done = 0
     while done < schedule.rounds and not all(a.stop.is_set() for a in arms):
         for index in schedule.orders[done]:
-            previous = await _block(arms[index], schedule.block_sizes[index], done, previous, cfg.switch_warmup)
+            await _block(arms[index], schedule.block_sizes[index], done, loaded, cfg.switch_warmup)
         done += 1
         if looks is not None and looks.due(done):
             look = looks.look(done, time.monotonic() - started, lambda alpha: _comparisons(arms, study, alpha))
@@ -262,15 +262,16 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
     _write_design(study, arms, schedule, done, looks, time.monotonic() - started)
 
 
-async def _block(state: _Arm, sizes: tuple[int, ...], round_index: int, previous: str | None, warmup: int) -> str:
-    """One arm's block of one round; after a switch that reloads the model, warmup first."""
-    identity = _runner_identity(state.setup.cfg)
+async def _block(state: _Arm, sizes: tuple[int, ...], round_index: int, loaded: dict[int, str], warmup: int) -> None:
+    """One arm's block of one round. Where its server holds the model with other runner options (the
+    last request to it came from another arm), the switch reloads it: warmup first."""
     if state.stop.is_set():
-        return previous or identity
-    if previous is not None and previous != identity and warmup > 0:
+        return
+    server, identity = id(state.setup.handle), _runner_identity(state.setup.cfg)
+    if loaded.get(server) != identity and warmup > 0:
         await state.running.warmup(warmup, block=round_index)
+    loaded[server] = identity
     await state.running.measure(sizes[round_index], sum(sizes[:round_index]), block=round_index)
-    return identity
 
 
 def _warn_of_shared_state(arms: list[_Arm]) -> None:
@@ -334,7 +335,7 @@ def _write_design(
     }
     if looks is not None:
         design.update(looks.as_dict())
-    (study.sweep_dir / STUDY_FILE).write_text(json.dumps(design, indent=2), encoding="utf-8")
+    RunFolder(study.sweep_dir).study.write_text(json.dumps(design, indent=2), encoding="utf-8")
 
 
 def _leave(arm: StudyArm, fields: dict[str, Any]) -> None:
@@ -351,13 +352,13 @@ def _leave_in(ctx: RunContext, num: int, overrides: tuple[str, ...], fields: dic
     here too, so a study stopped before its jobs run still has one)."""
     folder = ctx.output_dir
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STUDY_ARM_FILE).write_text(json.dumps(fields, indent=2, default=str), encoding="utf-8")
+    RunFolder(folder).study_arm.write_text(json.dumps(fields, indent=2, default=str), encoding="utf-8")
     outcome: dict[str, Any] = {"sweep_id": ctx.sweep_id, "num": num, "overrides": list(overrides)}
     if "error" in fields:
         outcome["error"] = fields["error"]
     if fields.get("reused_run_id"):
         outcome["reused_run_id"] = fields["reused_run_id"]
-    (folder / OUTCOME_FILE).write_text(json.dumps(outcome, indent=2), encoding="utf-8")
+    RunFolder(folder).sweep_job.write_text(json.dumps(outcome, indent=2), encoding="utf-8")
 
 
 def _leave_measured(state: _Arm) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE
 from sentinel_exp.serve.launch import ServerStartError, prepare_standby, start_server
+from sentinel_exp.store.run_folder import RunFolder
 from sentinel_exp.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
@@ -92,15 +93,31 @@ def probe_ollama(url: str, timeout_s: float = 1.0) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class ServerRequest:
+    """What a run asks of its server: the settings, the model, where a bundled server logs, and
+    whether another job follows (a sweep's: then a standby process is left for it)."""
+
+    cfg: ServerConfig
+    model: str
+    log_path: Path
+    more_to_come: bool = False
+
+    def keep_alive_arg(self) -> str:
+        """Explicit, so a run does not depend on an OLLAMA_KEEP_ALIVE that its config does not show.
+        One argument with "=": argparse would take a negative duration ("-1m") for an option."""
+        keep_alive = self.cfg.keep_alive
+        return f"--keep-alive={DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive}"
+
+
 @contextmanager
-def start_bundled(
-    engine: ServerKind, extra_args: list[str], startup_timeout_s: float, log_path: Path, more_to_come: bool = False
-) -> Iterator[ServerHandle]:
+def start_bundled(engine: ServerKind, extra_args: list[str], request: ServerRequest) -> Iterator[ServerHandle]:
     """Start `python -m sentinel_exp.serve` on a free loopback port; tell it to stop on exit (it
-    is waited for before the next server starts, or when this process exits). `more_to_come` (a
-    sweep's job): then leave a standby server process for the next job to start from."""
+    is waited for before the next server starts, or when this process exits). With
+    `request.more_to_come` (a sweep's job), leave a standby server process for the next job."""
+    timeout_s, log_path = request.cfg.startup_timeout_s, request.log_path
     try:
-        server = start_server(engine, extra_args, timeout_s=startup_timeout_s, log_path=log_path)
+        server = start_server(engine, extra_args, timeout_s=timeout_s, log_path=log_path)
     except ServerStartError as exc:
         raise ServerError(str(exc)) from None
     try:
@@ -109,7 +126,7 @@ def start_bundled(
         server.stop_soon()
         raise
     server.stop_soon()
-    if more_to_come:
+    if request.more_to_come:
         prepare_standby()
 
 
@@ -143,60 +160,72 @@ def embedded_problem(model: str, extra_models: dict[str, str]) -> str | None:
 def resolve_server(
     server_cfg: ServerConfig, model: str, output_dir: Path, more_to_come: bool = False
 ) -> Iterator[ServerHandle]:
-    kind = server_cfg.kind
-    log_path = output_dir / "server.log"
-    if kind == "auto":
-        url = configured_url(server_cfg) or ollama_url_from_env()
-        version = probe_ollama(url)
-        if version is not None:
-            log.info("server=auto: Ollama %s answers at %s", version, url)
-            yield ServerHandle(kind=ServerKind.ollama, url=url, pid=server_cfg.pid)
-            return
-        problem = embedded_problem(model, dict(server_cfg.models or {}))
-        if problem is not None:
-            raise ServerError(
-                f"no server for model '{model}': Ollama does not answer at {url}, and the embedded server "
-                f"cannot serve it because {problem}. Either start Ollama (`ollama serve`, then "
-                f"`ollama pull {model}`; set OLLAMA_HOST if it listens elsewhere), or use the embedded model: "
-                f"{embedded_hint()}run with model=smollm2_135m "
-                f"(or server=simulated for a model-free check of the tool itself)."
-            )
-        log.info("server=auto: no Ollama at %s; starting the embedded llama.cpp server", url)
-        kind = ServerKind.embedded
-    # Explicit, so a run does not depend on an OLLAMA_KEEP_ALIVE that its config does not show.
-    # One argument with "=": argparse would take a negative duration ("-1m") for an option.
-    keep_alive = [f"--keep-alive={DEFAULT_KEEP_ALIVE if server_cfg.keep_alive is None else server_cfg.keep_alive}"]
-    if kind == "simulated":
-        with start_bundled(
-            ServerKind.simulated,
-            ["--model", model, *keep_alive, *server_cfg.sim.settings().to_args()],
-            server_cfg.startup_timeout_s,
-            log_path,
-            more_to_come,
-        ) as handle:
-            yield handle
-    elif kind == "embedded":
-        problem = embedded_problem(model, dict(server_cfg.models or {}))
-        if problem is not None:
-            raise ServerError(f"server=embedded cannot serve model '{model}': {problem}.")
-        args = [arg for tag, path in (server_cfg.models or {}).items() for arg in ("--model", f"{tag}={path}")]
-        with start_bundled(
-            ServerKind.embedded, [*args, *keep_alive], server_cfg.startup_timeout_s, log_path, more_to_come
-        ) as handle:
-            yield handle
-    elif kind == "ollama":
-        url = configured_url(server_cfg) or ollama_url_from_env()
-        version = probe_ollama(url, timeout_s=5.0)
-        if version is None:
-            raise ServerError(
-                f"Ollama does not answer at {url} (GET /api/version). Start it with `ollama serve`, "
-                f"set OLLAMA_HOST or server.url if it listens elsewhere, or use server=embedded."
-            )
-        yield ServerHandle(kind=ServerKind.ollama, url=url, pid=server_cfg.pid)
-    elif kind == "openai":
-        openai_url = configured_url(server_cfg)
-        if openai_url is None:
-            raise ServerError("server=openai needs server.url, e.g. server.url=http://127.0.0.1:8080")
-        yield ServerHandle(kind=ServerKind.openai, url=openai_base_url(openai_url), pid=server_cfg.pid)
-    else:
-        raise ServerError(f"unknown server.kind {kind!r}")
+    """The run's server (docs/architecture.md, step 4), one function per `server.kind`: found where
+    it runs already, or a bundled one started, and stopped when the `with` block ends."""
+    request = ServerRequest(server_cfg, model, RunFolder(output_dir).server_log, more_to_come)
+    resolver = RESOLVERS.get(server_cfg.kind)
+    if resolver is None:
+        raise ServerError(f"unknown server.kind {server_cfg.kind!r}")
+    with resolver(request) as handle:
+        yield handle
+
+
+def _auto(request: ServerRequest) -> AbstractContextManager[ServerHandle]:
+    """Ollama where it answers, else the embedded server where it can serve the model."""
+    cfg, model = request.cfg, request.model
+    url = configured_url(cfg) or ollama_url_from_env()
+    version = probe_ollama(url)
+    if version is not None:
+        log.info("server=auto: Ollama %s answers at %s", version, url)
+        return nullcontext(ServerHandle(kind=ServerKind.ollama, url=url, pid=cfg.pid))
+    problem = embedded_problem(model, dict(cfg.models or {}))
+    if problem is not None:
+        raise ServerError(
+            f"no server for model '{model}': Ollama does not answer at {url}, and the embedded server "
+            f"cannot serve it because {problem}. Either start Ollama (`ollama serve`, then "
+            f"`ollama pull {model}`; set OLLAMA_HOST if it listens elsewhere), or use the embedded model: "
+            f"{embedded_hint()}run with model=smollm2_135m "
+            f"(or server=simulated for a model-free check of the tool itself)."
+        )
+    log.info("server=auto: no Ollama at %s; starting the embedded llama.cpp server", url)
+    return _embedded(request)
+
+
+def _simulated(request: ServerRequest) -> AbstractContextManager[ServerHandle]:
+    sim_args = request.cfg.sim.settings().to_args()
+    return start_bundled(ServerKind.simulated, ["--model", request.model, request.keep_alive_arg(), *sim_args], request)
+
+
+def _embedded(request: ServerRequest) -> AbstractContextManager[ServerHandle]:
+    models = request.cfg.models or {}
+    problem = embedded_problem(request.model, dict(models))
+    if problem is not None:
+        raise ServerError(f"server=embedded cannot serve model '{request.model}': {problem}.")
+    args = [arg for tag, path in models.items() for arg in ("--model", f"{tag}={path}")]
+    return start_bundled(ServerKind.embedded, [*args, request.keep_alive_arg()], request)
+
+
+def _ollama(request: ServerRequest) -> AbstractContextManager[ServerHandle]:
+    url = configured_url(request.cfg) or ollama_url_from_env()
+    if probe_ollama(url, timeout_s=5.0) is None:
+        raise ServerError(
+            f"Ollama does not answer at {url} (GET /api/version). Start it with `ollama serve`, "
+            f"set OLLAMA_HOST or server.url if it listens elsewhere, or use server=embedded."
+        )
+    return nullcontext(ServerHandle(kind=ServerKind.ollama, url=url, pid=request.cfg.pid))
+
+
+def _openai(request: ServerRequest) -> AbstractContextManager[ServerHandle]:
+    url = configured_url(request.cfg)
+    if url is None:
+        raise ServerError("server=openai needs server.url, e.g. server.url=http://127.0.0.1:8080")
+    return nullcontext(ServerHandle(kind=ServerKind.openai, url=openai_base_url(url), pid=request.cfg.pid))
+
+
+RESOLVERS: dict[ServerKind, Callable[[ServerRequest], AbstractContextManager[ServerHandle]]] = {
+    ServerKind.auto: _auto,
+    ServerKind.simulated: _simulated,
+    ServerKind.embedded: _embedded,
+    ServerKind.ollama: _ollama,
+    ServerKind.openai: _openai,
+}

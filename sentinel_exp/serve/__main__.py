@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel_exp import __version__, eventloop
 from sentinel_exp.names import ServerKind
@@ -28,6 +28,10 @@ from sentinel_exp.serve.engine import Engine
 from sentinel_exp.serve.engines.simulated import DEFAULT_MODELS, SimulatedEngine
 from sentinel_exp.serve.keepalive import DEFAULT_KEEP_ALIVE, server_default_seconds
 from sentinel_exp.serve.sim_settings import SimSettings
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
 
 ENGINES = (ServerKind.simulated, ServerKind.embedded)
 # The embedded engine's former name, kept for scripts that use it.
@@ -193,17 +197,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    import uvicorn
+    from sentinel_exp.serve.app import AppSettings, create_app
 
-    from sentinel_exp.serve.app import create_app
+    sock = _listen(args.host, args.port)
+    if sock is None:
+        return 2
+    settings = AppSettings(
+        parallel=parallel,
+        version=f"{__version__}-sentinel-{engine.name}",
+        default_keep_alive_s=keep_alive_s,
+        api_key=api_key,
+        max_body_bytes=args.max_body_kb * 1024,
+    )
+    server = _uvicorn_server(create_app(engine, settings))
+    logging.getLogger("uvicorn.error").addFilter(_drop_scripted_aborts)
+    _log_model_events()
+    eventloop.run(_serve(server, sock, engine.name, args.exit_with_parent))
+    return 0
 
+
+def _listen(host: str, port: int) -> socket.socket | None:
+    """The listening socket (port 0: a free one); None, with the error said, when it cannot bind."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
+        sock.bind((host, port))
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 2
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return None
     sock.listen(2048)
     host, port = sock.getsockname()[:2]
     if not _is_loopback(host):
@@ -213,15 +234,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+    return sock
 
-    app = create_app(
-        engine,
-        parallel=parallel,
-        version=f"{__version__}-sentinel-{engine.name}",
-        default_keep_alive_s=keep_alive_s,
-        api_key=api_key,
-        max_body_bytes=args.max_body_kb * 1024,
-    )
+
+def _uvicorn_server(app: Starlette) -> uvicorn.Server:
+    import uvicorn
+
     # Stopped by the runner, nothing is left to finish: a load in progress must not hold the exit
     # back for seconds. (uvicorn annotates this as int but hands it to asyncio.wait_for.)
     config = uvicorn.Config(
@@ -231,22 +249,17 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
         timeout_graceful_shutdown=0.25,  # type: ignore[arg-type]
     )
-    server = uvicorn.Server(config)
+    return uvicorn.Server(config)
 
-    async def serve() -> None:
-        watcher = asyncio.create_task(_watch_parent(args.exit_with_parent, server)) if args.exit_with_parent else None
-        print(
-            READY_PREFIX + json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid(), "engine": engine.name}),
-            flush=True,
-        )
-        await server.serve(sockets=[sock])
-        if watcher is not None:
-            watcher.cancel()
 
-    logging.getLogger("uvicorn.error").addFilter(_drop_scripted_aborts)
-    _log_model_events()
-    eventloop.run(serve())
-    return 0
+async def _serve(server: uvicorn.Server, sock: socket.socket, engine: str, parent_pid: int | None) -> None:
+    """Serve until stopped (or the parent is gone), after the ready line the runner waits for."""
+    watcher = asyncio.create_task(_watch_parent(parent_pid, server)) if parent_pid else None
+    host, port = sock.getsockname()[:2]
+    print(READY_PREFIX + json.dumps({"url": f"http://{host}:{port}", "pid": os.getpid(), "engine": engine}), flush=True)
+    await server.serve(sockets=[sock])
+    if watcher is not None:
+        watcher.cancel()
 
 
 def standby() -> int:

@@ -93,7 +93,21 @@ def start_server(
     """
     # Never two bundled servers at once: one that is still stopping (its model in memory) goes first.
     wait_for_stopping()
-    args_line = [
+    args_line = _command_line(engine, args)
+    log = _ServerLog.for_server(engine, log_path)
+    process = _take_standby(args_line, log.path) if env is None and cwd is None else None
+    if process is None:
+        process = _spawn(args_line, log.path, env, cwd)
+    ready, exit_code = _ready_line(process, timeout_s, log)
+    if ready is None:
+        stop_process(process)
+        raise log.start_error(engine, exit_code, timeout_s)
+    return BundledServer(str(engine), str(ready["url"]), int(ready["pid"]), process, log.path, log.temporary)
+
+
+def _command_line(engine: str, args: Sequence[str]) -> list[str]:
+    """The server's arguments: a free loopback port, and an exit when this process is gone."""
+    return [
         "--engine",
         str(engine),
         "--host",
@@ -104,46 +118,69 @@ def start_server(
         str(os.getpid()),
         *args,
     ]
-    temporary_log = log_path is None
-    if log_path is None:
+
+
+@dataclass(frozen=True)
+class _ServerLog:
+    """Where a starting server writes its stderr."""
+
+    path: Path
+    temporary: bool  # made here (no log_path was given): removed when the server stops
+
+    @classmethod
+    def for_server(cls, engine: str, log_path: Path | None) -> _ServerLog:
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            return cls(log_path, temporary=False)
         fd, name = tempfile.mkstemp(prefix=f"sentinel-{engine}-server-", suffix=".log")
         os.close(fd)
-        log_path = Path(name)
-    else:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    process = _take_standby(args_line, log_path) if env is None and cwd is None else None
-    if process is None:
-        with open(log_path, "w", encoding="utf-8") as log:
-            process = subprocess.Popen(
-                [*SERVE, *args_line],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env=_child_env(env),
-                cwd=cwd,
-                start_new_session=True,
-            )
-    exit_code: int | None = None
+        return cls(Path(name), temporary=True)
+
+    def discard(self) -> None:
+        if self.temporary:
+            self.path.unlink(missing_ok=True)
+
+    def start_error(self, engine: str, exit_code: int | None, timeout_s: float) -> ServerStartError:
+        """Why the server did not start, with its log's tail (a temporary log is removed)."""
+        tail = _tail(self.path, LOG_TAIL_CHARS)
+        where = "" if self.temporary else f" ({self.path})"
+        self.discard()
+        how = f"exited with code {exit_code}" if exit_code is not None else f"was not ready within {timeout_s:g} s"
+        return ServerStartError(
+            f"the {engine} server did not start: it {how}. Its log{where}:\n{tail}", exit_code, tail
+        )
+
+
+def _spawn(
+    args_line: list[str], log_path: Path, env: Mapping[str, str] | None, cwd: Path | None
+) -> subprocess.Popen[str]:
+    with open(log_path, "w", encoding="utf-8") as log:
+        return subprocess.Popen(
+            [*SERVE, *args_line],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=_child_env(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
+def _ready_line(
+    process: subprocess.Popen[str], timeout_s: float, log: _ServerLog
+) -> tuple[dict[str, Any] | None, int | None]:
+    """The ready line's JSON, or None and the child's exit code (None too: not ready in time)."""
     try:
         ready = _await_ready(process, timeout_s)
         if ready is None:  # stdout closed: the child is exiting, and its code says why
-            exit_code = process.wait(timeout=5)
+            return None, process.wait(timeout=5)
+        return ready, None
     except (TimeoutError, subprocess.TimeoutExpired):
-        ready = None
+        return None, None
     except BaseException:  # e.g. Ctrl-C while waiting: leave nothing behind
         stop_process(process)
-        if temporary_log:
-            log_path.unlink(missing_ok=True)
+        log.discard()
         raise
-    if ready is None:
-        stop_process(process)
-        tail = _tail(log_path, LOG_TAIL_CHARS)
-        where = "" if temporary_log else f" ({log_path})"
-        if temporary_log:
-            log_path.unlink(missing_ok=True)
-        how = f"exited with code {exit_code}" if exit_code is not None else f"was not ready within {timeout_s:g} s"
-        raise ServerStartError(f"the {engine} server did not start: it {how}. Its log{where}:\n{tail}", exit_code, tail)
-    return BundledServer(str(engine), str(ready["url"]), int(ready["pid"]), process, log_path, temporary_log)
 
 
 @contextmanager

@@ -21,6 +21,24 @@ from typing import Any, TypeVar
 from sentinel_exp.names import FaultKind
 
 FAULTS = tuple(FaultKind)
+# Runner options whose values the simulated server does not model: a change of them reloads the
+# model, a cold start as on Ollama, but no value of them makes a request faster or slower.
+UNMODELLED_OPTIONS = ("num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap")
+
+
+def unmodelled_note(options: Mapping[str, Any]) -> str | None:
+    """What a run or a comparison on the simulated server should not be read as showing."""
+    named = [name for name in UNMODELLED_OPTIONS if options.get(name) is not None]
+    if not named:
+        return None
+    values = "its value changes" if len(named) == 1 else "their values change"
+    return (
+        f"the simulated server does not model {', '.join(named)}: {values} no timing on it "
+        f"(a change only reloads the model), so measure {'it' if len(named) == 1 else 'them'} on Ollama "
+        f"or the embedded server"
+    )
+
+
 _T = TypeVar("_T")
 
 

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sentinel_exp.errors import UserError
+from sentinel_exp import tags as tag
+from sentinel_exp.errors import StoreUnavailable, UserError
+from sentinel_exp.names import Role, RunStatus
 from sentinel_exp.store.locks import exclusive
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 from sentinel_exp.store.writable import sqlite_problem
 
 log = logging.getLogger(__name__)
@@ -134,8 +137,12 @@ def store_setup_lock(uri: str) -> Iterator[None]:
 
 def quiet_client() -> None:
     """MLflow prints a "View run ... at" line to stdout for every run ended on a tracking server
-    (one extra request each); the console already says where to look, once per run or sweep."""
+    (one extra request each); the console already says where to look, once per run or sweep.
+    MLflow reads these variables each time it would print."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Its "Downloading artifacts" bar for every summary.json and requests.jsonl read back (a resumed
+    # sweep, a comparison from the store) would bury the tool's own lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow resets its logger to INFO on import; its store-migration chatter is noise here.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
@@ -151,7 +158,7 @@ def check_server_answers(uri: str, timeout_s: float = 5.0) -> None:
         # them, and no certificate check (a private CA is MLflow's business, not this probe's).
         httpx.get(uri.rstrip("/") + "/health", timeout=timeout_s, verify=False)
     except httpx.HTTPError as exc:  # any HTTP answer (even 404 behind a proxy) means it is there
-        raise UserError(
+        raise StoreUnavailable(
             f"the MLflow tracking server at tracking.uri={uri!r} does not answer "
             f"({type(exc).__name__}: {exc}); start it (`mlflow server`), or log to a "
             f"local store with tracking.uri=sqlite:///mlflow.db"
@@ -207,14 +214,13 @@ class FinishedRun:
     """A finished run of a configuration, as a sweep that meets it again reuses it."""
 
     run_id: str
-    summary: dict[str, Any]  # its summary.json; empty when the artifact could not be read
+    summary: RunSummary | None  # its summary.json; None when the artifact could not be read
     logged_metrics: dict[str, float]  # MLflow's latest value of each metric
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
-        metrics = self.summary.get("metrics")
-        return dict(metrics) if isinstance(metrics, dict) else self.logged_metrics
+        return dict(self.summary.metrics) if self.summary is not None and self.summary.metrics else self.logged_metrics
 
 
 class Tracker:
@@ -261,14 +267,14 @@ class Tracker:
         (a run without a `sentinel.repeat` tag is repeat 0)."""
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`sentinel.config_hash` = '{config_hash}' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.`{tag.CONFIG_HASH}` = '{config_hash}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=100,
         )
         for run in found:
-            if run.data.tags.get("sentinel.repeat", "0") == str(repeat):
+            if run.data.tags.get(tag.REPEAT, "0") == str(repeat):
                 run_id = run.info.run_id
-                return FinishedRun(run_id, self._summary_of(run_id) or {}, dict(run.data.metrics), dict(run.data.tags))
+                return FinishedRun(run_id, self._summary_of(run_id), dict(run.data.metrics), dict(run.data.tags))
         return None
 
     def copy_artifact(self, run_id: str, name: str, to: Path) -> bool:
@@ -283,17 +289,16 @@ class Tracker:
             return False
         return True
 
-    def _summary_of(self, run_id: str) -> dict[str, Any] | None:
+    def _summary_of(self, run_id: str) -> RunSummary | None:
         """The summary.json a run logged, the exact per-run metrics (MLflow's latest values would
         mix in the last point of each telemetry series)."""
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                path = Path(self.client.download_artifacts(run_id, "summary.json", tmp))
-                summary = json.loads(path.read_text(encoding="utf-8"))
+                path = Path(self.client.download_artifacts(run_id, RunFolder.SUMMARY, tmp))
+                return RunSummary.from_json(path.read_text(encoding="utf-8"))
         except Exception as exc:  # a store without the artifact, or unreachable artifacts: the metrics stand in
-            log.debug("no summary.json for run %s: %s", run_id, exc)
+            log.debug("no %s for run %s: %s", RunFolder.SUMMARY, run_id, exc)
             return None
-        return summary if isinstance(summary, dict) else None
 
     def start(self, run_name: str, tags: Mapping[str, str], start_ms: int | None = None) -> str:
         run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=run_name, tags=dict(tags))
@@ -307,7 +312,7 @@ class Tracker:
     def find_uid(self, uid: str) -> tuple[str, str] | None:
         """(run id, status) of the live run uploaded from the run folder `uid`, if any."""
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`sentinel.run_uid` = '{uid}'", max_results=1
+            [self.experiment_id], filter_string=f"tags.`{tag.RUN_UID}` = '{uid}'", max_results=1
         )
         return (found[0].info.run_id, found[0].info.status) if found else None
 
@@ -315,12 +320,12 @@ class Tracker:
         """(run id, tags) of the runs still RUNNING that a process on `host` started."""
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and tags.`sentinel.runner_host` = '{host}'",
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{tag.RUNNER_HOST}` = '{host}'",
             max_results=1000,
         )
         return [(run.info.run_id, dict(run.data.tags)) for run in found]
 
-    def close(self, run_id: str, status: str) -> None:
+    def close(self, run_id: str, status: RunStatus) -> None:
         self.client.set_terminated(run_id, status=status)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -363,7 +368,7 @@ class Tracker:
         if path.exists():
             self.client.log_artifact(self.started_run, str(path), artifact_path=subdir)
 
-    def end(self, status: str, end_ms: int | None = None) -> None:
+    def end(self, status: RunStatus, end_ms: int | None = None) -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status, end_time=end_ms)
 
@@ -421,7 +426,7 @@ class RunStore:
             if isinstance(exc, UserError):
                 raise
             raise UserError(f"MLflow cannot search {self.uri} with {filter_string!r}: {exc}") from None
-        return [self._stored(run) for run in runs if run.data.tags.get("sentinel.role") != "sweep"]
+        return [self._stored(run) for run in runs if run.data.tags.get(tag.ROLE) != Role.SWEEP]
 
     def latest_tagged(self, experiment: str, tag: str, value: str, finished: bool = True) -> StoredRun | None:
         """The latest FINISHED run of the experiment with tag == value (`finished` False: in any
@@ -444,7 +449,7 @@ class RunStore:
     def children(self, parent_run_id: str) -> list[StoredRun]:
         parent = self.get(parent_run_id)
         experiment = self.client.get_experiment(self.client.get_run(parent.run_id).info.experiment_id).name
-        return self.search(experiment, f"tags.mlflow.parentRunId = '{parent.run_id}'")
+        return self.search(experiment, f"tags.{tag.PARENT_RUN_ID} = '{parent.run_id}'")
 
     def get(self, run_id: str) -> StoredRun:
         try:
@@ -455,7 +460,7 @@ class RunStore:
     def records_file(self, run_id: str, into: Path) -> Path | None:
         """The run's requests.jsonl, downloaded into `into`; None when the run logged none."""
         try:
-            return Path(self.client.download_artifacts(run_id, "requests.jsonl", str(into)))
+            return Path(self.client.download_artifacts(run_id, RunFolder.RECORDS, str(into)))
         except Exception:
             return None
 

@@ -7,24 +7,24 @@ already complete in the store is left as it is, and one cut short is completed, 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.diagnosis import diagnose
 from sentinel_exp.analysis.stats import error_breakdown, summarize
 from sentinel_exp.errors import UserError
-from sentinel_exp.names import Phase, RunStatus
+from sentinel_exp.names import Phase, Role, RunStatus
 from sentinel_exp.records import RequestRecord, iter_records
 from sentinel_exp.store.locks import exclusive
 from sentinel_exp.store.run_folder import (
-    RUN_FILE,
-    Role,
     RunFile,
+    RunFolder,
     Runner,
+    RunSummary,
     read_run_file,
     read_series,
     write_run_file,
@@ -35,10 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-RECORDS_FILE = "requests.jsonl"
 # Always uploaded when present; a run adds its report and server log to run.json's artifacts.
-STANDARD_ARTIFACTS = (RECORDS_FILE, "config.yaml", SUMMARY_FILE)
+STANDARD_ARTIFACTS = (RunFolder.RECORDS, RunFolder.CONFIG, RunFolder.SUMMARY)
 
 
 @dataclass(frozen=True)
@@ -47,12 +45,12 @@ class Uploaded:
     uri: str
     experiment_id: str
     already: bool  # the store held this run complete before: nothing was written
-    status: str
+    status: RunStatus
 
 
 def records_in(folder: Path) -> list[RequestRecord]:
     """The records a folder holds; a last line cut by a kill is left out, the ones before stand."""
-    path = folder / RECORDS_FILE
+    path = RunFolder(folder).records
     if not path.exists():
         return []
     records: list[RequestRecord] = []
@@ -64,7 +62,7 @@ def records_in(folder: Path) -> list[RequestRecord]:
     return records
 
 
-def abandoned_summary(records: list[RequestRecord], run: RunFile, reason: str) -> dict[str, Any]:
+def abandoned_summary(records: list[RequestRecord], run: RunFile, reason: str) -> RunSummary:
     """summary.json for a run whose process ended without writing one: the metrics of the
     measured records it left (the measured phase taken from the first start to the last end)."""
     measured = [r for r in records if r.phase == Phase.MEASURED]
@@ -73,16 +71,16 @@ def abandoned_summary(records: list[RequestRecord], run: RunFile, reason: str) -
     metrics = summarize(records, (max(ends) - min(starts)) if starts else None)
     verdict = diagnose(records, metrics)
     metrics.update(verdict.metrics())
-    return {
-        "run_uid": run.uid,
-        "run_name": run.run_name,
-        "status": RunStatus.FAILED,
-        "metrics": metrics,
-        "errors": error_breakdown(records),
-        "warnings": [reason],
-        "verdict": verdict.lines(),
-        "failure": reason,
-    }
+    return RunSummary(
+        run_uid=run.uid,
+        run_name=run.run_name,
+        status=RunStatus.FAILED,
+        metrics=metrics,
+        errors=error_breakdown(records),
+        warnings=[reason],
+        verdict=verdict.lines(),
+        failure=reason,
+    )
 
 
 def _last_record_ms(records: list[RequestRecord]) -> int | None:
@@ -107,22 +105,38 @@ def close_abandoned(folder: Path, run: RunFile, *, runner_unknown_ok: bool = Fal
         f"the runner (pid {run.runner.pid} on {run.runner.host}) ended without closing the run; "
         f"closed as FAILED with the {len(records)} record(s) it left"
     )
-    if run.role == Role.RUN and not (folder / SUMMARY_FILE).exists():
+    if run.role == Role.RUN and not RunFolder(folder).summary.exists():
         summary = abandoned_summary(records, run, reason)
-        (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+        summary.write(folder)
+        _complete_abandoned(folder, run, records, summary)
     run.status, run.failure = RunStatus.FAILED, reason
     run.end_ms = _last_record_ms(records) or run.start_ms
     write_run_file(folder, run)
     return run
 
 
-def _metrics(folder: Path) -> dict[str, float]:
+def _complete_abandoned(folder: Path, run: RunFile, records: list[RequestRecord], summary: RunSummary) -> None:
+    """What the killed process would have added at its end: the verdict's tag, the bundled
+    server's log and, unless the run had plots=false, the report and its figures."""
+    if summary.verdict:
+        run.tags[tag.VERDICT] = "\n".join(summary.verdict)
+    if RunFolder(folder).server_log.is_file():
+        run.artifacts.append(RunFolder.SERVER_LOG)
+    if run.params.get("plots") == "false":
+        return
+    from sentinel_exp.report.markdown import write_run_artifacts
+
     try:
-        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    metrics = summary.get("metrics") if isinstance(summary, dict) else None
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)} if isinstance(metrics, dict) else {}
+        written = write_run_artifacts(folder, records, [], summary)
+    except Exception as exc:  # the pictures are extras: the run is closed and uploaded without them
+        log.warning("warning: could not draw the plots of %s: %s: %s", folder, type(exc).__name__, exc)
+        return
+    run.artifacts += [path.name for path in written if path.name not in run.artifacts]
+
+
+def _metrics(folder: Path) -> dict[str, float]:
+    summary = RunSummary.read(folder)
+    return summary.metrics if summary is not None else {}
 
 
 def _artifacts(folder: Path, run: RunFile) -> list[Path]:
@@ -134,8 +148,7 @@ def _artifacts(folder: Path, run: RunFile) -> list[Path]:
 def find_sweep_folder(folder: Path, uid: str) -> Path | None:
     """The sweep folder of a job folder: the nearest folder above it whose run.json has `uid`."""
     for above in folder.resolve().parents:
-        path = above / RUN_FILE
-        if path.is_file():
+        if RunFolder(above).run_json.is_file():
             try:
                 if read_run_file(above).uid == uid:
                     return above
@@ -171,7 +184,7 @@ class Uploader:
         self.runner_unknown_ok = runner_unknown_ok
         self._open = open_store
         self._trackers: dict[tuple[str, str], Tracker] = {}
-        self.closed_orphans: list[str] = []
+        self.closed_orphans: list[str] = []  # "<run id>, left RUNNING by ... (how it was closed)"
 
     def _tracker(self, run: RunFile, folder: Path) -> Tracker:
         uri = self.uri or run.tracking_uri
@@ -194,12 +207,14 @@ class Uploader:
         found = tracker.find_uid(run.uid)
         if found is not None and found[1] != RunStatus.RUNNING:
             return self._done(folder, run, tracker, found[0], already=True)
-        tags = {**run.tags, "sentinel.run_uid": run.uid}
+        tags = {**run.tags, tag.RUN_UID: run.uid}
+        if run.failure:
+            tags[tag.FAILURE] = run.failure
         if run.role == Role.SWEEP:
-            tags["sentinel.role"] = "sweep"
+            tags[tag.ROLE] = Role.SWEEP
         parent = self._parent_id(run, folder)
         if parent is not None:
-            tags["mlflow.parentRunId"] = parent
+            tags[tag.PARENT_RUN_ID] = parent
         if found is None:
             # The uid and runner tags from the start: a cut-short upload is found by them and completed.
             tracker.start(run.run_name, tags, start_ms=run.start_ms)
@@ -254,16 +269,41 @@ class Uploader:
                 continue
             if runner.gone() is not True:
                 continue
-            folder = Path(tags.get("sentinel.output_dir", ""))
+            folder = Path(tags.get(tag.OUTPUT_DIR, ""))
             try:
-                if (folder / RUN_FILE).is_file() and read_run_file(folder).uid == tags.get("sentinel.run_uid"):
+                if RunFolder(folder).run_json.is_file() and read_run_file(folder).uid == tags.get(tag.RUN_UID):
                     uploaded = self.upload(folder)
-                    self.closed_orphans.append(f"{run_id} ({uploaded.status}, from {folder})")
+                    self.closed_orphans.append(
+                        f"{run_id}, left RUNNING by a process that is gone ({uploaded.status}, from {folder})"
+                        + _left_running(folder)
+                    )
                     continue
             except UserError as exc:
                 log.warning("warning: could not complete run %s from %s: %s", run_id, folder, exc)
             tracker.close(run_id, RunStatus.FAILED)
-            self.closed_orphans.append(f"{run_id} (FAILED; its folder {folder} is gone)")
+            self.closed_orphans.append(
+                f"{run_id}, left RUNNING by a process that is gone (FAILED; its folder {folder} is gone)"
+            )
+
+
+def _left_running(sweep_folder: Path) -> str:
+    """The job folders a killed sweep left RUNNING under its folder, and how to close them: the
+    next run closes the sweep's parent, but a job's run is made only by uploading its folder."""
+    running = []
+    for path in sorted(sweep_folder.rglob(RunFolder.RUN_JSON)):
+        if path.parent == sweep_folder:
+            continue
+        try:
+            if not read_run_file(path.parent).ended:
+                running.append(str(path.parent))
+        except UserError:
+            continue
+    if not running:
+        return ""
+    return (
+        f"; its job folder{'s' if len(running) > 1 else ''} {', '.join(running)} "
+        f"{'are' if len(running) > 1 else 'is'} still RUNNING: python -m sentinel_exp.sync {sweep_folder}"
+    )
 
 
 def where_logged(uploaded: Uploaded) -> str:
@@ -278,5 +318,5 @@ def upload_now(folder: Path, keep_open: bool = False) -> tuple[Uploaded, str]:
     uploader = Uploader()
     uploaded = uploader.upload(folder, keep_open=keep_open)
     for closed in uploader.closed_orphans:
-        log.warning("warning: closed run %s, left RUNNING by a process that is gone", closed)
+        log.warning("warning: closed run %s", closed)
     return uploaded, where_logged(uploaded)

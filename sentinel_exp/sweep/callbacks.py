@@ -14,7 +14,7 @@ import math
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,18 +23,16 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from sentinel_exp import tags as tag
 from sentinel_exp.names import Direction, RunStatus
+from sentinel_exp.store.run_folder import RunFolder, RunSummary
 
 if TYPE_CHECKING:
     from sentinel_exp.analysis.comparison import Arm, Comparison
     from sentinel_exp.sweep.study import Best
 
-OUTCOME_FILE = "sweep_job.json"
 REUSED = "reused_run_id"  # outcome field: the FINISHED run a job reused instead of measuring again
 NOT_LOGGED = "not_logged"  # outcome field: why the MLflow store did not take the job's run
-SUMMARY_FILE = "summary.json"
-SWEEP_FILE = "sweep.json"  # in the sweep folder: the sweep's id, which its jobs name as their parent's uid
-COMPARE_FILE = "compare.md"
 
 
 def failed_value(direction: str) -> float:
@@ -52,18 +50,18 @@ def objective_value(metrics: Mapping[str, float] | None, objective: str, directi
 def record_error(output_dir: Path, message: str) -> None:
     """Leave a job's user error where the main process finds it (on_job_end adds the rest)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / OUTCOME_FILE).write_text(json.dumps({"error": message}), encoding="utf-8")
+    RunFolder(output_dir).sweep_job.write_text(json.dumps({"error": message}), encoding="utf-8")
 
 
 def record_reused(output_dir: Path, run_id: str) -> None:
     """Leave the finished run that a job stood in for (its configuration and repeat were done)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / OUTCOME_FILE).write_text(json.dumps({REUSED: run_id}), encoding="utf-8")
+    RunFolder(output_dir).sweep_job.write_text(json.dumps({REUSED: run_id}), encoding="utf-8")
 
 
 def record_not_logged(output_dir: Path, message: str) -> None:
     """Leave why a job's run is only in its folder (the store did not take it)."""
-    path = output_dir / OUTCOME_FILE
+    path = RunFolder(output_dir).sweep_job
     outcome = _read_json(path) or {}
     outcome[NOT_LOGGED] = message
     path.write_text(json.dumps(outcome), encoding="utf-8")
@@ -94,7 +92,7 @@ class SweepSummary(Callback):
     reaches every job's on_job_end, but nothing goes back the other way.
 
     The sweep is one parent run. Its run.json is in the sweep folder (as a run's is in its own) and
-    is uploaded to MLflow before the first job; the sweep's id, left in SWEEP_FILE, is the parent's
+    is uploaded to MLflow before the first job; the sweep's id, left in sweep.json, is the parent's
     uid, by which every job's upload finds the parent. At the end the parent is closed with the
     comparison of the configurations among its artifacts."""
 
@@ -110,14 +108,14 @@ class SweepSummary(Callback):
         self._config = config
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"sweep_id": self.sweep_id}), encoding="utf-8")
+        RunFolder(sweep_dir).sweep_json.write_text(json.dumps({"sweep_id": self.sweep_id}), encoding="utf-8")
         self._parent = _open_parent_run(config, self.sweep_id, sweep_dir)
         _ACTIVE.append(self)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        path = Path(config.hydra.runtime.output_dir) / OUTCOME_FILE
+        path = RunFolder(Path(config.hydra.runtime.output_dir)).sweep_job
         outcome = _read_json(path) or {}
         if job_return.status == JobStatus.FAILED:  # an exception the task did not expect
             exc = job_return._return_value  # the `return_value` property would raise it
@@ -163,10 +161,11 @@ class SweepSummary(Callback):
                 soft_wrap=True,
             )
         try:
-            compared, best = _compare(config, jobs, sweep_dir)
+            compared = _compare(config, jobs, sweep_dir)
         except UserError as exc:
             ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            compared, best = [], None
+            compared = Compared()
+        best = compared.best
         if best is not None:
             ui.stdout.print(escape(f"best: {best.name or 'none'} ({best.why})"), soft_wrap=True)
         failed = [job for job in jobs if job.error is not None]
@@ -174,7 +173,7 @@ class SweepSummary(Callback):
             ui.stderr.print(f"[bold red]{len(failed)} sweep job(s) failed:[/]", soft_wrap=True)
             for job in failed:
                 ui.stderr.print("  " + escape(f"{' '.join(job.label)}: {job.error}"), soft_wrap=True)
-        parent_logged = self._close_parent(_sweep_status(interrupted, bool(failed)), compared, best)
+        parent_logged = self._close_parent(_sweep_status(interrupted, bool(failed)), compared)
         not_logged = [f"#{job.num}" for job in jobs if job.not_logged]
         if not_logged or not parent_logged:
             ui.stderr.print(
@@ -195,19 +194,18 @@ class SweepSummary(Callback):
 
             sys.exit(NotLogged.exit_code)
 
-    def _close_parent(self, status: RunStatus, compared: list[Path], best: Best | None) -> bool:
+    def _close_parent(self, status: RunStatus, compared: Compared) -> bool:
         """End the parent's run.json and upload it; False when the store did not take it."""
         from sentinel_exp.report import console as ui
         from sentinel_exp.store.upload import upload_now
 
         if self._parent is None:
             return True
+        best = compared.best
         if best is not None and best.name is not None:
-            self._parent.set_tags({"sentinel.best_job": best.name, "sentinel.best_why": best.why})
-        if _PENDING_TAGS:
-            self._parent.set_tags(dict(_PENDING_TAGS))
-            _PENDING_TAGS.clear()
-        self._parent.add_artifacts(compared)
+            self._parent.set_tags({tag.BEST_JOB: best.name, tag.BEST_WHY: best.why})
+        self._parent.set_tags(compared.tags)
+        self._parent.add_artifacts(compared.files)
         self._parent.end(status)
         if self._parent.run.tracking_uri is None:
             return True
@@ -218,15 +216,6 @@ class SweepSummary(Callback):
             return False
         ui.stdout.print(f"sweep: {line}", soft_wrap=True, markup=False)
         return True
-
-
-def best_job(jobs: list[JobOutcome], objective: str, direction: str) -> JobOutcome | None:
-    """The job with the best `objective` (lowest when minimising), among those that measured it."""
-    measured = [job for job in jobs if job.metrics is not None and objective in job.metrics]
-    if not measured:
-        return None
-    sign = 1.0 if direction == Direction.minimize else -1.0
-    return min(measured, key=lambda job: sign * (job.metrics or {})[objective])
 
 
 def _sweep_title(config: DictConfig) -> str:
@@ -255,23 +244,22 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
     """The sweep's parent run: its run.json in the sweep folder, uploaded to MLflow at once so
     that the runs of its jobs nest under it as they end. A store that cannot take it only warns:
     each job's upload, or a later sync, makes the parent from the folder."""
+    from sentinel_exp.names import Role
     from sentinel_exp.report import console as ui
-    from sentinel_exp.store.run_folder import Role, RunJournal, new_run_file
+    from sentinel_exp.store.run_folder import RunJournal, new_sweep_file
     from sentinel_exp.store.upload import upload_now
 
     swept = " ".join(str(o) for o in config.hydra.overrides.task)
     name = str(config.sweep.name) if config.sweep.name != "none" else "sweep"
     tags = {
-        "sentinel.role": "sweep",
-        "sentinel.sweep_id": sweep_id,
-        "sentinel.sweep_overrides": swept,
-        "sentinel.objective": f"{config.sweep.objective} ({config.sweep.direction})",
-        "sentinel.output_dir": str(sweep_dir),
+        tag.ROLE: Role.SWEEP,
+        tag.SWEEP_ID: sweep_id,
+        tag.SWEEP_OVERRIDES: swept,
+        tag.OBJECTIVE: f"{config.sweep.objective} ({config.sweep.direction})",
+        tag.OUTPUT_DIR: str(sweep_dir),
     }
     tracking_uri = str(config.tracking.uri) if config.tracking.enabled else None
-    run_file = new_run_file(
-        Role.SWEEP, f"{name}: {swept}"[:250], str(config.tracking.experiment), tracking_uri, tags, {}, uid=sweep_id
-    )
+    run_file = new_sweep_file(f"{name}: {swept}"[:250], str(config.tracking.experiment), tracking_uri, tags, sweep_id)
     journal = RunJournal(sweep_dir, run_file)
     if tracking_uri is not None:
         try:
@@ -281,19 +269,39 @@ def _open_parent_run(config: DictConfig, sweep_id: str, sweep_dir: Path) -> Any:
     return journal
 
 
-def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> tuple[list[Path], Best | None]:
+@dataclass
+class Compared:
+    """What a sweep's comparison leaves for its parent run: the files, the best, more tags."""
+
+    files: list[Path] = field(default_factory=list)
+    best: Best | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> Compared:
     """Compare the configurations that measured something: the one-screen table on the console,
     compare.md, report.md and plots in the sweep folder (their paths returned, for the parent
     run), and the best configuration where the verdicts name one."""
     from sentinel_exp.analysis.comparison import to_markdown
     from sentinel_exp.report import console as ui
-    from sentinel_exp.sweep.study import MeasuredJob, arms, best_arm, compare_arms, load_run, study_alpha, study_lines
+    from sentinel_exp.sweep.study import (
+        MeasuredJob,
+        arm_setups,
+        arms,
+        best_arm,
+        compare_arms,
+        folder_setup,
+        load_run,
+        study_alpha,
+        study_lines,
+        with_setup_notes,
+    )
 
     measured = []
     for job in jobs:
         run = None if job.folder is None or job.metrics is None else load_run(job.folder, job.metrics)
-        if run is not None:
-            measured.append(MeasuredJob(job.num, tuple(job.overrides), run))
+        if run is not None and job.folder is not None:
+            measured.append(MeasuredJob(job.num, tuple(job.overrides), run, folder_setup(job.folder)))
     configurations = arms(measured)
     comparisons = compare_arms(
         configurations,
@@ -302,14 +310,16 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> tup
         min_effect_pct=float(config.compare.min_effect_pct),
         alpha=study_alpha(sweep_dir),
     )
+    comparisons = with_setup_notes(comparisons, arm_setups(measured))
     if not comparisons:
-        return [], None
+        return Compared()
     comparisons = [_with_sweep_notes(c, jobs) for c in comparisons]
-    path = sweep_dir / COMPARE_FILE
+    path = RunFolder(sweep_dir).compare
     lines = study_lines(sweep_dir)
     noise_files: list[Path] = []
+    noise_tags: dict[str, str] = {}
     if str(config.sweep.name) == "aa":
-        noise_files, noise_lines = _noise_of_this_machine(config, jobs, sweep_dir, comparisons[0])
+        noise_files, noise_lines, noise_tags = _noise_of_this_machine(config, jobs, sweep_dir, comparisons[0])
         lines += noise_lines
     else:
         lines += _quoted_noise(config, jobs)
@@ -318,13 +328,13 @@ def _compare(config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path) -> tup
     path.write_text(table, encoding="utf-8")
     best = best_arm(comparisons[0].baseline, comparisons)
     report = _sweep_report(config, sweep_dir, configurations, comparisons, table)
-    return [path, *noise_files, *report], best
+    return Compared([path, *noise_files, *report], best, noise_tags)
 
 
 def _first_run(jobs: list[JobOutcome]) -> dict[str, Any]:
     """The run.json of the sweep's first measured job: whose host, server and model it is."""
     for job in jobs:
-        run = None if job.folder is None else _read_json(job.folder / "run.json")
+        run = None if job.folder is None else _read_json(RunFolder(job.folder).run_json)
         if run:
             return run
     return {}
@@ -332,7 +342,7 @@ def _first_run(jobs: list[JobOutcome]) -> dict[str, Any]:
 
 def _noise_of_this_machine(
     config: DictConfig, jobs: list[JobOutcome], sweep_dir: Path, comparison: Comparison
-) -> tuple[list[Path], list[str]]:
+) -> tuple[list[Path], list[str], dict[str, str]]:
     """sweep=aa: the A/A comparison as this machine's noise: noise.md, console lines, and the
     parent's metrics and tag (by which later comparisons find it)."""
     from sentinel_exp.sweep.noise import NOISE_TAG, console_lines, noise_identity, noise_report, to_markdown
@@ -341,13 +351,12 @@ def _noise_of_this_machine(
     design = read_study(sweep_dir)
     report = noise_report(comparison, int(config.workload.requests), float(design.get("seconds", 0.0)))
     objective = str(config.sweep.objective)
-    path = sweep_dir / "noise.md"
+    path = RunFolder(sweep_dir).noise
     path.write_text(to_markdown(report, objective), encoding="utf-8")
-    (sweep_dir / SUMMARY_FILE).write_text(json.dumps({"metrics": report.metrics()}, indent=2), encoding="utf-8")
+    RunSummary(metrics=report.metrics()).write(sweep_dir)
     run = _first_run(jobs)
     identity = noise_identity(run.get("tags") or {}, run.get("params") or {})
-    _PENDING_TAGS.update({NOISE_TAG: identity})
-    return [path], console_lines(report, objective)
+    return [path], console_lines(report, objective), {NOISE_TAG: identity}
 
 
 def _quoted_noise(config: DictConfig, jobs: list[JobOutcome]) -> list[str]:
@@ -372,10 +381,6 @@ def _quoted_noise(config: DictConfig, jobs: list[JobOutcome]) -> list[str]:
     return [line] if line else []
 
 
-# Tags the sweep's parent gets when it is closed (the A/A study's noise identity).
-_PENDING_TAGS: dict[str, str] = {}
-
-
 def _with_sweep_notes(comparison: Comparison, jobs: list[JobOutcome]) -> Comparison:
     """What the sweep knows and the statistics do not: a reused arm is not paired with this
     study's rounds, and a contended machine may have moved the numbers."""
@@ -390,11 +395,11 @@ def _with_sweep_notes(comparison: Comparison, jobs: list[JobOutcome]) -> Compari
             f"this study's rounds, so its comparisons get no significance verdict; force=true measures it "
             f"again beside the others"
         )
-    contended = [job for job in jobs if job.folder is not None and _tag(job.folder, "sentinel.contended") == "true"]
+    contended = [job for job in jobs if job.folder is not None and _tag(job.folder, tag.CONTENDED) == "true"]
     if contended:
         names = ", ".join(f"#{job.num}" for job in contended)
         notes.append(
-            f"{names} ran on a contended machine (sentinel.contended=true: other processes took CPU the "
+            f"{names} ran on a contended machine ({tag.CONTENDED}=true: other processes took CPU the "
             f"server needed); the verdicts hold for the noise the rounds saw, but the numbers are not this "
             f"machine's quiet ones"
         )
@@ -402,7 +407,7 @@ def _with_sweep_notes(comparison: Comparison, jobs: list[JobOutcome]) -> Compari
 
 
 def _tag(folder: Path, name: str) -> str | None:
-    run = _read_json(folder / "run.json") or {}
+    run = _read_json(RunFolder(folder).run_json) or {}
     tags = run.get("tags")
     return str(tags[name]) if isinstance(tags, dict) and name in tags else None
 
@@ -412,15 +417,13 @@ def _sweep_report(
 ) -> list[Path]:
     """report.md of the sweep with its CDFs and percentile bars; a failure costs only the pictures."""
     from sentinel_exp.report import console as ui
-    from sentinel_exp.report.markdown import write_sweep_report
+    from sentinel_exp.report.markdown import SweepText, write_sweep_report
     from sentinel_exp.sweep.study import arm_records, percentile_rows, verdict_line
 
     try:
         return write_sweep_report(
             sweep_dir,
-            _sweep_title(config),
-            table,
-            [verdict_line(comparison) for comparison in comparisons],
+            SweepText(_sweep_title(config), table, [verdict_line(comparison) for comparison in comparisons]),
             {arm.name: arm_records(arm) for arm in configurations},
             percentile_rows(configurations),
         )
@@ -433,18 +436,18 @@ def read_outcomes(sweep_dir: Path, sweep_id: str | None) -> list[JobOutcome]:
     """Every job of sweep `sweep_id` under `sweep_dir`, in job order; an outcome file of another
     sweep is skipped. The search goes down any depth: hydra.sweep.subdir may nest folders."""
     jobs = []
-    for path in sweep_dir.rglob(OUTCOME_FILE):
+    for path in sweep_dir.rglob(RunFolder.SWEEP_JOB):
         outcome = _read_json(path)
         if outcome is None or outcome.get("sweep_id") != sweep_id:
             continue
-        summary = _read_json(path.parent / SUMMARY_FILE)
+        summary = RunSummary.read(path.parent)
         error = outcome.get("error")
         jobs.append(
             JobOutcome(
                 num=int(outcome["num"]),
                 overrides=[str(o) for o in outcome["overrides"]],
                 error=None if error is None else str(error),
-                metrics=None if error is not None or summary is None else dict(summary["metrics"]),
+                metrics=None if error is not None or summary is None else dict(summary.metrics),
                 folder=path.parent,
                 reused_run_id=outcome.get(REUSED),
                 not_logged=outcome.get(NOT_LOGGED),
@@ -462,17 +465,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def distinguishing_labels(jobs: list[tuple[str, ...]]) -> list[str]:
-    """Each job named by its number and the overrides that differ between jobs (the swept ones)."""
+    """Each job named by its number and the overrides that differ between jobs (the swept ones),
+    keys shortened as the comparison's names are (study.short_keys)."""
+    from sentinel_exp.sweep.study import short_keys
+
     values: dict[str, set[str]] = {}
     for _, *overrides in jobs:
         for override in overrides:
             key, _, value = override.partition("=")
             values.setdefault(key, set()).add(value)
     swept = {key for key, seen in values.items() if len(seen) > 1}
+    label = short_keys(swept)
 
     def short(override: str) -> str:  # workload.concurrency=4 -> concurrency=4: the table is narrow
         key, _, value = override.partition("=")
-        return f"{key.rsplit('.', 1)[-1]}={value}"
+        return f"{label[key]}={value}"
 
     return [
         " ".join([number, *(short(o) for o in overrides if o.partition("=")[0] in swept)])
@@ -482,7 +489,7 @@ def distinguishing_labels(jobs: list[tuple[str, ...]]) -> list[str]:
 
 def sweep_record(sweep_dir: Path) -> str | None:
     """The sweep id that on_multirun_start left in the sweep folder for the jobs."""
-    sweep_id = (_read_json(sweep_dir / SWEEP_FILE) or {}).get("sweep_id")
+    sweep_id = (_read_json(RunFolder(sweep_dir).sweep_json) or {}).get("sweep_id")
     return None if sweep_id is None else str(sweep_id)
 
 
@@ -490,7 +497,7 @@ def swept_keys(sweep_dir: Path) -> frozenset[str]:
     """The settings a sweep varies (`a=x,y`, ranges, and a preset's hydra.sweeper.params), read from
     the multirun.yaml Hydra writes into the sweep folder, so a job on any launcher can name its run
     by them."""
-    record = sweep_dir / "multirun.yaml"
+    record = RunFolder(sweep_dir).multirun
     try:
         written = record.stat().st_mtime_ns
     except OSError:

@@ -14,10 +14,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.comparison import Comparison
 
 BUDGETS_S = (60.0, 300.0, 600.0)  # the machine times the MDE is projected to
-NOISE_TAG = "sentinel.noise_of"  # on an A/A sweep's parent: "host|server kind|model"
+NOISE_TAG = tag.NOISE_OF  # on an A/A sweep's parent: "host|server kind|model"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def noise_report(comparison: Comparison, requests: int, seconds: float) -> Noise
 
 def noise_identity(tags: Mapping[str, str], params: Mapping[str, str]) -> str:
     """Where a noise figure applies: the host, the server kind and the model of a run."""
-    parts = (tags.get("sentinel.client_host"), tags.get("sentinel.server_kind"), params.get("model.name"))
+    parts = (tags.get(tag.CLIENT_HOST), tags.get(tag.SERVER_KIND), params.get("model.name"))
     return "|".join(part or "?" for part in parts)
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sentinel_exp import tags as tag
 from sentinel_exp.analysis.comparison import (
     ALPHA,
     DEFAULT_MIN_EFFECT_PCT,
@@ -29,12 +31,40 @@ from sentinel_exp.analysis.comparison import (
 )
 from sentinel_exp.analysis.stats import latency_samples
 from sentinel_exp.errors import UserError
+from sentinel_exp.names import ServerKind
 from sentinel_exp.records import RequestRecord, read_records
 from sentinel_exp.report.plots import BarRow
+from sentinel_exp.serve.sim_settings import UNMODELLED_OPTIONS, unmodelled_note
+from sentinel_exp.store.run_folder import RunFolder, RunSummary, read_run_file
 
 # Overrides that run a configuration again rather than change it.
 REPEAT_KEYS = frozenset({"repeat", "chunk"})
 BAR_RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class ArmSetup:
+    """What a configuration's runs were measured against: the server's kind and the options sent."""
+
+    server_kind: str | None
+    options: Mapping[str, Any]
+
+
+def setup_of(tags: Mapping[str, str], params: Mapping[str, str]) -> ArmSetup:
+    """From a run's tags and params (run.json, or the MLflow run: the same names)."""
+    try:
+        options = json.loads(params.get("sent_options", "{}"))
+    except ValueError:
+        options = {}
+    return ArmSetup(tags.get(tag.SERVER_KIND), options if isinstance(options, dict) else {})
+
+
+def folder_setup(folder: Path) -> ArmSetup | None:
+    try:
+        run = read_run_file(folder)
+    except UserError:
+        return None
+    return setup_of(run.tags, run.params)
 
 
 @dataclass(frozen=True)
@@ -44,6 +74,7 @@ class MeasuredJob:
     num: int
     overrides: tuple[str, ...]
     run: RunResult
+    setup: ArmSetup | None = None
 
 
 def _key(override: str) -> str:
@@ -54,31 +85,64 @@ def configuration(overrides: Sequence[str]) -> tuple[str, ...]:
     return tuple(o for o in overrides if _key(o) not in REPEAT_KEYS)
 
 
+def short_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Each setting's key as a label shows it: its last part (`workload.concurrency` is
+    `concurrency`: tables are narrow), unless another of `keys` ends the same way
+    (`server.keep_alive`, `workload.keep_alive`), when both keep their whole path."""
+    paths = {key: key.lstrip("+~") for key in keys}
+    ends = Counter(path.rsplit(".", 1)[-1] for path in set(paths.values()))
+    return {key: path if ends[path.rsplit(".", 1)[-1]] > 1 else path.rsplit(".", 1)[-1] for key, path in paths.items()}
+
+
 def arm_names(configurations: Sequence[tuple[str, ...]]) -> list[str]:
     """Each configuration named by the overrides that differ between them (the swept values),
-    keys shortened to their last part: `options=low_ctx`, `keep_alive=-1 concurrency=4`."""
+    keys shortened (short_keys): `options=low_ctx`, `keep_alive=-1 concurrency=4`."""
     seen: dict[str, set[str]] = {}
     for overrides in configurations:
         for override in overrides:
             key, _, value = override.partition("=")
             seen.setdefault(key, set()).add(value)
     swept = {key for key, values in seen.items() if len(values) > 1}
+    label = short_keys(swept)
 
     def short(override: str) -> str:
         key, _, value = override.partition("=")
-        return f"{key.lstrip('+~').rsplit('.', 1)[-1]}={value.replace(chr(92), '')}"
+        return f"{label[key]}={value.replace(chr(92), '')}"
 
     names = [" ".join(short(o) for o in overrides if o.partition("=")[0] in swept) for overrides in configurations]
     return [name or "(all)" for name in names]
 
 
+def _grouped(jobs: Sequence[MeasuredJob]) -> dict[str, list[MeasuredJob]]:
+    """The jobs of each configuration, by its name, in the order the first job of each ran."""
+    grouped: dict[tuple[str, ...], list[MeasuredJob]] = {}
+    for job in sorted(jobs, key=lambda j: j.num):
+        grouped.setdefault(configuration(job.overrides), []).append(job)
+    return dict(zip(arm_names(list(grouped)), grouped.values(), strict=True))
+
+
 def arms(jobs: Sequence[MeasuredJob]) -> list[Arm]:
     """The configurations of a sweep in the order their first job ran, each with its repeats."""
-    grouped: dict[tuple[str, ...], list[RunResult]] = {}
-    for job in sorted(jobs, key=lambda j: j.num):
-        grouped.setdefault(configuration(job.overrides), []).append(job.run)
-    names = arm_names(list(grouped))
-    return [Arm(name, tuple(runs)) for name, runs in zip(names, grouped.values(), strict=True)]
+    return [Arm(name, tuple(job.run for job in group)) for name, group in _grouped(jobs).items()]
+
+
+def arm_setups(jobs: Sequence[MeasuredJob]) -> dict[str, ArmSetup]:
+    """Each configuration's setup, by its name (as `arms` names it), from its first job."""
+    return {name: group[0].setup for name, group in _grouped(jobs).items() if group[0].setup is not None}
+
+
+def with_setup_notes(comparisons: Sequence[Comparison], setups: Mapping[str, ArmSetup]) -> list[Comparison]:
+    """Each comparison with a note where its arms differ in options the server they ran on does
+    not model (the simulated server's runner options): its rows then say nothing of them."""
+    noted = []
+    for comparison in comparisons:
+        base, cand = setups.get(comparison.baseline), setups.get(comparison.candidate)
+        note = None
+        if base is not None and cand is not None and ServerKind.simulated in (base.server_kind, cand.server_kind):
+            differ = {k: True for k in UNMODELLED_OPTIONS if base.options.get(k) != cand.options.get(k)}
+            note = unmodelled_note(differ)
+        noted.append(replace(comparison, notes=(*comparison.notes, note)) if note else comparison)
+    return noted
 
 
 def pick_baseline(candidates: Sequence[Arm], baseline: str | None) -> int:
@@ -136,13 +200,10 @@ def _explained(comparison: Comparison) -> Comparison:
     return dataclasses.replace(comparison, notes=(*comparison.notes, note))
 
 
-STUDY_FILE = "study.json"  # in a sweep folder: the interleaved study's design as it ran (run/rounds.py)
-
-
 def read_study(sweep_dir: Path) -> dict[str, Any]:
     """The study's design as it ran; empty for a sequential sweep."""
     try:
-        data = json.loads((sweep_dir / STUDY_FILE).read_text(encoding="utf-8"))
+        data = json.loads(RunFolder(sweep_dir).study.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -171,14 +232,10 @@ def study_lines(sweep_dir: Path) -> list[str]:
     return lines
 
 
-# Where a job's records are: its own, or those of the earlier run it reused (run/experiment.py).
-RECORD_FILES = ("requests.jsonl", "reused_requests.jsonl")
-
-
 def load_run(folder: Path, metrics: dict[str, float]) -> RunResult | None:
     """A job's records from its folder (None when it wrote none), with the interleaved study it was
     measured in."""
-    path = next((folder / name for name in RECORD_FILES if (folder / name).is_file()), None)
+    path = RunFolder(folder).records_or_reused()
     if path is None:
         return None
     return RunResult(records=tuple(read_records(path)), metrics=metrics, study=study_of(folder))
@@ -186,25 +243,17 @@ def load_run(folder: Path, metrics: dict[str, float]) -> RunResult | None:
 
 def study_of(folder: Path) -> str | None:
     """The study a job's run was measured in: its run.json's tag, or the reused run's (summary.json)."""
-    for name, read in (("run.json", _tag_study), ("summary.json", _summary_study)):
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        found = read(data)
-        if found:
-            return found
-    return None
+    try:
+        found = _tag_study(json.loads(RunFolder(folder).run_json.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        found = None
+    reused = RunSummary.read(folder)
+    return found or (reused.study_id if reused is not None else None)
 
 
 def _tag_study(run: dict[str, Any]) -> str | None:
     tags = run.get("tags") if isinstance(run, dict) else None
-    return str(tags["sentinel.study_id"]) if isinstance(tags, dict) and tags.get("sentinel.study_id") else None
-
-
-def _summary_study(summary: dict[str, Any]) -> str | None:
-    study = summary.get("study_id") if isinstance(summary, dict) else None
-    return str(study) if study else None
+    return str(tags[tag.STUDY_ID]) if isinstance(tags, dict) and tags.get(tag.STUDY_ID) else None
 
 
 @dataclass(frozen=True)

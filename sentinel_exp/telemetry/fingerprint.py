@@ -7,6 +7,8 @@ import platform
 
 import psutil
 
+from sentinel_exp import tags as tag
+
 from .gpu import GpuProbe
 
 PACKAGES = (
@@ -42,15 +44,15 @@ def package_version(dist: str) -> str:
 def _gpu_tags(probe: GpuProbe) -> dict[str, str]:
     devs = probe.devices if probe.available else []
     tags = {
-        "sentinel.gpu_available": "true" if devs else "false",
-        "sentinel.gpu_name": ",".join(d.name for d in devs) or "none",
-        "sentinel.gpu_count": str(len(devs)),
-        "sentinel.gpu_vram_mb": ",".join(str(round(d.memory_total_mb)) for d in devs) or "0",
-        "sentinel.gpu_driver": probe.driver_version or "n/a",
-        "sentinel.cuda_driver_version": probe.cuda_driver_version or "n/a",
+        tag.GPU_AVAILABLE: "true" if devs else "false",
+        tag.GPU_NAME: ",".join(d.name for d in devs) or "none",
+        tag.GPU_COUNT: str(len(devs)),
+        tag.GPU_VRAM_MB: ",".join(str(round(d.memory_total_mb)) for d in devs) or "0",
+        tag.GPU_DRIVER: probe.driver_version or "n/a",
+        tag.CUDA_DRIVER_VERSION: probe.cuda_driver_version or "n/a",
     }
     if not devs:
-        tags["sentinel.gpu_unavailable_reason"] = probe.reason or "no GPU detected"
+        tags[tag.GPU_UNAVAILABLE_REASON] = probe.reason or "no GPU detected"
     return tags
 
 
@@ -62,15 +64,15 @@ def environment_fingerprint(gpu_probe: GpuProbe | None = None) -> dict[str, str]
     """
     vm = psutil.virtual_memory()
     tags = {
-        "sentinel.cpu_model": cpu_model(),
-        "sentinel.cpu_cores_logical": str(psutil.cpu_count(logical=True) or "unknown"),
-        "sentinel.cpu_cores_physical": str(psutil.cpu_count(logical=False) or "unknown"),
-        "sentinel.ram_gb": f"{vm.total / 1024**3:.1f}",
-        "sentinel.os": platform.platform(),
-        "sentinel.python": platform.python_version(),
+        tag.CPU_MODEL: cpu_model(),
+        tag.CPU_CORES_LOGICAL: str(psutil.cpu_count(logical=True) or "unknown"),
+        tag.CPU_CORES_PHYSICAL: str(psutil.cpu_count(logical=False) or "unknown"),
+        tag.RAM_GB: f"{vm.total / 1024**3:.1f}",
+        tag.OS: platform.platform(),
+        tag.PYTHON: platform.python_version(),
     }
     for dist in PACKAGES:
-        tags[f"sentinel.pkg.{dist}"] = package_version(dist)
+        tags[tag.package(dist)] = package_version(dist)
     probe = gpu_probe if gpu_probe is not None else GpuProbe()
     try:
         probe.open()

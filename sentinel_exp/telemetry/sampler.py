@@ -90,10 +90,8 @@ class Sampler:
         interval_s: float = 0.1,
         server_pid: int | None = None,
         gpu_probe: GpuProbe | None = None,
-        clock: Callable[[], float] = time.monotonic,
         *,
         gpu: bool = True,
-        wall_clock: Callable[[], float] = time.time,
         discovery_budget: float | None = 0.002,
         host: HostProbe | None = None,
     ) -> None:
@@ -101,8 +99,8 @@ class Sampler:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
         self.interval_s = float(interval_s)
         self.server_pid = server_pid
-        self._clock = clock
-        self._wall = wall_clock
+        self._clock: Callable[[], float] = time.monotonic
+        self._wall: Callable[[], float] = time.time
         self.host = host
         gpu = gpu and host is None  # a host probe brings the target's GPUs, if any
         self._owns_gpu = gpu and gpu_probe is None
@@ -113,7 +111,7 @@ class Sampler:
         self._own = OwnProcessProbe()
         self._n_cpus = psutil.cpu_count() or 1
         self._tree = (
-            ProcessTreeProbe(server_pid, clock=clock, discovery_budget=discovery_budget) if server_pid else None
+            ProcessTreeProbe(server_pid, clock=self._clock, discovery_budget=discovery_budget) if server_pid else None
         )
         self._lock = threading.Lock()
         self._stop_evt = threading.Event()

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 from support.cli import REPO, SIM, cli_env, job_runs, mlflow_runs, output_dirs, run_cli
+from support.require import require_module
 
 from sentinel_exp.records import read_records
 
@@ -174,7 +175,7 @@ def test_the_installed_wheel_runs_from_any_directory(tmp_path):
 @pytest.mark.embedded
 @pytest.mark.timing
 def test_the_default_run_benchmarks_the_embedded_model(tmp_path):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
     from sentinel_exp.serve.threads import THREADS_ENV
 
     # One llama.cpp thread, as in test_embedded.py: two spin at barriers, and with one core taken by
@@ -299,10 +300,36 @@ def test_help_shows_usage_groups_and_settings(tmp_path):
     assert result.returncode == 0, result.output
     assert result.stdout.startswith("sentinel-exp: declarative latency experiments")
     assert "python -m sentinel_exp -m group=a,b" in result.stdout
-    assert "options: default, low_ctx, seed_baseline" in result.stdout
+    # One line per choice, this run's marked, each described; a sweep preset with its job count.
+    assert re.search(
+        r"\noptions:\n  \* default +Send no Ollama options.*\n    low_ctx +The seed's proposal", result.stdout
+    )
+    assert re.search(
+        r"\n    keep_alive_ab +keep_alive unset vs -1 \(the seed's before/after\) \(2 jobs\)\n", result.stdout
+    )
+    assert re.search(r"\n    num_ctx +num_ctx: 512\n", result.stdout)  # the ablation arms, by their values
     # Every setting with its value and its description from the typed config.
     assert re.search(r"\n  workload\.concurrency: 1 +Requests in flight at once\.\n", result.stdout)
+    # The companion commands and what the exit statuses mean.
+    for command in ("python -m sentinel_exp.compare", "python -m sentinel_exp.sync", "python -m sentinel_exp.serve"):
+        assert command in result.stdout
+    assert "Exit status: 0 the run finished; 2 a mistake" in result.stdout and "4 measured, but not in" in result.stdout
     assert not (tmp_path / "outputs").exists() and mlflow_runs(tmp_path) == []
+
+
+def test_help_for_a_preset_shows_it_whole_and_marks_what_differs_from_the_default(tmp_path):
+    options = run_cli(tmp_path, "--help", "options=low_ctx")
+    assert options.returncode == 0, options.output
+    # Where each of the proposal's numbers comes from in the seed, as its file says.
+    assert "== options=low_ctx (conf/options/low_ctx.yaml) ==" in options.stdout
+    assert 'num_ctx: 512      # hypothesis 3 "num_ctx: 512 (reducir context window)"' in options.stdout
+    assert re.search(r"\n\* options\.num_ctx: 512 +Context window .*\[default: null\]\n", options.stdout)
+    assert re.search(r"\n  options\.seed: 42 +Sampling seed", options.stdout)  # as the default: unmarked
+    sweep = run_cli(tmp_path, "--help", "-m", "options=default,low_ctx", "sweep=repeat3")
+    assert sweep.returncode == 0, sweep.output
+    assert "== Sweep repeat3: each configuration three times ==" in sweep.stdout
+    assert "\n  options: default, low_ctx\n  repeat: 0, 1, 2\n  6 jobs (sweep.order=sequential)\n" in sweep.stdout
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
 def test_a_negative_server_keep_alive_reaches_the_server(tmp_path):  # "-1m" is not an option flag
@@ -362,3 +389,72 @@ def test_ctrl_c_during_start_up_ends_at_once_and_leaves_nothing_running(tmp_path
     assert "Traceback" not in stdout + stderr
     assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers)
     assert [run.info.status for run in mlflow_runs(tmp_path) if run.info.status == "RUNNING"] == []
+
+
+def test_ctrl_c_before_the_measured_phase_leaves_run_json_killed_and_no_mlflow_run(tmp_path):
+    # Warmup's first request waits on a 20 s model load: stopped there, the run measured nothing.
+    # Its folder says so (run.json KILLED); a run with no measurement is not uploaded to MLflow.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", *SIM, "workload=quick", "server.sim.load_ms=20000", "workload.warmup=1"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob("outputs/*/*/run.json")):
+        time.sleep(0.05)
+    time.sleep(1.0)  # into warmup: the first request waits on the load
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stdout + stderr
+    [folder] = output_dirs(tmp_path)
+    run = json.loads((folder / "run.json").read_text())
+    assert run["status"] == "KILLED" and run["mlflow_run_id"] is None
+    assert not (folder / "requests.jsonl").exists() or all(
+        r.phase != "measured" for r in read_records(folder / "requests.jsonl")
+    )
+    assert mlflow_runs(tmp_path) == []
+
+
+@pytest.mark.parametrize("after_s", [0.5, 1.0])
+def test_ctrl_c_in_the_first_second_prints_no_traceback_and_leaves_no_folder(tmp_path, after_s):
+    """Ctrl-C while Python imports, Hydra composes or the bundled server starts: exit 130 with one
+    line, and no run folder unless a request had been sent (on a fast machine one may have)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel_exp", "server=simulated", "workload.requests=40"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A test run as a background job inherits SIGINT ignored; the user's terminal never is.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stderr
+    for folder in tmp_path.glob("outputs/*/*"):
+        records = folder / "requests.jsonl"
+        assert records.is_file() and records.read_text().strip(), f"{sorted(p.name for p in folder.iterdir())}"
+    assert mlflow_runs(tmp_path) == []
+
+
+def test_what_a_run_prints_is_rounded_and_in_number(tmp_path):
+    """A duration computed from a rate is shown as a person writes it (2.3 s, not 2.30259 s), and
+    one request is one request, not "1 requests"."""
+    result = run_cli(
+        tmp_path, *SIM, "workload.requests=1", "workload.rate=2", "server.keep_alive=1s", "tracking.enabled=false"
+    )
+    assert result.returncode == 0, result.output
+    text = " ".join(result.output.split())
+    # -ln(0.01) / 2 per s: the gap one arrival in a hundred exceeds.
+    assert (
+        "keep_alive of 1 s (the bundled server's default) is shorter than the workload's longest idle gap of 2.3 s:"
+        in text
+    )
+    assert "(mean shares over 1 request)" in text
+    assert "2.30259" not in text and "1 requests" not in text

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from sentinel_exp.clients import send_request, wire_api
+from sentinel_exp.clients.base import Prompt
 from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.names import Api, Phase
 from sentinel_exp.records import RequestRecord
@@ -33,7 +34,7 @@ async def run_requests(
         wire = wire_api(api)
 
         async def one(i):
-            spec = wire.build_request(model, "why is the sky blue", 0, None, options, None)
+            spec = wire.build_request(model, Prompt("why is the sky blue"), options, None)
             record = RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=0, api=api)
             return await send_request(client, spec, record, wire.reader)
 
@@ -110,7 +111,7 @@ def test_cancellation_leaves_a_cancelled_record_and_the_client_usable(sim_server
         async with open_client(server.url, transport=transport) as client:
             record = RequestRecord(index=0, phase=Phase.MEASURED, prompt_index=0, api="chat")
             chat = wire_api(Api.chat)
-            spec = chat.build_request("smollm2:135m", "x", 0, None, {"num_predict": 50}, None)
+            spec = chat.build_request("smollm2:135m", Prompt("x"), {"num_predict": 50}, None)
             task = asyncio.create_task(send_request(client, spec, record, chat.reader))
             await asyncio.sleep(0.3)
             task.cancel()
@@ -118,7 +119,7 @@ def test_cancellation_leaves_a_cancelled_record_and_the_client_usable(sim_server
                 await task
             # The client's one connection was given up half-read: the next request gets a new one.
             after = RequestRecord(index=1, phase=Phase.MEASURED, prompt_index=0, api="chat")
-            short = chat.build_request("smollm2:135m", "x", 0, None, {"num_predict": 2}, None)
+            short = chat.build_request("smollm2:135m", Prompt("x"), {"num_predict": 2}, None)
             await asyncio.wait_for(send_request(client, short, after, chat.reader), timeout=10)
             return record, after
 
@@ -144,7 +145,7 @@ def test_poisson_arrivals_that_find_the_client_full_show_their_wait(sim_server_f
         async with open_client(server.url, transport=transport) as client:
 
             async def send_one(index, arrival_ns, keep):
-                spec = chat.build_request("smollm2:135m", "x", 0, None, {}, None)
+                spec = chat.build_request("smollm2:135m", Prompt("x"), {}, None)
                 record = RequestRecord(index=index, phase=Phase.MEASURED, prompt_index=0, api="chat")
                 await send_request(client, spec, record, chat.reader, arrival_ns)
                 keep(record)
@@ -243,7 +244,7 @@ def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_reused(tran
                 if i:
                     await asyncio.sleep(0.3)  # the server has closed the idle connection by now
                 record = RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=0, api="chat")
-                spec = chat.build_request("m", "x", 0, None, {}, None)
+                spec = chat.build_request("m", Prompt("x"), {}, None)
                 records.append(await send_request(client, spec, record, chat.reader))
         return records
 

@@ -7,6 +7,7 @@ import pytest
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 from support.compose import NotPlain, composed, plain_group_file, variant
+from support.require import require
 
 from sentinel_exp.cli.app import config_dir
 from sentinel_exp.config.schema import ExperimentConfig, register_configs, typed_config
@@ -21,8 +22,8 @@ OURS = "hydra_plugins.sentinel_exp_sweeper.sentinel_sweeper.SentinelSweeper"
 
 @pytest.mark.parametrize(("group", "choice"), CHOICES)
 def test_each_choice_composes_validates_and_matches_the_quick_variant(group, choice):
-    if (group, choice) == ("sweep", "optuna") and not HAS_OPTUNA:
-        pytest.skip("the optuna extra is not installed")
+    if (group, choice) == ("sweep", "optuna"):
+        require(HAS_OPTUNA, "the optuna extra is not installed (pip install -e '.[optuna]')")
     hydra_made = composed(f"{group}={choice}")
     assert isinstance(typed_config(hydra_made), ExperimentConfig)
     try:
@@ -48,8 +49,8 @@ def test_the_quick_variant_applies_values_as_hydra_does(overrides):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_each_preset_is_a_named_multirun(name):
-    if name == "optuna" and not HAS_OPTUNA:
-        pytest.skip("the optuna extra is not installed")
+    if name == "optuna":
+        require(HAS_OPTUNA, "the optuna extra is not installed (pip install -e '.[optuna]')")
     cfg = composed(f"sweep={name}", hydra=True)
     assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.hydra.sweeper.params
     assert cfg.sweep.name == name and cfg.sweep.description

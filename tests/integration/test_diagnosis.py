@@ -11,9 +11,9 @@ import json
 import statistics
 
 import pytest
-from support.cli import mlflow_runs
+from support.cli import mlflow_runs, run_cli
 
-from sentinel_exp.records import read_records
+from sentinel_exp.records import read_records, request_numbers
 
 FAST = ["server=simulated", "server.sim.jitter_ms=0", "telemetry.enabled=false", "plots=false"]
 # A busy machine wakes the server a few ms late (CI once saw 9 ms on one token), and a load is an
@@ -89,7 +89,7 @@ def test_keep_alive_0_makes_load_dominate_every_request_cold_and_explains_why(tm
     assert f"- {verdict.splitlines()[0]}" in (result.output_dir / "report.md").read_text()
     # One warning for the one cause, from the server's own log: keep_alive 0 unloads after each request.
     [cold_warning] = [w for w in summary["warnings"] if "cold after the model had been loaded" in w]
-    assert cold_warning.startswith("4 measured requests were cold after the model had been loaded (first: request 0)")
+    assert cold_warning.startswith("4 measured requests were cold after the model had been loaded (first: request 2)")
     assert "(keep_alive 0)" in cold_warning and "workload.keep_alive" in cold_warning
     assert result.stdout.count("cold after the model had been loaded") == 1
 
@@ -176,4 +176,33 @@ def test_queueing_dominates_when_four_clients_share_one_slot(tmp_path, run_exper
     assert_recovers(m, ordered, "ttft", "prefill", 10.0)
     assert_recovers(m, ordered, "ttft", "load", 0.0)
     assert run.data.tags["sentinel.verdict"].startswith("TTFT is mostly queueing")
+    assert (
+        "to cut queueing (TTFT and E2E's largest part): more generation slots on the server"
+        in (run.data.tags["sentinel.verdict"])
+    )
     assert m["cold_starts"] == 0
+
+
+def test_the_console_the_timeline_and_the_scripted_faults_number_requests_alike(tmp_path):
+    """Request N is the Nth the run sent, warmup included, counted from 1: the fault scripted for
+    request 4 strikes the second measured request, and the cold warning names request 3, the first
+    measured one, after two warmup requests (keep_alive 0: every request finds the model gone)."""
+    result = run_cli(
+        tmp_path,
+        *FAST,
+        "server.sim.load_ms=120",
+        "server.sim.tokens=3",
+        "workload.requests=4",
+        "workload.warmup=2",
+        "workload.keep_alive=0",
+        "server.sim.faults={4:http_500}",
+    )
+    assert result.returncode == 0, result.output
+    [records_path] = tmp_path.glob("outputs/*/*/requests.jsonl")
+    records = read_records(records_path)
+    [failed] = [r for r in records if not r.ok]
+    assert (failed.phase, failed.index, failed.error_class) == ("measured", 1, "HTTP500")
+    assert request_numbers(records)[id(failed)] == 4
+    said = " ".join(result.stdout.split())
+    assert "(first: request 3)" in said
+    assert "to cut model load (TTFT and E2E's largest part): keep the model loaded" in said

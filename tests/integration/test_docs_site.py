@@ -2,12 +2,11 @@
 127.0.0.1, and its home page loaded in a real headless Chromium, which must render the title, the
 navigation and the picture. Chromium is Debian's `chromium` package, driven over its DevTools pipe
 (scripts/headless_chromium.py). Without it the test is skipped, except in CI, where .ci/run installs
-it and the test must run."""
+it and the test must run (tests/support/require.py)."""
 
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 import sys
 import threading
@@ -18,16 +17,13 @@ from pathlib import Path
 
 import pytest
 from support.cli import REPO
+from support.require import require
 
 sys.path.insert(0, str(REPO / "scripts"))
 
 from headless_chromium import Chromium, find_chromium
 
-if find_chromium() is None and os.environ.get("CI") != "true":
-    pytest.skip(
-        "no Chromium on PATH (apt-get install chromium); skipped outside CI only: with CI=true this test must run",
-        allow_module_level=True,
-    )
+require(find_chromium(), "no Chromium on PATH (apt-get install chromium)")
 
 # The sections and a page of each, as mkdocs.yml's nav names them.
 NAV = (
@@ -79,7 +75,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_home_page_renders_its_title_navigation_and_picture(site: Path) -> None:
-    assert find_chromium(), "CI=true and no Chromium on PATH: .ci/run installs Debian's chromium"
     with served(site) as base, Chromium() as browser:
         browser.open(base)
         browser.wait_for(f"({NAV_LINKS_JS}).length >= {len(NAV)}", 60, what="the navigation")
@@ -101,4 +96,4 @@ def test_the_home_page_renders_its_title_navigation_and_picture(site: Path) -> N
         )
         browser.open(href)
         browser.wait_for("document.title === 'Comparing configurations - sentinel-exp'", 30, what="the comparing page")
-        assert "keep_alive=-1 vs keep_alive=null" in browser.text()
+        assert "best: keep_alive=-1 (TTFT p95" in browser.text()

@@ -20,6 +20,7 @@ import pytest
 from support.cli import cli_env, mlflow_runs
 from support.doctor import diagnose_here
 
+from sentinel_exp import tags as tag
 from sentinel_exp.doctor.hypotheses import Cause, Status
 from sentinel_exp.doctor.text import Report, answer
 
@@ -210,14 +211,14 @@ def test_ctrl_c_writes_the_report_of_what_finished_and_a_rerun_resumes(tmp_path,
     assert "Fix: keep_alive=-1: TTFT p" in second.stdout
     assert not (tmp_path / "second" / "baseline").exists()
     runs = mlflow_runs(tmp_path)
-    parents = {r.data.tags["sentinel.output_dir"]: r for r in runs if r.data.tags.get("sentinel.doctor") == "true"}
+    parents = {r.data.tags[tag.OUTPUT_DIR]: r for r in runs if r.data.tags.get(tag.DOCTOR) == "true"}
     stopped_run, resumed = parents[str(tmp_path / "first")], parents[str(tmp_path / "second")]
     assert (stopped_run.info.status, resumed.info.status) == ("KILLED", "FINISHED")
-    assert resumed.data.tags["sentinel.verdict"].startswith("TTFT p")
-    assert resumed.data.tags["sentinel.doctor_resumed_from"] == str(tmp_path / "first")
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == resumed.info.run_id]
+    assert resumed.data.tags[tag.VERDICT].startswith("TTFT p")
+    assert resumed.data.tags[tag.DOCTOR_RESUMED_FROM] == str(tmp_path / "first")
+    children = [r for r in runs if r.data.tags.get(tag.PARENT_RUN_ID) == resumed.info.run_id]
     assert len(children) == 3  # the study's arms; its baseline is the stopped doctor's child
-    baseline = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == stopped_run.info.run_id]
+    baseline = [r for r in runs if r.data.tags.get(tag.PARENT_RUN_ID) == stopped_run.info.run_id]
     assert any(r.info.run_name == "doctor baseline: as given" for r in baseline)
     assert os.path.exists(tmp_path / "second" / "report.md")
 

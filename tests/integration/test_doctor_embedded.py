@@ -13,15 +13,20 @@ import time
 import psutil
 import pytest
 from support.cli import mlflow_runs, run_cli
+from support.require import require, require_module
 
-pytest.importorskip("llama_cpp")
+require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
 
-from sentinel_exp.serve.engines import registry
+from sentinel_exp import tags as tag  # noqa: E402
+from sentinel_exp.serve.engines import registry  # noqa: E402
+from sentinel_exp.store.run_folder import RunFolder  # noqa: E402
 
 pytestmark = pytest.mark.embedded
 
-if registry.bundled_model_path() is None:
-    pytest.skip(f"the bundled {registry.BUNDLED_TAG} GGUF is not installed", allow_module_level=True)
+require(
+    registry.bundled_model_path(),
+    f"the bundled {registry.BUNDLED_TAG} GGUF is not installed ({registry.EXTRA_HINT})",
+)
 
 
 @pytest.mark.timing
@@ -41,7 +46,8 @@ def test_threads_over_the_cores_are_named_and_num_thread_at_the_free_cores_verif
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.output[-4000:]
     assert elapsed <= 600, f"the doctor took {elapsed:.0f} s"
-    report = (tmp_path / "doctor" / "report.md").read_text()
+    folder = RunFolder(tmp_path / "doctor")
+    report = folder.report.read_text()
     [threads] = [line for line in report.splitlines() if line.startswith("- CPU threads (num_thread)")]
     assert f"4 llama.cpp threads on {psutil.cpu_count()} cores" in threads, threads
     assert "num_thread=" in threads and "paired rounds" in threads
@@ -51,7 +57,7 @@ def test_threads_over_the_cores_are_named_and_num_thread_at_the_free_cores_verif
     assert answer.startswith("**E2E p50 ") and "Fix: num_thread=" in answer, answer
     assert "options.num_thread=" in report.partition("## Recommended configuration")[2].partition("##")[0]
     assert "no GPU on this machine" in report
-    state = json.loads((tmp_path / "doctor" / "doctor.json").read_text())
+    state = json.loads(folder.doctor.read_text())
     assert state["finished"] and "num_thread" in state["studies"] and state["spent_s"] <= 600
-    [parent] = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("sentinel.doctor") == "true"]
-    assert parent.info.status == "FINISHED" and parent.data.tags["sentinel.verdict"].startswith("E2E p50 ")
+    [parent] = [r for r in mlflow_runs(tmp_path) if r.data.tags.get(tag.DOCTOR) == "true"]
+    assert parent.info.status == "FINISHED" and parent.data.tags[tag.VERDICT].startswith("E2E p50 ")

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.require import require, require_module
 
-pytest.importorskip("llama_cpp")
-httpx = pytest.importorskip("httpx")
+require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
+import httpx  # noqa: E402
 
 from sentinel_exp.names import ServerKind  # noqa: E402
 from sentinel_exp.serve.engines import registry  # noqa: E402
@@ -45,8 +46,7 @@ DURATIONS = (
     "eval_duration",
 )
 
-if registry.bundled_model_path() is None:
-    pytest.skip(f"the bundled {MODEL} GGUF is not installed ({registry.EXTRA_HINT})", allow_module_level=True)
+require(registry.bundled_model_path(), f"the bundled {MODEL} GGUF is not installed ({registry.EXTRA_HINT})")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from support.cli import REPO, run_cli
 
 from sentinel_exp.names import ServerKind
 from sentinel_exp.serve.launch import BundledServer, running_server
+from sentinel_exp.urls import TRACKING_SCHEMES
 
 QUICK = ["workload=quick", "telemetry.enabled=false", "plots=false"]
 SIM = ["server=simulated", *QUICK]
@@ -75,11 +76,16 @@ CASES = [
         "workload.api=generate needs an Ollama server",
         2,
     ),
+    Case("an option value that is no value of it", ("options.num_ctx=-5",), "options.num_ctx=-5 is not a", 2),
+    Case("an answer of no tokens asked for", ("options.num_predict=0",), "no first token to time", 2),
+    Case("a server URL for a bundled server", ("server.url=http://127.0.0.1:1",), "is not used by server=simulated", 2),
     Case("an SLO target that is no number", ("slo.ttft_ms_p50=fast",), "slo.ttft_ms_p50 takes a number", 2),
     Case("an unknown SLO metric", ("slo.nonsense=3",), "slo.nonsense: not a metric", 2),
+    Case("a misspelt SLO metric", ("slo.ttft_ms_p5=300",), "did you mean ttft_ms_p50?", 2),
     # Where the run would write.
     Case("an output folder under a file", ("hydra.run.dir={file}/run",), "is a file, not a folder", 2),
     Case("an MLflow store under a file", ("tracking.uri=sqlite:///{file}/mlflow.db",), "is a file", 2),
+    Case("a tracking URI no store answers to", ("tracking.uri=ftp://x",), "is no store MLflow can log to", 2),
     # Measured all the same: the run folder holds it until `python -m sentinel_exp.sync` uploads it.
     Case("a tracking server that is down", ("tracking.uri=http://127.0.0.1:9",), "not logged to MLflow", 4),
     # The server.
@@ -98,12 +104,23 @@ CASES = [
         "answers 404 Not Found",
         2,
     ),
-    Case("an option lint finding under lint=strict", ("lint=strict", "options=low_ctx"), "lint=strict", 2),
+    Case(
+        "an option lint finding under lint=strict",
+        ("server=ollama", "server.url={url}", "lint=strict", "options=low_ctx"),
+        "lint=strict",
+        2,
+    ),
     # What the server answers: the run measured, and gave up.
     Case(
         "every request timing out",
         ("server.sim.ttft_ms=600", "workload.timeout_s=0.2", "workload.warmup=0"),
         "no measured request succeeded: 5 failed (ReadTimeout 5)",
+        3,
+    ),
+    Case(
+        "a timeout no warmup request could meet",
+        ("server.sim.ttft_ms=600", "workload.timeout_s=0.2"),
+        "every warmup request (1) timed out after workload.timeout_s=0.2 s",
         3,
     ),
     Case(
@@ -153,8 +170,26 @@ def test_each_bad_input_gets_its_message_and_exit_status(outcomes, index):
     assert "sk-123" not in result.output
 
 
+@pytest.mark.parametrize("index", [i for i, c in enumerate(CASES) if c.status == 2], ids=lambda i: CASES[i].what)
+def test_a_bad_input_is_one_error_line_and_leaves_no_run_folder(outcomes, index):
+    result = outcomes[index]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and CASES[index].fragment in errors[0], result.stderr
+    # Stopped before the first request: nothing in outputs/ (hydra.run.dir's default) or elsewhere.
+    made = [p for p in result.cwd.rglob("*") if p.name in {"run.json", "config.yaml", "requests.jsonl"}]
+    assert made == [], made
+
+
 def test_the_troubleshooting_page_lists_the_same_cases():
     text = (REPO / "docs" / "guides" / "troubleshooting.md").read_text(encoding="utf-8")
     section = text.split("## When something is wrong", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| (.+?) \| `(.+?)` \| (\d) \|$", section, flags=re.M)
     assert [(what, int(status)) for what, _, status in rows] == [(c.what, c.status) for c in CASES]
+
+
+def test_the_tracking_uris_the_config_accepts_are_the_stores_mlflow_has():
+    """`tracking.uri=ftp://x` is refused before measuring because no MLflow store takes it; any
+    scheme MLflow has a store for must pass."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    assert set(_tracking_store_registry._registry) == TRACKING_SCHEMES

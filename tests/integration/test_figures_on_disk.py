@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import struct
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support.run_data import run_records, samples
@@ -17,21 +16,24 @@ from sentinel_exp.records import RequestRecord
 from sentinel_exp.report import markdown as report
 from sentinel_exp.report import plots
 from sentinel_exp.report.plots import BarRow
+from sentinel_exp.store.run_folder import RunSummary
 from sentinel_exp.telemetry.sampler import Sample
 
 
-def summary() -> dict[str, Any]:
-    return {
-        "run_id": "abc123",
-        "run_name": "options=low_ctx qwen2.5:0.5b @simulated",
-        "status": RunStatus.FINISHED,
-        "metrics": {"ttft_ms_p50": 81.5, "ttft_ms_p95": 90.0, "ttft_ms_max": 91.0, "requests_ok": 10.0},
-        "errors": {},
-        "server": {"kind": "simulated", "url": "http://127.0.0.1:11434"},
-        "model": {"tag": "qwen2.5:0.5b"},
-        "telemetry_notes": [],
-        "warnings": [],
-    }
+def summary() -> RunSummary:
+    return RunSummary.from_dict(
+        {
+            "run_id": "abc123",
+            "run_name": "options=low_ctx qwen2.5:0.5b @simulated",
+            "status": RunStatus.FINISHED,
+            "metrics": {"ttft_ms_p50": 81.5, "ttft_ms_p95": 90.0, "ttft_ms_max": 91.0, "requests_ok": 10.0},
+            "errors": {},
+            "server": {"kind": "simulated", "url": "http://127.0.0.1:11434"},
+            "model": {"tag": "qwen2.5:0.5b"},
+            "telemetry_notes": [],
+            "warnings": [],
+        }
+    )
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -100,9 +102,11 @@ def test_write_sweep_report(tmp_path):
     arms = {"options=low_ctx": records, "options=high_ctx": records[:6]}
     rows = [BarRow("options=low_ctx", 90.0, 95.0), BarRow("options=high_ctx", 85.0, 87.0)]
     out = tmp_path / "sweep"
-    paths = report.write_sweep_report(out, "sweep", "| a |\n|---|\n| 1 |", ["no difference"], arms, rows)
+    paths = report.write_sweep_report(
+        out, report.SweepText("sweep", "| a |\n|---|\n| 1 |", ["no difference"]), arms, rows
+    )
     assert paths == [out / "ttft_cdfs.png", out / "ttft_percentiles.png", out / "report.md"]
     assert is_png(paths[0]) and is_png(paths[1])
     assert "![TTFT CDFs by configuration](ttft_cdfs.png)" in paths[2].read_text(encoding="utf-8")
-    no_rows = report.write_sweep_report(tmp_path / "e2e", "sweep", "", [], arms, [], metric="e2e")
+    no_rows = report.write_sweep_report(tmp_path / "e2e", report.SweepText("sweep", "", []), arms, [], metric="e2e")
     assert [p.name for p in no_rows] == ["e2e_cdfs.png", "report.md"]

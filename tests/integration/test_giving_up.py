@@ -31,6 +31,18 @@ def test_a_run_whose_every_request_failed_is_failed_with_exit_3(tmp_path):
     assert summary["status"] == "FAILED" and summary["failure"].startswith("no measured request succeeded")
 
 
+def test_a_timeout_no_request_can_meet_stops_after_the_warmup(tmp_path):
+    # 100,000 requests that would each wait out the timeout: the warmup shows it, and the run stops there.
+    result = run_cli(tmp_path, *SIM, "server.sim.ttft_ms=600", "workload.timeout_s=0.2", "workload.requests=100000")
+    assert result.returncode == 3, result.output
+    assert "every warmup request (2) timed out after workload.timeout_s=0.2 s" in result.stderr
+    assert "raise workload.timeout_s" in result.stderr and "Traceback" not in result.output
+    [records] = tmp_path.glob("outputs/*/*/requests.jsonl")
+    assert [(r.phase, r.error_class) for r in read_records(records)] == [("warmup", "ReadTimeout")] * 2
+    [run] = mlflow_runs(tmp_path)
+    assert run.info.status == "FAILED"
+
+
 def test_an_error_rate_over_the_limit_stops_the_run_early(tmp_path, run_experiment):
     faults = "{" + ",".join(f"{n}:http_500" for n in range(3, 40)) + "}"  # from the 1st measured request on
     with pytest.raises(RunFailed, match=r"error rate 100% after 6 measured requests is above .*max_error_rate=0.2"):

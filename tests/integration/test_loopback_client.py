@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from sentinel_exp.clients import send_request, wire_api
+from sentinel_exp.clients.base import Prompt
 from sentinel_exp.clients.http1 import LoopbackClient
 from sentinel_exp.records import RequestRecord
 
@@ -64,7 +65,7 @@ async def fetch(script: Script, api: str, transport: str, timeout_s: float = 0.5
     wire = wire_api(api)
     async with server, client:
         record = RequestRecord(index=0, phase="measured", prompt_index=0, api=api)
-        spec = wire.build_request("m", "x", 0, None, {}, None)
+        spec = wire.build_request("m", Prompt("x"), {}, None)
         return await asyncio.wait_for(send_request(client, spec, record, wire.reader), 10)
 
 
@@ -188,7 +189,7 @@ async def two_requests_one_after_the_other(
     async with server, client:
         for index in range(2):
             record = RequestRecord(index=index, phase="measured", prompt_index=0, api="chat")
-            spec = wire.build_request("m", "x", 0, None, {}, None)
+            spec = wire.build_request("m", Prompt("x"), {}, None)
             records.append(await asyncio.wait_for(send_request(client, spec, record, wire.reader), 10))
     return records, per_connection
 

@@ -7,12 +7,12 @@ installs it and the test must run.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 
 import pytest
 from support.cli import REPO, mlflow_runs, run_cli
+from support.require import require
 
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -23,11 +23,7 @@ from sentinel_exp.store.tracking import browse_hint, runs_table_path
 
 pytestmark = pytest.mark.slow
 
-if find_chromium() is None and os.environ.get("CI") != "true":
-    pytest.skip(
-        "no Chromium on PATH (apt-get install chromium); skipped outside CI only: with CI=true this test must run",
-        allow_module_level=True,
-    )
+require(find_chromium(), "no Chromium on PATH (apt-get install chromium)")
 
 SWEEP = ("-m", "server=simulated", "workload=quick", "workload.requests=4", "server.sim.ttft_ms=40,48")
 SWEEP_FILES = {"report.md", "compare.md", "ttft_cdfs.png", "ttft_percentiles.png"}
@@ -35,7 +31,6 @@ JOB_FILES = {"report.md", "latency_cdf.png", "timeline.png", "requests.jsonl", "
 
 
 def test_the_runs_table_nests_a_sweeps_jobs_under_its_parent_and_the_parent_shows_its_report(tmp_path):
-    assert find_chromium(), "CI=true and no Chromium on PATH: .ci/run installs Debian's chromium"
     result = run_cli(tmp_path, *SWEEP)
     assert result.returncode == 0, result.output
     runs = mlflow_runs(tmp_path)

@@ -22,6 +22,7 @@ import httpx
 import psutil
 import pytest
 from support.cli import SIM, mlflow_runs, run_cli
+from support.require import require
 
 from sentinel_exp.serve.launch import BundledServer
 from sentinel_exp.store.run_folder import read_run_file, read_series
@@ -48,8 +49,8 @@ def served_scrapes(url: str) -> float:
 @pytest.fixture(scope="module")
 def node_exporter() -> Iterator[str]:
     """The real node-exporter's /metrics URL on a free loopback port, CPU and memory collectors only."""
-    if EXPORTER is None:
-        pytest.skip("prometheus-node-exporter is not installed (Debian: apt-get install prometheus-node-exporter)")
+    require(EXPORTER, "prometheus-node-exporter is not installed (Debian: apt-get install prometheus-node-exporter)")
+    assert EXPORTER is not None
     port = free_port()
     process = subprocess.Popen(
         [
@@ -88,7 +89,8 @@ def this_machines_address() -> str:
         for address in addresses:
             if name in up and address.family == socket.AF_INET and not address.address.startswith("127."):
                 return str(address.address)
-    pytest.skip("this machine has no non-loopback IPv4 address to address a remote-style target by")
+    require(False, "this machine has no non-loopback IPv4 address to address a remote-style target by")
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.require import require_module
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
@@ -47,12 +48,19 @@ def test_fidelity_bench_scores_the_floor_client_against_the_servers_emit_times(t
 
 
 @pytest.mark.timing
-def test_sampler_overhead_takes_the_expected_number_of_samples(tmp_path: Path) -> None:
-    result = run_script("bench_sampler_overhead.py", "--seconds", "1", "--interval", "0.1", cwd=tmp_path)
-    assert result.returncode in (0, 1), result.stderr  # 1: the goal judged on a 1 s leg
-    taken = number(r"samples: (\d+) \(expected ~10\)", result.stdout)
-    assert 6 <= taken <= 11  # a sampler thread woken late skips ticks (never bunches them)
-    assert 0 < number(r"sampler thread CPU : [\d.]+ s over [\d.]+ s = ([\d.]+)% of one core", result.stdout) < 10
+def test_sampler_overhead_stays_under_two_percent_of_a_core(tmp_path: Path) -> None:
+    # The README quotes under 1% over 20 s legs; 5 s legs here, where the one-time setup (~30 ms of
+    # CPU) alone is 0.6% of the process delta, judged by the script itself against 2%.
+    result = run_script(
+        "bench_sampler_overhead.py", "--seconds", "5", "--interval", "0.1", "--goal-pct", "2", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "goal < 2% of one core: PASS" in result.stdout
+    taken = number(r"samples: (\d+) \(expected ~50\)", result.stdout)
+    assert 35 <= taken <= 51  # a sampler thread woken late skips ticks (never bunches them)
+    thread = number(r"sampler thread CPU : [\d.]+ s over [\d.]+ s = ([\d.]+)% of one core", result.stdout)
+    process = number(r"process CPU delta  : .* = (-?[\d.]+)% of one core", result.stdout)
+    assert 0 < thread < 2 and process < 2
 
 
 def test_ui_screenshot_parses_its_arguments_without_starting_anything(tmp_path: Path) -> None:
@@ -79,7 +87,7 @@ def test_gpu_check_without_torch_or_cuda_says_so_and_exits_2(tmp_path: Path) -> 
 @pytest.mark.embedded
 @pytest.mark.timing
 def test_embedded_adapter_benchmark_compares_both_sides(tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
     result = run_script(
         "bench_embedded_adapter.py",
         "--requests",

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentinel_exp.clients import send_request
-from sentinel_exp.clients.base import WireApi
+from sentinel_exp.clients.base import Prompt, WireApi
 from sentinel_exp.clients.common import StreamFault, TokenTimes, failure_of
 from sentinel_exp.clients.http1 import Exchange
 from sentinel_exp.clients.ollama import OllamaChat
@@ -53,7 +53,7 @@ def fetch(wire: WireApi, parts: Sequence[bytes]) -> RequestRecord:
 
     async def one() -> RequestRecord:
         record = RequestRecord(index=0, phase="measured", prompt_index=0, api=wire.name)
-        spec = wire.build_request("m", "hi", 0, None, {}, None)
+        spec = wire.build_request("m", Prompt("hi"), {}, None)
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://fuzz") as client:
             # A parser that loops on some input would hang the run: a bound says so instead.
             return await asyncio.wait_for(send_request(client, spec, record, wire.reader), timeout=10)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.cli import job_runs, mlflow_runs, run_cli
+from support.require import require
 
 from sentinel_exp.records import read_records
 
@@ -147,8 +148,10 @@ def test_an_interleaved_study_runs_every_arm_in_balanced_rounds_against_one_serv
 
 
 def test_a_sequential_sweep_gives_no_significance_verdict(tmp_path):
-    # The legacy design: each job on its own, one run per arm. The noise between runs is unknown.
-    sweep = ["-m", *SIM, "server.sim.ttft_ms=40,80", "sweep.order=sequential", "workload.requests=20"]
+    # The legacy design under a drifting machine: each job on its own, one run per arm. Even a
+    # doubled TTFT gets no verdict: the noise between runs is unknown.
+    drift = ["server.sim.drift_pct=30", "server.sim.drift_period_s=20"]
+    sweep = ["-m", *SIM, *drift, "server.sim.ttft_ms=40,80", "sweep.order=sequential", "workload.requests=20"]
     result = run_cli(tmp_path, *sweep, "workload.warmup=0")
     assert result.returncode == 0, result.output
     assert "one run per arm: the noise between runs is unknown" in result.stdout
@@ -157,11 +160,9 @@ def test_a_sequential_sweep_gives_no_significance_verdict(tmp_path):
     assert "best: none (one run per arm: the noise between runs is unknown)" in result.stdout
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
-    reason="the optuna extra is not installed (pip install -e '.[optuna]')",
-)
 def test_optuna_preset_runs_its_trials_and_names_the_best(tmp_path):
+    optuna_sweeper = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper")
+    require(optuna_sweeper, "the optuna extra is not installed (pip install -e '.[optuna]')")
     result = run_cli(tmp_path, "sweep=optuna", "hydra.sweeper.n_trials=4", *SIM, *QUICK, timeout_s=400)
     assert result.returncode == 0, result.output
     runs = job_runs(tmp_path)

@@ -4,9 +4,10 @@ interleaved rounds against one server, and a comparison with verdicts on one scr
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from support.cli import mlflow_runs, run_cli
+from support.cli import CliResult, mlflow_runs, run_cli
 
 SIM = ("server=simulated", "workload=quick", "workload.warmup=1", "server.sim.jitter_ms=3", "server.sim.load_ms=0")
 
@@ -15,12 +16,12 @@ SIM = ("server=simulated", "workload=quick", "workload.warmup=1", "server.sim.ji
 def test_a_sweep_is_a_parent_run_whose_comparison_finds_the_injected_slowdown(tmp_path):
     result = run_cli(tmp_path, "-m", *SIM, "workload.requests=40", "server.sim.ttft_ms=40,48")
     assert result.returncode == 0, result.output
-    assert "study: 2 arms, 20 rounds of 2 requests per arm" in result.stdout
+    assert "study: 2 arms, 10 rounds of 4 requests per arm" in result.stdout
     # The candidate's line: 48 ms against 40 ms is about +20%, and the tool says so with its CI.
     [objective] = [line for line in result.stdout.splitlines() if "ttft_ms=48" in line and "%" in line]
     change = float(re.search(r"([+-]\d+\.\d)%", objective).group(1))
     assert "worse" in objective and 15 <= change <= 25, objective
-    assert "design: paired rounds, 20 rounds" in result.stdout
+    assert "design: paired rounds, 10 rounds" in result.stdout
     runs = mlflow_runs(tmp_path)
     [parent] = [run for run in runs if run.data.tags.get("sentinel.role") == "sweep"]
     children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -166,3 +167,67 @@ def test_a_budgeted_study_stops_when_its_objective_is_decided(tmp_path):
     assert f"{100 * (1 - design['alpha']):.3g}% CI" in result.stdout  # the look's own level
     line = next(line for line in result.stdout.splitlines() if "ttft_ms=60" in line and "%" in line)
     assert "worse" in line
+
+
+@pytest.fixture(scope="module")
+def gpu_sweep(tmp_path_factory) -> tuple[Path, CliResult]:
+    """num_gpu=0 against num_gpu=1 on the simulated server, which does not model num_gpu."""
+    cwd = tmp_path_factory.mktemp("gpu_sweep")
+    return cwd, run_cli(cwd, "-m", *SIM, "server.sim.jitter_ms=0", "options.num_gpu=0,1", "plots=false")
+
+
+NOT_MODELLED = "the simulated server does not model num_gpu: its value changes no timing on it"
+
+
+def test_a_comparison_of_options_the_simulated_server_does_not_model_says_so(gpu_sweep):
+    """ "no significant change" must not read as evidence about num_gpu, in the sweep's comparison or a
+    later one, from its folder or from MLflow."""
+    cwd, result = gpu_sweep
+    assert result.returncode == 0, result.output
+    assert NOT_MODELLED in result.stdout
+    [compare_md] = cwd.glob("multirun/*/*/compare.md")
+    assert NOT_MODELLED in compare_md.read_text()
+    again = run_cli(cwd, str(compare_md.parent), module="sentinel_exp.compare")
+    assert again.returncode == 0 and NOT_MODELLED in again.stdout, again.output
+    uri = f"--tracking-uri=sqlite:///{cwd / 'mlflow.db'}"
+    from_store = run_cli(cwd, *job_ids(cwd), uri, module="sentinel_exp.compare")
+    assert from_store.returncode == 0 and NOT_MODELLED in from_store.stdout, from_store.output
+    assert "Downloading artifacts" not in from_store.output  # MLflow's bars, one per run read back
+
+
+def job_ids(cwd: Path) -> list[str]:
+    return [run.info.run_id for run in mlflow_runs(cwd) if run.data.tags.get("sentinel.role") != "sweep"]
+
+
+def test_compare_refuses_what_selects_nothing_and_says_what_it_selects(gpu_sweep):
+    cwd, _ = gpu_sweep
+    [compare_md] = cwd.glob("multirun/*/*/compare.md")
+    written = compare_md.read_text()
+    uri = f"--tracking-uri=sqlite:///{cwd / 'mlflow.db'}"
+
+    def compare(*args: str) -> CliResult:
+        return run_cli(cwd, *args, module="sentinel_exp.compare")
+
+    nonsense = compare(str(compare_md.parent), "--objective", "ttft_p50")
+    assert nonsense.returncode == 2 and "did you mean ttft_ms_p50?" in nonsense.stderr, nonsense.output
+    assert compare_md.read_text() == written  # nothing overwritten
+    missing = compare("multirun/nope", uri)
+    assert missing.returncode == 2 and "no folder multirun/nope" in missing.stderr, missing.output
+    assert "no run" not in missing.stderr
+    everything = compare(uri)
+    assert everything.returncode == 0, everything.output
+    assert "nothing named: comparing every finished run of every experiment" in everything.stderr
+    one = compare(job_ids(cwd)[0], uri)
+    assert one.returncode == 2 and "the 1 run found is all one configuration" in one.stderr
+    assert "((" not in one.output
+
+
+def test_a_comparison_names_two_settings_that_end_alike_by_their_whole_path(tmp_path):
+    for server_keep, request_keep in (("1m", "-1"), ("2m", "null")):
+        run = run_cli(tmp_path, *SIM, f"server.keep_alive={server_keep}", f"workload.keep_alive={request_keep}")
+        assert run.returncode == 0, run.output
+    uri = f"--tracking-uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli(tmp_path, *job_ids(tmp_path), uri, module="sentinel_exp.compare")
+    assert result.returncode == 0, result.output
+    for name in ("server.keep_alive=2m workload.keep_alive=null", "server.keep_alive=1m workload.keep_alive=-1"):
+        assert name in result.stdout, result.stdout  # whole, on one line: the output is piped

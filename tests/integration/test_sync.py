@@ -58,11 +58,11 @@ def _wait_for_records(root: Path, pattern: str, count: int, proc: subprocess.Pop
     raise TimeoutError(f"no {count} records under {root} within {timeout_s} s")
 
 
-def _sync(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _sync(cwd: Path, *args: str, columns: int = 1000) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sentinel_exp.sync", *args],
         cwd=cwd,
-        env=cli_env(COLUMNS="1000"),  # its table's messages unwrapped, however long the folder names
+        env=cli_env(COLUMNS=str(columns)),  # 1000: its table's messages unwrapped, however long the folder names
         capture_output=True,
         text=True,
         timeout=180,
@@ -90,6 +90,10 @@ def test_a_tracking_server_down_at_the_start_then_sync_uploads_the_whole_run_onc
     assert local["status"] == "FINISHED" and local["mlflow_run_id"] is None
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["metrics"]["requests_ok"] == 5
+    # Still down: the store did not take it, so 4 (try again later), not 2 (cannot be synced as it is).
+    down = _sync(tmp_path, str(folder))
+    assert down.returncode == 4, down.stdout + down.stderr
+    assert "not logged" in down.stdout and "does not answer" in down.stdout and "Traceback" not in down.stderr
 
     with MlflowServer(tmp_path / "store", port=port):
         first = _sync(tmp_path, str(folder))
@@ -108,6 +112,12 @@ def test_a_tracking_server_down_at_the_start_then_sync_uploads_the_whole_run_onc
     assert run.data.tags["sentinel.run_uid"] == local["uid"] and run.data.tags["sentinel.verdict"]
     assert {"requests.jsonl", "config.yaml", "summary.json", "server.log"} <= artifacts
     assert _run_json(folder)["mlflow_run_id"] == run.info.run_id
+    # Piped into a file or another command, the table keeps each run id and folder on one line.
+    with MlflowServer(tmp_path / "store", port=port):
+        piped = _sync(tmp_path, str(folder), columns=80)
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    [line] = [line for line in piped.stdout.splitlines() if "already logged" in line]
+    assert str(folder) in line and f"MLflow run {run.info.run_id}" in line
 
 
 def test_a_tracking_server_stopped_mid_run_loses_nothing(tmp_path):
@@ -135,13 +145,24 @@ def test_a_tracking_server_stopped_mid_run_loses_nothing(tmp_path):
     with MlflowServer(store, port=server.port):  # the same store, back on its port
         synced = _sync(tmp_path, str(folder))
         assert synced.returncode == 0, synced.stdout + synced.stderr
+        # The upload cut short made the run in MLflow already: sync completes that one run.
         [run] = _runs(server.uri)
+        artifacts = {a.path for a in _client(server.uri).list_artifacts(run.info.run_id)}
+        logged = _client(server.uri).download_artifacts(run.info.run_id, "requests.jsonl", str(tmp_path))
+    local = _run_json(folder)
+    summary = json.loads((folder / "summary.json").read_text())
     assert run.info.status == "FINISHED" and run.data.metrics["requests_ok"] == 200
+    assert local["mlflow_run_id"] == run.info.run_id and run.data.tags["sentinel.run_uid"] == local["uid"]
+    assert (run.info.start_time, run.info.end_time) == (local["start_ms"], local["end_ms"])
+    assert run.data.metrics == pytest.approx(summary["metrics"])
+    assert len(run.data.params) == len(local["params"]) and run.data.tags["sentinel.verdict"]
+    assert {"requests.jsonl", "config.yaml", "summary.json", "server.log"} <= artifacts
+    assert Path(logged).read_bytes() == (folder / "requests.jsonl").read_bytes()
 
 
 def test_a_runner_killed_with_sigkill_is_synced_as_failed_with_its_records(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel_exp", *LONG],
+        [sys.executable, "-m", "sentinel_exp", *LONG, "plots=true"],
         cwd=tmp_path,
         env=cli_env(),
         stdout=subprocess.PIPE,
@@ -168,6 +189,12 @@ def test_a_runner_killed_with_sigkill_is_synced_as_failed_with_its_records(tmp_p
     assert run.info.end_time == local["end_ms"] > local["start_ms"]
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "FAILED" and summary["metrics"]["requests_ok"] == run.data.metrics["requests_ok"]
+    # Why it failed and what it measured, as a run that ended by itself says them.
+    assert run.data.tags["sentinel.failure"] == local["failure"]
+    assert run.data.tags["sentinel.verdict"].startswith("TTFT is mostly")
+    artifacts = {a.path for a in _client(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(run.info.run_id)}
+    assert {"server.log", "report.md", "latency_cdf.png", "timeline.png", "requests.jsonl"} <= artifacts
+    assert "ended without closing the run" in (folder / "report.md").read_text()
 
 
 def test_a_run_still_measuring_is_not_synced(tmp_path):
@@ -208,14 +235,23 @@ def test_the_next_run_closes_a_sweep_killed_midway_and_sync_files_its_jobs_under
     later = run_cli(tmp_path, *QUICK)  # the next run in the same store
     assert later.returncode == 0, later.output
     assert f"closed run {parent.info.run_id}" in later.stderr
+    # The jobs' runs exist only in their folders (the arms of the interleaved study were measured
+    # together): the message names them, and how to upload them.
+    sweep_folder = records.parent.parent
+    running = sorted(p.parent for p in sweep_folder.glob("*/run.json") if _run_json(p.parent)["status"] == "RUNNING")
+    assert records.parent in running
+    named = ", ".join(str(folder.relative_to(tmp_path)) for folder in running)  # as the run named them
+    folders = f"its job folder {named} is" if len(running) == 1 else f"its job folders {named} are"
+    said = " ".join(later.stderr.split())
+    assert f"{folders} still RUNNING: python -m sentinel_exp.sync {sweep_folder.relative_to(tmp_path)}" in said
     statuses = {run.info.run_id: run.info.status for run in mlflow_runs(tmp_path)}
     assert statuses[parent.info.run_id] == "FAILED"
 
-    sweep_folder = records.parent.parent
     synced = _sync(tmp_path, str(sweep_folder))
     assert synced.returncode == 0, synced.stdout + synced.stderr
-    [job] = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert job.info.status == "FAILED" and job.data.metrics["requests_ok"] >= 19
+    jobs = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(jobs) == len(running) and {job.info.status for job in jobs} == {"FAILED"}
+    assert max(job.data.metrics["requests_ok"] for job in jobs) >= 19
 
 
 def test_a_zombie_runner_is_gone():

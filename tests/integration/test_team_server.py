@@ -11,13 +11,13 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from support.cli import cli_env, mlflow_runs, run_cli
-from support.mlflow_server import MlflowServer, ScriptServer
+from support.mlflow_server import MlflowServer, ScriptServer, parent_and_children, rest_runs
 from support.remote_host import LoopbackProxy
+from support.require import require
 
 from sentinel_exp.errors import UserError
 from sentinel_exp.names import ServerKind
@@ -25,36 +25,6 @@ from sentinel_exp.serve.launch import running_server
 from sentinel_exp.store.tracking import Tracker
 
 QUICK = ["workload.warmup=0", "plots=false", "telemetry.interval_s=0.5"]
-
-
-def rest_runs(uri: str, auth: tuple[str, str] | None = None, experiment: str = "sentinel-exp") -> list[dict[str, Any]]:
-    """Every run of the experiment as the REST API gives it, tags and metrics made dicts."""
-    found = httpx.get(
-        f"{uri}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": experiment}, auth=auth
-    )
-    found.raise_for_status()
-    experiment_id = found.json()["experiment"]["experiment_id"]
-    runs = httpx.post(
-        f"{uri}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id], "max_results": 100}, auth=auth
-    )
-    runs.raise_for_status()
-    return [
-        {
-            "id": run["info"]["run_id"],
-            "status": run["info"]["status"],
-            "tags": {t["key"]: t["value"] for t in run["data"].get("tags", [])},
-            "metrics": {m["key"]: m["value"] for m in run["data"].get("metrics", [])},
-            "params": {p["key"]: p["value"] for p in run["data"].get("params", [])},
-        }
-        for run in runs.json().get("runs", [])
-    ]
-
-
-def parent_and_children(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    [parent] = [run for run in runs if run["tags"].get("sentinel.role") == "sweep"]
-    children = [run for run in runs if run["tags"].get("mlflow.parentRunId") == parent["id"]]
-    assert len(children) == len(runs) - 1  # no run outside the sweep
-    return parent, children
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +148,9 @@ def _postgres_missing() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_postgres_missing() is not None, reason=str(_postgres_missing()))
 def test_the_team_server_script_keeps_runs_in_postgresql_behind_basic_auth(tmp_path, monkeypatch):
+    missing = _postgres_missing()
+    require(missing is None, str(missing))
     credentials = ("sentinel-admin", "team-" + secrets.token_hex(8))  # MLflow wants 12 characters or more
     # A short path the postgres user can reach (pytest's own temporary folders are root's only).
     root = Path(tempfile.mkdtemp(prefix="sx-pg-", dir="/tmp"))

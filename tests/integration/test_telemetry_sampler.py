@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 from support import fake_nvml
+from support.require import require
 
 from sentinel_exp.telemetry import (
     GpuProbe,
@@ -211,8 +212,8 @@ def test_other_cpu_is_unknown_without_a_server_process():
 @pytest.mark.timing
 @pytest.mark.parametrize("use_procfs", [True, False], ids=["procfs", "psutil"])
 def test_process_tree_sums_descendants(use_procfs):
-    if use_procfs and not Path("/proc/self/stat").exists():
-        pytest.skip("no procfs")
+    if use_procfs:
+        require(Path("/proc/self/stat").exists(), "no procfs (/proc) on this machine")
     # The parent only waits; the grandchild burns a core. The tree must show ~one core.
     code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {BUSY.format(s=2.0)!r}])"
     parent = _spawn(code)

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from sentinel_exp.clients import wire_api
+from sentinel_exp.clients.base import Prompt
 from sentinel_exp.clients.ollama import OllamaChat
 from sentinel_exp.clients.openai import OpenAIChat
 from sentinel_exp.errors import ServerError
@@ -24,7 +25,7 @@ def test_each_api_reads_what_a_real_server_says_about_its_model(sim_server_facto
             with pytest.raises(ServerError) as missing:
                 await OpenAIChat().preflight(client, handle, "nosuch")
             chat = wire_api(Api.chat)
-            spec = chat.build_request("smollm2:135m", "hi", 0, None, {"num_predict": 2}, None)
+            spec = chat.build_request("smollm2:135m", Prompt("hi"), {"num_predict": 2}, None)
             await client.post(spec.path, json={**spec.body, "stream": False})  # loads the model
             placed = await chat.placement(client, "smollm2:135m")
             return ollama_facts, openai_facts, str(missing.value), placed, await OpenAIChat().placement(client, "x")

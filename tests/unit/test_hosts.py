@@ -4,6 +4,7 @@ environment fingerprint is; and a tracking URI that would carry a password, refu
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
 from support.compose import variant
@@ -93,3 +94,11 @@ def test_tracking_server_reads_the_uri_from_the_environment(monkeypatch: pytest.
     assert isinstance(cfg, ExperimentConfig) and cfg.tracking.uri == "http://mlflow-box:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert typed_config(variant("tracking=server")).tracking.uri == "http://127.0.0.1:5000"
+
+
+def test_a_run_outside_ray_names_no_ray_node_and_never_imports_ray() -> None:
+    # Importing Ray costs seconds: the node id is read only where the process has initialised Ray
+    # already (a job of hydra/launcher=sentinel_ray; tests/integration/test_cluster_ray.py).
+    assert "ray" not in sys.modules
+    assert "sentinel.ray_node_id" not in host_tags("http://127.0.0.1:11434")
+    assert "ray" not in sys.modules

@@ -9,6 +9,7 @@ from support.compose import variant
 
 from sentinel_exp.checks.options import (
     RULES,
+    Finding,
     LintInput,
     counted_prompt_tokens,
     estimated_prompt_tokens,
@@ -116,3 +117,74 @@ def test_a_part_of_the_table_runs_only_those_rules() -> None:
     given = with_options(num_gpu=1, num_ctx=16)
     assert {f.rule for f in lint(given, rules_named("num_ctx")).items} == {"num_ctx"}
     assert {f.rule for f in lint(given).items} == {"num_gpu", "num_ctx", "num_batch"}
+
+
+# --- edges that mutation testing found unpinned (scripts/mutation_survivors.md) -------------------
+
+
+def only(rule: str, given: LintInput) -> Finding | None:
+    found = lint(given, rules_named(rule)).items
+    return found[0] if found else None
+
+
+def test_options_of_another_type_are_not_judged() -> None:
+    # YAML's `true` is no layer count, and a number sent as text is the server's to refuse.
+    assert only("num_gpu", with_options(num_gpu=True)) is None
+    assert only("num_ctx", with_options(num_ctx="1024")) is None
+    assert only("num_batch", with_options(num_batch=4096, num_ctx="1024")) is None
+
+
+def test_num_gpu_findings_word_for_word() -> None:
+    one, two = only("num_gpu", with_options(num_gpu=1)), only("num_gpu", with_options(num_gpu=2))
+    assert one is not None and two is not None
+    assert one.reason.startswith("num_gpu=1 offloads 1 layer to the GPU and runs the rest on the CPU")
+    assert two.reason.startswith("num_gpu=2 offloads 2 layers to the GPU")
+    assert one.fix == (
+        "leave num_gpu unset (the server decides), 0 for CPU only, or a layer count such as 99 for every layer"
+    )
+
+
+def test_num_ctx_at_its_boundaries_with_num_keep() -> None:
+    # An estimate is judged against the window: equal to num_ctx is too long.
+    assert only("num_ctx", changed(prompt_tokens=2048)) is not None
+    assert only("num_ctx", changed(prompt_tokens=2047)) is None
+    # A count is judged against what a truncated prompt keeps: 1026 of 2048 with num_keep 4.
+    counted = changed(prompt_tokens=1026, tokens_estimated=False)
+    assert only("num_ctx", counted) is not None
+    assert only("num_ctx", dataclasses.replace(counted, prompt_tokens=1025)) is None
+    # num_keep 1000 keeps 1524 tokens: 1026 is then no truncation.
+    assert only("num_ctx", dataclasses.replace(counted, options={**CLEAN.options, "num_keep": 1000})) is None
+    finding = only("num_ctx", changed(prompt_tokens=1500, tokens_estimated=False))
+    assert finding is not None and "about 1026 tokens" in finding.reason
+    assert finding.fix == "raise num_ctx above twice the longest prompt (e.g. num_ctx=4096) or shorten the prompts"
+
+
+@pytest.mark.parametrize(("n", "power"), [(1, 1), (2, 2), (3, 4), (5, 8), (1024, 1024), (1025, 2048)])
+def test_the_next_power_of_two(n: int, power: int) -> None:
+    from sentinel_exp.checks.options import _next_power_of_two
+
+    assert _next_power_of_two(n) == power
+
+
+def test_num_batch_needs_both_and_may_equal_num_ctx() -> None:
+    assert only("num_batch", with_options(num_batch=2048, num_ctx=2048)) is None
+    assert only("num_batch", changed(options={"num_batch": 4096}, warmup_options=None)) is None
+
+
+def test_runner_reload_names_every_option_that_differs() -> None:
+    finding = only("runner_reload", changed(warmup_options={**CLEAN.options, "num_ctx": 4096, "num_batch": 64}))
+    assert finding is not None and finding.reason.startswith("the runner options num_ctx, num_batch differ")
+    assert finding.fix == (
+        "send the same runner options (num_ctx, num_batch, num_gpu, main_gpu, num_thread, use_mmap) in both phases"
+    )
+
+
+def test_keep_alive_as_long_as_the_gap_is_enough_and_the_fix_is_half_again() -> None:
+    assert only("keep_alive", changed(keep_alive_s=60.0, idle_gap_s=60.0)) is None
+    finding = only("keep_alive", changed(keep_alive_s=5.0, idle_gap_s=10.0))
+    assert finding is not None
+    assert finding.fix == "workload.keep_alive=15 (longer than the gap), or -1 to keep the model loaded"
+
+
+def test_the_estimate_without_prompts_is_the_template_alone() -> None:
+    assert estimated_prompt_tokens([], None) == 4

@@ -169,7 +169,7 @@ def test_percentile_bars_with_confidence_whiskers():
     assert ax.get_ylabel() == "configuration"
     assert legend_texts(ax) == ["p50", "p95"]
     assert fig.get_suptitle() == "TTFT p50 and p95 by configuration"
-    assert ax.get_title(loc="right") == "whiskers: confidence interval"
+    assert ax.get_title(loc="right") == "whiskers: 95 % CI"
 
 
 def test_percentile_bars_without_intervals_have_no_whiskers():
@@ -194,7 +194,7 @@ def test_timeline_with_gpu_has_four_panels_on_one_time_axis():
     assert fig.get_suptitle() == "run"
     assert len(fig.axes) == 4
     assert [ax.get_ylabel() for ax in fig.axes] == [
-        "request (in order sent)",
+        "request (1 = first sent, warmup included)",
         "CPU (%)",
         "GPU util (%)",
         "GPU power (W)",
@@ -240,6 +240,17 @@ def test_timeline_colours_warmup_measured_and_failed_apart_and_shades_warmup_eve
     assert "warmup phase" in legend_texts(ax)
 
 
+def test_timeline_numbers_requests_as_the_console_and_the_scripted_faults_do_and_marks_cold_ones():
+    records = run_records(warmup=2, measured=4, failed=0)
+    records[2].cold = True  # the first measured request: request 3 of the run
+    ax = plots.timeline(records, [], "run").axes[0]
+    rows = sorted(y for c in ax.collections if isinstance(c, LineCollection) for (_, y), _ in c.get_segments())
+    assert rows == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # 1-based, warmup first: server.sim.faults={3: ...} is the 3rd
+    [cold] = [c for c in ax.collections if c.get_label() == "cold (model loaded)"]
+    assert [tuple(xy) for xy in cold.get_offsets()] == [(pytest.approx(1.0), 3.0)]  # submitted 1.0 s in
+    assert "cold (model loaded)" in legend_texts(ax)
+
+
 def test_timeline_without_warmup_has_no_shading():
     fig = plots.timeline(run_records(warmup=0), samples(20), "run")
     assert all(warmup_spans(ax) == [] for ax in fig.axes)
@@ -263,7 +274,7 @@ def test_timeline_without_telemetry_or_requests():
     assert len(empty.axes) == 1
     assert [t.get_text() for t in empty.axes[0].texts] == ["no requests recorded"]
     cpu_only = plots.timeline([], samples(10, gpu=False), "samples only")
-    assert [ax.get_ylabel() for ax in cpu_only.axes] == ["request (in order sent)", "CPU (%)"]
+    assert [ax.get_ylabel() for ax in cpu_only.axes] == ["request (1 = first sent, warmup included)", "CPU (%)"]
 
 
 def test_importing_the_modules_does_not_import_matplotlib(monkeypatch):

@@ -12,6 +12,7 @@ from rich.console import Console
 from sentinel_exp.names import RunStatus
 from sentinel_exp.report import markdown as report
 from sentinel_exp.report.console import summary_table
+from sentinel_exp.store.run_folder import RunSummary
 
 METRICS: dict[str, float] = {
     "ttfb_ms_p50": 40.25,
@@ -40,7 +41,7 @@ METRICS: dict[str, float] = {
 WARNING = "arrivals at workload.rate=50/s outran 1 concurrent client(s): raise workload.concurrency"
 
 
-def summary(**changes: Any) -> dict[str, Any]:
+def summary(**changes: Any) -> RunSummary:
     base: dict[str, Any] = {
         "run_id": "abc123",
         "run_name": "options=low_ctx qwen2.5:0.5b @simulated",
@@ -54,7 +55,7 @@ def summary(**changes: Any) -> dict[str, Any]:
     }
     base.update(changes)
     # As the runner hands it over: what summary.json holds, read back.
-    return dict(json.loads(json.dumps(base, default=str)))
+    return RunSummary.from_json(json.dumps(base, default=str))
 
 
 def table_rows(markdown: str) -> list[list[str]]:
@@ -83,7 +84,7 @@ def test_run_report_table_has_the_console_rows_and_numbers():
 
 
 def test_run_report_rows_follow_the_console_for_every_latency():
-    every = {f"{name}_ms_{stat}": 1000.0 + i for i, (name, _) in enumerate(report.SUMMARY_ROWS) for stat in ("p50",)}
+    every = {latency.metric("p50"): 1000.0 + i for i, latency in enumerate(report.SUMMARY_LATENCIES)}
     every |= {k.replace("_p50", "_p95"): v * 2 for k, v in every.items()}
     assert table_rows(report.run_report(summary(metrics=every), [])) == console_rows(every)
 

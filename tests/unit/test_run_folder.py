@@ -12,14 +12,15 @@ import pytest
 
 from sentinel_exp.cli.sync import Synced, exit_status, folders_to_sync
 from sentinel_exp.errors import NotLogged, UserError
-from sentinel_exp.names import RunStatus
+from sentinel_exp.names import RunStatus, ServerKind
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.store.run_folder import (
-    RUN_FILE,
-    Role,
     RunFile,
+    RunFolder,
     RunJournal,
     Runner,
+    RunSummary,
+    SummaryServer,
     new_run_file,
     read_run_file,
     read_series,
@@ -28,8 +29,9 @@ from sentinel_exp.store.run_folder import (
 from sentinel_exp.store.upload import abandoned_summary, find_sweep_folder, records_in
 
 
-def _run_file(**kw) -> RunFile:
-    return new_run_file(Role.RUN, "a run", "sentinel-exp", "sqlite:///mlflow.db", {"k": "v"}, {"p": "1"}, **kw)
+def _run_file(uid: str | None = None, **kw) -> RunFile:
+    run = new_run_file("a run", "sentinel-exp", "sqlite:///mlflow.db", {"k": "v"}, {"p": "1"}, **kw)
+    return run if uid is None else replace(run, uid=uid)
 
 
 def test_run_json_round_trips_and_is_replaced_whole(tmp_path):
@@ -43,13 +45,13 @@ def test_run_json_round_trips_and_is_replaced_whole(tmp_path):
     assert back.artifacts == ["report.md"] and back.parent_uid == "sweep1"
     assert back.status == "FAILED" and back.failure == "why" and back.end_ms >= back.start_ms
     assert back.tags["sentinel.runner_pid"] == str(os.getpid())
-    assert sorted(p.name for p in tmp_path.iterdir()) == [RUN_FILE]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RunFolder.RUN_JSON]  # no temporary file left
 
 
 def test_a_folder_without_a_readable_run_json_is_named(tmp_path):
     with pytest.raises(UserError, match="is not a run folder"):
         read_run_file(tmp_path)
-    (tmp_path / RUN_FILE).write_text(json.dumps({"format": 99}))
+    (tmp_path / RunFolder.RUN_JSON).write_text(json.dumps({"format": 99}))
     with pytest.raises(UserError, match="cannot read"):
         read_run_file(tmp_path)
 
@@ -100,10 +102,71 @@ def test_a_killed_run_is_summarised_from_the_records_it_left(tmp_path):
     left = records_in(tmp_path)
     assert len(left) == 4
     summary = abandoned_summary(left, _run_file(), "the runner was killed")
-    assert summary["status"] == "FAILED" and summary["failure"] == "the runner was killed"
-    assert summary["metrics"]["requests_ok"] == 2 and summary["metrics"]["requests_failed"] == 1
-    assert summary["metrics"]["ttft_ms_p50"] == 40.0
-    assert summary["errors"] == {"HTTP500": 1}
+    assert summary.status == "FAILED" and summary.failure == "the runner was killed"
+    assert summary.metrics["requests_ok"] == 2 and summary.metrics["requests_failed"] == 1
+    assert summary.metrics["ttft_ms_p50"] == 40.0
+    assert summary.errors == {"HTTP500": 1}
+    # What summary.json of an abandoned run has always held, in that order, and nothing else.
+    assert list(summary.to_dict()) == [
+        "run_uid",
+        "run_name",
+        "status",
+        "metrics",
+        "errors",
+        "warnings",
+        "verdict",
+        "failure",
+    ]
+
+
+def test_summary_json_round_trips_in_the_order_it_always_had(tmp_path):
+    summary = RunSummary(
+        run_uid="u1",
+        run_name="a run",
+        status=RunStatus.FINISHED,
+        metrics={"ttft_ms_p50": 41.5, "requests_ok": 20.0},
+        errors={},
+        server=SummaryServer(ServerKind.simulated, "http://127.0.0.1:1"),
+        model={"tag": "m", "digest": None},
+        telemetry_notes=[],
+        warnings=["w"],
+        verdict=["TTFT is mostly prefill"],
+        slo={"targets": []},
+    )
+    summary.write(tmp_path)
+    text = RunFolder(tmp_path).summary.read_text(encoding="utf-8")
+    written = json.loads(text)
+    assert list(written) == [
+        "run_uid",
+        "run_name",
+        "status",
+        "metrics",
+        "errors",
+        "server",
+        "model",
+        "telemetry_notes",
+        "warnings",
+        "verdict",
+        "slo",
+    ]
+    assert written["server"] == {"kind": "simulated", "url": "http://127.0.0.1:1"} and written["status"] == "FINISHED"
+    assert RunSummary.read(tmp_path) == summary
+    assert RunSummary.read(tmp_path).to_json() == text
+
+
+def test_a_summary_from_an_older_or_newer_folder_is_read_and_written_back_whole(tmp_path):
+    old = {"metrics": {"ttft_ms_p50": 40, "note": "n/a", "flag": True}, "diagnosis": {"kept": 1}}
+    RunFolder(tmp_path).summary.write_text(json.dumps(old), encoding="utf-8")
+    summary = RunSummary.read(tmp_path)
+    assert summary is not None and summary.status is None and summary.server is None
+    assert summary.metrics == {"ttft_ms_p50": 40.0}  # only numbers are metrics
+    assert summary.extra == {"diagnosis": {"kept": 1}}
+    # Written back as it was: no status it did not have.
+    assert json.loads(summary.to_json()) == {"metrics": {"ttft_ms_p50": 40.0}, "diagnosis": {"kept": 1}}
+    for broken in ("[1, 2]", '{"metrics": [1]}', '{"status": "WAITING"}', "{"):
+        RunFolder(tmp_path).summary.write_text(broken, encoding="utf-8")
+        assert RunSummary.read(tmp_path) is None, broken
+    assert RunSummary.read(tmp_path / "nowhere") is None
 
 
 def _folder(path, **kw):

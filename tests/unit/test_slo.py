@@ -4,7 +4,8 @@
 import pytest
 from support.compose import variant
 
-from sentinel_exp.analysis.slo import judge, judge_requests, judge_targets, meets, metric_direction
+from sentinel_exp.analysis.metrics import direction as metric_direction
+from sentinel_exp.analysis.slo import judge, judge_requests, judge_targets, meets
 from sentinel_exp.cli.app import config_dir
 from sentinel_exp.cli.overrides import override_problems
 from sentinel_exp.config.schema import register_configs, typed_config
@@ -84,7 +85,7 @@ def _record(ok=True, ttft=40.0, e2e=200.0, chunks=(40.0, 45.0, 50.0), phase="mea
         (_record(), {"ttft_ms": 45, "e2e_ms": 250, "itl_ms": 5}, True),  # gaps 5 and 5: mean 5
         (_record(chunks=(40.0, 41.0, 52.0)), {"itl_ms": 6}, True),  # mean 6 though one gap is 11
         (_record(chunks=(40.0, 41.0, 54.0)), {"itl_ms": 6}, False),  # mean 7
-        (_record(chunks=(40.0,)), {"itl_ms": 1}, True),  # one token: no gap to be late
+        (_record(chunks=(40.0,)), {"itl_ms": 0.5}, True),  # one token: no gap to be late
         (_record(ok=False, ttft=None, e2e=None, chunks=()), {"ttft_ms": 1e9}, False),  # a failure meets nothing
         (_record(ttft=None), {"ttft_ms": 1e9}, False),  # not measured: not met
     ],
@@ -153,6 +154,10 @@ def test_targets_are_written_without_a_plus_on_the_command_line():
     ("override", "message"),
     [
         ("slo.nonsense=3", "slo.nonsense: not a metric with a known better direction"),
+        # A misspelt metric with a known direction was judged, and failed for want of a value.
+        ("slo.ttft_ms_p5=300", "slo.ttft_ms_p5: not a metric this tool logs; did you mean ttft_ms_p50?"),
+        ("slo.e2e_ms_p95x=300", "slo.e2e_ms_p95x: not a metric this tool logs; did you mean e2e_ms_p95?"),
+        ("slo.ttft_ms_p75=300", "slo.ttft_ms_p75: not a metric this tool logs; did you mean ttft_ms_p95?"),
         ("slo.ttft_ms_p50=fast", "slo.ttft_ms_p50='fast' is not valid: slo.ttft_ms_p50 takes a number"),
         ("slo.request.tfft_ms=3", "did you mean slo.request.ttft_ms?"),
         ("slo.request.ttft_ms=soon", "slo.request.ttft_ms='soon' is not valid"),
@@ -167,6 +172,8 @@ def test_a_wrong_target_stops_before_hydra_with_one_line(override, message):
     ("overrides", "message"),
     [
         (["slo.nonsense=3"], "slo.nonsense: not a metric with a known better direction"),
+        (["slo.ttft_ms_p5=300"], "slo.ttft_ms_p5: not a metric this tool logs; did you mean ttft_ms_p50?"),
+        (["slo.gpu_temp_c_max=80"], "slo.gpu_temp_c_max: not a metric with a known better direction"),
         (["slo.ttft_ms_p50=fast"], "slo.ttft_ms_p50 must be a number, the limit (got 'fast')"),
         (["slo.request.ttft_ms=0"], "slo.request.ttft_ms must be positive ms (got 0)"),
     ],
@@ -174,3 +181,26 @@ def test_a_wrong_target_stops_before_hydra_with_one_line(override, message):
 def test_the_config_check_names_a_wrong_target(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         typed_config(variant(*overrides))
+
+
+def test_goodput_over_a_measured_phase_shorter_than_a_second():
+    verdict = judge_requests([_record(), _record()], {"ttft_ms": 45}, measured_duration_s=0.5)
+    assert verdict.metrics() == {"slo_request_fraction": 1.0, "goodput_requests_per_s": 4.0}
+    assert "goodput_requests_per_s" not in judge_requests([_record()], {"ttft_ms": 45}, 0.0).metrics()
+
+
+def test_the_verdicts_as_summary_json_holds_them():
+    result = judge({"ttft_ms_p50": 300}, {"ttft_ms": 45}, {"ttft_ms_p50": 41.0}, [_record(), _record(ttft=99.0)], 2.0)
+    assert result.as_dict() == {
+        "targets": [{"metric": "ttft_ms_p50", "limit": 300, "value": 41.0, "passed": True}],
+        "request": {
+            "limits": {"ttft_ms": 45},
+            "met": 1,
+            "finished": 2,
+            "slo_request_fraction": 0.5,
+            "goodput_requests_per_s": 0.5,
+        },
+    }
+    assert judge({"ttft_ms_p50": 300}, {}, {}, [], None).as_dict() == {
+        "targets": [{"metric": "ttft_ms_p50", "limit": 300, "value": None, "passed": False}]
+    }

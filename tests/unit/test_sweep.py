@@ -13,8 +13,8 @@ from sentinel_exp.cli.app import config_dir
 from sentinel_exp.cli.overrides import override_problems
 from sentinel_exp.config.schema import typed_config
 from sentinel_exp.errors import ConfigError
+from sentinel_exp.store.run_folder import RunFolder
 from sentinel_exp.sweep.callbacks import (
-    OUTCOME_FILE,
     SweepSummary,
     distinguishing_labels,
     objective_value,
@@ -86,7 +86,7 @@ def _job_return(status, value):
 def test_job_outcomes_travel_through_the_sweep_folder(tmp_path):
     # A folder left by an earlier sweep into the same hydra.sweep.dir is not this sweep's job.
     (tmp_path / "7").mkdir()
-    (tmp_path / "7" / OUTCOME_FILE).write_text(json.dumps({"sweep_id": "old", "num": 7, "overrides": []}))
+    (tmp_path / "7" / RunFolder.SWEEP_JOB).write_text(json.dumps({"sweep_id": "old", "num": 7, "overrides": []}))
     summary = SweepSummary()
     summary.on_multirun_start(_sweep_config(tmp_path))
     jobs = [(tmp_path / "0", ["model.name=a:1b"]), (tmp_path / "1", ["model.name=nope:1b"])]
@@ -104,8 +104,10 @@ def test_job_outcomes_travel_through_the_sweep_folder(tmp_path):
         "model 'nope:1b' is not available",
         None,
     )
-    written = json.loads((tmp_path / "0" / OUTCOME_FILE).read_text())
-    assert written["objective"] == 41.5 and "objective" not in json.loads((tmp_path / "1" / OUTCOME_FILE).read_text())
+    written = json.loads((tmp_path / "0" / RunFolder.SWEEP_JOB).read_text())
+    assert written["objective"] == 41.5 and "objective" not in json.loads(
+        (tmp_path / "1" / RunFolder.SWEEP_JOB).read_text()
+    )
 
 
 def test_an_unexpected_exception_is_the_jobs_error(tmp_path):
@@ -121,7 +123,7 @@ def test_a_single_run_leaves_no_outcome_file(tmp_path):
     config = _job_config(tmp_path, 0, [])
     config.hydra.mode = RunMode.RUN
     SweepSummary().on_job_end(config, _job_return(JobStatus.COMPLETED, 41.5))
-    assert not (tmp_path / OUTCOME_FILE).exists()
+    assert not (tmp_path / RunFolder.SWEEP_JOB).exists()
 
 
 def test_sweep_jobs_are_named_by_what_differs_between_them():
@@ -137,6 +139,19 @@ def test_sweep_jobs_are_named_by_what_differs_between_them():
     ]
 
 
+def test_two_swept_keys_that_end_alike_keep_their_whole_path():
+    jobs = [
+        ("#0", "server.keep_alive=1s", "workload.keep_alive=null", "workload.concurrency=1"),
+        ("#1", "server.keep_alive=1s", "workload.keep_alive=-1", "workload.concurrency=2"),
+        ("#2", "server.keep_alive=5m", "workload.keep_alive=null", "workload.concurrency=1"),
+    ]
+    assert distinguishing_labels(jobs) == [
+        "#0 server.keep_alive=1s workload.keep_alive=null concurrency=1",
+        "#1 server.keep_alive=1s workload.keep_alive=-1 concurrency=2",
+        "#2 server.keep_alive=5m workload.keep_alive=null concurrency=1",
+    ]
+
+
 def test_swept_keys_come_from_the_sweeps_own_record(tmp_path):
     from sentinel_exp.sweep.callbacks import swept_keys
 
@@ -148,17 +163,3 @@ def test_swept_keys_come_from_the_sweeps_own_record(tmp_path):
     )
     assert swept_keys(tmp_path) == {"options", "workload.requests", "workload.keep_alive"}
     assert swept_keys(tmp_path / "missing") == frozenset()
-
-
-def test_the_best_job_is_the_one_with_the_best_objective_among_those_that_measured_it():
-    from sentinel_exp.sweep.callbacks import JobOutcome, best_job
-
-    jobs = [
-        JobOutcome(0, ["a=1"], None, {"ttft_ms_p50": 50.0, "output_tokens_per_s": 90.0}),
-        JobOutcome(1, ["a=2"], None, {"ttft_ms_p50": 40.0, "output_tokens_per_s": 80.0}),
-        JobOutcome(2, ["a=3"], "boom", None),
-        JobOutcome(3, ["a=4"], None, {"output_tokens_per_s": 99.0}),
-    ]
-    assert best_job(jobs, "ttft_ms_p50", "minimize").num == 1
-    assert best_job(jobs, "output_tokens_per_s", "maximize").num == 3
-    assert best_job(jobs, "e2e_ms_p50", "minimize") is None

@@ -128,16 +128,19 @@ def test_clock_reasons_fall_back_to_throttle_reasons():
         assert p.unsupported == [] and nv.calls["nvmlDeviceGetCurrentClocksThrottleReasons"] == 3
 
 
+# The fakes' settings, not the fakes: each run of the test (mutmut runs the suite more than once in
+# one process) counts on a fresh one.
 @pytest.mark.parametrize(
-    ("nv", "fragment", "shutdowns"),
+    ("fake", "fragment", "shutdowns"),
     [
-        (FakeNvml(init_error=fake_nvml.NVMLError_LibraryNotFound), "not found", 0),
-        (FakeNvml(init_error=fake_nvml.NVMLError_DriverNotLoaded), "not loaded", 0),
-        (FakeNvml(init_error=RuntimeError), "initialisation failed", 0),
-        (FakeNvml(devices=[]), "no usable GPU", 1),  # NVML came up, so it is shut down
+        ({"init_error": fake_nvml.NVMLError_LibraryNotFound}, "not found", 0),
+        ({"init_error": fake_nvml.NVMLError_DriverNotLoaded}, "not loaded", 0),
+        ({"init_error": RuntimeError}, "initialisation failed", 0),
+        ({"devices": []}, "no usable GPU", 1),  # NVML came up, so it is shut down
     ],
 )
-def test_gpu_unavailable_reasons(nv, fragment, shutdowns):
+def test_gpu_unavailable_reasons(fake, fragment, shutdowns):
+    nv = FakeNvml(**fake)
     p = GpuProbe(nvml=nv)
     assert p.open() is False
     assert not p.available and fragment in p.reason

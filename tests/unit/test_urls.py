@@ -6,6 +6,7 @@ import pytest
 
 from sentinel_exp.errors import ConfigError
 from sentinel_exp.run.servers import normalize_url, ollama_url_from_env
+from sentinel_exp.urls import tracking_scheme, tracking_uri_problem
 
 
 @pytest.mark.parametrize(
@@ -43,3 +44,19 @@ def test_server_url_gets_a_scheme_and_keeps_its_path(value: str, url: str) -> No
 def test_an_unusable_address_is_a_config_error_naming_its_source(value: str) -> None:
     with pytest.raises(ConfigError, match=r"^OLLAMA_HOST is not a valid host or URL"):
         ollama_url_from_env({"OLLAMA_HOST": value})
+
+
+@pytest.mark.parametrize(
+    ("uri", "scheme"),
+    [
+        ("sqlite:///mlflow.db", "sqlite"),
+        ("http://127.0.0.1:5000", "http"),
+        ("postgresql+psycopg://u@h/db", "postgresql"),
+        ("./mlruns", ""),
+        ("C:/runs", ""),
+        ("ftp://x", "ftp"),
+    ],
+)
+def test_a_tracking_uri_names_its_store_as_mlflow_reads_it(uri, scheme):
+    assert tracking_scheme(uri) == scheme
+    assert (tracking_uri_problem(uri, "tracking.uri") is None) == (scheme != "ftp")

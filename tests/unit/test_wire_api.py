@@ -4,6 +4,7 @@ run speaks. What each reads about the model from a real server: tests/integratio
 import pytest
 
 from sentinel_exp.clients import WIRE_APIS, run_apis, unsent_warning, wire_api
+from sentinel_exp.clients.base import Prompt
 from sentinel_exp.clients.ollama import OllamaChat, OllamaGenerate
 from sentinel_exp.clients.openai import OpenAIChat
 from sentinel_exp.names import Api, ServerKind
@@ -12,7 +13,7 @@ OPTIONS = {"num_ctx": 2048, "num_predict": 8, "seed": 42, "temperature": 0.7, "n
 
 
 def test_ollama_chat_puts_the_system_prompt_first_and_sends_every_option_and_keep_alive():
-    spec = OllamaChat().build_request("m", "hi", 3, "be brief", OPTIONS, "5m")
+    spec = OllamaChat().build_request("m", Prompt("hi", 3, "be brief"), OPTIONS, "5m")
     assert spec.path == "/api/chat" and spec.prompt_index == 3
     assert spec.body == {
         "model": "m",
@@ -24,12 +25,12 @@ def test_ollama_chat_puts_the_system_prompt_first_and_sends_every_option_and_kee
 
 
 def test_ollama_chat_without_system_options_or_keep_alive_sends_only_the_prompt():
-    spec = OllamaChat().build_request("m", "hi", 0, None, {}, None)
+    spec = OllamaChat().build_request("m", Prompt("hi"), {}, None)
     assert spec.body == {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_ollama_generate_takes_prompt_and_system_as_fields():
-    spec = OllamaGenerate().build_request("m", "hi", 1, "be brief", OPTIONS, -1)
+    spec = OllamaGenerate().build_request("m", Prompt("hi", 1, "be brief"), OPTIONS, -1)
     assert spec.path == "/api/generate" and spec.prompt_index == 1
     assert spec.body == {
         "model": "m",
@@ -39,16 +40,16 @@ def test_ollama_generate_takes_prompt_and_system_as_fields():
         "options": OPTIONS,
         "keep_alive": -1,
     }
-    bare = OllamaGenerate().build_request("m", "hi", 0, None, {}, None)
+    bare = OllamaGenerate().build_request("m", Prompt("hi"), {}, None)
     assert bare.body == {"model": "m", "stream": True, "prompt": "hi"}
 
 
 def test_keep_alive_zero_is_sent_not_dropped():
-    assert OllamaChat().build_request("m", "hi", 0, None, {}, 0).body["keep_alive"] == 0
+    assert OllamaChat().build_request("m", Prompt("hi"), {}, 0).body["keep_alive"] == 0
 
 
 def test_openai_chat_maps_the_options_it_has_fields_for_and_leaves_out_the_rest():
-    spec = OpenAIChat().build_request("m", "hi", 2, "be brief", OPTIONS, "5m")
+    spec = OpenAIChat().build_request("m", Prompt("hi", 2, "be brief"), OPTIONS, "5m")
     assert spec.path == "/v1/chat/completions" and spec.prompt_index == 2
     assert spec.body == {
         "model": "m",
@@ -59,7 +60,7 @@ def test_openai_chat_maps_the_options_it_has_fields_for_and_leaves_out_the_rest(
         "seed": 42,
         "temperature": 0.7,
     }
-    bare = OpenAIChat().build_request("m", "hi", 0, None, {}, None)
+    bare = OpenAIChat().build_request("m", Prompt("hi"), {}, None)
     assert bare.body == {
         "model": "m",
         "messages": [{"role": "user", "content": "hi"}],
@@ -109,12 +110,12 @@ TURNS = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "he
 
 def test_chat_apis_send_messages_as_given_after_the_system_prompt():
     for api in (OllamaChat(), OpenAIChat()):
-        spec = api.build_request("m", "", 4, "be brief", {}, None, TURNS)
+        spec = api.build_request("m", Prompt("", 4, "be brief", TURNS), {}, None)
         assert spec.body["messages"] == [{"role": "system", "content": "be brief"}, *TURNS]
         assert spec.prompt_index == 4
-        assert api.build_request("m", "", 0, None, {}, None, TURNS).body["messages"] == TURNS
+        assert api.build_request("m", Prompt("", 0, None, TURNS), {}, None).body["messages"] == TURNS
 
 
 def test_generate_refuses_chat_messages_with_a_clear_message():
     with pytest.raises(ValueError, match="/api/generate takes one prompt, not chat messages"):
-        OllamaGenerate().build_request("m", "", 0, None, {}, None, TURNS)
+        OllamaGenerate().build_request("m", Prompt("", 0, None, TURNS), {}, None)
