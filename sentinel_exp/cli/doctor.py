@@ -4,6 +4,7 @@ line's overrides and the candidate's own, as if it had been typed on the command
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -55,9 +56,13 @@ def hydra_composer(given: Sequence[str]) -> Compose:
 def run_doctor(cfg: ExperimentConfig, ctx: RunContext, multirun: bool) -> None:
     """The doctor in this run's folder; raises what it raises (Interrupted, UserError) once its
     report is written."""
+    import psutil
+
     from sentinel_exp.doctor.steps import Doctor, diagnose
 
     if multirun:
         raise UserError(MULTIRUN)
     given = tuple(o for o in ctx.overrides if not doctors_own(o))
-    diagnose(Doctor(cfg, ctx.output_dir, given, ctx.choices, hydra_composer(ctx.overrides)))
+    # diagnose.budget_s is the command's machine time: its start-up (imports, Hydra) counts too.
+    started_s = max(0.0, time.time() - psutil.Process().create_time())
+    diagnose(Doctor(cfg, ctx.output_dir, given, ctx.choices, hydra_composer(ctx.overrides), started_s))

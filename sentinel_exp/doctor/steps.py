@@ -25,7 +25,17 @@ from sentinel_exp.doctor.evidence import Evidence, Facts, gather
 from sentinel_exp.doctor.hypotheses import Candidate, Cause, Hypothesis, Lever, Status, family_size, plan, to_test
 from sentinel_exp.doctor.state import DoctorState, open_state
 from sentinel_exp.doctor.text import Report, answer, console_lines, markdown
-from sentinel_exp.doctor.verdicts import Measured, Outcome, judge, not_run, planned, point, prefill_rate, with_ladder
+from sentinel_exp.doctor.verdicts import (
+    Measured,
+    Outcome,
+    judge,
+    not_run,
+    planned,
+    point,
+    prefill_rate,
+    settles,
+    with_ladder,
+)
 from sentinel_exp.errors import Interrupted, UserError
 from sentinel_exp.names import Role, RunStatus, ServerKind
 from sentinel_exp.records import RequestRecord
@@ -54,7 +64,7 @@ ARM_OVERHEAD_S = 5.0
 FINISH_S = 10.0
 # A study may add rounds until decided, up to this many times its planned rounds' time: a larger
 # budget would leave its first looks almost no alpha (sweep/sequential.py spends by the fraction used).
-EXTENSION = 4.0
+EXTENSION = 8.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class Doctor:
     given: tuple[str, ...]  # the command line's overrides, without the doctor's own
     choices: Mapping[str, str]
     compose: Compose
+    started_s: float = 0.0  # machine time the command took before the doctor began (its start-up)
 
 
 @dataclass(frozen=True)
@@ -226,19 +237,18 @@ class Session:
         if h.cause in self.state.studies:
             ui.stdout.print(escape(f"{h.title}: reused from {self.state.studies[h.cause]}"), soft_wrap=True)
             return self.outcome(h, Path(self.state.studies[h.cause]))
-        needed, in_rounds = self.estimate(h)
+        needed, _ = self.estimate(h)
         left = self.cfg.diagnose.budget_s - FINISH_S - self.spent()
         if needed > left:
             budget = f"{max(0.0, left):,.0f} s of diagnose.budget_s={self.cfg.diagnose.budget_s:g}"
             return not_run(h, f"out of budget: it needs about {needed:,.0f} s, {budget} left")
-        # The rounds may go on until decided, as long as the later studies keep their planned time.
-        reserve = sum(self.estimate(j)[0] for j in later) + needed - in_rounds
-        rounds_budget = round(max(in_rounds, min(EXTENSION * in_rounds, left - reserve)), 1)
-        compare_cfg = dataclasses.replace(self.cfg.compare, budget_s=rounds_budget)
+        rounds_s = rounds_budget(self.estimate(h), [self.estimate(j) for j in later], left)
+        compare_cfg = dataclasses.replace(self.cfg.compare, budget_s=rounds_s)
         folder = self.state.fresh_folder(str(h.cause))
         arms = self._arms(h, folder)
         self.bar.step(f"study: {h.cause}")
-        study = StudyPlan(folder, compare_cfg, h.study.objective, progress=True, alpha=self.alpha)
+        settled = settles(self.cfg.diagnose.min_gain_pct)
+        study = StudyPlan(folder, compare_cfg, h.study.objective, progress=True, alpha=self.alpha, settles=settled)
         run_study(arms, study)
         for arm in arms:
             if arm.cfg.tracking.enabled and _measured(arm.ctx.output_dir):
@@ -338,6 +348,18 @@ class Session:
         return [self.outcomes.get(h.cause) or not_run(h, why_not) for h in self.hypotheses]
 
 
+def rounds_budget(study: tuple[float, float], later: Sequence[tuple[float, float]], left: float) -> float:
+    """Seconds of rounds a study may take until decided, from the (whole, in rounds) estimates of
+    it and of the studies after it: its planned rounds, and a share of what `left` holds beyond
+    every remaining study's planned time, in proportion to its planned rounds (a study that
+    decides early leaves its share to the later ones; the last takes what is left), at most
+    EXTENSION times its planned rounds."""
+    needed, in_rounds = study
+    spare = max(0.0, left - needed - sum(n for n, _ in later))
+    share = spare * in_rounds / (in_rounds + sum(r for _, r in later))
+    return round(min(EXTENSION * in_rounds, in_rounds + share), 1)
+
+
 def _arm_overrides(h: Hypothesis) -> list[tuple[str, tuple[str, ...]]]:
     assert h.study is not None
     return [(GIVEN, ()), *((c.label, c.overrides) for c in h.study.candidates)]
@@ -384,7 +406,7 @@ def diagnose(doctor: Doctor) -> Report | None:
     journal = open_parent(doctor, state)
     planned_requests = doctor.cfg.workload.warmup + doctor.cfg.workload.requests
     with ui.PlanProgress(ui.want_progress(doctor.cfg.progress), planned_requests) as bar:
-        session = Session(doctor, state, journal, bar, spent_before=state.spent_s)
+        session = Session(doctor, state, journal, bar, spent_before=state.spent_s + doctor.started_s)
         try:
             session.measure()
         except (Interrupted, KeyboardInterrupt) as exc:

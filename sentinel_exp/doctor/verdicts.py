@@ -6,7 +6,7 @@ prefill rate fitted over its rungs, round by round as the study paired them."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -38,15 +38,31 @@ class Measured:
         return self.row is not None and self.row.verdict == Verdict.IMPROVED
 
     def rules_out_gain(self, min_gain_pct: float) -> bool:
-        """Its interval rules out an improvement of `min_gain_pct` or more: worse, equivalent, or
-        no significant change with the improving end of the interval short of it."""
-        row = self.row
-        if row is None or row.verdict in (Verdict.TOO_FEW, Verdict.NO_CI) or row.ci_low is None or row.ci_high is None:
-            return False
-        if row.verdict in (Verdict.WORSE, Verdict.EQUIVALENT):
-            return True
-        best_end = row.ci_low if row.direction != Direction.maximize else -row.ci_high
-        return best_end > -min_gain_pct
+        return rules_out_gain(self.row, min_gain_pct)
+
+
+def rules_out_gain(row: MetricComparison | None, min_gain_pct: float) -> bool:
+    """The row's interval rules out an improvement of `min_gain_pct` or more: worse, equivalent, or
+    no significant change with the improving end of the interval short of it."""
+    if row is None or row.verdict in (Verdict.TOO_FEW, Verdict.NO_CI) or row.ci_low is None or row.ci_high is None:
+        return False
+    if row.verdict in (Verdict.WORSE, Verdict.EQUIVALENT):
+        return True
+    best_end = row.ci_low if row.direction != Direction.maximize else -row.ci_high
+    return best_end > -min_gain_pct
+
+
+def settles(min_gain_pct: float) -> Callable[[Comparison], bool]:
+    """When a look may stop a doctor's study: the candidate came out improved, or its interval
+    rules out a gain of `min_gain_pct`. That is all the verdict (`judge`) asks; waiting for the
+    interval to fall within the minimum effect, as a sweep does, spends the budget on a question
+    the doctor does not ask."""
+
+    def settled(comparison: Comparison) -> bool:
+        row = comparison.primary
+        return (row is not None and row.verdict == Verdict.IMPROVED) or rules_out_gain(row, min_gain_pct)
+
+    return settled
 
 
 @dataclass(frozen=True)
