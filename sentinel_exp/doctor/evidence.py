@@ -3,7 +3,6 @@ show, gathered into the one `Evidence` the hypotheses are drawn from."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 from sentinel_exp.analysis.diagnosis import Breakdown, PartName, diagnose
 from sentinel_exp.analysis.stats import output_tokens, successful
 from sentinel_exp.records import RequestRecord
+from sentinel_exp.telemetry.summary import free_cores
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,13 @@ class Evidence:
 
     @property
     def free_cores(self) -> int | None:
-        """Cores left to the server: as the contention warning counts them (at least one)."""
+        """Cores left to the server, as the contention warning counts them: every one where other
+        processes took little (a tenth of a core on 2 cores leaves both), else the whole cores
+        they leave, at least one."""
         cpus = self.facts.logical_cpus
         if cpus is None:
             return None
-        busy = self.busy_cores or 0.0
-        return max(1, math.floor(cpus - busy))
+        return free_cores(self.metrics.get("other_cpu_pct_mean"), cpus)
 
     @property
     def gpu_fraction(self) -> float | None:

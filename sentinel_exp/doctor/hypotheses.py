@@ -320,9 +320,11 @@ def threads_hypothesis(e: Evidence, s: DiagnoseConfig) -> Hypothesis:
         return _untestable(Cause.THREADS, "the server runs on another host: its free cores are unknown here")
     busy = "" if e.busy_cores is None else f", {e.busy_cores:.1f} of them busy with other processes"
     evidence = f"{f.threads} llama.cpp threads on {f.logical_cpus} cores{busy} ({e.free_cores} free)"
-    if f.threads <= e.free_cores and "num_thread" not in f.lint:
-        return _skip(Cause.THREADS, f"{evidence}: no more threads than free cores")
-    values = _lower_values(f.threads, min(e.free_cores, f.physical_cores or e.free_cores))
+    # llama.cpp's threads each want a core of their own: a hyperthread's sibling is no such core.
+    own = min(e.free_cores, f.physical_cores or e.free_cores)
+    if f.threads <= own and "num_thread" not in f.lint:
+        return _skip(Cause.THREADS, f"{evidence}: no more threads than free cores (at most the physical ones)")
+    values = _lower_values(f.threads, own)
     if not values:
         return _skip(Cause.THREADS, f"{evidence}: one thread already")
     candidates = tuple(Candidate(f"num_thread={n}", (f"options.num_thread={n}",), Lever.FIX, float(n)) for n in values)

@@ -208,6 +208,22 @@ def test_threads_over_the_free_cores_are_tested_at_the_free_and_the_physical_cor
     assert alone.study is not None and [c.label for c in alone.study.candidates] == ["num_thread=2"]
 
 
+@pytest.mark.parametrize(
+    ("other_pct", "free", "candidate"),
+    [(10.0, 2, "num_thread=2"), (49.0, 2, "num_thread=2"), (50.0, 1, "num_thread=1"), (170.0, 1, "num_thread=1")],
+)
+def test_a_tenth_of_a_core_busy_leaves_both_cores_free_as_the_contention_warning_counts_them(
+    other_pct, free, candidate
+):
+    """Bystanders take a core from the server's threads once the contention warning counts them
+    (half a core on 2 cores), not for the tenth of a core any machine has busy."""
+    lint = {"num_thread": "num_thread=4 is more than the 2 physical cores"}
+    e = evidence(HEALTHY, {"other_cpu_pct_mean": other_pct}, server_kind="embedded", threads=4, lint=lint)
+    threads = by_cause(plan(e, SETTINGS), Cause.THREADS)
+    assert e.free_cores == free and f"({free} free)" in threads.evidence
+    assert threads.study is not None and [c.label for c in threads.study.candidates] == [candidate]
+
+
 def test_gpu_offload_is_tested_where_a_gpu_holds_only_part_of_the_model():
     e = evidence(
         HEALTHY,
