@@ -377,7 +377,8 @@ def test_a_look_stops_a_doctors_study_once_each_candidate_improved_or_ruled_out_
     ("study", "later", "left", "expected"),
     [
         ((30.0, 20.0), [], 100.0, 90.0),  # the last study: its rounds and all that is spare
-        ((30.0, 20.0), [(30.0, 20.0)], 500.0, 160.0),  # half the spare each, at most 8 times its rounds
+        ((30.0, 20.0), [(30.0, 20.0)], 500.0, 240.0),  # half the 440 s spare each
+        ((30.0, 20.0), [(30.0, 20.0)], 1000.0, 320.0),  # at most 16 times its planned rounds
         ((30.0, 20.0), [(30.0, 20.0)], 160.0, 70.0),  # (160 - 60) / 2 spare on top of its 20 s
         ((30.0, 20.0), [(90.0, 60.0)], 160.0, 30.0),  # a quarter of the 40 s spare: its rounds are a quarter
         ((30.0, 20.0), [(200.0, 150.0)], 160.0, 20.0),  # nothing spare: its planned rounds
