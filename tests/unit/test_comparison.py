@@ -233,3 +233,25 @@ def test_holm_adjustment_of_secondary_rows() -> None:
         assert (row.verdict in SIGNIFICANT) <= (adjusted < 0.05)
     primary = result.primary
     assert primary is not None and primary.p_adjusted == primary.p_value
+
+
+def test_numbers_keep_three_significant_digits_and_no_exponent_from_1000_up() -> None:
+    from sentinel_exp.analysis.comparison import _number
+
+    cases = {
+        0.0123: "0.0123",
+        9.99: "9.99",
+        40.24: "40.2",
+        329.0: "329",
+        999.4: "999",
+        # Three significant digits of these are 1000: a whole number, never "1e+03".
+        999.5: "1,000",
+        999.7: "1,000",
+        -999.7: "-1,000",
+        1000.0: "1,000",
+        1000.5: "1,000",
+        1234.4: "1,234",
+        math.nan: "n/a",
+        math.inf: "n/a",
+    }
+    assert {value: _number(value) for value in cases} == cases
