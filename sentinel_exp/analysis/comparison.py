@@ -699,10 +699,11 @@ def _verdict(
 
 
 def _number(value: float) -> str:
-    """Three significant digits, whole numbers from 1000 up: 0.0123, 9.99, 40.2, 329, 1,234."""
+    """Three significant digits, whole numbers from 1000 up: 0.0123, 9.99, 40.2, 329, 1,234. From
+    999.5, three significant digits round to 1000, which `.3g` would write as 1e+03."""
     if not math.isfinite(value):
         return "n/a"
-    if abs(value) >= 1000:
+    if abs(value) >= 999.5:
         return f"{value:,.0f}"
     return f"{value:.3g}"
 
