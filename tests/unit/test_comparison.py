@@ -386,8 +386,8 @@ def test_the_design_line_of_independent_runs_and_of_a_study_with_no_objective_ro
     numbers = (40.0, 44.0, 10.0, 4.0, 16.0, 0.01, 0.01)
     primary = metric_row("ttft_ms_p50|TTFT p50|ms", numbers, Verdict.WORSE, primary=True, mde_pct=7.25)
     assert design_line(comparison(Design.INDEPENDENT, (primary,), clusters=3)) == (
-        "design: independent runs, runs; the CI covers the noise between runs and within them, not what every "
-        "round shares; the smallest TTFT p50 change it finds with 80% power: 7.2%"
+        "design: independent runs, 3 runs per arm; the CI covers the noise between runs and within them, not what "
+        "every run shares; the smallest TTFT p50 change it finds with 80% power: 7.2%"
     )
     assert design_line(comparison(Design.PAIRED, (), clusters=6)) == (
         "design: paired rounds, 6 rounds; the CI covers the noise between rounds and within them, not what every "

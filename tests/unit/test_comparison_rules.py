@@ -405,6 +405,20 @@ def test_an_interval_of_exactly_zero_is_no_change_even_where_the_pooled_values_d
     assert ttft.verdict == Verdict.EQUIVALENT
 
 
+def test_the_minimum_effect_reads_the_change_shown_not_the_pooled_values() -> None:
+    # Each round's candidate p50 is exactly 1% above the baseline's (a zero-width CI at +1%), while
+    # the pooled p50s are 150 against 202 (+35%): the verdict weighs the +1% it shows, which is
+    # within the 2% minimum effect.
+    spread_ms = spread(21, 50.0)
+    baseline = study_arm("base", [100.0 + spread_ms, 300.0 + 3 * spread_ms])
+    candidate = study_arm("cand", [np.full(21, 101.0), np.full(21, 303.0)])
+    ttft = row(compare(baseline, candidate), "ttft_ms_p50")
+    assert (ttft.baseline, ttft.candidate) == (150.0, 202.0)
+    assert ttft.change_pct == pytest.approx(1.0) and ttft.ci_low == pytest.approx(1.0) and ttft.p_value == 0.0
+    assert ttft.verdict == Verdict.EQUIVALENT
+    assert row(compare(baseline, candidate, min_effect_pct=0.5), "ttft_ms_p50").verdict == Verdict.WORSE
+
+
 def test_a_secondary_row_counts_only_when_its_holm_p_is_below_alpha_not_equal_to_it() -> None:
     # TTFB p95 +4% at Holm p ≈ 0.19 (ttfb_study): significant at a level just above that p, not at it.
     baseline, candidate, _ = ttfb_study()
