@@ -14,6 +14,9 @@ machine: A/A false verdicts <= 5% of studies; a 10% TTFT p50 change found with >
 
     python scripts/bench_verdicts.py [--studies 10] [--requests 40] [--effect workload.input_tokens=100,110]
                                      [--budget-s 300] [--threads 1] [--out DIR]
+
+With --out, a study already in DIR is read back rather than run again: `--studies 1`, then
+`--studies 2` with the same DIR, and so on, runs one more pair each time and reports on all.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,21 +64,29 @@ def rate(hits: int, n: int) -> str:
 
 
 def run_study(folder: Path, sweep: list[str], common: list[str]) -> Study:
-    """One study through the CLI, in `folder`; its comparison read back from the sweep folder."""
-    folder.mkdir(parents=True)
-    env = {**os.environ, "CI": "true", "PYTHONPATH": str(REPO)}
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "sentinel_exp", "-m", *common, *sweep],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        sys.exit(f"a study failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    """One study through the CLI, in `folder`; its comparison read back from the sweep folder. A
+    study that finished in an earlier call with the same --out is read again, not rerun, so a long
+    bench can be run a study at a time (between other work on a shared machine)."""
+    timing = folder / "bench_wall_s.txt"
+    if timing.exists():
+        wall = float(timing.read_text(encoding="utf-8"))
+    else:
+        shutil.rmtree(folder, ignore_errors=True)  # a study cut short earlier starts again
+        folder.mkdir(parents=True)
+        env = {**os.environ, "CI": "true", "PYTHONPATH": str(REPO)}
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "sentinel_exp", "-m", *common, *sweep],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        wall = time.monotonic() - started
+        if done.returncode != 0:
+            sys.exit(f"a study failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        timing.write_text(f"{wall:.3f}", encoding="utf-8")
     [sweep_dir] = [p.parent for p in folder.glob("multirun/*/*/multirun.yaml")]
     measured = []
     for job in read_outcomes(sweep_dir, sweep_record(sweep_dir)):
@@ -92,7 +104,11 @@ def main() -> None:
     parser.add_argument("--effect", default="workload.input_tokens=100,110", help="the sweep with a true effect")
     parser.add_argument("--budget-s", type=float, help="compare.budget_s: stop each study when decided")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (SENTINEL_LLAMA_THREADS)")
-    parser.add_argument("--out", type=Path, help="keep the studies' folders here (default: a temporary one)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="keep the studies' folders here (default: a temporary one); studies already there are read, not rerun",
+    )
     args = parser.parse_args()
     os.environ["SENTINEL_LLAMA_THREADS"] = str(args.threads)
     common = [

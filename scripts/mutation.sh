@@ -19,6 +19,7 @@ if [ ${#modules[@]} -eq 0 ]; then
     sentinel_exp/analysis/stats.py
     sentinel_exp/analysis/slo.py
     sentinel_exp/analysis/diagnosis.py
+    sentinel_exp/analysis/comparison.py
     sentinel_exp/checks/options.py
   )
 fi

@@ -686,15 +686,21 @@ def _verdict(
         return Verdict.NO_CHANGE if est.change == 0 else Verdict.NO_CI
     excludes_zero = ci[0] > 0 or ci[1] < 0
     significant = excludes_zero if primary else p_adjusted < alpha
-    # The same rule for % and pp rows: the move must exceed min_effect_pct of the baseline value,
-    # so an error rate rising from 0 counts once it is significant.
-    large_enough = abs(row.candidate - row.baseline) > min_effect_pct / 100.0 * abs(row.baseline)
+    # A % row's change must exceed min_effect_pct as shown: the estimate its CI is built around
+    # (per round or per run), not the pooled values, which can differ from it. A pp row's move
+    # must exceed min_effect_pct of the baseline value, so an error rate rising from 0 counts
+    # once it is significant.
+    if row.change_unit == "%":
+        # (a change exactly at the minimum does not count, give or take the log and exp's rounding)
+        large_enough = abs(est.change) > min_effect_pct + 1e-9
+    else:
+        large_enough = abs(row.candidate - row.baseline) > min_effect_pct / 100.0 * abs(row.baseline)
     if not (significant and large_enough):
         within = row.change_unit == "%" and -min_effect_pct <= ci[0] and ci[1] <= min_effect_pct
         return Verdict.EQUIVALENT if primary and within else Verdict.NO_CHANGE
     if row.direction is None:
         return Verdict.DIFFERS
-    lower = row.candidate < row.baseline
+    lower = est.change < 0  # the direction the CI was tested in
     return Verdict.IMPROVED if lower == (row.direction == Direction.minimize) else Verdict.WORSE
 
 
@@ -702,10 +708,11 @@ def _verdict(
 
 
 def _number(value: float) -> str:
-    """Three significant digits, whole numbers from 1000 up: 0.0123, 9.99, 40.2, 329, 1,234."""
+    """Three significant digits, whole numbers from 1000 up: 0.0123, 9.99, 40.2, 329, 1,234. From
+    999.5, three significant digits round to 1000, which `.3g` would write as 1e+03."""
     if not math.isfinite(value):
         return "n/a"
-    if abs(value) >= 1000:
+    if abs(value) >= 999.5:
         return f"{value:,.0f}"
     return f"{value:.3g}"
 
@@ -745,16 +752,14 @@ def design_line(comparison: Comparison) -> str:
     primary = comparison.primary
     if comparison.design is Design.SINGLE:
         return "design: one run per arm; the noise between runs is unknown, so no significance verdict"
-    unit = f"{comparison.clusters} rounds" if comparison.design is Design.PAIRED else "runs"
+    paired = comparison.design is Design.PAIRED
+    unit = f"{comparison.clusters} rounds" if paired else f"{comparison.clusters} runs per arm"
     found = ""
     if primary is not None and primary.mde_pct is not None:
         found = f"; the smallest {primary.label} change it finds with 80% power: {primary.mde_pct:.1f}%"
-    covers = (
-        "the noise between rounds and within them"
-        if comparison.design is Design.PAIRED
-        else "the noise between runs and within them"
-    )
-    return f"design: {comparison.design}, {unit}; the CI covers {covers}, not what every round shares{found}"
+    level = "round" if paired else "run"
+    covers = f"the noise between {level}s and within them, not what every {level} shares"
+    return f"design: {comparison.design}, {unit}; the CI covers {covers}{found}"
 
 
 def to_markdown(comparisons: Sequence[Comparison]) -> str:

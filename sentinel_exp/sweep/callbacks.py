@@ -149,17 +149,7 @@ class SweepSummary(Callback):
         # Resolved as the launcher resolved it: `${now:...}` is cached in the config.
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = read_outcomes(sweep_dir, self.sweep_id)
-        if len(jobs) > 1:
-            labels = distinguishing_labels([job.label for job in jobs])
-            ui.print_sweep_table([(name, job.metrics) for name, job in zip(labels, jobs, strict=True)])
-        objective = str(config.sweep.objective)
-        unmeasured = [f"#{job.num}" for job in jobs if job.metrics is not None and objective not in job.metrics]
-        if unmeasured:  # a misspelt objective, or runs where every request failed
-            ui.stderr.print(
-                f"[yellow]warning:[/] {escape(f'sweep.objective={objective} is not among the metrics of job(s)')} "
-                f"{', '.join(unmeasured)}: the sweeper got {failed_value(str(config.sweep.direction))} for them",
-                soft_wrap=True,
-            )
+        _show_jobs(jobs, str(config.sweep.objective), str(config.sweep.direction))
         try:
             compared = _compare(config, jobs, sweep_dir)
         except UserError as exc:
@@ -232,6 +222,24 @@ def _sweep_status(interrupted: bool, any_failed: bool) -> RunStatus:
 
 # The sweep this process is running, so the entry point can close it when the sweep is stopped.
 _ACTIVE: list[SweepSummary] = []
+
+
+def _show_jobs(jobs: list[JobOutcome], objective: str, direction: str) -> None:
+    """The closing table of the jobs, and a warning for the jobs the objective is missing from."""
+    from rich.markup import escape
+
+    from sentinel_exp.report import console as ui
+
+    if len(jobs) > 1:
+        labels = distinguishing_labels([job.label for job in jobs])
+        ui.print_sweep_table([(name, job.metrics) for name, job in zip(labels, jobs, strict=True)])
+    unmeasured = [f"#{job.num}" for job in jobs if job.metrics is not None and objective not in job.metrics]
+    if unmeasured:  # a misspelt objective, or runs where every request failed
+        ui.stderr.print(
+            f"[yellow]warning:[/] {escape(f'sweep.objective={objective} is not among the metrics of job(s)')} "
+            f"{', '.join(unmeasured)}: the sweeper got {failed_value(direction)} for them",
+            soft_wrap=True,
+        )
 
 
 def finish_interrupted_sweep() -> None:

@@ -278,6 +278,10 @@ def best_arm(baseline: str, comparisons: Sequence[Comparison]) -> Best:
         return Best(baseline, f"every other configuration is worse on {rows[0].label if rows[0] else 'it'}")
     if comparisons and all(c.design is Design.SINGLE for c in comparisons):
         return Best(None, "one run per arm: the noise between runs is unknown")
+    worse = [c.candidate for c in comparisons if c.primary is not None and c.primary.verdict == Verdict.WORSE]
+    if worse:
+        label = next(r.label for r in rows if r is not None)
+        return Best(None, f"no configuration is better than {baseline} on {label}; worse: {', '.join(worse)}")
     return Best(None, "no configuration differs significantly from the baseline on the objective")
 
 

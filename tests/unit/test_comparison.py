@@ -5,6 +5,7 @@ with one run per arm), and each documented rule holds at its boundary."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,14 +14,18 @@ from support.studies import QUIET, Noise, paired_study, repeated_runs, requests,
 from sentinel_exp.analysis.comparison import (
     SIGNIFICANT,
     Arm,
+    Comparison,
     Design,
+    MetricComparison,
     RunResult,
     Verdict,
     compare,
+    compare_many,
     design_line,
     to_markdown,
     verdict_text,
 )
+from sentinel_exp.names import Direction
 
 
 def test_an_injected_ttft_difference_is_found_both_ways_in_a_paired_study() -> None:
@@ -72,8 +77,13 @@ def test_one_run_per_arm_gives_no_significance_verdict() -> None:
     assert row is not None and row.change_pct is not None and 40 < row.change_pct < 60
     assert row.verdict == Verdict.NO_CI and row.ci_low is None and row.p_value is None
     assert not any(r.verdict in SIGNIFICANT for r in result.rows if r.metric != "error_rate")
-    assert any("one run per arm: the noise between runs is unknown" in note for note in result.notes)
-    assert "one run per arm" in design_line(result)
+    assert result.notes == (
+        "one run per arm: the noise between runs is unknown, so no row gets a significance verdict; "
+        "measure the arms in one interleaved study (a sweep's default) or repeat each run",
+    )
+    assert (
+        design_line(result) == "design: one run per arm; the noise between runs is unknown, so no significance verdict"
+    )
 
 
 def test_runs_of_another_study_are_not_paired() -> None:
@@ -91,7 +101,7 @@ def test_repeats_compare_as_independent_runs() -> None:
     assert row is not None and row.verdict == Verdict.WORSE
     # Coverage is a rate over many studies (test_calibration.py); one draw only shows the sign.
     assert row.ci_low is not None and row.ci_low > 0
-    assert "Welch" in result.method
+    assert "Welch" in result.method and result.notes == ()
 
 
 def test_noise_between_runs_widens_the_interval() -> None:
@@ -124,7 +134,8 @@ def test_error_rate_compares_proportions() -> None:
     base = Arm("base", [RunResult(requests(rng, 32, failed=48))])
     cand = Arm("cand", [RunResult(requests(rng, 14, failed=56))])
     row = compare(base, cand).row("error_rate")
-    assert row is not None and row.change_unit == "pp" and row.unit == "%"
+    assert row is not None and row.change_unit == "pp" and row.unit == "%" and row.label == "error rate"
+    assert (row.n_baseline, row.n_candidate) == (80, 70)
     assert (row.baseline, row.candidate) == pytest.approx((60.0, 80.0))
     assert row.change_pct == pytest.approx(20.0)
     assert (row.ci_low, row.ci_high) == pytest.approx((5.24, 33.39), abs=0.01)
@@ -164,7 +175,8 @@ def test_run_level_metrics_need_two_runs_a_side() -> None:
     cand, _ = repeated_runs(rng, runs=4, metrics=runs([120.0, 121.0, 119.0, 120.5]))
     four = compare(base, cand)
     row = four.row("throughput_tokens_per_s")
-    assert row is not None and row.verdict == Verdict.IMPROVED and row.n_baseline == 4
+    assert row is not None and row.verdict == Verdict.IMPROVED and (row.n_baseline, row.n_candidate) == (4, 4)
+    assert (row.label, row.unit, row.direction) == ("throughput", "tok/s", Direction.maximize)
     cold = four.row("cold_starts")
     assert cold is not None and cold.change_pct == 0 and cold.verdict == Verdict.NO_CI
 
@@ -212,7 +224,7 @@ def test_any_latency_percentile_can_be_the_objective() -> None:
     base, cand = paired_study(np.random.default_rng(15), candidate_itl=12.0)
     result = compare(base, cand, objective="tpot_ms_p99")
     row = result.rows[0]
-    assert row.metric == "tpot_ms_p99" and row.primary and row.label == "TPOT p99"
+    assert row.metric == "tpot_ms_p99" and row.primary and row.label == "TPOT p99" and row.unit == "ms"
     assert row.verdict == Verdict.WORSE and row.change_pct is not None and 10 < row.change_pct < 30
     assert sum(r.primary for r in result.rows) == 1
 
@@ -233,3 +245,156 @@ def test_holm_adjustment_of_secondary_rows() -> None:
         assert (row.verdict in SIGNIFICANT) <= (adjusted < 0.05)
     primary = result.primary
     assert primary is not None and primary.p_adjusted == primary.p_value
+
+
+def test_numbers_keep_three_significant_digits_and_no_exponent_from_1000_up() -> None:
+    from sentinel_exp.analysis.comparison import _number
+
+    cases = {
+        0.0123: "0.0123",
+        9.99: "9.99",
+        40.24: "40.2",
+        329.0: "329",
+        999.4: "999",
+        # Three significant digits of these are 1000: a whole number, never "1e+03".
+        999.5: "1,000",
+        999.7: "1,000",
+        -999.7: "-1,000",
+        1000.0: "1,000",
+        1000.5: "1,000",
+        1234.4: "1,234",
+        math.nan: "n/a",
+        math.inf: "n/a",
+    }
+    assert {value: _number(value) for value in cases} == cases
+
+
+# --- the rest of the module, pinned (scripts/mutation.sh) -------------------------------------------
+
+
+def test_each_arm_needs_a_run() -> None:
+    base, cand = single_runs(np.random.default_rng(17))
+    for arms in ((Arm("none", []), cand), (base, Arm("none", []))):
+        with pytest.raises(ValueError) as raised:
+            compare(*arms)
+        assert str(raised.value) == "each arm needs at least one run"
+
+
+def test_compare_many_is_compare_of_each_candidate_with_the_same_settings() -> None:
+    base, cand = paired_study(np.random.default_rng(18), effect=1.04)
+    other = Arm("other", cand.runs)
+    settings = {"objective": "ttft_ms_p95", "min_effect_pct": 5.0, "alpha": 0.01}
+    many = compare_many(base, [cand, other], **settings)  # type: ignore[arg-type]
+    assert [(c.baseline, c.candidate) for c in many] == [("base", "cand"), ("base", "other")]
+    assert all(c.objective == "ttft_ms_p95" and c.min_effect_pct == 5.0 for c in many)
+    assert all(c.confidence == pytest.approx(0.99) for c in many)
+    one_by_one = [compare(base, c, **settings) for c in (cand, other)]  # type: ignore[arg-type]
+    assert to_markdown(many) == to_markdown(one_by_one)
+
+
+def test_one_run_per_arm_gives_no_verdict_even_for_the_same_records() -> None:
+    base, _ = single_runs(np.random.default_rng(19))
+    result = compare(base, Arm("same", base.runs))
+    assert result.clusters == 1
+    ttft = result.row("ttft_ms_p50")
+    assert ttft is not None and ttft.change_pct == 0.0 and ttft.verdict == Verdict.NO_CI
+    assert result.method.startswith(
+        "one run per arm: no unit to estimate the noise between runs with, so no significance verdict; "
+    )
+
+
+def test_the_method_states_the_level_of_its_intervals() -> None:
+    paired = paired_study(np.random.default_rng(20))
+    assert "per round, 95% t interval over the rounds' log ratios (9 df)" in compare(*paired).method
+    assert "per round, 99% t interval over the rounds' log ratios (9 df)" in compare(*paired, alpha=0.01).method
+    independent = compare(*repeated_runs(np.random.default_rng(20), runs=3))
+    assert "per run, 95% Welch t interval over the arms' log values (3+ runs per arm)" in independent.method
+
+
+def test_a_run_level_metric_whose_baseline_is_zero_has_no_change() -> None:
+    rng = np.random.default_rng(21)
+    result = compare(
+        Arm("a", [RunResult(requests(rng, 30), {"cold_starts": 0.0})]),
+        Arm("b", [RunResult(requests(rng, 30), {"cold_starts": 3.0})]),
+    )
+    cold = result.row("cold_starts")
+    assert cold is not None and (cold.baseline, cold.candidate) == (0.0, 3.0)
+    assert cold.change_pct is None and cold.verdict == Verdict.NO_CI
+
+
+def comparison(design: Design, rows: tuple[MetricComparison, ...], **fields: object) -> Comparison:
+    return Comparison(
+        baseline="base",
+        candidate="cand",
+        objective="ttft_ms_p50",
+        rows=rows,
+        notes=("a note",),
+        method="the method",
+        design=design,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def metric_row(name: str, numbers: tuple[float | None, ...], verdict: Verdict, **fields: object) -> MetricComparison:
+    """`name`: "metric|label|unit"; `numbers`: baseline, candidate, change_pct, ci_low, ci_high, p_value,
+    p_adjusted. A secondary row of a metric where lower is better, unless `fields` say otherwise."""
+    metric, label, unit = name.split("|")
+    given: dict[str, object] = {"primary": False, "direction": Direction.minimize, **fields}
+    return MetricComparison(metric, label, unit, *numbers, verdict=verdict, **given)  # type: ignore[arg-type]
+
+
+def test_the_markdown_table_cell_by_cell() -> None:
+    no_ci = (None, None, None, None)
+    rows = (
+        metric_row("ttft_ms_p50|TTFT p50|ms", (999.7, 1001.0, 0.3, -1.04, 1.56, 0.52, 0.52), Verdict.EQUIVALENT),
+        metric_row("ttfb_ms_p95|TTFB p95|ms", (40.25, 48.3, 20.0, 12.0, 28.96, 0.0012, 0.0108), Verdict.WORSE),
+        metric_row("error_rate|error rate|%", (0.0, 5.0, 5.0, 1.2, 9.94, 0.01, 0.04), Verdict.WORSE, change_unit="pp"),
+        metric_row("cold_starts|cold starts|requests", (0.0, 2.0, None, *no_ci), Verdict.NO_CI),
+        metric_row("error_rate|error rate|%", (0.0, 0.0, 0.0, *no_ci), Verdict.TOO_FEW, change_unit="pp"),
+    )
+    objective = replace(rows[0], primary=True, mde_pct=2.345)
+    paired = comparison(Design.PAIRED, (objective, *rows[1:]), min_effect_pct=3.0, clusters=10)
+    single = comparison(Design.SINGLE, (), confidence=0.993)
+    assert to_markdown([paired, single]) == (
+        "### cand vs base\n"
+        "\n"
+        "| metric | base | cand | change % | 95% CI | verdict |\n"
+        "|---|---:|---:|---:|---|---|\n"
+        "| **TTFT p50 (ms)** (objective) | 1,000 | 1,001 | +0.3% | [-1.0, +1.6] | no change larger than 3% (p 0.52) |\n"
+        "| TTFB p95 (ms) | 40.2 | 48.3 | +20.0% | [+12.0, +29.0] | worse (Holm p 0.011) |\n"
+        "| error rate (%) | 0 | 5 | +5.0 pp | [+1.2, +9.9] pp | worse (Holm p 0.04) |\n"
+        "| cold starts (requests) | 0 | 2 | n/a | — | no verdict (one run per arm) |\n"
+        "| error rate (%) | 0 | 0 | +0.0 pp | — | too few requests |\n"
+        "\n"
+        "- design: paired rounds, 10 rounds; the CI covers the noise between rounds and within them, not what "
+        "every round shares; the smallest TTFT p50 change it finds with 80% power: 2.3%\n"
+        "- a note\n"
+        "- method: the method\n"
+        "\n"
+        "### cand vs base\n"
+        "\n"
+        "| metric | base | cand | change % | 99.3% CI | verdict |\n"
+        "|---|---:|---:|---:|---|---|\n"
+        "\n"
+        "- design: one run per arm; the noise between runs is unknown, so no significance verdict\n"
+        "- a note\n"
+        "- method: the method\n"
+    )  # fmt: skip
+
+
+def test_the_design_line_of_independent_runs_and_of_a_study_with_no_objective_row() -> None:
+    numbers = (40.0, 44.0, 10.0, 4.0, 16.0, 0.01, 0.01)
+    primary = metric_row("ttft_ms_p50|TTFT p50|ms", numbers, Verdict.WORSE, primary=True, mde_pct=7.25)
+    assert design_line(comparison(Design.INDEPENDENT, (primary,), clusters=3)) == (
+        "design: independent runs, 3 runs per arm; the CI covers the noise between runs and within them, not what "
+        "every run shares; the smallest TTFT p50 change it finds with 80% power: 7.2%"
+    )
+    assert design_line(comparison(Design.PAIRED, (), clusters=6)) == (
+        "design: paired rounds, 6 rounds; the CI covers the noise between rounds and within them, not what every "
+        "round shares"
+    )
+    # An objective row without a minimum detectable effect (too few requests, no interval) says none.
+    blocked = metric_row(
+        "ttft_ms_p50|TTFT p50|ms", (40.0, 44.0, 10.0, None, None, None, None), Verdict.TOO_FEW, primary=True
+    )
+    assert design_line(comparison(Design.PAIRED, (blocked,), clusters=6)).endswith("not what every round shares")

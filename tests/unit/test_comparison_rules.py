@@ -4,9 +4,13 @@ of the secondary rows, the 95% level, the change against the baseline, the 20 su
 a side and the 10% difference in output length. The arms are mostly one interleaved study's
 (paired by round), whose interval is a t interval over the rounds' log ratios: the expected
 numbers are computed here from the rounds with scipy. Each test fails when its rule changes
-(scripts/mutation_survivors.md lists the mutants that prove it)."""
+(scripts/mutation_survivors.md lists the mutants that prove it). After them, the same for the rest
+of the module (scripts/mutation.sh): the verdict at its exact edges, the error rate's p-value, what
+each design clusters on, and the per-request quantities at theirs."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -338,6 +342,8 @@ def test_the_error_rate_needs_twenty_finished_requests_a_side() -> None:
     other = counted_arm("other", 40, failures=1)
     nineteen = row(compare(counted_arm("few", 15, failures=4), other), "error_rate")
     assert nineteen.verdict == Verdict.TOO_FEW and nineteen.n_baseline == 19 and nineteen.ci_low is None
+    # No p either, nor a Holm-adjusted one.
+    assert nineteen.p_value is None and nineteen.p_adjusted is None
     twenty = row(compare(counted_arm("few", 16, failures=4), other), "error_rate")
     assert twenty.verdict != Verdict.TOO_FEW and twenty.n_baseline == 20 and twenty.ci_low is not None
 
@@ -368,3 +374,346 @@ def test_e2e_is_compared_per_token_only_beyond_a_10_percent_difference_in_length
     else:
         assert {"e2e_ms_p50", "e2e_ms_p95"} <= metrics and "e2e_ms_per_token_p50" not in metrics
         assert result.objective == "e2e_ms_p50" and not notes
+
+
+# --- the verdict at its exact edges ----------------------------------------------------------------
+
+
+def test_a_change_exactly_as_large_as_the_minimum_effect_does_not_count() -> None:
+    # Every round's TTFT p50 is 100 ms against 75 ms: the rounds agree exactly (a zero-width CI at
+    # -25%, p = 0), and the pooled values are 100 and 75. "Larger than" the minimum effect: -25%
+    # counts under 24.9%, not under 25%.
+    baseline = study_arm("base", [100.0 + spread(21, 10.0)] * 3)
+    candidate = study_arm("cand", [75.0 + spread(21, 5.0)] * 3)
+    below = row(compare(baseline, candidate, min_effect_pct=24.9), "ttft_ms_p50")
+    assert (below.baseline, below.candidate) == (100.0, 75.0) and below.p_value == 0.0
+    assert below.change_pct == pytest.approx(-25.0) and below.ci_low == below.ci_high == below.change_pct
+    assert below.verdict == Verdict.IMPROVED
+    assert row(compare(baseline, candidate, min_effect_pct=25.0), "ttft_ms_p50").verdict != Verdict.IMPROVED
+
+
+def test_an_interval_of_exactly_zero_is_no_change_even_where_the_pooled_values_differ() -> None:
+    # Round 0: baseline 50..150 ms, candidate 100 ms every request; round 1: the same times 3. Each
+    # round's p50 is the same in both arms, so the CI is [0, 0], while the pooled p50s are 150
+    # against 200 (the pooled values are the arms' own, not what the verdict reads).
+    spread_ms = spread(21, 50.0)
+    baseline = study_arm("base", [100.0 + spread_ms, 300.0 + 3 * spread_ms])
+    candidate = study_arm("cand", [np.full(21, 100.0), np.full(21, 300.0)])
+    ttft = row(compare(baseline, candidate), "ttft_ms_p50")
+    assert (ttft.baseline, ttft.candidate) == (150.0, 200.0)
+    assert ttft.change_pct == 0.0 and (ttft.ci_low, ttft.ci_high) == (0.0, 0.0) and ttft.p_value == 1.0
+    assert ttft.verdict == Verdict.EQUIVALENT
+
+
+def test_the_minimum_effect_reads_the_change_shown_not_the_pooled_values() -> None:
+    # Each round's candidate p50 is exactly 1% above the baseline's (a zero-width CI at +1%), while
+    # the pooled p50s are 150 against 202 (+35%): the verdict weighs the +1% it shows, which is
+    # within the 2% minimum effect.
+    spread_ms = spread(21, 50.0)
+    baseline = study_arm("base", [100.0 + spread_ms, 300.0 + 3 * spread_ms])
+    candidate = study_arm("cand", [np.full(21, 101.0), np.full(21, 303.0)])
+    ttft = row(compare(baseline, candidate), "ttft_ms_p50")
+    assert (ttft.baseline, ttft.candidate) == (150.0, 202.0)
+    assert ttft.change_pct == pytest.approx(1.0) and ttft.ci_low == pytest.approx(1.0) and ttft.p_value == 0.0
+    assert ttft.verdict == Verdict.EQUIVALENT
+    assert row(compare(baseline, candidate, min_effect_pct=0.5), "ttft_ms_p50").verdict == Verdict.WORSE
+
+
+def test_a_secondary_row_counts_only_when_its_holm_p_is_below_alpha_not_equal_to_it() -> None:
+    # TTFB p95 +4% at Holm p ≈ 0.19 (ttfb_study): significant at a level just above that p, not at it.
+    baseline, candidate, _ = ttfb_study()
+    p_adjusted = row(compare(baseline, candidate), "ttfb_ms_p95").p_adjusted
+    assert p_adjusted is not None and 0.1 < p_adjusted < 0.3
+    at = row(compare(baseline, candidate, alpha=p_adjusted), "ttfb_ms_p95")
+    assert at.p_adjusted == p_adjusted and at.verdict == Verdict.NO_CHANGE
+    above = row(compare(baseline, candidate, alpha=float(np.nextafter(p_adjusted, 1.0))), "ttfb_ms_p95")
+    assert above.verdict == Verdict.WORSE
+
+
+def equivalence_study(log_change: float) -> tuple[Arm, Arm]:
+    """The rounds' log ratios log_change + 0.03 * WOBBLE: a 95% CI about 2.1% either side of it."""
+    base = 100.0 + spread(41, 10.0)
+    logs = log_change + 0.03 * WOBBLE
+    return study_arm("base", [base] * ROUNDS), study_arm("cand", [base * np.exp(x) for x in logs])
+
+
+def test_equivalence_needs_both_ends_of_the_interval_within_the_minimum_effect_edges_included() -> None:
+    # About -0.5% with a CI of about [-2.6, +1.6]: its lower end is beyond -2%, so no equivalence
+    # at the default; with the minimum effect set to exactly -ci_low, the CI touches the edge and
+    # lies within it.
+    baseline, candidate = equivalence_study(np.log(0.995))
+    lower = row(compare(baseline, candidate), "ttft_ms_p50")
+    assert lower.ci_low is not None and lower.ci_high is not None
+    assert -3.5 < lower.ci_low < -2.0 < 0.0 < lower.ci_high < 2.0
+    assert lower.verdict == Verdict.NO_CHANGE
+    assert row(compare(baseline, candidate, min_effect_pct=-lower.ci_low), "ttft_ms_p50").verdict == Verdict.EQUIVALENT
+    narrower = float(np.nextafter(-lower.ci_low, 0.0))
+    assert row(compare(baseline, candidate, min_effect_pct=narrower), "ttft_ms_p50").verdict == Verdict.NO_CHANGE
+    # The mirror image, about +0.5%: the upper end decides.
+    baseline, candidate = equivalence_study(np.log(1.005))
+    upper = row(compare(baseline, candidate), "ttft_ms_p50")
+    assert upper.ci_low is not None and upper.ci_high is not None
+    assert -2.0 < upper.ci_low < 0.0 < 2.0 < upper.ci_high < 3.5
+    assert upper.verdict == Verdict.NO_CHANGE
+    assert row(compare(baseline, candidate, min_effect_pct=upper.ci_high), "ttft_ms_p50").verdict == Verdict.EQUIVALENT
+
+
+# --- the error rate's p-value ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failed_baseline", "failed_candidate", "n"),
+    [(2, 12, 100), (12, 2, 100), (0, 1, 100), (3, 1, 100), (0, 2, 400), (2, 0, 400)],
+)
+def test_the_error_rates_p_value_is_the_level_at_which_its_interval_touches_zero(
+    failed_baseline: int, failed_candidate: int, n: int
+) -> None:
+    # Up 10 pp, down 10 pp, up exactly 1 pp (p ≈ 0.37), down 2 pp, up and down 0.5 pp: compared
+    # again at alpha = p, the interval's end nearest 0 is 0.
+    baseline = counted_arm("base", n - failed_baseline, failures=failed_baseline)
+    candidate = counted_arm("cand", n - failed_candidate, failures=failed_candidate)
+    rate = row(compare(baseline, candidate), "error_rate")
+    change = 100.0 * (failed_candidate - failed_baseline) / n
+    assert rate.change_pct == pytest.approx(change) and rate.p_value is not None and 0 < rate.p_value < 1
+    again = row(compare(baseline, candidate, alpha=rate.p_value), "error_rate")
+    assert again.ci_low is not None and again.ci_high is not None
+    touching = again.ci_low if change > 0 else again.ci_high
+    assert touching == pytest.approx(0.0, abs=1e-6)
+    # A secondary row: Holm's p decides.
+    assert rate.p_adjusted is not None
+    significant = rate.p_adjusted < 0.05
+    expected = (Verdict.WORSE if change > 0 else Verdict.IMPROVED) if significant else Verdict.NO_CHANGE
+    assert rate.verdict == expected
+
+
+def test_equal_error_rates_have_p_1() -> None:
+    rate = row(compare(counted_arm("base", 95, failures=5), counted_arm("cand", 95, failures=5)), "error_rate")
+    assert rate.change_pct == 0.0 and rate.p_value == 1.0 and rate.p_adjusted == 1.0
+    assert rate.ci_low is not None and rate.ci_high is not None and rate.ci_low < 0 < rate.ci_high
+    assert rate.verdict == Verdict.NO_CHANGE
+
+
+def test_a_proportions_wilson_interval_stays_within_0_and_1() -> None:
+    from sentinel_exp.analysis.comparison import _normal_quantile, _wilson
+
+    z = _normal_quantile(0.975)
+    assert z == pytest.approx(stats.norm.ppf(0.975), rel=1e-12)
+    for n in range(1, 200):
+        for failures in (0, 1, n // 2, n - 1, n):
+            low, high = _wilson(failures, n, z)
+            assert 0.0 <= low <= high <= 1.0, (failures, n)
+            assert low <= failures / n + 1e-15 and high >= failures / n - 1e-15, (failures, n)
+
+
+def test_only_finished_measured_requests_count_in_the_error_rate() -> None:
+    # A failed warmup request and a cancelled measured one are in neither count.
+    cancelled = RequestRecord(
+        index=99, phase=Phase.MEASURED, prompt_index=0, api=Api.chat, error_class=ErrorClass.CANCELLED
+    )
+    failed_warmup = RequestRecord(
+        index=-2, phase=Phase.WARMUP, prompt_index=0, api=Api.chat, error_class=ErrorClass.STREAM_CUT
+    )
+    plain = counted_arm("base", 36, failures=4)
+    extra = Arm("base", [RunResult([failed_warmup, *plain.runs[0].records, cancelled], study="s")])
+    rate = row(compare(extra, counted_arm("cand", 40)), "error_rate")
+    assert (rate.n_baseline, rate.n_candidate) == (40, 40) and rate.baseline == 10.0 and rate.candidate == 0.0
+
+
+# --- what each design clusters on -------------------------------------------------------------------
+
+
+def runs_arm(name: str, scales: list[float], *, study: str | None = None) -> Arm:
+    """One run per scale: 21 requests, TTFT scale * (100 ± 10 ms), spread over rounds 0..2."""
+    runs = []
+    for scale in scales:
+        records = [request(i, scale * t, block=i % 3) for i, t in enumerate(100.0 + spread(21, 10.0))]
+        runs.append(RunResult(records, study=study))
+    return Arm(name, runs)
+
+
+def test_independent_runs_are_clustered_by_run_even_when_their_records_carry_rounds() -> None:
+    # Three runs an arm, each with rounds of its own: Welch's t over the runs' log p50s, as scipy has it.
+    base_scales, cand_scales = [1.0, 1.04, 0.97], [1.10, 1.16, 1.12]
+    result = compare(runs_arm("base", base_scales), runs_arm("cand", cand_scales))
+    assert result.design.value == "independent runs" and result.clusters == 3
+    ttft = row(result, "ttft_ms_p50")
+    log_b, log_c = np.log(100.0 * np.array(base_scales)), np.log(100.0 * np.array(cand_scales))
+    welch = stats.ttest_ind(log_c, log_b, equal_var=False)
+    assert ttft.change_pct == pytest.approx(100 * np.expm1(log_c.mean() - log_b.mean()), rel=1e-12)
+    assert ttft.p_value == pytest.approx(welch.pvalue, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("baseline_runs", "candidate_runs", "design", "clusters"),
+    [(2, 2, "independent runs", 2), (2, 3, "independent runs", 2), (3, 2, "independent runs", 2),
+     (1, 2, "one run per arm", 1), (2, 1, "one run per arm", 1), (1, 1, "paired rounds", 3)],
+)  # fmt: skip
+def test_two_runs_a_side_are_independent_one_against_two_is_one_run_per_arm_and_one_each_is_paired(
+    baseline_runs: int, candidate_runs: int, design: str, clusters: int
+) -> None:
+    # Every run of one study, with rounds 0..2 in common: paired only when each arm is one run; one
+    # run against two is neither paired nor independent.
+    result = compare(
+        runs_arm("base", [1.0, 1.05, 0.95][:baseline_runs], study="s"),
+        runs_arm("cand", [1.0, 1.05, 0.95][:candidate_runs], study="s"),
+    )
+    assert (result.design.value, result.clusters) == (design, clusters)
+    if design == "independent runs":
+        assert "only 2 runs per arm: the intervals are wide; more give a sharper verdict" in result.notes
+    elif design == "paired rounds":
+        assert result.notes == ("only 3 rounds: the intervals are wide; more give a sharper verdict",)
+    else:
+        assert result.notes == (
+            "one run per arm: the noise between runs is unknown, so no row gets a significance verdict; "
+            "measure the arms in one interleaved study (a sweep's default) or repeat each run",
+        )
+
+
+def test_five_rounds_are_enough_to_say_nothing_about_few_rounds() -> None:
+    base = 100.0 + spread(21, 10.0)
+    for rounds, notes in ((4, ("only 4 rounds: the intervals are wide; more give a sharper verdict",)), (5, ())):
+        result = compare(study_arm("base", [base] * rounds), study_arm("cand", [1.1 * base] * rounds))
+        assert result.design.value == "paired rounds" and result.clusters == rounds and result.notes == notes
+
+
+def test_a_runs_rounds_are_those_of_its_measured_requests() -> None:
+    records = [
+        RequestRecord(index=-1, phase=Phase.WARMUP, prompt_index=0, api=Api.chat, ok=True, block=7),
+        request(0, 100.0, block=0),
+        request(1, 100.0, block=1),
+        request(2, 100.0),
+    ]
+    assert RunResult(records, study="s").rounds() == {0, 1}
+
+
+def test_a_row_with_too_few_requests_shows_the_change_of_the_pooled_values() -> None:
+    # 19 candidate requests in two rounds, p50 110 and 130 ms against 100 and 100: the rounds'
+    # geometric mean would be +19.6%; the pooled p50s are 100 and 120, +20%.
+    baseline = study_arm("base", [100.0 + spread(21, 10.0)] * 2)
+    candidate = study_arm("cand", [110.0 + spread(10, 10.0), 130.0 + spread(9, 10.0)])
+    ttft = row(compare(baseline, candidate), "ttft_ms_p50")
+    assert ttft.verdict == Verdict.TOO_FEW and ttft.n_candidate == 19
+    assert (ttft.baseline, ttft.candidate, ttft.change_pct) == (100.0, 120.0, 20.0)
+    assert ttft.mde_pct is None
+
+
+# --- the per-request quantities ----------------------------------------------------------------------
+
+
+def odd_requests(first: int, scale: float = 1.0) -> list[RequestRecord]:
+    """Successful requests at the edges: one token; no token at all (no TTFT, nothing to divide by);
+    three tokens at once (a TPOT of 0)."""
+
+    def odd(index: int, ttft: float | None, e2e: float, chunks: list[float], tokens: int) -> RequestRecord:
+        return RequestRecord(
+            index=index,
+            phase=Phase.MEASURED,
+            prompt_index=0,
+            api=Api.chat,
+            ok=True,
+            ttfb_ms=scale * 59.0,
+            ttft_ms=None if ttft is None else scale * ttft,
+            e2e_ms=scale * e2e,
+            chunk_times_ms=[scale * c for c in chunks],
+            eval_count=tokens,
+        )
+
+    return [
+        odd(first, 60.0, 60.5, [60.0], 1),
+        odd(first + 1, None, 61.0, [], 0),
+        odd(first + 2, 62.0, 62.0, [62.0] * 3, 3),
+    ]
+
+
+def quantities_arm(name: str, scale: float) -> Arm:
+    """Two rounds of 25 requests with 8 to 14 tokens and a TPOT under 1 ms, and the odd ones; the
+    candidate is the baseline with every time `scale` times longer."""
+    records: list[RequestRecord] = []
+    for block in (0, 1):
+        for i in range(25):
+            k = len(records)
+            records.append(
+                request(k, scale * (100.0 + i), tokens=8 + i % 7, itl=scale * (0.5 + 0.1 * (i % 5)), block=block)
+            )
+        records += [replace(r, block=block) for r in odd_requests(len(records), scale)]
+    return Arm(name, [RunResult(records, study="s")])
+
+
+def test_the_per_token_quantities_are_as_documented_at_their_edges() -> None:
+    # E2E per output token: e2e / tokens where there is a token; decode rate: 1000 / TPOT where
+    # TPOT (e2e - ttft) / (tokens - 1) is above 0.
+    baseline, candidate = quantities_arm("base", 1.0), quantities_arm("cand", 1.2)
+    ok = [r for r in baseline.runs[0].records if r.ok]
+    tokens = [r.eval_count if r.eval_count is not None else len(r.chunk_times_ms) for r in ok]
+    per_token = [r.e2e_ms / k for r, k in zip(ok, tokens, strict=True) if r.e2e_ms is not None and k > 0]
+    tpot = [
+        (r.e2e_ms - r.ttft_ms) / (k - 1)
+        for r, k in zip(ok, tokens, strict=True)
+        if r.e2e_ms is not None and r.ttft_ms is not None and k >= 2
+    ]
+    rates = [1000.0 / t for t in tpot if t > 0]
+    assert len(ok) == 56 and len(per_token) == 54 and len(tpot) == 52 and len(rates) == 50
+
+    result = compare(baseline, candidate, objective="e2e_ms_per_token_p90")
+    objective = result.rows[0]
+    assert (objective.metric, objective.label, objective.unit) == (
+        "e2e_ms_per_token_p90",
+        "E2E per output token p90",
+        "ms/token",
+    )
+    assert objective.primary and objective.direction is not None and objective.direction.value == "minimize"
+    assert objective.baseline == pytest.approx(float(np.percentile(per_token, 90)), rel=1e-12)
+    assert objective.n_baseline == 54 and objective.change_pct is not None and 19 < objective.change_pct < 21
+    assert objective.verdict == Verdict.WORSE
+    decode = row(result, "output_tokens_per_s")
+    assert decode.baseline == pytest.approx(float(np.percentile(rates, 50)), rel=1e-12) and decode.n_baseline == 50
+    assert decode.direction is not None and decode.direction.value == "maximize" and decode.verdict == Verdict.WORSE
+    assert row(result, "ttft_ms_p50").n_baseline == 54  # the request without a token has no TTFT
+    assert row(result, "output_tokens_p50").direction is None
+
+
+def test_the_e2e_switch_divides_by_the_baselines_length_from_one_token_up() -> None:
+    # A median of 1 token against 2 is +100%: per token. A median of 0 tokens has no ratio: as is.
+    one = arm("one", 100.0 + spread(21, 5.0), tokens=1)
+    two = arm("two", 100.0 + spread(21, 5.0), tokens=2)
+    result = compare(one, two)
+    assert "e2e_ms_per_token_p50" in {r.metric for r in result.rows}
+    assert any(n.startswith("median output tokens per request differ by +100% (1 vs 2)") for n in result.notes)
+    empty = RequestRecord(index=0, phase=Phase.MEASURED, prompt_index=0, api=Api.chat, ok=True, ttfb_ms=5.0, e2e_ms=9.0)
+    none = Arm("none", [RunResult([replace(empty, index=i) for i in range(21)])])
+    as_is = compare(none, two)
+    assert "e2e_ms_p50" in {r.metric for r in as_is.rows} and row(as_is, "output_tokens_p50").baseline == 0.0
+    assert not any("median output tokens" in n for n in as_is.notes)
+
+
+def test_a_quantity_one_arm_lacks_has_no_row_and_the_next_rows_stay() -> None:
+    # The baseline's requests carry no TTFB (an older record): no TTFB row, every other row.
+    no_ttfb = Arm(
+        "base", [RunResult([replace(r, ttfb_ms=None) for r in arm("b", 100.0 + spread(21, 5.0)).runs[0].records])]
+    )
+    result = compare(no_ttfb, arm("cand", 100.0 + spread(21, 5.0)))
+    metrics = [r.metric for r in result.rows]
+    assert metrics == [
+        "ttft_ms_p50",
+        "ttft_ms_p95",
+        "e2e_ms_p50",
+        "e2e_ms_p95",
+        "itl_ms_p50",
+        "output_tokens_per_s",
+        "output_tokens_p50",
+        "error_rate",
+    ]
+
+
+def test_an_arm_without_a_finished_request_has_no_rows_and_no_error_rate() -> None:
+    cancelled = [
+        RequestRecord(index=i, phase=Phase.MEASURED, prompt_index=0, api=Api.chat, error_class=ErrorClass.CANCELLED)
+        for i in range(5)
+    ]
+    result = compare(arm("base", 100.0 + spread(21, 5.0)), Arm("cand", [RunResult(cancelled)]))
+    assert result.rows == ()
+    assert "objective ttft_ms_p50 is not among the compared metrics: every row is secondary" in result.notes
+    # Every request failed: the error rate alone.
+    failures = Arm("cand", [RunResult([failed(i) for i in range(25)])])
+    only = compare(arm("base", 100.0 + spread(21, 5.0)), failures)
+    assert [r.metric for r in only.rows] == ["error_rate"] and only.rows[0].verdict == Verdict.WORSE

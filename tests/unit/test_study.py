@@ -96,7 +96,7 @@ def test_the_best_is_named_only_where_the_objectives_verdicts_name_it() -> None:
     from support.studies import Noise, paired_study, single_runs
 
     from sentinel_exp.analysis.comparison import compare
-    from sentinel_exp.sweep.study import best_arm
+    from sentinel_exp.sweep.study import Best, best_arm
 
     quiet = Noise(0.01, 0.01, 1.0)
 
@@ -109,7 +109,10 @@ def test_the_best_is_named_only_where_the_objectives_verdicts_name_it() -> None:
     slower = [versus(1.3, 4, "slow"), versus(1.5, 5, "slower")]
     assert best_arm("base", slower).name == "base"  # every candidate is worse
     mixed = best_arm("base", [same, slower[0]])
-    assert mixed.name is None and "no configuration differs significantly" in mixed.why
+    assert mixed == Best(None, "no configuration is better than base on TTFT p50; worse: slow")
+    assert best_arm("base", [same]) == Best(
+        None, "no configuration differs significantly from the baseline on the objective"
+    )
     # The lowest p50 of a single run per arm is no winner: nothing says the runs differ.
     alone = best_arm("base", [compare(*single_runs(np.random.default_rng(6), effect=0.5))])
     assert alone.name is None and "one run per arm" in alone.why
