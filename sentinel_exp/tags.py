@@ -12,6 +12,8 @@ PREFIX = "sentinel."
 
 # MLflow's own tag that nests a sweep's job under the sweep's parent run.
 PARENT_RUN_ID = "mlflow.parentRunId"
+# MLflow's own tag for a run's description, which its UI shows above the run's details.
+NOTE = "mlflow.note.content"
 
 # --- what a run is -------------------------------------------------------------------------------
 RUN_UID = "sentinel.run_uid"  # the run folder's uid: an upload finds its run again by it
@@ -39,6 +41,11 @@ OBJECTIVE = "sentinel.objective"
 BEST_JOB = "sentinel.best_job"
 BEST_WHY = "sentinel.best_why"
 NOISE_OF = "sentinel.noise_of"  # on an A/A sweep's parent (sweep=aa): "host|server kind|model"
+
+# --- the doctor's parent run (sweep=diagnose) ----------------------------------------------------
+DOCTOR = "sentinel.doctor"  # "true": the parent run of a doctor, not of a sweep
+DOCTOR_OF = "sentinel.doctor_of"  # the config hash of the configuration diagnosed: a rerun resumes it
+DOCTOR_RESUMED_FROM = "sentinel.doctor_resumed_from"  # the folder of the stopped doctor it resumed
 
 # --- the process that measured it (store/run_folder.Runner) --------------------------------------
 RUNNER_PID = "sentinel.runner_pid"

@@ -448,11 +448,14 @@ def compare(
     objective: str = DEFAULT_OBJECTIVE,
     min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
     alpha: float = ALPHA,
+    per_token: bool = True,
 ) -> Comparison:
     """Every metric both arms have, baseline against candidate. `objective` (sweep.objective)
     names the primary row; a change counts only when its CI excludes 0 (secondary rows: when the
     Holm-adjusted p < alpha) and it exceeds `min_effect_pct` of the baseline
-    (compare.min_effect_pct). `alpha` is below 0.05 only at a look of a sequential study."""
+    (compare.min_effect_pct). `alpha` is below 0.05 only at a look of a sequential study, or for
+    one of several candidates that share it. `per_token` False keeps E2E whole where the answers'
+    lengths differ: for a candidate that shortens the answers on purpose (num_predict)."""
     if not baseline.runs or not candidate.runs:
         raise ValueError("each arm needs at least one run")
     design = design_of(baseline, candidate)
@@ -460,7 +463,7 @@ def compare(
     base, cand = _samples(baseline, by_round), _samples(candidate, by_round)
     notes: list[str] = []
 
-    lengths_differ = _output_lengths_differ(base, cand, notes)
+    lengths_differ = per_token and _output_lengths_differ(base, cand, notes)
     if lengths_differ and objective in {m.metric for m in _E2E_METRICS}:
         replacement = objective.replace("e2e_ms_", "e2e_ms_per_token_")
         notes.append(f"objective {objective} is compared as {replacement}")

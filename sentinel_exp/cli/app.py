@@ -46,7 +46,13 @@ def _hydra_main(cfg: DictConfig) -> float:
     logging.raiseExceptions = False
     ctx = _run_context()
     try:
-        outcome = run(typed_config(cfg), ctx)
+        typed = typed_config(cfg)
+        if typed.sweep.name == "diagnose":
+            from sentinel_exp.cli.doctor import run_doctor
+
+            run_doctor(typed, ctx, HydraConfig.get().mode == RunMode.MULTIRUN)
+            return objective_value(None, cfg.sweep.objective, cfg.sweep.direction)
+        outcome = run(typed, ctx)
         metrics: Mapping[str, float] | None = outcome.metrics
         if outcome.reused and outcome.run_id is not None:
             record_reused(ctx.output_dir, outcome.run_id)
@@ -126,8 +132,9 @@ def _user_error(exc: UserError, ctx: RunContext) -> None:
 
     ui.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        if not isinstance(exc, RunFailed) and not RunFolder(ctx.output_dir).records.exists():
-            # Stopped before any request: no half-made run folder is left to mistake for a run.
+        if not isinstance(exc, RunFailed) and not any(ctx.output_dir.rglob(RunFolder.RECORDS)):
+            # Stopped before any request: no half-made run folder is left to mistake for a run (the
+            # doctor's runs are in folders of its own, below this one).
             shutil.rmtree(ctx.output_dir, ignore_errors=True)
         sys.exit(exc.exit_code)
     record_error(ctx.output_dir, str(exc))
@@ -164,9 +171,11 @@ def main() -> None:
 
 
 def _stop_on_bad_overrides(argv: list[str]) -> None:
+    from sentinel_exp.cli.doctor import multirun_problem
     from sentinel_exp.cli.overrides import command_line_overrides, override_problems
 
     problems = override_problems(command_line_overrides(argv), config_dir())
+    problems += [p for p in [multirun_problem(argv)] if p]
     if problems:
         from sentinel_exp.report import console as ui
 

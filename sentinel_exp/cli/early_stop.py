@@ -22,11 +22,11 @@ RUN_FOLDERS: list[Path] = []
 
 
 def unstarted(folder: Path) -> bool:
-    """Whether a run folder holds no request record: nothing in it a user would look for."""
+    """Whether a run folder holds no request record: nothing in it a user would look for. The
+    doctor's (sweep=diagnose) runs are in folders below its own, so those count too."""
     from sentinel_exp.store.run_folder import RunFolder  # only once stopping: start-up stays light
 
-    records = RunFolder(folder).records
-    return not records.exists() or records.stat().st_size == 0
+    return not any(records.stat().st_size > 0 for records in folder.rglob(RunFolder.RECORDS))
 
 
 def drop_unstarted_runs() -> None:

@@ -577,6 +577,39 @@ class CompareConfig:
 
 
 @dataclass
+class DiagnoseConfig:
+    """The doctor (`sweep=diagnose`): a baseline, hypotheses from its evidence, and the candidate
+    fixes measured against it in interleaved studies (sentinel_exp/doctor/)."""
+
+    budget_s: float = 600.0
+    """Seconds of machine time the doctor may spend: the baseline and every study together."""
+    min_share: float = 0.2
+    """A part of TTFT or E2E (load, queueing, prefill, decode) under this share of the mean is ruled out."""
+    slow_decode_tokens_per_s: float = 20.0
+    """A decode slower than this (tokens/s per request) is worth a fix; faster, decode is not a cause."""
+    long_prompt_tokens: int = 64
+    """Prompts shorter than this many tokens (on average) are too short for prefill to be the cause."""
+    min_gain_pct: float = 10.0
+    """A hypothesis is refuted once its candidates' intervals rule out an improvement this large (percent)."""
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.budget_s <= 0:
+            problems.append(f"diagnose.budget_s must be positive seconds (got {self.budget_s:g})")
+        if not 0 < self.min_share < 1:
+            problems.append(f"diagnose.min_share is a share of the latency, between 0 and 1 (got {self.min_share:g})")
+        if self.slow_decode_tokens_per_s <= 0:
+            problems.append(
+                f"diagnose.slow_decode_tokens_per_s must be positive tokens/s (got {self.slow_decode_tokens_per_s:g})"
+            )
+        if self.long_prompt_tokens < 1:
+            problems.append(f"diagnose.long_prompt_tokens must be at least 1 (got {self.long_prompt_tokens})")
+        if self.min_gain_pct <= 0:
+            problems.append(f"diagnose.min_gain_pct must be a positive percentage (got {self.min_gain_pct:g})")
+        return problems
+
+
+@dataclass
 class ExperimentConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -588,6 +621,7 @@ class ExperimentConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     slo: SloConfig = field(default_factory=SloConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     repeat: int = 0
     """Repeat index of this configuration (sweep=repeat3 sweeps it); not part of the config hash."""
     arm: str = ""
@@ -609,6 +643,7 @@ class ExperimentConfig:
             problems += option_value_problems(recommended, "hardware.recommended_options.")
         problems += self.workload.problems() + self.telemetry.problems() + self.tracking.problems()
         problems += self.sweep.problems() + self.compare.problems() + self.slo.problems()
+        problems += self.diagnose.problems()
         if self.repeat < 0:
             problems.append(f"repeat must be 0 or more (got {self.repeat})")
         if self.server.kind == ServerKind.openai and self.workload.api == Api.generate:

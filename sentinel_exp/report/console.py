@@ -44,24 +44,26 @@ def want_progress(setting: bool | None) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+def _bar(description_width: int) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{{task.description:<{description_width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+    )
+
+
 class RunProgress:
-    """One bar per phase; shows the latest TTFT and the failure count as requests finish."""
+    """One bar per phase; shows the latest TTFT and the failure count as requests finish. Inside
+    an open PlanProgress it draws nothing and advances the plan's one bar instead."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._progress = (
-            Progress(
-                TextColumn("[bold]{task.description:<8}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                console=stderr,
-                transient=False,
-            )
-            if enabled
-            else None
-        )
+        self._plan = _PLANS[-1] if _PLANS else None
+        self._progress = _bar(8) if enabled and self._plan is None else None
         self._task: TaskID | None = None
         self._failed = 0
 
@@ -80,6 +82,9 @@ class RunProgress:
             self._task = self._progress.add_task(name, total=total, status="")
 
     def advance(self, record: RequestRecord) -> None:
+        if self._plan is not None:
+            self._plan.advance(record)
+            return
         if self._progress is None or self._task is None:
             return
         if not record.ok and not record.cancelled:
@@ -98,6 +103,46 @@ class StudyProgress(RunProgress):
 
     def phase(self, name: str, total: int) -> None:
         """The arms' phases are inside the study's one bar."""
+
+
+class PlanProgress:
+    """One bar over a plan of runs and studies (the doctor's): while it is open, each run's and
+    study's progress advances it, and the plan grows as its steps become known."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self._progress = _bar(24) if enabled else None
+        self._task = self._progress.add_task("doctor", total=total, status="") if self._progress else None
+        self._total = total
+        self._done = 0
+
+    def __enter__(self) -> PlanProgress:
+        _PLANS.append(self)
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _PLANS.remove(self)
+        if self._progress is not None:
+            self._progress.stop()
+
+    def step(self, description: str, more: int = 0) -> None:
+        """A step begins: its name on the bar, and the requests it adds to the plan."""
+        self._total += more
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=description, total=self._total)
+
+    def advance(self, record: RequestRecord) -> None:
+        self._done += 1
+        # A study that adds rounds until it is decided sends more than it planned.
+        self._total = max(self._total, self._done)
+        if self._progress is not None and self._task is not None:
+            ttft = f"ttft {record.ttft_ms:7.1f} ms" if record.ttft_ms is not None else ""
+            self._progress.update(self._task, completed=self._done, total=self._total, status=ttft)
+
+
+# The plans open now, innermost last: RunProgress objects made meanwhile advance it.
+_PLANS: list[PlanProgress] = []
 
 
 def print_arm_line(run_name: str, status: str, metrics: Mapping[str, float], errors: Mapping[str, int]) -> None:

@@ -310,6 +310,50 @@ def percentile_bars(rows: Sequence[BarRow], metric: str = "ttft", title: str | N
     return fig
 
 
+# -- ladders -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LadderPoint:
+    """One rung of a ladder (a setting stepped through values): the metric's value at it, with its
+    confidence interval; `given` marks the configuration as given."""
+
+    x: float
+    y: float
+    low: float
+    high: float
+    given: bool = False
+
+
+def ladder(points: Sequence[LadderPoint], xlabel: str, ylabel: str, title: str) -> Figure:
+    """A metric over the rungs of a ladder as a line, its confidence intervals as a band and
+    whiskers; the configuration as given is the ringed point."""
+    ordered = sorted(points, key=lambda p: p.x)
+    with _style():
+        fig = _figure(7.0, 4.2)
+        ax = fig.subplots()
+        if not ordered:
+            _no_data(ax, "no rung measured")
+        else:
+            xs = [p.x for p in ordered]
+            ys = [p.y for p in ordered]
+            lows = [p.low for p in ordered]
+            highs = [p.high for p in ordered]
+            ax.fill_between(xs, lows, highs, color=_MEASURED, alpha=0.15, linewidth=0, label="95% CI")
+            below = [y - lo for y, lo in zip(ys, lows, strict=True)]
+            errors = [below, [hi - y for y, hi in zip(ys, highs, strict=True)]]
+            ax.errorbar(xs, ys, yerr=errors, color=_MEASURED, marker="o", linewidth=1.8, capsize=3, label="p50")
+            for p in ordered:
+                if p.given:
+                    ax.plot([p.x], [p.y], "o", markersize=12, fillstyle="none", color=_FAILED, label="as given")
+            ax.set_ylim(bottom=0)
+            ax.legend(loc="best")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        _suptitle(fig, title)
+    return fig
+
+
 # -- timeline -----------------------------------------------------------------------------------
 
 

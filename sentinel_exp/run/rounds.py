@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +68,10 @@ class StudyPlan:
     compare: CompareConfig
     objective: str
     progress: bool
+    # Each candidate's level: below 0.05 where several candidates share the 5% (the doctor's).
+    alpha: float = ALPHA
+    # When a look may stop the study (sweep/sequential.py); None: its CI beyond or within the minimum effect.
+    settles: Callable[[Comparison], bool] | None = None
 
 
 @dataclass
@@ -246,7 +250,7 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
         await state.running.warmup()
         loaded[id(state.setup.handle)] = _runner_identity(state.setup.cfg)
     started = time.monotonic()
-    looks = LookPlan(cfg.budget_s, schedule.rounds) if cfg.budget_s is not None else None
+    looks = _look_plan(study, schedule.rounds)
     done = 0
     while done < schedule.rounds and not all(a.stop.is_set() for a in arms):
         for index in schedule.orders[done]:
@@ -258,6 +262,15 @@ async def _rounds(arms: list[_Arm], study: StudyPlan) -> None:
                 break
             schedule = extended(schedule, looks.next_rounds, cfg.seed)
     _write_design(study, arms, schedule, done, looks, time.monotonic() - started)
+
+
+def _look_plan(study: StudyPlan, first: int) -> LookPlan | None:
+    budget_s = study.compare.budget_s
+    if budget_s is None:
+        return None
+    if study.settles is None:
+        return LookPlan(budget_s, first, study.alpha)
+    return LookPlan(budget_s, first, study.alpha, settles=study.settles)
 
 
 async def _block(state: _Arm, sizes: tuple[int, ...], round_index: int, loaded: dict[int, str], warmup: int) -> None:
@@ -329,7 +342,7 @@ def _write_design(
             str(a.arm.num): list(sizes[:done]) for a, sizes in zip(arms, schedule.block_sizes, strict=True)
         },
         "seed": study.compare.seed,
-        "alpha": ALPHA,
+        "alpha": study.alpha,
     }
     if looks is not None:
         design.update(looks.as_dict())

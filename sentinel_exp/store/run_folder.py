@@ -59,6 +59,8 @@ class RunFolder:
     STUDY_ARM: ClassVar[str] = "study_arm.json"
     # In the folder of a job that reused an earlier run: that run's records, for the comparison.
     REUSED_RECORDS: ClassVar[str] = "reused_requests.jsonl"
+    # The doctor's folder (sweep=diagnose): the steps it finished, for a rerun to resume from.
+    DOCTOR: ClassVar[str] = "doctor.json"
 
     @property
     def run_json(self) -> Path:
@@ -145,6 +147,14 @@ class RunFolder:
 
     def sweep_percentiles(self, metric: str) -> Path:
         return self.path / f"{metric}_percentiles.png"
+
+    @property
+    def doctor(self) -> Path:
+        return self.path / self.DOCTOR
+
+    def doctor_ladder(self, cause: str) -> Path:
+        """The doctor's figure of one hypothesis's ladder (a setting's rungs)."""
+        return self.path / f"{cause}_ladder.png"
 
 
 def now_ms() -> int:

@@ -49,7 +49,19 @@ def param_value(value: Any) -> str:
 
 # Settings that change how results are shown, judged, organised or repeated, not what is measured:
 # runs that differ only in these are runs of one configuration (repeats compare as such).
-NOT_MEASURED = ("tracking", "progress", "sweep", "compare", "slo", "repeat", "arm", "force", "plots", "lint")
+NOT_MEASURED = (
+    "tracking",
+    "progress",
+    "sweep",
+    "compare",
+    "slo",
+    "diagnose",
+    "repeat",
+    "arm",
+    "force",
+    "plots",
+    "lint",
+)
 
 
 # Settings added after runs had been logged, each with the value that means "as before": at that
@@ -416,14 +428,16 @@ class RunStore:
             raise UserError(f"MLflow cannot search {self.uri} with {filter_string!r}: {exc}") from None
         return [self._stored(run) for run in runs if run.data.tags.get(tag.ROLE) != Role.SWEEP]
 
-    def latest_tagged(self, experiment: str, tag: str, value: str) -> StoredRun | None:
-        """The latest FINISHED run of the experiment with tag == value, sweep parents included (an
-        A/A study's noise is its parent's); None when there is none or the store cannot say."""
+    def latest_tagged(self, experiment: str, tag: str, value: str, finished: bool = True) -> StoredRun | None:
+        """The latest FINISHED run of the experiment with tag == value (`finished` False: in any
+        status), sweep parents included (an A/A study's noise is its parent's); None when there is
+        none or the store cannot say."""
+        status = " and attributes.status = 'FINISHED'" if finished else ""
         try:
             ids = self.experiment_ids(experiment)
             found = self.client.search_runs(
                 ids,
-                filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+                filter_string=f"tags.`{tag}` = '{value}'{status}",
                 max_results=1,
                 order_by=["attributes.start_time DESC"],
             )

@@ -52,6 +52,9 @@ class LookPlan:
     first: int  # rounds before the first look
     alpha: float = ALPHA
     looks: list[Look] = field(default_factory=list)
+    # When a comparison is decided: by default its CI beyond or within the minimum effect; a caller
+    # with a narrower question (the doctor's: improved, or a worthwhile gain ruled out) passes its own.
+    settles: Callable[[Comparison], bool] = decided
 
     @property
     def every(self) -> int:
@@ -75,7 +78,7 @@ class LookPlan:
         level = self.alpha - self.spent if final else look_alpha(fraction, previous, self.alpha)
         level = max(level, 1e-12)
         comparisons = compare_at(level)
-        look = Look(rounds, elapsed_s, level, bool(comparisons) and all(map(decided, comparisons)), final)
+        look = Look(rounds, elapsed_s, level, bool(comparisons) and all(map(self.settles, comparisons)), final)
         self.looks.append(look)
         return look
 

@@ -169,6 +169,20 @@ OTHER_BUSY_SHARE = 0.25
 OTHER_BUSY_MIN_PCT = 50.0
 
 
+def bystanders_busy(other_pct: float | None, n_cpus: int) -> bool:
+    """Whether other processes took enough of the machine to slow the server (the limits above)."""
+    return other_pct is not None and other_pct >= max(OTHER_BUSY_MIN_PCT, 100.0 * OTHER_BUSY_SHARE * n_cpus)
+
+
+def free_cores(other_pct: float | None, n_cpus: int) -> int:
+    """The cores a server's threads can have to themselves: all of them where the other processes
+    stay under the limits above, else the whole cores those leave (at least one)."""
+    if not bystanders_busy(other_pct, n_cpus):
+        return n_cpus
+    assert other_pct is not None
+    return max(1, math.floor(n_cpus - other_pct / 100.0))
+
+
 def contention_warnings(
     metrics: Mapping[str, float], n_cpus: int, server_threads: int | None = None, when: str = "while measuring"
 ) -> list[str]:
@@ -184,12 +198,12 @@ def contention_warnings(
             "workload.rate)"
         )
     other = metrics.get("other_cpu_pct_mean")
-    if other is not None and other >= max(OTHER_BUSY_MIN_PCT, 100.0 * OTHER_BUSY_SHARE * n_cpus):
+    if other is not None and bystanders_busy(other, n_cpus):
         warnings.append(
             f"other processes kept {other:.0f}% of a core busy on average (of {100 * n_cpus}% on "
             f"{n_cpus} cores) {when}: the latencies may include contention with them"
         )
-        free = max(1, math.floor(n_cpus - other / 100.0))
+        free = free_cores(other, n_cpus)
         if server_threads is not None and server_threads > free:
             warnings.append(
                 f"the server's {server_threads} llama.cpp threads wait for each other at every step, so one "

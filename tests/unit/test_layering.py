@@ -47,7 +47,16 @@ STORE = "sentinel_exp.store"
 HYDRA_PACKAGES = ("sentinel_exp.cli", "sentinel_exp.config", "sentinel_exp.sweep")
 # Pure modules outside analysis/: the verdicts of other packages, kept apart from their I/O.
 PURE_ELSEWHERE = frozenset(
-    {"sentinel_exp.checks.options", "sentinel_exp.run.give_up", "sentinel_exp.telemetry.summary"}
+    {
+        "sentinel_exp.checks.options",
+        "sentinel_exp.run.give_up",
+        "sentinel_exp.telemetry.summary",
+        # The doctor's reasoning, apart from its steps that measure (doctor/steps.py, doctor/state.py).
+        "sentinel_exp.doctor.evidence",
+        "sentinel_exp.doctor.hypotheses",
+        "sentinel_exp.doctor.verdicts",
+        "sentinel_exp.doctor.text",
+    }
 )
 # What a pure module must not import: files, processes, sockets, clocks, threads, logging.
 IO_MODULES = frozenset(

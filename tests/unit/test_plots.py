@@ -285,3 +285,25 @@ def test_importing_the_modules_does_not_import_matplotlib(monkeypatch):
         monkeypatch.delattr(sentinel_exp, name.rsplit(".", 1)[1], raising=False)
         module = importlib.import_module(name)
         assert module.__name__ == name
+
+
+# -- ladder ---------------------------------------------------------------------------------------
+
+
+def test_a_ladder_is_a_line_over_its_rungs_with_whiskers_and_the_configuration_as_given_ringed():
+    points = [
+        plots.LadderPoint(160.0, 90.0, 85.0, 96.0, given=True),
+        plots.LadderPoint(40.0, 30.0, 27.0, 34.0),
+        plots.LadderPoint(80.0, 50.0, 46.0, 55.0),
+    ]
+    fig = plots.ladder(points, "prompt tokens", "TTFT p50 (ms), 95% CI", "prefill of long prompts")
+    [ax] = fig.axes
+    [errorbar] = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    line = errorbar.lines[0]
+    assert list(line.get_xdata()) == [40.0, 80.0, 160.0]  # in the axis' order, whatever the given order
+    assert list(line.get_ydata()) == [30.0, 50.0, 90.0]
+    [ring] = [ln for ln in ax.get_lines() if ln.get_label() == "as given"]
+    assert (list(ring.get_xdata()), ring.get_linestyle()) == ([160.0], "None")
+    assert set(legend_texts(ax)) == {"95% CI", "p50", "as given"}
+    assert ax.get_xlabel() == "prompt tokens" and ax.get_ylim()[0] == 0
+    assert isinstance(plots.ladder([], "x", "y", "none"), Figure)

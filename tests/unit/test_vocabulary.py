@@ -22,7 +22,7 @@ PACKAGE_DIR = REPO / "sentinel_exp"
 RUN_FOLDER_NAMES = re.compile(
     r"\b(run|summary|sweep_job|sweep|study|study_arm)\.json\b|\b(requests|reused_requests|telemetry)\.jsonl\b"
     r"|\b(config|multirun)\.yaml\b|\b(report|compare|noise)\.md\b|\b(server|study)\.log\b"
-    r"|\b(latency_cdf|timeline)\.png\b|_cdfs\.png|_percentiles\.png"
+    r"|\b(latency_cdf|timeline)\.png\b|_cdfs\.png|_percentiles\.png|\bdoctor\.json\b|_ladder\.png"
 )
 # Strings that spell such a name for another file: (module, string) -> what it is.
 NOT_RUN_FOLDER_FILES = {
@@ -79,7 +79,8 @@ def test_the_checker_sees_a_name_spelt_in_code():
 def test_tag_names_are_distinct_and_namespaced():
     names = {k: v for k, v in vars(tag).items() if k.isupper() and isinstance(v, str) and k != "PREFIX"}
     assert len(set(names.values())) == len(names)
-    assert all(v.startswith(tag.PREFIX) for k, v in names.items() if k != "PARENT_RUN_ID")
+    assert all(v.startswith(tag.PREFIX) for k, v in names.items() if k not in ("PARENT_RUN_ID", "NOTE"))
+    assert tag.PARENT_RUN_ID.startswith("mlflow.") and tag.NOTE.startswith("mlflow.")  # MLflow's own
     assert tag.choice("options") == "sentinel.choice.options"
     assert tag.input_sha256("workload.prompts_file") == "sentinel.input_sha256.workload.prompts_file"
     assert tag.lint("num_ctx") == "sentinel.lint.num_ctx"
@@ -121,6 +122,8 @@ def test_run_folder_names_every_file_a_run_leaves(tmp_path):
         folder.reused_records,
         folder.sweep_cdfs("ttft"),
         folder.sweep_percentiles("ttft"),
+        folder.doctor,
+        folder.doctor_ladder("prefill"),
     ]
     assert all(p.parent == tmp_path for p in paths)
     assert len({p.name for p in paths}) == len(paths)
