@@ -16,7 +16,8 @@ register_configs()
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
 CHOICES = [(g, p.stem) for g in GROUPS for p in sorted((config_dir() / g).glob("*.yaml"))]
 HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
-PRESETS = sorted(p.stem for p in (config_dir() / "sweep").glob("*.yaml") if p.stem != "none")
+# sweep=diagnose is the doctor: one command that plans its own studies, not a sweep of given values.
+PRESETS = sorted(p.stem for p in (config_dir() / "sweep").glob("*.yaml") if p.stem not in ("none", "diagnose"))
 OURS = "hydra_plugins.sentinel_exp_sweeper.sentinel_sweeper.SentinelSweeper"
 
 
@@ -55,6 +56,13 @@ def test_each_preset_is_a_named_multirun(name):
     assert cfg.hydra.mode == RunMode.MULTIRUN and cfg.hydra.sweeper.params
     assert cfg.sweep.name == name and cfg.sweep.description
     assert (cfg.hydra.sweeper._target_ == OURS) is (name != "optuna")
+
+
+def test_the_doctor_preset_is_a_single_run_that_plans_its_own_studies():
+    cfg = composed("sweep=diagnose", hydra=True)
+    assert cfg.hydra.mode != RunMode.MULTIRUN and not cfg.hydra.sweeper.get("params")
+    assert cfg.sweep.name == "diagnose" and cfg.sweep.description
+    assert cfg.diagnose.budget_s == 600
 
 
 def test_a_plain_sweep_gets_the_ordering_sweeper_too():
