@@ -55,15 +55,26 @@ class RayCluster:
         return env
 
     def _ports(self) -> list[str]:
-        """Every port a node listens on, free ones: two nodes on one machine must not share any."""
+        """Every port a node listens on, free ones: two nodes on one machine must not share any.
+        The workers' range is drawn first and the other ports outside it: Ray refuses to start a
+        node whose object manager port falls among its worker ports."""
+        low = free_port() // 100 * 100 % 50000 + 10000
+        workers = range(low, low + 100)
+
+        def outside() -> int:
+            port = free_port()
+            while port in workers:
+                port = free_port()
+            return port
+
         return [
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--min-worker-port={(low := free_port() // 100 * 100 % 50000 + 10000)}",
+            f"--node-manager-port={outside()}",
+            f"--object-manager-port={outside()}",
+            f"--dashboard-agent-listen-port={outside()}",
+            f"--dashboard-agent-grpc-port={outside()}",
+            f"--metrics-export-port={outside()}",
+            f"--runtime-env-agent-port={outside()}",
+            f"--min-worker-port={low}",
             f"--max-worker-port={low + 99}",
         ]
 
