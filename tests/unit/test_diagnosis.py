@@ -4,6 +4,7 @@ warm/cold split of the statistics, and the likely cause of each cold start."""
 from datetime import datetime
 
 import pytest
+from support.records import server_record
 
 from sentinel_exp.analysis.diagnosis import (
     FIXES,
@@ -18,41 +19,6 @@ from sentinel_exp.analysis.diagnosis import (
 from sentinel_exp.analysis.stats import summarize
 from sentinel_exp.names import Phase
 from sentinel_exp.records import RequestRecord
-
-
-def server_record(
-    index: int,
-    *,
-    load: float = 1.0,
-    queue: float = 0.0,
-    prefill: float = 40.0,
-    decode: float = 100.0,
-    other: float = 2.0,
-    prompt_tokens: int = 20,
-    tokens: int = 21,
-    cold: bool = False,
-) -> RequestRecord:
-    """A successful Ollama-API request whose parts are exactly these: TTFT = load + queue +
-    prefill + other, E2E = TTFT + decode, total_duration = load + queue + prefill + decode."""
-    ttft = load + queue + prefill + other
-    return RequestRecord(
-        index=index,
-        phase=Phase.MEASURED,
-        prompt_index=0,
-        api="chat",
-        ok=True,
-        ttfb_ms=ttft,
-        ttft_ms=ttft,
-        e2e_ms=ttft + decode,
-        chunk_times_ms=[ttft + decode * k / (tokens - 1) for k in range(tokens)],
-        prompt_eval_count=prompt_tokens,
-        eval_count=tokens,
-        load_duration_ms=load,
-        prompt_eval_duration_ms=prefill,
-        eval_duration_ms=decode,
-        total_duration_ms=load + queue + prefill + decode,
-        cold=cold,
-    )
 
 
 def test_a_load_dominated_run_says_so_with_the_cold_count_and_the_prefill_rate():

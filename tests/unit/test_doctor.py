@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 import pytest
+from support.records import server_record
 
 from sentinel_exp.analysis.comparison import Arm, RunResult, Verdict, compare
 from sentinel_exp.analysis.stats import summarize
@@ -28,7 +29,6 @@ from sentinel_exp.doctor.hypotheses import (
 from sentinel_exp.doctor.steps import rounds_budget
 from sentinel_exp.doctor.text import Report, answer, console_lines, hypothesis_line, markdown, recommended_line
 from sentinel_exp.doctor.verdicts import Measured, judge, planned, prefill_rate, settles
-from sentinel_exp.names import Phase
 from sentinel_exp.records import RequestRecord
 from sentinel_exp.report import console as ui
 from sentinel_exp.sweep.sequential import LookPlan, decided
@@ -49,26 +49,10 @@ def rec(
     block: int | None = None,
 ) -> RequestRecord:
     """A successful Ollama-API request made of exactly these parts (2 ms of other in TTFT)."""
-    ttft = load + queue + prefill + 2.0
-    return RequestRecord(
-        index=index,
-        phase=Phase.MEASURED,
-        prompt_index=0,
-        api="chat",
-        ok=True,
-        ttfb_ms=ttft,
-        ttft_ms=ttft,
-        e2e_ms=ttft + decode,
-        chunk_times_ms=[ttft + decode * k / (tokens - 1) for k in range(tokens)],
-        prompt_eval_count=prompt_tokens,
-        eval_count=tokens,
-        load_duration_ms=load,
-        prompt_eval_duration_ms=prefill,
-        eval_duration_ms=decode,
-        total_duration_ms=load + queue + prefill + decode,
-        cold=cold,
-        block=block,
-    )
+    return server_record(
+        index, load=load, queue=queue, prefill=prefill, decode=decode,
+        prompt_tokens=prompt_tokens, tokens=tokens, cold=cold, block=block,
+    )  # fmt: skip
 
 
 def facts(**changes: object) -> Facts:
